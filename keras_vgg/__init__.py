@@ -1,0 +1,47 @@
+"""keras-vgg: the VGG paper (Simonyan & Zisserman, ICLR 2015) as a Keras 3 package.
+
+Public API::
+
+    import keras_vgg
+    model = keras_vgg.build("D")                      # Table 1, configuration D (VGG16)
+    dense = keras_vgg.to_fully_convolutional(model)   # Sec. 3.2 dense evaluation
+    x = keras_vgg.preprocess_input(images)            # subtract the mean RGB
+    keras_vgg.decode_predictions(model.predict(x))
+
+Names are imported lazily so that `kvgg --version` does not pay for importing Keras.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "build": "keras_vgg.models",
+    "to_fully_convolutional": "keras_vgg.models",
+    "CONFIGS": "keras_vgg.configs",
+    "ALIASES": "keras_vgg.configs",
+    "canonical_name": "keras_vgg.configs",
+    "LocalResponseNormalization": "keras_vgg.layers",
+    "IMAGENET_MEAN": "keras_vgg.imagenet",
+    "Preprocessing": "keras_vgg.imagenet",
+    "preprocess_input": "keras_vgg.imagenet",
+    "decode_predictions": "keras_vgg.imagenet",
+    "load_weights": "keras_vgg.weights",
+    "transfer_weights": "keras_vgg.weights",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'keras_vgg' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

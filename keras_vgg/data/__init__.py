@@ -1,0 +1,1 @@
+"""Input pipelines: sources, pure tf transforms, datasets, dataset statistics."""

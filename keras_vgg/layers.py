@@ -1,0 +1,83 @@
+"""Layers that Keras 3 lacks, written with `keras.ops` so they run on every backend."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+__all__ = ["LocalResponseNormalization"]
+
+_FORMULAS = ("alexnet", "caffe")
+
+
+@keras.saving.register_keras_serializable(package="keras_vgg")
+class LocalResponseNormalization(keras.layers.Layer):
+    """Local Response Normalisation across channels (Krizhevsky et al., 2012, Sec. 3.3).
+
+    For channel `c` at each location, with `n = size` and the sum over the `n` channels
+    centred on `c` (zero beyond the first and last channel):
+
+    - `formula="alexnet"` (default, the AlexNet paper's formula, which the VGG paper cites
+      with its parameters): `b_c = a_c / (k + alpha * sum a^2) ** beta`. This is what
+      `tf.nn.local_response_normalization(depth_radius=n // 2, bias=k, alpha=alpha,
+      beta=beta)` computes.
+    - `formula="caffe"` (Caffe's LRN layer, used by the original VGG Caffe models):
+      `b_c = a_c / (k + alpha / n * sum a^2) ** beta`.
+
+    The layer computes in float32 whatever its dtype policy: squares of conv-1 activations
+    overflow float16.
+
+    Args:
+        size: Number of channels summed over (odd).
+        alpha: Scale of the sum of squares.
+        beta: Exponent.
+        k: Additive bias.
+        formula: "alexnet" or "caffe", see above.
+        **kwargs: Standard layer arguments (name, dtype, ...).
+    """
+
+    def __init__(
+        self,
+        size: int = 5,
+        alpha: float = 1e-4,
+        beta: float = 0.75,
+        k: float = 2.0,
+        formula: str = "alexnet",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(size, int) or size < 1 or size % 2 == 0:
+            raise ValueError(f"`size` must be a positive odd integer. Received: size={size!r}")
+        if formula not in _FORMULAS:
+            raise ValueError(f"`formula` must be one of {_FORMULAS}. Received: formula={formula!r}")
+        self.size = size
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.k = float(k)
+        self.formula = formula
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        channels = x.shape[-1]
+        radius = self.size // 2
+        squares = ops.square(x)
+        rank = len(x.shape)
+        padded = ops.pad(squares, [[0, 0]] * (rank - 1) + [[radius, radius]])
+        # A sum of `size` shifted slices costs `size` adds per value; a banded 1x1 conv
+        # would cost `channels` multiply-adds.
+        window_sum = padded[..., 0:channels]
+        for offset in range(1, self.size):
+            window_sum = window_sum + padded[..., offset : offset + channels]
+        scale = self.alpha / self.size if self.formula == "caffe" else self.alpha
+        outputs = x / ops.power(self.k + scale * window_sum, self.beta)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            size=self.size, alpha=self.alpha, beta=self.beta, k=self.k, formula=self.formula
+        )
+        return config
