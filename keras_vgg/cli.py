@@ -1,0 +1,97 @@
+"""The `kvgg` command: parses, calls the library, prints. Nothing else lives here."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from keras_vgg import __version__
+
+# TensorFlow's C++ start-up chatter is noise on a command line.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class UserError(click.ClickException):
+    """A one-line error about the user's input: exit code 2, no traceback."""
+
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"kvgg: error: {self.format_message()}", err=True, file=file)
+
+
+def user_errors(func):
+    """Turns ValueError / FileNotFoundError from the library into one-line errors."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as exc:
+            raise UserError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kvgg")
+def main():
+    """keras-vgg: the VGG paper's networks, training and testing protocols."""
+
+
+def _parse_input_shape(value: str | None):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected H,W,C (e.g. 224,224,3), got {value!r}") from None
+
+
+@main.command()
+@click.argument("config", required=False)
+@click.option("--all", "all_configs", is_flag=True, help="Table 2: every configuration's size.")
+@click.option("--batch-norm", is_flag=True, help="The VGG-BN variant.")
+@click.option("--width", type=float, default=1.0, show_default=True, help="Conv width factor.")
+@click.option("--classes", type=int, default=1000, show_default=True)
+@click.option("--no-top", is_flag=True, help="Without the three FC layers.")
+@click.option("--input-shape", default=None, help="H,W,C (default 224,224,3).")
+@user_errors
+def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape):
+    """Print the layer table and parameter count of CONFIG (A, A-LRN, B, C, D, E, vgg16...)."""
+    from keras_vgg import configs, models
+
+    if all_configs == (config is not None):
+        raise UserError("give either a CONFIG or --all")
+    shape = _parse_input_shape(input_shape)
+    kwargs = dict(
+        include_top=not no_top, batch_norm=batch_norm, width=width, classes=classes,
+        input_shape=shape,
+    )
+    if all_configs:
+        click.echo(f"{'config':<7} {'weight layers':>13} {'parameters':>13} {'paper (Table 2)':>16}")
+        for name in configs.CONFIGS:
+            model = models.build(name, **kwargs)
+            click.echo(
+                f"{name:<7} {configs.weight_layers(name):>13} {model.count_params():>13,} "
+                f"{configs.PAPER_PARAMS_M[name]:>14} M"
+            )
+            del model
+        return
+    model = models.build(config, **kwargs)
+    rows = models.layer_table(model)
+    click.echo(f"Model: {model.name}")
+    click.echo(f"{'layer':<24} {'type':<28} {'output shape':<24} {'params':>12}")
+    for name, kind, shape_text, count in rows:
+        click.echo(f"{name:<24} {kind:<28} {shape_text:<24} {count:>12,}")
+    key = configs.canonical_name(config)
+    click.echo(f"Total parameters: {model.count_params():,}")
+    click.echo(f"Weight layers: {configs.weight_layers(key)}; paper (Table 2): "
+               f"{configs.PAPER_PARAMS_M[key]} M")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
