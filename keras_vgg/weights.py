@@ -12,7 +12,20 @@ from collections.abc import Iterable
 import keras
 import numpy as np
 
-__all__ = ["REGISTRY", "load_weights", "transfer_weights"]
+__all__ = ["A_INIT_LAYERS", "REGISTRY", "initialize_from_a", "load_weights", "transfer_weights"]
+
+# Sec. 3.1: deeper nets take "the first four convolutional layers and the last three
+# fully-connected layers" from a trained net A. A's first four conv layers carry these names,
+# and layers of those names and shapes exist in every configuration.
+A_INIT_LAYERS: tuple[str, ...] = (
+    "block1_conv1",
+    "block2_conv1",
+    "block3_conv1",
+    "block3_conv2",
+    "fc1",
+    "fc2",
+    "predictions",
+)
 
 # Pretrained entries, keyed by (configuration letter, entry name). Filled by the pretrained
 # weights work; an entry names url, hash, preprocessing and published metrics.
@@ -123,3 +136,22 @@ def transfer_weights(
     for layer, values in plan:
         layer.set_weights(values)
     return [layer.name for layer, _ in plan]
+
+
+def initialize_from_a(a_model: keras.Model, model: keras.Model) -> list[str]:
+    """The paper's initialisation of B to E from a trained net A (Sec. 3.1).
+
+    Copies A's first four conv layers and its three FC layers (`A_INIT_LAYERS`) into `model`;
+    the layers in between keep their random initialisation.
+
+    Args:
+        a_model: A trained configuration-A (or A-LRN) model with `include_top=True`.
+        model: The deeper model to initialise, same width, classes and input size.
+
+    Returns:
+        The names of the layers copied.
+
+    Raises:
+        ValueError: naming the layer and shapes when the two models do not fit.
+    """
+    return transfer_weights(a_model, model, A_INIT_LAYERS)
