@@ -31,7 +31,9 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except (ValueError, FileNotFoundError) as exc:
-            raise UserError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+            raise UserError(
+                str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            ) from None
 
     return wrapper
 
@@ -68,11 +70,16 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
         raise UserError("give either a CONFIG or --all")
     shape = _parse_input_shape(input_shape)
     kwargs = dict(
-        include_top=not no_top, batch_norm=batch_norm, width=width, classes=classes,
+        include_top=not no_top,
+        batch_norm=batch_norm,
+        width=width,
+        classes=classes,
         input_shape=shape,
     )
     if all_configs:
-        click.echo(f"{'config':<7} {'weight layers':>13} {'parameters':>13} {'paper (Table 2)':>16}")
+        click.echo(
+            f"{'config':<7} {'weight layers':>13} {'parameters':>13} {'paper (Table 2)':>16}"
+        )
         for name in configs.CONFIGS:
             model = models.build(name, **kwargs)
             click.echo(
@@ -89,8 +96,50 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
         click.echo(f"{name:<24} {kind:<28} {shape_text:<24} {count:>12,}")
     key = configs.canonical_name(config)
     click.echo(f"Total parameters: {model.count_params():,}")
-    click.echo(f"Weight layers: {configs.weight_layers(key)}; paper (Table 2): "
-               f"{configs.PAPER_PARAMS_M[key]} M")
+    click.echo(
+        f"Weight layers: {configs.weight_layers(key)}; paper (Table 2): "
+        f"{configs.PAPER_PARAMS_M[key]} M"
+    )
+
+
+class RunFailed(click.ClickException):
+    """Training stopped on its own (NaN loss): exit code 1, one line, no traceback."""
+
+    exit_code = 1
+
+    def show(self, file=None):
+        click.echo(f"kvgg: error: {self.format_message()}", err=True, file=file)
+
+
+@main.command()
+@click.argument("recipe_path", metavar="RECIPE.toml")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key, e.g. --set data.root=/data/imagenet --set optimizer.lr=0.001.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the resolved recipe and the plan, then exit.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run of the same name.")
+@user_errors
+def fit(recipe_path, overrides, dry_run, overwrite):
+    """Train the recipe RECIPE.toml (Sec. 3.1) in runs/<name>/, resuming a killed run."""
+    from keras_vgg import recipe as recipe_lib
+    from keras_vgg import training
+
+    recipe = recipe_lib.load_recipe(recipe_path, overrides)
+    if dry_run:
+        plan = training.plan_fit(recipe, overwrite=overwrite)
+        click.echo(f"# resolved recipe ({recipe_path})")
+        click.echo(recipe_lib.recipe_to_toml(recipe))
+        click.echo("# plan")
+        click.echo(plan.describe())
+        return
+    try:
+        training.fit(recipe, overwrite=overwrite, print_fn=click.echo)
+    except training.TrainingDiverged as exc:
+        raise RunFailed(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

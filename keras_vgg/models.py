@@ -30,6 +30,7 @@ def build(
     width: float = 1.0,
     fc_units: int = 4096,
     kernel_initializer: Any = "glorot_uniform",
+    kernel_regularizer: Any = None,
     lrn_formula: str = "alexnet",
     dtype: Any = None,
     name: str | None = None,
@@ -65,6 +66,9 @@ def build(
         kernel_initializer: Initializer of every kernel (biases are zero). Sec. 3.1 uses
             `keras.initializers.RandomNormal(stddev=0.01)`; Keras's default Glorot works
             without pre-training.
+        kernel_regularizer: Regularizer of every conv and FC kernel (not the biases), e.g.
+            `keras.regularizers.L2(2.5e-4)` for the paper's weight decay 5e-4 (Sec. 3.1; Keras's
+            L2(l) adds l * sum(w^2) to the loss, Caffe's decay d adds 0.5 * d * sum(w^2)).
         lrn_formula: "alexnet" or "caffe", see `LocalResponseNormalization` (A-LRN only).
         dtype: Dtype policy of every layer, e.g. "mixed_bfloat16" (default: the global
             policy). The final activation is always float32.
@@ -117,6 +121,7 @@ def build(
                 padding="same",
                 activation=None if batch_norm else "relu",
                 kernel_initializer=_initializer(kernel_initializer),
+                kernel_regularizer=_regularizer(kernel_regularizer),
                 data_format="channels_last",
                 dtype=dtype,
                 name=layer_name,
@@ -139,6 +144,7 @@ def build(
                 fc_units,
                 activation="relu",
                 kernel_initializer=_initializer(kernel_initializer),
+                kernel_regularizer=_regularizer(kernel_regularizer),
                 dtype=dtype,
                 name=fc_name,
             )(x)
@@ -147,6 +153,7 @@ def build(
         x = keras.layers.Dense(
             classes,
             kernel_initializer=_initializer(kernel_initializer),
+            kernel_regularizer=_regularizer(kernel_regularizer),
             dtype=dtype,
             name="predictions",
         )(x)
@@ -177,6 +184,14 @@ def _initializer(spec: Any):
     return keras.initializers.get(spec)
 
 
+def _regularizer(spec: Any):
+    if spec is None:
+        return None
+    if isinstance(spec, keras.regularizers.Regularizer):
+        return spec.__class__.from_config(spec.get_config())
+    return keras.regularizers.get(spec)
+
+
 def _check_arguments(
     weights, include_top, pooling, classes, classifier_activation, dropout, width, fc_units
 ) -> None:
@@ -186,7 +201,9 @@ def _check_arguments(
             f"Received: weights={weights!r}"
         )
     if not isinstance(include_top, bool):
-        raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
+        raise ValueError(
+            f"`include_top` must be True or False. Received: include_top={include_top!r}"
+        )
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
