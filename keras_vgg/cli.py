@@ -31,9 +31,7 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except (ValueError, FileNotFoundError) as exc:
-            raise UserError(
-                str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            ) from None
+            raise UserError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
 
     return wrapper
 
@@ -70,16 +68,11 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
         raise UserError("give either a CONFIG or --all")
     shape = _parse_input_shape(input_shape)
     kwargs = dict(
-        include_top=not no_top,
-        batch_norm=batch_norm,
-        width=width,
-        classes=classes,
+        include_top=not no_top, batch_norm=batch_norm, width=width, classes=classes,
         input_shape=shape,
     )
     if all_configs:
-        click.echo(
-            f"{'config':<7} {'weight layers':>13} {'parameters':>13} {'paper (Table 2)':>16}"
-        )
+        click.echo(f"{'config':<7} {'weight layers':>13} {'parameters':>13} {'paper (Table 2)':>16}")
         for name in configs.CONFIGS:
             model = models.build(name, **kwargs)
             click.echo(
@@ -96,10 +89,8 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
         click.echo(f"{name:<24} {kind:<28} {shape_text:<24} {count:>12,}")
     key = configs.canonical_name(config)
     click.echo(f"Total parameters: {model.count_params():,}")
-    click.echo(
-        f"Weight layers: {configs.weight_layers(key)}; paper (Table 2): "
-        f"{configs.PAPER_PARAMS_M[key]} M"
-    )
+    click.echo(f"Weight layers: {configs.weight_layers(key)}; paper (Table 2): "
+               f"{configs.PAPER_PARAMS_M[key]} M")
 
 
 class RunFailed(click.ClickException):

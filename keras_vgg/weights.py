@@ -32,9 +32,7 @@ A_INIT_LAYERS: tuple[str, ...] = (
 REGISTRY: dict[tuple[str, str], dict] = {}
 
 
-def load_weights(
-    model: keras.Model, weights: str | os.PathLike, *, config: str | None = None
-) -> None:
+def load_weights(model: keras.Model, weights: str | os.PathLike, *, config: str | None = None) -> None:
     """Loads weights into `model`, all or nothing.
 
     Args:
@@ -82,7 +80,8 @@ def load_weights(
             ) from exc
     else:
         raise ValueError(
-            f"Weights files must end in .weights.h5 or .keras. Received: weights={path!r}"
+            "Weights files must end in .weights.h5 or .keras. "
+            f"Received: weights={path!r}"
         )
 
 
@@ -122,9 +121,7 @@ def transfer_weights(
         try:
             target_layer = target.get_layer(name)
         except ValueError:
-            raise ValueError(
-                f"{label}: target model {target.name!r} has no layer {name!r}"
-            ) from None
+            raise ValueError(f"{label}: target model {target.name!r} has no layer {name!r}") from None
         if name not in source_layers:
             raise ValueError(f"{label}: has no layer {name!r} (needed by {target.name!r})")
         values = source_layers[name].get_weights()
@@ -132,7 +129,8 @@ def transfer_weights(
         found = [tuple(v.shape) for v in values]
         if expected != found:
             raise ValueError(
-                f"{label}: layer {name!r} has weights of shapes {found}, expected {expected}"
+                f"{label}: layer {name!r} has weights of shapes {found}, "
+                f"expected {expected}"
             )
         plan.append((target_layer, values))
     for layer, values in plan:
