@@ -162,7 +162,8 @@ class ImageSource:
                         labels.append(int(line))
                     except ValueError:
                         raise ValueError(
-                            f"{labels_file}: line {number} is not an integer label: {line.strip()!r}"
+                            f"{labels_file}: line {number} is not an integer label: "
+                            f"{line.strip()!r}"
                         ) from None
         if len(labels) != len(names):
             raise ValueError(
