@@ -100,8 +100,12 @@ def _progress_bar(length: int, label: str):
 
 @main.command()
 @click.argument("root")
-@click.option("--labels", "labels_file", default=None,
-              help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).")
+@click.option(
+    "--labels",
+    "labels_file",
+    default=None,
+    help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).",
+)
 @click.option("--sample", type=int, default=None, help="Use a seeded sample of N images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
 @click.option("-o", "--output", default=None, help="Write the statistics as JSON here.")
@@ -142,11 +146,20 @@ def data():
 
 @data.command("check")
 @click.argument("root")
-@click.option("--labels", "labels_file", default=None,
-              help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).")
+@click.option(
+    "--labels",
+    "labels_file",
+    default=None,
+    help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).",
+)
 @click.option("--workers", type=int, default=None, help="Parallel threads (default: CPUs).")
-@click.option("--min-side", type=int, default=0, show_default=True,
-              help="Also report images whose smaller side is below this.")
+@click.option(
+    "--min-side",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Also report images whose smaller side is below this.",
+)
 @click.option("--output", default=None, help="Also write the report to this file.")
 @user_errors
 def data_check(root, labels_file, workers, min_side, output):
@@ -155,9 +168,7 @@ def data_check(root, labels_file, workers, min_side, output):
 
     source = sources.open_source(root, labels_file)
     with _progress_bar(len(source), "files") as bar:
-        report = check.check_source(
-            source, workers=workers, min_side=min_side, progress=bar.update
-        )
+        report = check.check_source(source, workers=workers, min_side=min_side, progress=bar.update)
     text = report.to_text()
     click.echo(text)
     if output:
