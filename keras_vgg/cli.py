@@ -136,6 +136,91 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
     )
 
 
+def _progress_bar(length: int, label: str):
+    """A click progress bar on stderr, so stdout carries only the report."""
+    return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+
+
+@main.command()
+@click.argument("root")
+@click.option(
+    "--labels",
+    "labels_file",
+    default=None,
+    help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).",
+)
+@click.option("--sample", type=int, default=None, help="Use a seeded sample of N images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option("-o", "--output", default=None, help="Write the statistics as JSON here.")
+@user_errors
+def stats(root, labels_file, sample, seed, output):
+    """Mean RGB and RGB covariance PCA of the images under ROOT (Sec. 2.1, 3.1).
+
+    The eigenvalues are on the 0-1 pixel scale, like AlexNet's published ImageNet values.
+    """
+    from keras_vgg.data import sources
+    from keras_vgg.data import stats as stats_lib
+
+    source = sources.as_source(root, labels_file)
+    if sample is not None and sample < 1:
+        raise UserError(f"--sample must be a positive integer, got {sample}")
+    try:
+        total = len(source)
+    except TypeError:  # TFRecord shards without a known record count
+        total = 0
+    total = min(sample, total) if sample and total else (sample or total)
+    with _progress_bar(total, "images") as bar:
+        result = stats_lib.compute_stats(source, sample=sample, seed=seed, progress=bar.update)
+    click.echo(f"images: {result.images}")
+    click.echo("mean (0-255): " + " ".join(f"{v:.3f}" for v in result.mean))
+    click.echo("eigenvalues (0-1 scale): " + " ".join(f"{v:.5f}" for v in result.eigenvalues))
+    click.echo("eigenvectors (columns):")
+    for row in result.eigenvectors:
+        click.echo("  " + " ".join(f"{v:+.4f}" for v in row))
+    if output:
+        result.to_json(output)
+        click.echo(f"wrote {output}")
+
+
+@main.group()
+def data():
+    """Inspect datasets."""
+
+
+@data.command("check")
+@click.argument("root")
+@click.option(
+    "--labels",
+    "labels_file",
+    default=None,
+    help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).",
+)
+@click.option("--workers", type=int, default=None, help="Parallel threads (default: CPUs).")
+@click.option(
+    "--min-side",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Also report images whose smaller side is below this.",
+)
+@click.option("--output", default=None, help="Also write the report to this file.")
+@user_errors
+def data_check(root, labels_file, workers, min_side, output):
+    """Scan ROOT for unreadable and unusual images; exit 1 if any is unreadable."""
+    from keras_vgg.data import check, sources
+
+    source = sources.open_source(root, labels_file)
+    with _progress_bar(len(source), "files") as bar:
+        report = check.check_source(source, workers=workers, min_side=min_side, progress=bar.update)
+    text = report.to_text()
+    click.echo(text)
+    if output:
+        with open(output, "w") as f:
+            f.write(text + "\n")
+    if report.unreadable:
+        sys.exit(1)
+
+
 class RunFailed(click.ClickException):
     """Training stopped on its own (NaN loss): exit code 1, one line, no traceback."""
 

@@ -242,7 +242,7 @@ def _split_source(sources, source, fraction, seed):
 
     def pick(mask):
         return sources.ImageSource(
-            [f for f, m in zip(files, mask) if m],
+            [f for f, m in zip(files, mask, strict=True) if m],
             [int(v) for v in labels[mask]],
             source.class_names,
         )
@@ -691,7 +691,7 @@ def _write_curves(path: str, history: list[dict]) -> None:
         ("top-1 error", "top1_error", "val_top1_error", "linear"),
         ("top-5 error", "top5_error", "val_top5_error", "linear"),
     )
-    for ax, (title, train_key, val_key, _) in zip(axes, panels):
+    for ax, (title, train_key, val_key, _) in zip(axes, panels, strict=False):
         ax.plot(epochs, [r[train_key] for r in history], "o-", label="training")
         ax.plot(epochs, [r[val_key] for r in history], "o-", label="validation")
         ax.set_title(title)
