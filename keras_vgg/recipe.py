@@ -88,7 +88,8 @@ class DataSection:
         root: Training images: a folder with one sub-folder per class.
         val_root: Validation images (a class-folder tree, or a flat folder with
             `labels_file`); None uses `val_split` of `root`.
-        labels_file: Labels of a flat `val_root` (ILSVRC-2012: one class index per line).
+        labels_file: Labels of a flat `val_root`, one class index per line ("imagenet-val":
+            the bundled ILSVRC-2012 validation labels).
         val_split: Fraction of `root` held out for validation when there is no `val_root`.
         train_scale: S, the smallest side of the rescaled training image: an int
             (single-scale) or [Smin, Smax] (scale jittering, Sec. 3.1).

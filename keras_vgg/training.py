@@ -141,12 +141,15 @@ class TrainingData:
     mean: tuple[float, float, float]
 
 
-def recipe_data(recipe: recipe_lib.Recipe, *, bad_files_path: str | None = None) -> TrainingData:
+def recipe_data(
+    recipe: recipe_lib.Recipe, *, bad_files_path: str | None = None, num_workers: int = 1
+) -> TrainingData:
     """Builds the training and validation pipelines of a recipe (Sec. 3.1).
 
     Args:
         recipe: The recipe.
         bad_files_path: Where the pipeline lists images it had to skip.
+        num_workers: Worker processes reading shards of the training set.
 
     Returns:
         A `TrainingData`.
@@ -171,12 +174,21 @@ def recipe_data(recipe: recipe_lib.Recipe, *, bad_files_path: str | None = None)
         if not os.path.isfile(d.stats):
             raise ValueError(f"{recipe.path}: data.stats: file not found: {d.stats}")
         stats = stats_lib.DatasetStats.from_json(d.stats)
-    mean = tuple(float(v) for v in np.asarray(stats.mean).reshape(-1)[:3])
-    steps = r.steps_per_epoch or len(train_source.files) // r.batch_size
+    mean = tuple(float(v) for v in stats.mean)
+    batch = r.batch_size
+    if r.steps_per_epoch is not None:
+        # A fixed seeded subset makes one pipeline epoch exactly `steps_per_epoch` batches,
+        # so Keras's epochs and the pipeline's stay aligned (and resuming stays exact).
+        train_source = train_source.sample(r.steps_per_epoch * batch, seed=r.seed)
+    elif num_workers > 1:
+        # Every worker must run the same number of steps: keep a multiple of the global
+        # batch, so the round-robin shards are equal.
+        train_source = train_source.sample(len(train_source) // batch * batch, seed=r.seed)
+    steps = len(train_source) // batch
     if steps < 1:
         raise ValueError(
-            f"{recipe.path}: run.batch_size: {r.batch_size} is larger than the "
-            f"{len(train_source.files)} training images of {d.root}"
+            f"{recipe.path}: run.batch_size: {batch} is larger than the "
+            f"{len(train_source)} training images of {d.root}"
         )
 
     def train(*, start_epoch: int, batch_size: int, num_shards: int = 1, shard_index: int = 0):
@@ -215,11 +227,11 @@ def _open_source(recipe, key, root, labels_file):
 
     if not os.path.isdir(root):
         raise ValueError(f"{recipe.path}: {key}: folder not found: {root}")
-    if labels_file == "imagenet":
-        from importlib import resources
-
-        labels_file = str(resources.files("keras_vgg") / "_data" / "imagenet_val_labels.txt")
-    elif labels_file is not None and not os.path.isfile(labels_file):
+    if (
+        labels_file is not None
+        and labels_file != sources.IMAGENET_VAL_LABELS
+        and not os.path.isfile(labels_file)
+    ):
         raise ValueError(f"{recipe.path}: data.labels_file: file not found: {labels_file}")
     try:
         return sources.open_source(root, labels_file=labels_file)
@@ -802,7 +814,11 @@ def fit(
     )
 
     if data is None:
-        data = recipe_data(recipe, bad_files_path=os.path.join(run_dir, "bad_files.txt"))
+        data = recipe_data(
+            recipe,
+            bad_files_path=os.path.join(run_dir, "bad_files.txt") if dist.is_chief else None,
+            num_workers=dist.num_workers,
+        )
     classes = recipe.model.classes or len(data.class_names)
     if recipe.model.classes is not None and data.class_names and classes != len(data.class_names):
         raise ValueError(
