@@ -261,5 +261,70 @@ def fit(recipe_path, overrides, dry_run, overwrite):
         raise RunFailed(str(exc)) from None
 
 
+@main.command()
+@click.option("--recipe", "recipe_path", default="recipes/demo.toml", show_default=True)
+@click.option(
+    "--data", "data_root", default="runs/digits", show_default=True, help="Where the images go."
+)
+@click.option("--prepare-only", is_flag=True, help="Only write the images and their statistics.")
+@click.option("--overwrite", is_flag=True, help="Train again even if the demo run has finished.")
+@user_errors
+def demo(recipe_path, data_root, prepare_only, overwrite):
+    """Train recipes/demo.toml on scikit-learn's digits, then classify held-out images."""
+    import json
+
+    from keras_vgg import demo as demo_lib
+    from keras_vgg import recipe as recipe_lib
+    from keras_vgg import training
+
+    counts = demo_lib.write_digits(data_root)
+    stats_path = os.path.join(data_root, "stats.json")
+    if not os.path.isfile(stats_path):
+        from keras_vgg.data import sources
+        from keras_vgg.data import stats as stats_lib
+
+        stats_lib.compute_stats(sources.open_source(os.path.join(data_root, "train"))).to_json(
+            stats_path
+        )
+    click.echo(f"digits: {counts} images under {data_root} (statistics: {stats_path})")
+    if prepare_only:
+        return
+    recipe = recipe_lib.load_recipe(
+        recipe_path,
+        [
+            f"data.root={os.path.join(data_root, 'train')}",
+            f"data.val_root={os.path.join(data_root, 'val')}",
+            f"data.stats={stats_path}",
+        ],
+    )
+    metrics_path = os.path.join(recipe.run_dir, "metrics.json")
+    finished = False
+    if os.path.isfile(metrics_path) and not overwrite:
+        with open(metrics_path, encoding="utf-8") as f:
+            finished = json.load(f).get("status") == "finished"
+    if finished:
+        click.echo(f"{recipe.run_dir} has finished already (kvgg demo --overwrite trains again)")
+    else:
+        try:
+            training.fit(recipe, overwrite=overwrite, print_fn=click.echo)
+        except training.TrainingDiverged as exc:
+            raise RunFailed(str(exc)) from None
+    with open(metrics_path, encoding="utf-8") as f:
+        metrics = json.load(f)
+    click.echo(
+        f"validation (centre crop, Q = {recipe.data.resolved_val_scale}): top-1 error "
+        f"{100 * metrics['best_val_top1_error']:.2f} %, top-5 error "
+        f"{100 * metrics['best_val_top5_error']:.2f} % (best epoch {metrics['best_epoch']} "
+        f"of {metrics['epochs']}, {metrics['train_seconds']:.0f} s)"
+    )
+    # Hook: `kvgg evaluate` / `kvgg predict` replace this stand-in once they exist.
+    rows, error = demo_lib.predict_folder(recipe.run_dir, os.path.join(data_root, "test"))
+    click.echo(f"held-out test images ({counts['test']}): top-1 error {100 * error:.2f} %")
+    for path, truth, predicted, probability in rows:
+        mark = "ok" if truth == predicted else "WRONG"
+        click.echo(f"  {path}: true {truth}, predicted {predicted} ({probability:.2f}) {mark}")
+    click.echo(f"run directory: {recipe.run_dir}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
