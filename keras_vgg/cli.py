@@ -231,7 +231,7 @@ class RunFailed(click.ClickException):
 
 
 @main.command()
-@click.argument("recipe_path", metavar="RECIPE.toml")
+@click.argument("recipe_paths", metavar="RECIPE.toml", nargs=-1, required=True)
 @click.option(
     "--set",
     "overrides",
@@ -242,19 +242,28 @@ class RunFailed(click.ClickException):
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe and the plan, then exit.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run of the same name.")
 @user_errors
-def fit(recipe_path, overrides, dry_run, overwrite):
-    """Train the recipe RECIPE.toml (Sec. 3.1) in runs/<name>/, resuming a killed run."""
+def fit(recipe_paths, overrides, dry_run, overwrite):
+    """Train the recipe RECIPE.toml (Sec. 3.1) in runs/<name>/, resuming a killed run.
+
+    Running the same command again after the process was killed resumes the run where its
+    last checkpoint left it. With --dry-run several recipes may be given, and each is checked.
+    """
     from keras_vgg import recipe as recipe_lib
     from keras_vgg import training
 
-    recipe = recipe_lib.load_recipe(recipe_path, overrides)
+    if len(recipe_paths) > 1 and not dry_run:
+        raise UserError("give one RECIPE.toml (several only with --dry-run)")
+    recipes = [recipe_lib.load_recipe(path, overrides) for path in recipe_paths]
     if dry_run:
-        plan = training.plan_fit(recipe, overwrite=overwrite)
-        click.echo(f"# resolved recipe ({recipe_path})")
-        click.echo(recipe_lib.recipe_to_toml(recipe))
-        click.echo("# plan")
-        click.echo(plan.describe())
+        for path, recipe in zip(recipe_paths, recipes, strict=True):
+            plan = training.plan_fit(recipe, overwrite=overwrite)
+            click.echo(f"# resolved recipe ({path})")
+            click.echo(recipe_lib.recipe_to_toml(recipe))
+            click.echo(f"# plan ({path})")
+            click.echo(plan.describe())
+            click.echo()
         return
+    recipe = recipes[0]
     try:
         training.fit(recipe, overwrite=overwrite, print_fn=click.echo)
     except training.TrainingDiverged as exc:

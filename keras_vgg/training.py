@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -879,15 +880,20 @@ def fit(
             )
         if verbose == "auto":
             verbose = 1 if sys.stdout.isatty() else 0
-        model.fit(
-            train,
-            epochs=recipe.schedule.epochs,
-            initial_epoch=start_epoch,
-            steps_per_epoch=data.steps_per_epoch,
-            validation_data=val,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
+        with warnings.catch_warnings():
+            # Keras's notices for datasets it cannot count: the validation set is finite on
+            # purpose and the training set is shuffled by the pipeline's seed.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
+            model.fit(
+                train,
+                epochs=recipe.schedule.epochs,
+                initial_epoch=start_epoch,
+                steps_per_epoch=data.steps_per_epoch,
+                validation_data=val,
+                callbacks=callbacks,
+                verbose=verbose,
+            )
     if keeper.diverged is not None:
         epoch, batch = keeper.diverged
         if dist.is_chief:

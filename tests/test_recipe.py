@@ -1,0 +1,220 @@
+"""Recipes: parsing, validation (one line naming file and key), --set, and every shipped recipe."""
+
+import dataclasses
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from keras_vgg import recipe as recipe_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+
+# Table 3 of the paper: recipe -> (config, train S, test Q, top-1, top-5, from_run, mode, lr).
+TABLE_3 = {
+    "a_256": ("A", 256, 256, "29.6", "10.4", None, None, 1e-2),
+    "a_lrn_256": ("A-LRN", 256, 256, "29.7", "10.5", None, None, 1e-2),
+    "b_256": ("B", 256, 256, "28.7", "9.9", "a_256", "a_layers", 1e-2),
+    "c_256": ("C", 256, 256, "28.1", "9.4", "a_256", "a_layers", 1e-2),
+    "c_384": ("C", 384, 384, "28.1", "9.3", "c_256", "all", 1e-3),
+    "c_jitter": ("C", (256, 512), 384, "27.3", "8.8", "c_384", "all", 1e-3),
+    "d_256": ("D", 256, 256, "27.0", "8.8", "a_256", "a_layers", 1e-2),
+    "d_384": ("D", 384, 384, "26.8", "8.7", "d_256", "all", 1e-3),
+    "d_jitter": ("D", (256, 512), 384, "25.6", "8.1", "d_384", "all", 1e-3),
+    "e_256": ("E", 256, 256, "27.3", "9.0", "a_256", "a_layers", 1e-2),
+    "e_384": ("E", 384, 384, "26.9", "8.7", "e_256", "all", 1e-3),
+    "e_jitter": ("E", (256, 512), 384, "25.5", "8.0", "e_384", "all", 1e-3),
+}
+
+GOOD = """
+[model]
+config = "vgg16"
+width = 0.5
+
+[data]
+root = "/data/train"
+train_scale = [256, 512]
+
+[run]
+batch_size = 128
+"""
+
+
+def write(tmp_path, text, name="exp.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def kvgg(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "keras_vgg.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_defaults_are_the_papers(tmp_path):
+    r = recipe_lib.load_recipe(write(tmp_path, '[data]\nroot = "/x"\n'))
+    assert (r.model.config, r.model.dropout, r.model.init, r.model.fc_units) == (
+        "A",
+        0.5,
+        "normal",
+        4096,
+    )
+    assert (r.optimizer.lr, r.optimizer.momentum, r.optimizer.weight_decay) == (1e-2, 0.9, 5e-4)
+    assert r.optimizer.weight_decay_mode == "l2"
+    assert (r.schedule.epochs, r.schedule.factor, r.schedule.max_reductions) == (74, 0.1, 3)
+    assert (r.run.batch_size, r.data.train_scale, r.data.crop_size) == (256, 256, 224)
+    assert r.run.name == "exp" and r.run_dir == os.path.join("runs", "exp")
+
+
+def test_parse_canonicalises_and_freezes(tmp_path):
+    r = recipe_lib.load_recipe(write(tmp_path, GOOD))
+    assert r.model.config == "D"
+    assert r.data.train_scale == (256, 512) and r.data.scale_jitter
+    assert r.data.resolved_val_scale == 384
+    assert isinstance(r.model.width, float) and r.model.width == 0.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.model.width = 1.0
+
+
+def test_set_overrides_any_key_with_toml_or_bare_values(tmp_path):
+    r = recipe_lib.load_recipe(
+        write(tmp_path, GOOD),
+        [
+            "data.root=/data/imagenet",
+            "optimizer.lr=0.001",
+            "data.train_scale=384",
+            "data.flip=false",
+            'run.name="other"',
+            "schedule.epochs=3",
+            "init.from_run=runs/x",
+        ],
+    )
+    assert r.data.root == "/data/imagenet"
+    assert r.optimizer.lr == 0.001
+    assert r.data.train_scale == 384 and not r.data.scale_jitter
+    assert r.data.flip is False
+    assert r.run.name == "other" and r.schedule.epochs == 3
+    assert r.init.from_run == "runs/x"
+
+
+def test_resolved_toml_round_trips(tmp_path):
+    r = recipe_lib.load_recipe(write(tmp_path, GOOD), ['data.val_root=/v "q"'])
+    text = recipe_lib.recipe_to_toml(r)
+    again = recipe_lib.load_recipe(write(tmp_path, text, "exp.toml"))
+    assert recipe_lib.recipe_to_dict(again) == recipe_lib.recipe_to_dict(r)
+    assert again.data.val_root == '/v "q"'
+
+
+BAD = [
+    # (section text, overrides, expected key in message, expected words)
+    ('[model]\nconfg = "A"\n', [], "model.confg", "unknown key"),
+    ('[modle]\nconfig = "A"\n', [], "[modle]", "unknown section"),
+    ('[model]\nconfig = "Z"\n', [], "model.config", "unknown configuration 'Z'"),
+    ("[model]\nwidth = true\n", [], "model.width", "expected a number, got true"),
+    ('[optimizer]\nlr = "fast"\n', [], "optimizer.lr", "expected a number, got 'fast'"),
+    ("[run]\nbatch_size = 2.5\n", [], "run.batch_size", "expected an integer, got 2.5"),
+    ("[data]\ntrain_scale = [512, 256]\n", [], "data.train_scale", "Smin 512 > Smax 256"),
+    ("[data]\ntrain_scale = [256]\n", [], "data.train_scale", "expected an integer or [int, int]"),
+    ("[data]\ncrop_size = 300\n", [], "data.crop_size", "larger than the smallest training"),
+    ("[data]\ntrain_scale = [200, 512]\n", [], "data.crop_size", "S = 200"),
+    ("", ["data.root="], "data.root", "missing"),
+    ("[optimizer]\nweight_decay_mode = 'adamw'\n", [], "optimizer.weight_decay_mode", "'adamw'"),
+    ("[run]\nprecision = 'half'\n", [], "run.precision", "'half'"),
+    ("[schedule]\nfactor = 1.5\n", [], "schedule.factor", "(0, 1)"),
+    ("[init]\nmode = 'some'\n", [], "init.mode", "'some'"),
+    ("[init]\nfrom_run = 'a_256'\n[model]\nweights = 'x.keras'\n", [], "init.from_run", "not both"),
+    ("", ["optimizer.lrr=1"], "optimizer.lrr", "unknown key"),
+    ("", ["lr=1"], "--set lr", "section.key"),
+]
+
+
+@pytest.mark.parametrize("text, overrides, key, words", BAD)
+def test_errors_name_file_and_key_in_one_line(tmp_path, text, overrides, key, words):
+    base = '[data]\nroot = "/x"\n' if "[data]" not in text else ""
+    if "[data]" in text:
+        text = text.replace("[data]\n", '[data]\nroot = "/x"\n')
+    path = write(tmp_path, base + text)
+    with pytest.raises(ValueError) as info:
+        recipe_lib.load_recipe(path, overrides)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert key in message and words in message
+    assert "\n" not in message
+
+
+def test_cli_error_is_one_line_exit_2_no_traceback(tmp_path):
+    path = write(tmp_path, '[data]\nroot = "/x"\ntrain_scale = [512, 256]\n')
+    result = kvgg("fit", path, "--dry-run")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"kvgg: error: {path}: data.train_scale: Smin 512 > Smax 256"
+    ), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    missing = kvgg("fit", str(tmp_path / "nope.toml"), "--dry-run")
+    assert missing.returncode == 2 and "recipe file not found" in missing.stderr
+
+
+def test_missing_data_root_at_fit_time_names_the_key(tmp_path):
+    path = write(tmp_path, f'[data]\nroot = "{tmp_path}/absent"\n[run]\nruns_dir = "{tmp_path}"\n')
+    result = kvgg("fit", path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"kvgg: error: {path}: data.root: folder not found: {tmp_path}/absent"
+    )
+
+
+def test_every_recipe_passes_dry_run():
+    """`kvgg fit --dry-run` on every recipe of recipes/, in one process."""
+    assert len(RECIPES) == 14
+    result = kvgg("fit", "--dry-run", *[str(p.relative_to(ROOT)) for p in RECIPES])
+    assert result.returncode == 0, result.stderr
+    for path in RECIPES:
+        rel = str(path.relative_to(ROOT))
+        assert f"# resolved recipe ({rel})" in result.stdout
+        plan = result.stdout.split(f"# plan ({rel})")[1].split("# resolved")[0]
+        for field in ("strategy:", "replicas:", "per-replica batch:", "steps per epoch:"):
+            assert field in plan
+        assert re.search(r"precision: +(float32|mixed_bfloat16|mixed_float16) \(", plan)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_3))
+def test_table_3_recipes(name):
+    config, scale, q, top1, top5, from_run, mode, lr = TABLE_3[name]
+    path = ROOT / "recipes" / f"{name}.toml"
+    r = recipe_lib.load_recipe(path)
+    assert r.run.name == name
+    assert r.model.config == config and r.data.train_scale == scale
+    assert r.data.resolved_val_scale == q and r.data.crop_size == 224
+    assert r.init.from_run == from_run
+    if mode is not None:
+        assert r.init.mode == mode
+    assert r.optimizer.lr == lr
+    assert (r.optimizer.momentum, r.optimizer.weight_decay, r.model.dropout) == (0.9, 5e-4, 0.5)
+    assert r.optimizer.weight_decay_mode == "l2" and r.run.batch_size == 256
+    assert (r.schedule.epochs, r.schedule.max_reductions, r.schedule.factor) == (74, 3, 0.1)
+    header = "".join(line for line in path.read_text().splitlines(True) if line.startswith("#"))
+    assert f"kvgg fit recipes/{name}.toml" in header
+    assert f"top-1 error {top1} %, top-5 error {top5} %" in header
+
+
+def test_demo_and_finetune_recipes():
+    demo = recipe_lib.load_recipe(ROOT / "recipes" / "demo.toml")
+    assert demo.run.name == "demo" and demo.data.root == "runs/digits/train"
+    assert demo.data.crop_size <= min(demo.data.train_scale)
+    fine = recipe_lib.load_recipe(ROOT / "recipes" / "finetune_folder.toml")
+    assert (fine.model.config, fine.init.mode, fine.model.weights) == (
+        "D",
+        "all_but_head",
+        "imagenet",
+    )
