@@ -1,0 +1,292 @@
+"""fit(recipe) in-process on tiny models and in-memory data: schedule, weight decay, run dir."""
+
+import csv
+import json
+import math
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_vgg import recipe as recipe_lib
+from keras_vgg import training
+from keras_vgg.training import Plateau, plateau_step
+
+CLASSES = 4
+
+
+def tiny_recipe(tmp_path, name="tiny", **sections):
+    raw = {
+        "model": {"config": "A", "width": 1 / 16, "fc_units": 32, "init": "glorot"},
+        "data": {"root": str(tmp_path / "unused"), "train_scale": 32, "crop_size": 32},
+        "optimizer": {"lr": 0.01},
+        "schedule": {"epochs": 3, "plateau_patience": 1},
+        "run": {
+            "name": name,
+            "batch_size": 8,
+            "precision": "float32",
+            "runs_dir": str(tmp_path / "runs"),
+        },
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return recipe_lib.parse_recipe(raw, path="tiny.toml")
+
+
+def tiny_data(n=32, nan_epoch=None, seed=0):
+    """In-memory TrainingData: a learnable colour patch per class, seeded per-epoch order."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % CLASSES).astype("int32")
+    x = rng.normal(0, 20, (n, 32, 32, 3)).astype("float32")
+    x[:, :8, :8, :] += y[:, None, None, None] * 40.0
+
+    def train(*, start_epoch, batch_size, num_shards=1, shard_index=0):
+        xs, ys = tf.constant(x), tf.constant(y)
+
+        def epoch(e):
+            key = tf.stack([tf.constant(7, tf.int64), e])
+            order = tf.argsort(tf.random.stateless_uniform([n], seed=key))
+            images = tf.gather(xs, order)
+            if nan_epoch is not None:
+                images = tf.where(tf.equal(e, nan_epoch), images * np.nan, images)
+            return tf.data.Dataset.from_tensor_slices((images, tf.gather(ys, order)))
+
+        ds = tf.data.Dataset.range(start_epoch, 10**9).flat_map(epoch)
+        return ds.shard(num_shards, shard_index).batch(batch_size, drop_remainder=True)
+
+    val = tf.data.Dataset.from_tensor_slices((x[:16], y[:16])).batch(8)
+    names = tuple(f"class_{i}" for i in range(CLASSES))
+    return training.TrainingData(train, val, names, n // 8, (1.0, 2.0, 3.0))
+
+
+def quiet(_line):
+    pass
+
+
+# === The schedule (Sec. 3.1) ===
+
+
+def test_plateau_divides_three_times_then_stops():
+    accuracies = [0.1, 0.2, 0.2, 0.3, 0.3, 0.3, 0.35, 0.35, 0.35, 0.35]
+    state, actions = Plateau(), []
+    for accuracy in accuracies:
+        state, action = plateau_step(
+            state, accuracy, patience=2, min_delta=0.0, max_reductions=3
+        )
+        actions.append(action)
+    assert actions == [
+        "improved", "improved", "wait", "improved", "wait", "reduce",
+        "improved", "wait", "reduce", "wait",
+    ]  # fmt: skip
+    assert state == Plateau(0.35, 1, 2)
+    state, action = plateau_step(state, 0.35, patience=2, min_delta=0.0, max_reductions=3)
+    assert (action, state.reductions) == ("reduce", 3)
+    state, action = plateau_step(state, 0.34, patience=2, min_delta=0.0, max_reductions=3)
+    state, action = plateau_step(state, 0.34, patience=2, min_delta=0.0, max_reductions=3)
+    assert action == "stop" and state.reductions == 3
+
+
+def test_plateau_min_delta():
+    state, action = plateau_step(
+        Plateau(0.5, 0, 0), 0.505, patience=1, min_delta=0.01, max_reductions=3
+    )
+    assert action == "reduce" and state == Plateau(0.5, 0, 1)
+
+
+# === Weight decay: the paper's (Caffe's) meaning ===
+
+
+def one_step(tmp_path, mode, x, y):
+    recipe = tiny_recipe(
+        tmp_path,
+        model={"dropout": 0.0},
+        optimizer={"lr": 0.1, "momentum": 0.0, "weight_decay": 0.05, "weight_decay_mode": mode},
+    )
+    keras.utils.set_random_seed(3)
+    model = training._build_model(recipe, CLASSES, "float32")
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        ce = keras.losses.SparseCategoricalCrossentropy()(y, model(x, training=True))
+    grads = [g.numpy() for g in tape.gradient(ce, model.trainable_variables)]
+    training._compile(model, training._optimizer(recipe, "float32"), CLASSES)
+    model.train_on_batch(x, y)
+    after = [v.numpy() for v in model.trainable_variables]
+    return model, before, grads, after
+
+
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+def test_weight_decay_adds_decay_times_w_to_the_gradient(tmp_path, mode):
+    """Caffe: w <- w - lr * (dCE/dw + 5e-4 * w) for kernels; biases are not decayed."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 30, (8, 32, 32, 3)).astype("float32")
+    y = np.arange(8) % CLASSES
+    model, before, grads, after = one_step(tmp_path, mode, x, y)
+    lr, decay = 0.1, 0.05
+    names = [v.path for v in model.trainable_variables]
+    assert any("kernel" in n for n in names) and any("bias" in n for n in names)
+    for name, w0, g, w1 in zip(names, before, grads, after, strict=True):
+        expected = w0 - lr * (g + (decay * w0 if name.endswith("kernel") else 0.0))
+        np.testing.assert_allclose(w1, expected, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert (len(model.losses) > 0) == (mode == "l2")
+
+
+# === A whole run ===
+
+
+def test_fit_writes_the_run_directory(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    lines = []
+    result = training.fit(recipe, data=tiny_data(), print_fn=lines.append, verbose=0)
+    run = tmp_path / "runs" / "tiny"
+    assert result.run_dir == str(run)
+    for name in ("recipe.toml", "history.csv", "best.keras", "last.keras", "metrics.json",
+                 "curves.png", "model_info.json", "state.npz"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert any((run / "logs").rglob("events.out.tfevents.*"))
+    saved = recipe_lib.load_recipe(run / "recipe.toml")
+    assert recipe_lib.recipe_to_dict(saved) == recipe_lib.recipe_to_dict(recipe)
+    assert json.loads((run / "model_info.json").read_text()) == {
+        "config": "A",
+        "class_names": ["class_0", "class_1", "class_2", "class_3"],
+        "preprocessing": {"mean": [1.0, 2.0, 3.0], "std": None, "scale": 1.0, "channel_order": "rgb"},
+        "train_scale": 32,
+        "crop_size": 32,
+    }
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert list(rows[0]) == list(training.HISTORY_COLUMNS)
+    for row, kept in zip(rows, result.history, strict=True):
+        assert float(row["val_top1_error"]) == pytest.approx(kept["val_top1_error"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["epochs"] == 3
+    assert metrics["stop_reason"] == "reached 3 epochs"
+    best = min(result.history, key=lambda r: r["val_top1_error"])
+    assert metrics["best_val_top1_error"] == pytest.approx(best["val_top1_error"])
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The summary line per epoch.
+    summaries = [line for line in lines if line.startswith("epoch ")]
+    assert len(summaries) == 3 and "val loss" in summaries[0] and "top-5 err" in summaries[0]
+    # best.keras is the model of the best epoch; last.keras the final weights.
+    last = keras.saving.load_model(run / "last.keras", compile=False)
+    for a, b in zip(last.weights, result.model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    val = tiny_data().val
+    x = np.concatenate([b[0] for b in val]), np.concatenate([b[1] for b in val])
+    best_model = keras.saving.load_model(run / "best.keras", compile=False)
+    error = np.mean(np.argmax(best_model.predict_on_batch(x[0]), 1) != x[1])
+    assert error == pytest.approx(best["val_top1_error"], abs=1e-6)
+    # The learning rate went down at plateaus and history records it.
+    lrs = [r["lr"] for r in result.history]
+    assert lrs[0] == pytest.approx(0.01)
+    for previous, current in zip(lrs, lrs[1:], strict=False):
+        assert current == pytest.approx(previous) or current == pytest.approx(previous * 0.1)
+
+
+def test_finished_run_is_not_overwritten_silently(tmp_path):
+    recipe = tiny_recipe(tmp_path, schedule={"epochs": 1})
+    training.fit(recipe, data=tiny_data(), print_fn=quiet, verbose=0)
+    state = (tmp_path / "runs" / "tiny" / "state.npz").read_bytes()
+    with pytest.raises(ValueError, match="has finished.*--overwrite"):
+        training.fit(recipe, data=tiny_data(), print_fn=quiet, verbose=0)
+    assert (tmp_path / "runs" / "tiny" / "state.npz").read_bytes() == state
+    again = training.fit(recipe, data=tiny_data(), overwrite=True, print_fn=quiet, verbose=0)
+    assert again.metrics["status"] == "finished"
+
+
+def test_resuming_with_another_recipe_is_refused(tmp_path):
+    recipe = tiny_recipe(tmp_path, schedule={"epochs": 2})
+    lines = []
+
+    def stop_after_first_epoch(line):
+        lines.append(line)
+        if line.startswith("epoch   1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(recipe, data=tiny_data(), print_fn=stop_after_first_epoch, verbose=0)
+    other = tiny_recipe(tmp_path, schedule={"epochs": 2}, optimizer={"lr": 0.5})
+    with pytest.raises(ValueError, match=r"different recipe \(optimizer.lr: 0.01 there, 0.5 here\)"):
+        training.fit(other, data=tiny_data(), print_fn=quiet, verbose=0)
+    resumed = []
+    training.fit(recipe, data=tiny_data(), print_fn=resumed.append, verbose=0)
+    assert any(line.startswith("resuming") and "after epoch 1" in line for line in resumed)
+    assert [line[:10] for line in resumed if line.startswith("epoch")] == ["epoch   2/"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    recipe = tiny_recipe(tmp_path, schedule={"epochs": 4})
+    run = tmp_path / "runs" / "tiny"
+    with pytest.raises(training.TrainingDiverged) as info:
+        training.fit(recipe, data=tiny_data(nan_epoch=1), print_fn=quiet, verbose=0)
+    message = str(info.value)
+    # (Keras clips probabilities, so a NaN batch can show a finite loss; the next one is NaN.)
+    assert re.search(r"NaN at epoch 2, batch [12] ", message) and "after epoch 1" in message
+    assert "\n" not in message
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "nan" and metrics["epochs"] == 1
+    with np.load(run / "state.npz") as state:
+        meta = json.loads(str(state["meta"]))
+        assert meta["epoch"] == 1
+        assert all(np.isfinite(state[k]).all() for k in state.files if k.startswith("model/"))
+    last = keras.saving.load_model(run / "last.keras", compile=False)
+    assert all(np.isfinite(w.numpy()).all() for w in last.weights)
+
+
+def test_init_from_a_run_copies_the_papers_layers(tmp_path):
+    a = tiny_recipe(tmp_path, name="a_tiny", schedule={"epochs": 1})
+    a_result = training.fit(a, data=tiny_data(), print_fn=quiet, verbose=0)
+    b = tiny_recipe(
+        tmp_path,
+        name="b_tiny",
+        model={"config": "B"},
+        init={"from_run": "a_tiny", "mode": "a_layers"},
+        schedule={"epochs": 1},
+    )
+    missing = tiny_recipe(tmp_path, name="c", model={"config": "B"}, init={"from_run": "zzz"})
+    with pytest.raises(ValueError, match=r"init.from_run: .*zzz.*not there yet: train run 'zzz'"):
+        training.fit(missing, data=tiny_data(), print_fn=quiet, verbose=0)
+    lines = []
+    best_a = keras.saving.load_model(tmp_path / "runs" / "a_tiny" / "best.keras", compile=False)
+    keras.utils.set_random_seed(0)
+    b_model = training._build_model(b, CLASSES, "float32")
+    copied = training._initialize(b_model, b, str(tmp_path / "runs" / "a_tiny" / "best.keras"))
+    assert copied == [
+        "block1_conv1", "block2_conv1", "block3_conv1", "block3_conv2", "fc1", "fc2",
+        "predictions",
+    ]  # fmt: skip
+    for name in copied:
+        for w_b, w_a in zip(b_model.get_layer(name).weights, best_a.get_layer(name).weights,
+                            strict=True):  # fmt: skip
+            np.testing.assert_array_equal(w_b.numpy(), w_a.numpy())
+    # block1_conv2 exists only in B: random, not copied.
+    assert b_model.get_layer("block1_conv2").weights[0].shape == (3, 3, 4, 4)
+    training.fit(b, data=tiny_data(), print_fn=lines.append, verbose=0)
+    assert any(line.startswith("initialised 7 layers from") for line in lines)
+    assert a_result.metrics["status"] == "finished"
+
+
+def test_normal_init_has_std_1e_2_and_zero_biases(tmp_path):
+    recipe = tiny_recipe(tmp_path, model={"init": "normal", "fc_units": 256})
+    keras.utils.set_random_seed(0)
+    model = training._build_model(recipe, CLASSES, "float32")
+    kernel, bias = model.get_layer("fc1").weights
+    assert np.std(kernel.numpy()) == pytest.approx(1e-2, rel=0.05)
+    assert not np.any(bias.numpy())
+    assert math.isclose(float(np.mean(kernel.numpy())), 0.0, abs_tol=1e-3)
+
+
+def test_model_follows_the_recipe(tmp_path):
+    recipe = tiny_recipe(tmp_path, model={"config": "C", "batch_norm": True, "dropout": 0.3})
+    model = training._build_model(recipe, 7, "float32")
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 7)
+    assert model.get_layer("block1_conv1").filters == 4 and model.get_layer("fc1").units == 32
+    assert model.get_layer("fc1_dropout").rate == 0.3
+    assert model.get_layer("block3_conv3").kernel_size == (1, 1)
+    assert model.get_layer("block1_conv1_bn") is not None
+    mixed = training._build_model(recipe, 7, "mixed_bfloat16")
+    assert mixed.get_layer("fc1").compute_dtype == "bfloat16"
+    assert mixed.output.dtype == "float32"
