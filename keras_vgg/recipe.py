@@ -308,15 +308,19 @@ def _apply_override(raw: dict, item: str, path: str) -> None:
     if key.count(".") != 1:
         raise ValueError(f"{path}: --set {key}: expected section.key (e.g. optimizer.lr)")
     section, name = key.split(".")
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
     if section not in _SECTIONS:
         raise ValueError(
             f"{path}: --set {key}: unknown section {section!r} (expected one of "
             f"{sorted(_SECTIONS)})"
         )
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    hint = typing.get_type_hints(_SECTIONS[section]).get(name)
+    if hint is not None and not isinstance(value, str) and str in typing.get_args(hint) + (hint,):
+        # A text key keeps its text: run.name=nan is the name "nan", not a float.
+        value = text.strip()
     raw.setdefault(section, {})[name] = value
 
 

@@ -902,10 +902,14 @@ def fit(
                 json.dumps(_metrics(keeper.meta, "nan"), indent=2) + "\n",
             )
         where = f"epoch {epoch}" + (f", batch {batch}" if batch else "")
+        kept = (
+            f"the last good checkpoint (after epoch {keeper.meta['epoch']}) is kept in {run_dir}"
+            if keeper.meta["epoch"]
+            else "no epoch had finished, so there is no checkpoint"
+        )
         raise TrainingDiverged(
-            f"loss became NaN at {where} (learning rate {keeper._epoch_lr:.1e}); "
-            f"stopped. The last good checkpoint (after epoch {keeper.meta['epoch']}) is kept "
-            f"in {run_dir}: lower optimizer.lr and run again with --overwrite"
+            f"loss became NaN at {where} (learning rate {keeper._epoch_lr:.1e}); stopped: "
+            f"{kept}. Lower optimizer.lr and run again with --overwrite"
         )
     metrics = _metrics(keeper.meta, "finished")
     if dist.is_chief:

@@ -106,6 +106,9 @@ def test_set_overrides_any_key_with_toml_or_bare_values(tmp_path):
     assert r.data.flip is False
     assert r.run.name == "other" and r.schedule.epochs == 3
     assert r.init.from_run == "runs/x"
+    # A text key keeps its text where TOML would read a float or a bool.
+    named = recipe_lib.load_recipe(write(tmp_path, GOOD), ["run.name=nan", "data.root=true"])
+    assert (named.run.name, named.data.root) == ("nan", "true")
 
 
 def test_resolved_toml_round_trips(tmp_path):

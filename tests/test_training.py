@@ -3,7 +3,6 @@
 import csv
 import json
 import math
-import os
 import re
 
 import keras
@@ -73,9 +72,7 @@ def test_plateau_divides_three_times_then_stops():
     accuracies = [0.1, 0.2, 0.2, 0.3, 0.3, 0.3, 0.35, 0.35, 0.35, 0.35]
     state, actions = Plateau(), []
     for accuracy in accuracies:
-        state, action = plateau_step(
-            state, accuracy, patience=2, min_delta=0.0, max_reductions=3
-        )
+        state, action = plateau_step(state, accuracy, patience=2, min_delta=0.0, max_reductions=3)
         actions.append(action)
     assert actions == [
         "improved", "improved", "wait", "improved", "wait", "reduce",
@@ -151,7 +148,12 @@ def test_fit_writes_the_run_directory(tmp_path):
     assert json.loads((run / "model_info.json").read_text()) == {
         "config": "A",
         "class_names": ["class_0", "class_1", "class_2", "class_3"],
-        "preprocessing": {"mean": [1.0, 2.0, 3.0], "std": None, "scale": 1.0, "channel_order": "rgb"},
+        "preprocessing": {
+            "mean": [1.0, 2.0, 3.0],
+            "std": None,
+            "scale": 1.0,
+            "channel_order": "rgb",
+        },
         "train_scale": 32,
         "crop_size": 32,
     }
@@ -209,7 +211,9 @@ def test_resuming_with_another_recipe_is_refused(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         training.fit(recipe, data=tiny_data(), print_fn=stop_after_first_epoch, verbose=0)
     other = tiny_recipe(tmp_path, schedule={"epochs": 2}, optimizer={"lr": 0.5})
-    with pytest.raises(ValueError, match=r"different recipe \(optimizer.lr: 0.01 there, 0.5 here\)"):
+    with pytest.raises(
+        ValueError, match=r"different recipe \(optimizer.lr: 0.01 there, 0.5 here\)"
+    ):
         training.fit(other, data=tiny_data(), print_fn=quiet, verbose=0)
     resumed = []
     training.fit(recipe, data=tiny_data(), print_fn=resumed.append, verbose=0)

@@ -1,0 +1,165 @@
+"""A real `kvgg fit` process on real PNG files: kill -9 mid-run, rerun, same end as uninterrupted."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EPOCHS = 6
+
+
+def write_folder(root: pathlib.Path, classes=3, per_class=16, size=40):
+    """Class folders of PNG files: a bright square whose place depends on the class."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+            image[4 + 10 * c : 14 + 10 * c, 8:30] = 230
+            Image.fromarray(image).save(root / f"class{c}" / f"{i:03d}.png")
+
+
+RECIPE = """
+[model]
+config = "A"
+width = 0.0625
+fc_units = 32
+init = "glorot"
+
+[data]
+root = "{root}/train"
+val_root = "{root}/val"
+train_scale = [32, 40]
+val_scale = 36
+crop_size = 32
+flip = true
+color_shift = true
+
+[optimizer]
+lr = 0.01
+
+[schedule]
+epochs = {epochs}
+plateau_patience = 1
+max_reductions = 9
+
+[run]
+seed = 3
+precision = "float32"
+batch_size = 8
+runs_dir = "{root}/runs"
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    write_folder(root / "train")
+    write_folder(root / "val", per_class=4)
+    (root / "exp.toml").write_text(RECIPE.format(root=root, epochs=EPOCHS))
+    return root
+
+
+def kvgg_fit(root, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return [sys.executable, "-m", "keras_vgg.cli", "fit", str(root / "exp.toml"), *args], env
+
+
+def run_to_end(root, name, timeout=240):
+    command, env = kvgg_fit(root, "--set", f"run.name={name}")
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def history(run_dir):
+    with open(run_dir / "history.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def weights(run_dir):
+    model = keras.saving.load_model(run_dir / "last.keras", compile=False)
+    return [w.numpy() for w in model.weights]
+
+
+def test_kill_9_then_rerun_ends_as_an_uninterrupted_run(workdir):
+    full = run_to_end(workdir, "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    # Start the same recipe under another name, kill -9 it during its fourth epoch.
+    command, env = kvgg_fit(workdir, "--set", "run.name=killed")
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    deadline = time.monotonic() + 180
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith("epoch   3/"):
+                process.send_signal(signal.SIGKILL)
+                break
+            assert time.monotonic() < deadline, "".join(seen)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "".join(seen)
+    killed_dir = workdir / "runs" / "killed"
+    metrics = json.loads((killed_dir / "metrics.json").read_text())
+    assert metrics["status"] == "running" and 3 <= metrics["epochs"] < EPOCHS
+
+    resumed = run_to_end(workdir, "killed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    done = metrics["epochs"]
+    assert f"resuming {killed_dir} after epoch {done}" in resumed.stdout
+    epochs_run = [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs_run) == EPOCHS - done
+
+    full_dir = workdir / "runs" / "full"
+    # Same epochs, losses, errors, learning rates (plateau state and reductions carried over).
+    assert history(killed_dir) == history(full_dir)
+    final = json.loads((killed_dir / "metrics.json").read_text())
+    expected = json.loads((full_dir / "metrics.json").read_text())
+    for key in ("status", "epochs", "reductions", "final_lr", "best_epoch", "stop_reason"):
+        assert final[key] == expected[key], key
+    assert expected["reductions"] >= 1  # the schedule did act, so carrying it over mattered
+    for a, b in zip(weights(killed_dir), weights(full_dir), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_finished_run_is_refused_then_overwritten_on_request(workdir):
+    if not (workdir / "runs" / "full" / "metrics.json").is_file():
+        assert run_to_end(workdir, "full").returncode == 0
+    again = run_to_end(workdir, "full")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"kvgg: error: {workdir}/runs/full: this run has finished (metrics.json); pass "
+        "--overwrite to train it again, or --set run.name=NEW for a new run"
+    )
+
+
+def test_nan_loss_exits_with_one_line(workdir):
+    command, env = kvgg_fit(
+        workdir,
+        "--set",
+        "run.name=nan",
+        "--set",
+        "optimizer.lr=1e30",
+        "--set",
+        "model.init='normal'",
+    )
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("kvgg: error: loss became NaN at epoch 1, batch ")
+    assert "Traceback" not in result.stderr
+    metrics = json.loads((workdir / "runs" / "nan" / "metrics.json").read_text())
+    assert metrics["status"] == "nan" and metrics["epochs"] == 0
