@@ -129,14 +129,16 @@ class TrainingData:
         train: `train(start_epoch=, batch_size=, num_shards=, shard_index=)` returns an
             infinite dataset of (images, labels) batches whose epoch `start_epoch` comes
             first, so a resumed run sees the batches of an uninterrupted one.
-        val: A finite dataset of (images, labels) batches, or None.
+        val: A finite dataset of (images, labels) batches, a function that makes one (so
+            that it is made after the strategy, as MultiWorkerMirroredStrategy needs), or
+            None.
         class_names: One name per class.
         steps_per_epoch: Batches per epoch.
         mean: The mean RGB subtracted from the images (for `model_info.json`).
     """
 
     train: Callable[..., tf.data.Dataset]
-    val: tf.data.Dataset | None
+    val: tf.data.Dataset | Callable[[], tf.data.Dataset] | None
     class_names: tuple[str, ...]
     steps_per_epoch: int
     mean: tuple[float, float, float]
@@ -833,6 +835,8 @@ def fit(
         copied = _initialize(model, recipe, plan.init_source)
         _compile(model, _optimizer(recipe, plan.precision.policy), classes)
         model.optimizer.build(model.trainable_variables)
+        if dist.kind == "multi_worker":
+            _multi_worker_workarounds(model, recipe.data.crop_size)
 
     meta = {
         "epoch": 0,
@@ -864,7 +868,7 @@ def fit(
     keeper = _RunKeeper(recipe, run_dir, meta, dist.is_chief, print_fn)
     if start_epoch < recipe.schedule.epochs and not meta.get("stop_reason"):
         train = _train_dataset(strategy, dist, data, start_epoch)
-        val = data.val
+        val = data.val() if callable(data.val) else data.val
         if val is not None and dist.kind == "multi_worker":
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = (
@@ -916,6 +920,34 @@ def fit(
         _atomic_text(os.path.join(run_dir, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     print_fn(f"finished: {metrics.get('stop_reason')}; run directory: {run_dir}")
     return FitResult(run_dir, model, keeper.meta["history"], metrics)
+
+
+def _multi_worker_workarounds(model: keras.Model, crop: int) -> None:
+    """Works around keras-team/keras#20585 (Keras 3 + MultiWorkerMirroredStrategy, 3.15).
+
+    Keras 3's `fit` learns the input shapes by reducing the first distributed batch across
+    replicas (`_maybe_symbolic_build`), which fails under MultiWorkerMirroredStrategy
+    ("Attempt to convert a value (PerReplica...)"). The model, loss and metrics are built here
+    from local symbolic shapes instead, and that probe is switched off for this model. Only
+    used under MultiWorkerMirroredStrategy.
+    """
+    batch = (np.zeros((1, crop, crop, 3), np.float32), np.zeros((1,), np.int32))
+    model._symbolic_build(data_batch=batch)
+
+    def no_probe(iterator=None, data_batch=None):
+        del iterator, data_batch
+
+    model._maybe_symbolic_build = no_probe
+    # Keras reduces the per-step logs with strategy.reduce("MEAN", value, axis=0), which
+    # fails on scalars across workers: the steps return each value as a [1] vector, whose
+    # mean over axis 0 and all replicas is the mean over replicas, a scalar again.
+    train_step, test_step = model.train_step, model.test_step
+
+    def as_vectors(logs):
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+    model.train_step = lambda data: as_vectors(train_step(data))
+    model.test_step = lambda data: as_vectors(test_step(data))
 
 
 def _train_dataset(strategy, dist, data: TrainingData, start_epoch: int):

@@ -1,0 +1,309 @@
+"""Sec. 3.3 on CPU: strategies through the same `fit` code path, each in its own process.
+
+Two logical CPU devices are configured with `tf.config.set_logical_device_configuration`
+inside a subprocess, so the setting cannot leak into other tests.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from keras_vgg import distribute
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Shared by the scripts: a tiny recipe and seeded in-memory data, sharded by worker.
+COMMON = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+
+    def recipe(runs_dir, name, dropout=0.0, epochs=2):
+        from keras_vgg import recipe as recipe_lib
+        raw = {
+            "model": {"config": "A", "width": 1 / 16, "fc_units": 32, "init": "glorot",
+                      "dropout": dropout},
+            "data": {"root": "unused", "train_scale": 32, "crop_size": 32},
+            "optimizer": {"lr": 0.01},
+            "schedule": {"epochs": epochs, "plateau_patience": 5},
+            "run": {"name": name, "batch_size": 8, "precision": "float32",
+                    "runs_dir": runs_dir, "seed": 1},
+        }
+        return recipe_lib.parse_recipe(raw, path=name + ".toml")
+
+    def data(with_val=True, n=32):
+        import tensorflow as tf
+        from keras_vgg import training
+        rng = np.random.default_rng(0)
+        y = (np.arange(n) % 4).astype("int32")
+        x = rng.normal(0, 20, (n, 32, 32, 3)).astype("float32")
+        x[:, :8, :8, :] += y[:, None, None, None] * 40.0
+
+        def train(*, start_epoch, batch_size, num_shards=1, shard_index=0):
+            def epoch(e):
+                order = tf.argsort(tf.random.stateless_uniform(
+                    [n], seed=tf.stack([tf.constant(7, tf.int64), e])))
+                return tf.data.Dataset.from_tensor_slices(
+                    (tf.gather(x, order), tf.gather(y, order)))
+            ds = tf.data.Dataset.range(start_epoch, 10**9).flat_map(epoch)
+            return ds.shard(num_shards, shard_index).batch(batch_size, drop_remainder=True)
+
+        def val():
+            return tf.data.Dataset.from_tensor_slices((x[:16], y[:16])).batch(8)
+
+        val = val if with_val == "lazy" else val() if with_val else None
+        return training.TrainingData(train, val, ("a", "b", "c", "d"), n // 8, (0.0, 0.0, 0.0))
+
+    def save_weights(model, path):
+        np.savez(path, *[v.numpy() for v in model.weights])
+    """
+)
+
+MIRRORED = textwrap.dedent(
+    """
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import keras
+    from keras_vgg import training
+    out = sys.argv[1]
+    results = {}
+    for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
+        r = training.fit(recipe(out, name), data=data(), devices=devices, verbose=0,
+                         print_fn=lambda line: None)
+        save_weights(r.model, os.path.join(out, name + ".npz"))
+        # Loss and metrics on a fixed set, under this strategy, against numpy.
+        x, y = next(iter(data().val.unbatch().batch(16)))
+        loss, top1, top5 = r.model.evaluate(data().val, verbose=0)
+        p = r.model(x, training=False).numpy()
+        reference = float(np.mean(-np.log(p[np.arange(16), y.numpy()])))
+        results[name] = {
+            "history": r.history, "eval_loss": loss, "eval_top1": top1,
+            "numpy_loss": reference, "numpy_top1": float(np.mean(p.argmax(1) == y.numpy())),
+            "replicas": r.model.distribute_strategy.num_replicas_in_sync,
+        }
+    json.dump(results, open(os.path.join(out, "results.json"), "w"))
+    """
+)
+
+DROPOUT = textwrap.dedent(
+    """
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import keras
+    from keras_vgg import training
+    out = sys.argv[1]
+    r = training.fit(recipe(out, "dropout", dropout=0.5), data=data(), verbose=0,
+                     devices=["/cpu:0", "/cpu:1"], print_fn=lambda line: None)
+    model, strategy = r.model, r.model.distribute_strategy
+    head = keras.Model(model.inputs, [model.get_layer("fc1").output,
+                                      model.get_layer("fc1_dropout").output])
+    x = tf.constant(np.random.default_rng(1).normal(0, 50, (8, 32, 32, 3)), tf.float32)
+    per_replica = strategy.run(lambda: head(x, training=True))
+    fc1 = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica[0])])
+    dropped = np.concatenate(
+        [t.numpy() for t in strategy.experimental_local_results(per_replica[1])])
+    active = fc1 > 0
+    kept = dropped[active] != 0
+    # Replicas hold identical copies of every variable, seed states included.
+    mirrored = [v.value for v in model.variables if hasattr(v.value, "values")]
+    in_sync = all(
+        len(v.values) == 2 and np.array_equal(v.values[0].numpy(), v.values[1].numpy())
+        for v in mirrored)
+    json.dump({
+        "kept_fraction": float(kept.mean()),
+        "scale_ok": bool(np.allclose(dropped[active][kept], 2 * fc1[active][kept], rtol=1e-5)),
+        "inference_equal": bool(np.array_equal(head(x, training=False)[1].numpy(),
+                                               head(x, training=False)[0].numpy())),
+        "losses": [row["loss"] for row in r.history],
+        "in_sync": in_sync,
+        "mirrored": len(mirrored), "variables": len(model.variables),
+    }, open(os.path.join(out, "dropout.json"), "w"))
+    """
+)
+
+WORKER = textwrap.dedent(
+    """
+    from keras_vgg import training
+    out, index = sys.argv[1], int(sys.argv[2])
+    # No TensorFlow call before fit(): MultiWorkerMirroredStrategy must come first.
+    r = training.fit(recipe(os.path.join(out, f"runs{index}"), "mw", epochs=2),
+                     data=data(with_val="lazy"), verbose=0, print_fn=print)
+    save_weights(r.model, os.path.join(out, f"worker{index}.npz"))
+    json.dump(r.history, open(os.path.join(out, f"history{index}.json"), "w"))
+    print("replicas", r.model.distribute_strategy.num_replicas_in_sync)
+    """
+)
+
+
+def run_script(tmp_path, name, body, *args, env=None, timeout=240):
+    script = tmp_path / f"{name}.py"
+    script.write_text(COMMON + body)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(script), str(tmp_path), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def load(path):
+    with np.load(path) as f:
+        return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mirrored")
+    result = run_script(tmp, "mirrored", MIRRORED)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, json.loads((tmp / "results.json").read_text())
+
+
+def test_mirrored_two_devices_equal_one_device(mirrored):
+    """(1) Same global batch, dropout off: the same weights after a few steps."""
+    tmp, results = mirrored
+    assert (results["one"]["replicas"], results["two"]["replicas"]) == (1, 2)
+    one, two = load(tmp / "one.npz"), load(tmp / "two.npz")
+    initial_gap = []
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        initial_gap.append(np.abs(a).max())
+    assert max(initial_gap) > 0
+
+
+def test_loss_and_metrics_are_averaged_not_summed(mirrored):
+    """(2) Per-epoch and evaluation losses match one device and numpy (a sum would double)."""
+    _, results = mirrored
+    one, two = results["one"], results["two"]
+    for row_one, row_two in zip(one["history"], two["history"], strict=True):
+        for key in ("loss", "top1_error", "val_loss", "val_top1_error"):
+            assert row_two[key] == pytest.approx(row_one[key], rel=1e-4, abs=1e-6), key
+    for name in ("one", "two"):
+        r = results[name]
+        # The evaluation loss includes the L2 term, so it is above the pure cross-entropy.
+        assert r["numpy_loss"] <= r["eval_loss"] < r["numpy_loss"] * 1.5
+        assert r["eval_top1"] == pytest.approx(r["numpy_top1"])
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-4)
+
+
+def test_dropout_under_mirrored_strategy(tmp_path):
+    """(3) Dropout drops about half the units and scales the rest by 2 on every replica."""
+    result = run_script(tmp_path, "dropout", DROPOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads((tmp_path / "dropout.json").read_text())
+    assert 0.35 < out["kept_fraction"] < 0.65
+    assert out["scale_ok"] and out["inference_equal"]
+    assert all(np.isfinite(out["losses"]))
+    assert out["mirrored"] == out["variables"] and out["in_sync"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_end_with_identical_weights(tmp_path):
+    """(4) MultiWorkerMirroredStrategy from TF_CONFIG, two processes on 127.0.0.1."""
+    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    script = tmp_path / "worker.py"
+    script.write_text(COMMON + WORKER)
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CONFIG": json.dumps(tf_config)}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path), str(index)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=300))
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+    assert all("replicas 2" in out for out, _ in outputs)
+    assert "MultiWorkerMirroredStrategy" in outputs[0][0]
+    w0, w1 = load(tmp_path / "worker0.npz"), load(tmp_path / "worker1.npz")
+    for a, b in zip(w0, w1, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Both workers saw the same validation results (so took the same schedule decisions).
+    h0, h1 = (json.loads((tmp_path / f"history{i}.json").read_text()) for i in range(2))
+    for row0, row1 in zip(h0, h1, strict=True):
+        for key in ("loss", "top1_error", "val_loss", "val_top1_error", "lr"):
+            assert row0[key] == pytest.approx(row1[key], rel=1e-6), key
+    assert all(np.isfinite(row["val_loss"]) for row in h0)
+    # The chief (worker 0) wrote the run directory; worker 1 wrote none.
+    assert (tmp_path / "runs0" / "mw" / "state.npz").is_file()
+    assert not (tmp_path / "runs1" / "mw").exists()
+
+
+# === Plans and precision (no strategy created) ===
+
+
+def test_plan_reads_tf_config():
+    tf_config = json.dumps(
+        {"cluster": {"worker": ["h1:1", "h2:2", "h3:3"]}, "task": {"type": "worker", "index": 2}}
+    )
+    plan = distribute.plan_distribution(
+        96, devices=["/gpu:0", "/gpu:1"], environ={"TF_CONFIG": tf_config}
+    )
+    assert (plan.kind, plan.replicas, plan.per_replica_batch) == ("multi_worker", 6, 16)
+    assert (plan.worker_index, plan.is_chief) == (2, False)
+    mirrored = distribute.plan_distribution(256, devices=["/gpu:0", "/gpu:1"], environ={})
+    assert (mirrored.kind, mirrored.per_replica_batch) == ("mirrored", 128)
+    one = distribute.plan_distribution(256, devices=["/cpu:0"], environ={})
+    assert (one.kind, one.replicas, one.is_chief) == ("one_device", 1, True)
+    with pytest.raises(ValueError, match="run.batch_size: the global batch 100 does not split"):
+        distribute.plan_distribution(100, devices=["/gpu:0", "/gpu:1", "/gpu:2"], environ={})
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        distribute.plan_distribution(8, devices=["/cpu:0"], environ={"TF_CONFIG": "{"})
+
+
+@pytest.mark.parametrize(
+    "gpus, cpu_bf16, expected",
+    [
+        ([(9, 0), (9, 0)], False, "mixed_bfloat16"),
+        ([(8, 0)], False, "mixed_bfloat16"),
+        ([(7, 5)], True, "mixed_float16"),
+        ([(7, 0), (8, 6)], False, "mixed_float16"),
+        ([(6, 1)], True, "float32"),
+        ([], True, "mixed_bfloat16"),
+        ([], False, "float32"),
+    ],
+)
+def test_auto_precision(gpus, cpu_bf16, expected):
+    choice = distribute.resolve_precision("auto", gpu_capabilities=gpus, cpu_bf16=cpu_bf16)
+    assert choice.policy == expected and choice.reason
+    given = distribute.resolve_precision("float32", gpu_capabilities=gpus, cpu_bf16=cpu_bf16)
+    assert given.policy == "float32"
+
+
+def test_cpu_bf16_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu sse avx512f avx512_bf16\n")
+    assert distribute.cpu_has_bf16(str(info))
+    info.write_text("processor : 0\nflags : fpu sse avx2\n")
+    assert not distribute.cpu_has_bf16(str(info))
+    assert not distribute.cpu_has_bf16(str(tmp_path / "missing"))
