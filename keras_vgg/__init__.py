@@ -30,6 +30,8 @@ _EXPORTS = {
     "decode_predictions": "keras_vgg.imagenet",
     "load_weights": "keras_vgg.weights",
     "transfer_weights": "keras_vgg.weights",
+    "load_recipe": "keras_vgg.recipe",
+    "fit": "keras_vgg.training",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -21,6 +21,7 @@ Running the same command again after a kill resumes from it; the data pipeline i
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import io
@@ -257,9 +258,9 @@ def _split_source(sources, source, fraction, seed):
 
     def pick(mask):
         return sources.ImageSource(
-            [f for f, m in zip(files, mask, strict=True) if m],
-            [int(v) for v in labels[mask]],
-            source.class_names,
+            tuple(f for f, m in zip(files, mask, strict=True) if m),
+            tuple(int(v) for v in labels[mask]),
+            tuple(source.class_names),
         )
 
     return pick(~is_val), pick(is_val)
@@ -559,6 +560,15 @@ class _RunKeeper(keras.callbacks.Callback):
         self.print_fn = print_fn
         self.diverged: tuple[int, int] | None = None
         self._start = 0.0
+        # curves.png is drawn off the training thread: it is for people, not for resuming.
+        self._plotter = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._plot: concurrent.futures.Future | None = None
+
+    def close(self) -> None:
+        """Waits for the last curves.png."""
+        if self._plot is not None:
+            self._plot.result()
+        self._plotter.shutdown()
 
     def _lr(self) -> float:
         return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -630,7 +640,11 @@ class _RunKeeper(keras.callbacks.Callback):
         run_dir = self.run_dir
         history = self.meta["history"]
         _atomic_text(os.path.join(run_dir, "history.csv"), _history_csv(history))
-        _write_curves(os.path.join(run_dir, "curves.png"), history)
+        if self._plot is not None:
+            self._plot.result()
+        self._plot = self._plotter.submit(
+            _write_curves, os.path.join(run_dir, "curves.png"), list(history)
+        )
         _atomic_write(os.path.join(run_dir, "last.keras"), self.model.save)
         if improved:
             _atomic_write(os.path.join(run_dir, "best.keras"), self.model.save)
@@ -693,38 +707,37 @@ def _metrics(meta: dict, status: str) -> dict:
 
 
 def _write_curves(path: str, history: list[dict]) -> None:
-    """curves.png: loss, top-1 and top-5 error, learning rate by epoch."""
-    import matplotlib
+    """curves.png: loss, top-1 and top-5 error, learning rate by epoch.
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    Uses matplotlib's object API (no pyplot state), so it can run in a background thread.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), constrained_layout=True)
+    fig = Figure(figsize=(16, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4)
     panels = (
-        ("loss", "loss", "val_loss", "linear"),
-        ("top-1 error", "top1_error", "val_top1_error", "linear"),
-        ("top-5 error", "top5_error", "val_top5_error", "linear"),
+        ("loss", "loss", "val_loss"),
+        ("top-1 error", "top1_error", "val_top1_error"),
+        ("top-5 error", "top5_error", "val_top5_error"),
     )
-    for ax, (title, train_key, val_key, _) in zip(axes, panels, strict=False):
+    for ax, (title, train_key, val_key) in zip(axes, panels, strict=False):
         ax.plot(epochs, [r[train_key] for r in history], "o-", label="training")
         ax.plot(epochs, [r[val_key] for r in history], "o-", label="validation")
         ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
         ax.legend()
     axes[3].semilogy(epochs, [r["lr"] for r in history], "o-")
     axes[3].set_title("learning rate")
-    axes[3].set_xlabel("epoch")
-    axes[3].grid(alpha=0.3)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
 
     def write(tmp):
         fig.savefig(tmp, format="png", dpi=80)
 
-    try:
-        _atomic_write(path, write)
-    finally:
-        plt.close(fig)
+    _atomic_write(path, write)
 
 
 # === fit ===
@@ -858,6 +871,8 @@ def fit(
         print_fn(f"initialised {len(copied)} layers from {plan.init_source}: {', '.join(copied)}")
 
     if dist.is_chief:
+        # The pipeline appends the images it had to skip; an empty file means none.
+        open(os.path.join(run_dir, "bad_files.txt"), "a").close()
         _atomic_text(os.path.join(run_dir, "recipe.toml"), recipe_text)
         _atomic_text(
             os.path.join(run_dir, "model_info.json"),
@@ -866,38 +881,41 @@ def fit(
 
     start_epoch = meta["epoch"]
     keeper = _RunKeeper(recipe, run_dir, meta, dist.is_chief, print_fn)
-    if start_epoch < recipe.schedule.epochs and not meta.get("stop_reason"):
-        train = _train_dataset(strategy, dist, data, start_epoch)
-        val = data.val() if callable(data.val) else data.val
-        if val is not None and dist.kind == "multi_worker":
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = (
-                tf.data.experimental.AutoShardPolicy.DATA
-            )
-            val = val.with_options(options)
-        callbacks = [keeper]
-        if dist.is_chief:
-            callbacks.append(
-                keras.callbacks.TensorBoard(
-                    os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0
+    try:
+        if start_epoch < recipe.schedule.epochs and not meta.get("stop_reason"):
+            train = _train_dataset(strategy, dist, data, start_epoch)
+            val = data.val() if callable(data.val) else data.val
+            if val is not None and dist.kind == "multi_worker":
+                options = tf.data.Options()
+                options.experimental_distribute.auto_shard_policy = (
+                    tf.data.experimental.AutoShardPolicy.DATA
                 )
-            )
-        if verbose == "auto":
-            verbose = 1 if sys.stdout.isatty() else 0
-        with warnings.catch_warnings():
-            # Keras's notices for datasets it cannot count: the validation set is finite on
-            # purpose and the training set is shuffled by the pipeline's seed.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
-            warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
-            model.fit(
-                train,
-                epochs=recipe.schedule.epochs,
-                initial_epoch=start_epoch,
-                steps_per_epoch=data.steps_per_epoch,
-                validation_data=val,
-                callbacks=callbacks,
-                verbose=verbose,
-            )
+                val = val.with_options(options)
+            callbacks = [keeper]
+            if dist.is_chief:
+                callbacks.append(
+                    keras.callbacks.TensorBoard(
+                        os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0
+                    )
+                )
+            if verbose == "auto":
+                verbose = 1 if sys.stdout.isatty() else 0
+            with warnings.catch_warnings():
+                # Keras's notices for datasets it cannot count: the validation set is finite on
+                # purpose and the training set is shuffled by the pipeline's seed.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
+                model.fit(
+                    train,
+                    epochs=recipe.schedule.epochs,
+                    initial_epoch=start_epoch,
+                    steps_per_epoch=data.steps_per_epoch,
+                    validation_data=val,
+                    callbacks=callbacks,
+                    verbose=verbose,
+                )
+    finally:
+        keeper.close()
     if keeper.diverged is not None:
         epoch, batch = keeper.diverged
         if dist.is_chief:

@@ -139,7 +139,7 @@ def test_fit_writes_the_run_directory(tmp_path):
     result = training.fit(recipe, data=tiny_data(), print_fn=lines.append, verbose=0)
     run = tmp_path / "runs" / "tiny"
     assert result.run_dir == str(run)
-    for name in ("recipe.toml", "history.csv", "best.keras", "last.keras", "metrics.json",
+    for name in ("recipe.toml", "history.csv", "bad_files.txt", "best.keras", "last.keras", "metrics.json",
                  "curves.png", "model_info.json", "state.npz"):  # fmt: skip
         assert (run / name).is_file(), name
     assert any((run / "logs").rglob("events.out.tfevents.*"))
@@ -294,3 +294,35 @@ def test_model_follows_the_recipe(tmp_path):
     mixed = training._build_model(recipe, 7, "mixed_bfloat16")
     assert mixed.get_layer("fc1").compute_dtype == "bfloat16"
     assert mixed.output.dtype == "float32"
+
+
+def test_val_split_is_stratified_seeded_and_disjoint():
+    from keras_vgg.data import sources
+
+    labels = tuple([0] * 20 + [1] * 10 + [2] * 5)
+    source = sources.ImageSource(
+        tuple(f"/x/{i}.png" for i in range(len(labels))), labels, ("a", "b", "c")
+    )
+    train, val = training._split_source(sources, source, 0.2, seed=0)
+    assert sorted(val.labels) == [0, 0, 0, 0, 1, 1, 2]
+    assert set(train.files) | set(val.files) == set(source.files)
+    assert not set(train.files) & set(val.files)
+    assert train.class_names == val.class_names == ("a", "b", "c")
+    again = training._split_source(sources, source, 0.2, seed=0)[1]
+    assert again.files == val.files
+    assert training._split_source(sources, source, 0.2, seed=1)[1].files != val.files
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_runs_and_checkpoints(tmp_path, precision):
+    recipe = tiny_recipe(tmp_path, run={"precision": precision}, schedule={"epochs": 1})
+    result = training.fit(recipe, data=tiny_data(), print_fn=quiet, verbose=0)
+    model = result.model
+    assert model.get_layer("fc1").compute_dtype == precision.split("_")[1]
+    assert model.get_layer("fc1").kernel.dtype == "float32"
+    assert np.isfinite(result.history[0]["loss"])
+    scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "mixed_float16")
+    with np.load(tmp_path / "runs" / "tiny" / "state.npz") as state:
+        saved = sum(k.startswith("optimizer/") for k in state.files)
+    assert saved == len(model.optimizer.variables)
