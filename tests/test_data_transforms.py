@@ -224,7 +224,7 @@ def test_random_flip(mode):
     image = photo(20, 24, 1).astype(np.float32)
     outs = [run(mode, T.random_flip, image, tf.constant([i, 4])) for i in range(40)]
     flipped = [bool(np.array_equal(o, image[:, ::-1])) for o in outs]
-    assert all(f or np.array_equal(o, image) for f, o in zip(flipped, outs))
+    assert all(f or np.array_equal(o, image) for f, o in zip(flipped, outs, strict=True))
     assert 8 < sum(flipped) < 32
     again = T.random_flip(image, tf.constant([3, 4])).numpy()
     np.testing.assert_array_equal(again, outs[3])
