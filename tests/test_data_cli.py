@@ -55,14 +55,13 @@ def test_data_check_reports_and_exits_1_on_unreadable(bad_tree, tmp_path):
 
 def test_data_check_clean_folder_exits_0_and_min_side(tmp_path):
     make_class_tree(tmp_path, classes=("a",), per_class=2, size=(48, 64))
-    result = kvgg("data", "check", tmp_path, "--min-side", 48)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    # 48x64 is fine; the second image is 49x63.
-    assert lines == ["2 files: 2 ok, 0 unusual, 0 unreadable"]
+    # The images are 48x64 and 49x63: only the first is below 49 px; unusual is not an error.
     result = kvgg("data", "check", tmp_path, "--min-side", 49)
-    assert result.returncode == 0
-    assert result.stdout.splitlines()[0].endswith("000.jpg: smaller than 49 px (64x48)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == [
+        f"unusual: {tmp_path / 'a' / '000.jpg'}: smaller than 49 px (64x48)",
+        "2 files: 1 ok, 1 unusual, 0 unreadable",
+    ]
 
 
 def test_user_errors_are_one_line_exit_2(tmp_path):
@@ -104,6 +103,3 @@ def test_stats_writes_json_equal_to_the_library(bad_tree, tmp_path):
     assert f"images: {expected.images}" in result.stdout
     assert "mean (0-255): " + " ".join(f"{v:.3f}" for v in expected.mean) in result.stdout
     assert json.loads(out.read_text())["scales"]["mean"] == "0-255 pixel values"
-    sampled = kvgg("stats", root, "--sample", 3, "--seed", 2)
-    assert sampled.returncode == 0, sampled.stderr
-    assert "images: " in sampled.stdout
