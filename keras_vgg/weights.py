@@ -210,7 +210,8 @@ def fetch_pretrained(
 
     The file goes through `keras.utils.get_file` into `<cache>/models/` under its published
     name (Keras's own names for Keras's files), so a file Keras or an earlier run already
-    downloaded is used offline.
+    downloaded is used offline. It is checked against the published hash every time: a
+    cached file that does not match is downloaded again, once.
 
     Args:
         entry: A `REGISTRY` entry.
@@ -222,56 +223,41 @@ def fetch_pretrained(
         The path of the verified file.
 
     Raises:
-        ValueError: if the download fails or the file does not have the published hash;
-            a file with the wrong hash is deleted from the cache.
+        ValueError: if the download fails, or the file does not have the published hash
+            (the file is then deleted from the cache).
     """
     published = entry.top if include_top or entry.notop is None else entry.notop
-    full_hash = len(published.file_hash) in (32, 64)
-    try:
-        path = keras.utils.get_file(
-            published.file_name,
-            published.url,
-            cache_subdir="models",
-            file_hash=published.file_hash if full_hash else None,
-            cache_dir=cache_dir,
-        )
-    except ValueError as exc:  # Keras: the downloaded file's hash differs
-        _remove_cached(cache_dir, published.file_name)
-        raise ValueError(
-            f"{published.url}: downloaded file does not have the published hash "
-            f"{published.file_hash}; deleted it from the cache ({exc})"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception on URL errors
-        raise ValueError(
-            f"cannot download {published.url} ({exc}); offline, put the file at "
-            f"<KERAS_HOME or ~/.keras>/models/{published.file_name}"
-        ) from None
-    if not full_hash:
-        digest = _sha256(path)
-        if not digest.startswith(published.file_hash):
-            os.remove(path)
-            raise ValueError(
-                f"{published.url}: file has SHA-256 {digest}, which does not start with the "
-                f"published {published.file_hash}; deleted it from the cache ({path})"
+    for force_download in (False, True):
+        try:
+            path = keras.utils.get_file(
+                published.file_name,
+                published.url,
+                cache_subdir="models",
+                cache_dir=cache_dir,
+                force_download=force_download,
             )
-    return path
+        except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception on URL errors
+            raise ValueError(
+                f"cannot download {published.url} ({exc}); offline, put the file at "
+                f"<KERAS_HOME or ~/.keras>/models/{published.file_name}"
+            ) from None
+        digest = _file_digest(path, published.file_hash)
+        if digest.startswith(published.file_hash.lower()):
+            return path
+        os.remove(path)
+    raise ValueError(
+        f"{published.url}: the downloaded file has hash {digest}, not the published "
+        f"{published.file_hash}; deleted it from the cache ({path})"
+    )
 
 
-def _sha256(path: str) -> str:
-    hasher = hashlib.sha256()
+def _file_digest(path: str, published_hash: str) -> str:
+    # 32 hex digits: Keras's MD5s; otherwise SHA-256, whole or (torchvision) its prefix.
+    hasher = hashlib.md5() if len(published_hash) == 32 else hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             hasher.update(chunk)
     return hasher.hexdigest()
-
-
-def _remove_cached(cache_dir: str | None, file_name: str) -> None:
-    from keras.src.backend.config import keras_home
-
-    root = os.path.expanduser(cache_dir) if cache_dir is not None else keras_home()
-    path = os.path.join(root, "models", file_name)
-    if os.path.exists(path):
-        os.remove(path)
 
 
 def _check_fits_pretrained(model: keras.Model, entry: PretrainedWeights) -> None:

@@ -387,18 +387,27 @@ def test_kvgg_convert_torchvision_then_load_reproduces_torch(tmp_path):
     assert keras_vgg.preprocessing_for(model) == TORCHVISION
 
 
-def test_kvgg_convert_keras2_and_npz(tmp_path):
-    source = randomize(small("D"), seed=10)
+def test_convert_keras2_and_npz_record_their_preprocessing(tmp_path):
+    source = randomize(small("D", batch_norm=True), seed=10)
     h5 = str(tmp_path / "d.h5")
     write_keras2_h5(source, h5)
     npz = str(tmp_path / "d.npz")
     np.savez(npz, **{v.path: np.array(v) for v in source.weights})
     x = images()
-    for src, expected in ((h5, KERAS_CAFFE), (npz, KERAS_CAFFE)):
+    for src, override, expected in ((h5, None, KERAS_CAFFE), (npz, TORCHVISION, TORCHVISION)):
         dest = str(tmp_path / (os.path.basename(src) + ".weights.h5"))
-        result = run_cli("convert", src, dest, "--config", "D", "--preprocessing", "keras_caffe")
-        assert result.returncode == 0, result.stderr
-        model = small("D")
+        kwargs = weights_lib.convert(src, dest, "vgg16", preprocessing=override)
+        assert kwargs.pop("preprocessing") == expected
+        assert kwargs == dict(
+            config="D",
+            batch_norm=True,
+            width=1 / 16,
+            include_top=True,
+            fc_units=32,
+            classes=5,
+            input_shape=(64, 64, 3),
+        )
+        model = small("D", batch_norm=True)
         keras_vgg.load_weights(model, dest)
         np.testing.assert_allclose(model.predict(x, verbose=0), source.predict(x, verbose=0))
         assert keras_vgg.preprocessing_for(model) == expected
