@@ -15,6 +15,7 @@ import threading
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import h5py  # noqa: E402
+import keras  # noqa: E402
 import keras.src.backend.config as keras_config  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -232,3 +233,27 @@ def test_preprocess_input_follows_the_loaded_weights():
         [30 - 103.939, 20 - 116.779, 10 - 123.68],
         rtol=1e-6,
     )
+
+
+# === Full size ===
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, application", [("D", "VGG16"), ("E", "VGG19")])
+def test_full_size_keras_applications_file_loads_into_build(tmp_path, config, application):
+    """keras.applications' own model and legacy writer, our reader: the same 1000 scores."""
+    from keras.src.legacy.saving import legacy_h5_format
+
+    source = getattr(keras.applications, application)(weights=None, classifier_activation=None)
+    path = str(tmp_path / f"{application.lower()}.h5")
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    rng = np.random.default_rng(0)
+    x = keras_vgg.preprocess_input(rng.uniform(0, 255, (2, 224, 224, 3)), preprocessing=KERAS_CAFFE)
+    expected = source.predict(x, verbose=0)
+    del source
+
+    model = keras_vgg.build(config, weights=path, classifier_activation=None)
+    assert keras_vgg.preprocessing_for(model) == KERAS_CAFFE
+    assert np.std(expected) > 0.1  # logits, not near-uniform soft-max outputs
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-4)
