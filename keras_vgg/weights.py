@@ -263,6 +263,9 @@ def _file_digest(path: str, published_hash: str) -> str:
 def _check_fits_pretrained(model: keras.Model, entry: PretrainedWeights) -> None:
     # Before any download: a 500 MB file that cannot fit the model is not worth fetching.
     label = f"Pretrained weights {entry.name!r} of configuration {entry.config}"
+    config = _infer_config(model)
+    if config != entry.config:
+        raise ValueError(f"{label} do not fit model {model.name!r} of configuration {config}")
     names = {layer.name for layer in model.layers}
     has_bn = "block1_conv1_bn" in names
     if has_bn != entry.batch_norm:
@@ -324,15 +327,25 @@ def load_weights(
         preprocessing: What the weights expect, overriding the default of their source
             (Keras 2 `.h5`: `KERAS_CAFFE`; `.pth`: `TORCHVISION`; `.npz`, `.keras` and
             `.weights.h5` without a record: `PAPER`).
+        cache_dir: Where pretrained files are cached (default: `$KERAS_HOME` or
+            `~/.keras`; files go to its `models/` folder).
 
     Raises:
         ValueError: naming the file and, where it applies, the layer and the expected and
             found shapes. On error the model keeps the weights (and preprocessing) it had.
         ImportError: for a `.pth` file without torch installed.
     """
+    if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+        raise ValueError(
+            "`preprocessing` must be a keras_vgg.Preprocessing (e.g. keras_vgg.KERAS_CAFFE). "
+            f"Received: preprocessing={preprocessing!r}"
+        )
+    if config is not None:
+        config = configs_lib.canonical_name(config)
     entry = weights if isinstance(weights, PretrainedWeights) else None
     path = None if entry is not None else os.fspath(weights)
     if entry is None and not os.path.splitext(path)[1]:
+        config = config or _infer_config(model)
         entry = REGISTRY.get((config, path))
         if entry is None:
             available = sorted(name for (c, name) in REGISTRY if c == config)
@@ -344,7 +357,7 @@ def load_weights(
     if entry is not None:
         _check_fits_pretrained(model, entry)
         path = fetch_pretrained(entry, include_top=_has_top(model), cache_dir=cache_dir)
-        found = _read_layout(entry.layout, path, config or entry.config, model)
+        found = _read_layout(entry.layout, path, entry.config, model)
         _assign(model, found, path)
         _set_preprocessing(model, preprocessing or entry.preprocessing)
         return
@@ -380,11 +393,6 @@ def preprocessing_for(model: keras.Model) -> Preprocessing:
 
 
 def _set_preprocessing(model: keras.Model, preprocessing: Preprocessing) -> None:
-    if not isinstance(preprocessing, Preprocessing):
-        raise ValueError(
-            "`preprocessing` must be a keras_vgg.Preprocessing. "
-            f"Received: preprocessing={preprocessing!r}"
-        )
     setattr(model, _MODEL_ATTR, preprocessing)
 
 

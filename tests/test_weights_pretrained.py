@@ -4,6 +4,7 @@ No network: "published" files are served from a temporary directory, by `file://
 by an HTTP server on 127.0.0.1, into a temporary Keras cache.
 """
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -216,6 +217,24 @@ def test_pretrained_weights_that_cannot_fit_fail_before_any_download(
         keras_vgg.build(kwargs.pop("config"), **kwargs)
     assert needle in str(info.value)
     assert not os.path.exists(os.path.join(cache, "models"))
+
+
+def test_load_weights_checks_an_entry_against_the_model_before_download(published, monkeypatch):
+    _, cache = published
+    model = keras_vgg.build("E", include_top=False, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="'imagenet' of configuration D do not fit model 'vgg_e'"):
+        keras_vgg.load_weights(model, weights_lib.REGISTRY[("D", "imagenet")], cache_dir=cache)
+    with pytest.raises(ValueError, match="`preprocessing` must be a keras_vgg.Preprocessing"):
+        keras_vgg.load_weights(model, "imagenet", preprocessing="caffe", cache_dir=cache)
+    assert os.listdir(cache) == []
+    # Without config=, the entry is looked up for the model's own configuration (E).
+    unreachable = WeightsFile("file:///nonexistent/vgg19_notop.h5", "0" * 32)
+    entry = dataclasses.replace(_entry("file:///nonexistent/vgg19.h5", "0" * 32), config="E")
+    monkeypatch.setitem(
+        weights_lib.REGISTRY, ("E", "imagenet"), dataclasses.replace(entry, notop=unreachable)
+    )
+    with pytest.raises(ValueError, match="cannot download file:///nonexistent/vgg19_notop.h5"):
+        keras_vgg.load_weights(model, "imagenet", cache_dir=cache)
 
 
 def test_preprocess_input_follows_the_loaded_weights():
