@@ -50,6 +50,7 @@ __all__ = [
     "read_keras2_h5",
     "read_npz",
     "read_torchvision",
+    "save_weights",
     "torchvision_layer_map",
     "transfer_weights",
 ]
@@ -84,6 +85,8 @@ _WEIGHT_ORDER: tuple[str, ...] = (
 # Where the preprocessing of converted weights is kept in a `.weights.h5` file.
 _PREPROCESSING_ATTR = "keras_vgg_preprocessing"
 _BUILD_ATTR = "keras_vgg_build"
+# What each foreign layout's weights expect unless told otherwise.
+_LAYOUT_PREPROCESSING = {"keras2_h5": KERAS_CAFFE, "torchvision": TORCHVISION}
 # Set on a model by `load_weights`; read by `preprocessing_for`.
 _MODEL_ATTR = "_keras_vgg_preprocessing"
 
@@ -373,7 +376,7 @@ def load_weights(
         _load_native_weights(model, path)
     else:
         _assign(model, _read_layout(layout, path, config, model), path)
-        recorded = {"keras2_h5": KERAS_CAFFE, "torchvision": TORCHVISION}.get(layout, PAPER)
+        recorded = _LAYOUT_PREPROCESSING.get(layout, PAPER)
     _set_preprocessing(model, preprocessing or recorded)
 
 
@@ -826,8 +829,6 @@ def convert(
         ValueError: for a file that does not fit `config` (naming the layer and shapes), or
             a destination not ending in `.weights.h5`.
     """
-    import h5py
-
     from keras_vgg import models
 
     source, destination = os.fspath(source), os.fspath(destination)
@@ -845,14 +846,39 @@ def convert(
     build_kwargs = _build_kwargs_from(found, key, source)
     model = models.build(key, **build_kwargs)
     _assign(model, found, source)
-    chosen = preprocessing or {"keras2_h5": KERAS_CAFFE, "torchvision": TORCHVISION}.get(
-        layout, PAPER
-    )
-    model.save_weights(destination)
-    with h5py.File(destination, "a") as f:
-        f.attrs[_PREPROCESSING_ATTR] = json.dumps(dataclasses.asdict(chosen))
-        f.attrs[_BUILD_ATTR] = json.dumps({"config": key, **build_kwargs})
+    chosen = preprocessing or _LAYOUT_PREPROCESSING.get(layout, PAPER)
+    _set_preprocessing(model, chosen)
+    save_weights(model, destination, build_kwargs={"config": key, **build_kwargs})
     return {"config": key, **build_kwargs, "preprocessing": chosen}
+
+
+def save_weights(
+    model: keras.Model, path: str | os.PathLike, *, build_kwargs: Mapping[str, Any] | None = None
+) -> None:
+    """`model.save_weights(path)`, keeping the record of the preprocessing the weights expect.
+
+    A model filled from Keras's or torchvision's files and then fine-tuned still expects
+    their input convention; saved with this function, `load_weights` records it again.
+    (`model.save_weights` alone writes no record, and such files load as `PAPER`.)
+
+    Args:
+        model: The model to save.
+        path: A `.weights.h5` path.
+        build_kwargs: `build` arguments to note in the file, for people reading it.
+
+    Raises:
+        ValueError: if `path` does not end in `.weights.h5`.
+    """
+    import h5py
+
+    path = os.fspath(path)
+    if not path.endswith(".weights.h5"):
+        raise ValueError(f"Weights files must end in .weights.h5. Received: path={path!r}")
+    model.save_weights(path)
+    with h5py.File(path, "a") as f:
+        f.attrs[_PREPROCESSING_ATTR] = json.dumps(dataclasses.asdict(preprocessing_for(model)))
+        if build_kwargs is not None:
+            f.attrs[_BUILD_ATTR] = json.dumps(dict(build_kwargs))
 
 
 def _build_kwargs_from(found: LayerWeights, config: str, source: str) -> dict[str, Any]:

@@ -249,6 +249,22 @@ def test_torchvision_file_fills_a_model_without_top_with_the_config_inferred(tmp
     )
 
 
+def test_save_weights_keeps_the_preprocessing_record(tmp_path):
+    path = str(tmp_path / "vgg11.pth")
+    torch.save(torch_model("A", False).state_dict(), path)
+    model = keras_twin("A", False)
+    keras_vgg.load_weights(model, path)
+    kept, plain = str(tmp_path / "kept.weights.h5"), str(tmp_path / "plain.weights.h5")
+    weights_lib.save_weights(model, kept)
+    model.save_weights(plain)
+    x = images(size=224)
+    for saved, expected in ((kept, TORCHVISION), (plain, PAPER)):
+        reloaded = keras_twin("A", False)
+        keras_vgg.load_weights(reloaded, saved)
+        assert keras_vgg.preprocessing_for(reloaded) == expected
+        np.testing.assert_array_equal(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
 def test_torchvision_layer_map_matches_torch_module_indices():
     for config in "ABDE":
         for batch_norm in (False, True):
