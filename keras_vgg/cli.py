@@ -113,7 +113,10 @@ def convert(src, dest, config, preprocessing):
     from keras_vgg import imagenet, weights
 
     chosen = None if preprocessing is None else getattr(imagenet, preprocessing.upper())
-    result = weights.convert(src, dest, config, preprocessing=chosen)
+    try:
+        result = weights.convert(src, dest, config, preprocessing=chosen)
+    except ImportError as exc:  # a .pth without the optional torch
+        raise UserError(str(exc)) from None
     kept = result.pop("preprocessing")
     key = result.pop("config")
     args = ", ".join(f"{name}={value!r}" for name, value in result.items())

@@ -265,6 +265,14 @@ def test_save_weights_keeps_the_preprocessing_record(tmp_path):
         np.testing.assert_array_equal(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_pth_without_torch_says_how_to_install_it(tmp_path, monkeypatch):
+    path = str(tmp_path / "vgg.pth")
+    torch.save(torch_model("A", False).state_dict(), path)
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails
+    with pytest.raises(ImportError, match=r"pip install 'keras-vgg\[torch\]'"):
+        keras_vgg.load_weights(keras_twin("A", False), path)
+
+
 def test_torchvision_layer_map_matches_torch_module_indices():
     for config in "ABDE":
         for batch_norm in (False, True):
