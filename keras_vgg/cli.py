@@ -4,14 +4,47 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
+import tempfile
 
 import click
 
 from keras_vgg import __version__
 
-# TensorFlow's C++ start-up chatter is noise on a command line.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Lines TensorFlow's C++ runtime prints while it starts, before absl logging is initialised
+# (so no environment variable silences them): informational on a command line.
+_STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog"
+    r"|[IW]\d{4} .*\] "
+    r"|E\d{4} .*(cuInit|cuda_platform|cuda_dnn|cuda_fft|cuda_blas)"
+    r"|To enable the following instructions:)"
+)
+
+
+def _start_tensorflow_quietly() -> None:
+    """Imports TensorFlow and Keras with fd 2 captured, re-emitting all but start-up noise."""
+    if "keras" in sys.modules or os.environ.get("KVGG_VERBOSE"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured.read().decode(errors="replace").splitlines():
+            if line.strip() and not _STARTUP_NOISE.match(line):
+                print(line, file=sys.stderr)
 
 
 class UserError(click.ClickException):
@@ -24,14 +57,17 @@ class UserError(click.ClickException):
 
 
 def user_errors(func):
-    """Turns ValueError / FileNotFoundError from the library into one-line errors."""
+    """Starts TensorFlow quietly; turns ValueError / FileNotFoundError into one-line errors."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        _start_tensorflow_quietly()
         try:
             return func(*args, **kwargs)
         except (ValueError, FileNotFoundError) as exc:
-            raise UserError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+            raise UserError(
+                str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            ) from None
 
     return wrapper
 
@@ -68,11 +104,16 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
         raise UserError("give either a CONFIG or --all")
     shape = _parse_input_shape(input_shape)
     kwargs = dict(
-        include_top=not no_top, batch_norm=batch_norm, width=width, classes=classes,
+        include_top=not no_top,
+        batch_norm=batch_norm,
+        width=width,
+        classes=classes,
         input_shape=shape,
     )
     if all_configs:
-        click.echo(f"{'config':<7} {'weight layers':>13} {'parameters':>13} {'paper (Table 2)':>16}")
+        click.echo(
+            f"{'config':<7} {'weight layers':>13} {'parameters':>13} {'paper (Table 2)':>16}"
+        )
         for name in configs.CONFIGS:
             model = models.build(name, **kwargs)
             click.echo(
@@ -89,8 +130,10 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
         click.echo(f"{name:<24} {kind:<28} {shape_text:<24} {count:>12,}")
     key = configs.canonical_name(config)
     click.echo(f"Total parameters: {model.count_params():,}")
-    click.echo(f"Weight layers: {configs.weight_layers(key)}; paper (Table 2): "
-               f"{configs.PAPER_PARAMS_M[key]} M")
+    click.echo(
+        f"Weight layers: {configs.weight_layers(key)}; paper (Table 2): "
+        f"{configs.PAPER_PARAMS_M[key]} M"
+    )
 
 
 _PREPROCESSING_CHOICES = ("paper", "keras_caffe", "torchvision")

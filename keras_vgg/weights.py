@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -440,9 +441,14 @@ def _read_keras_model(path: str) -> keras.Model:
 
 
 def _load_native_weights(model: keras.Model, path: str) -> None:
+    _check_same_arrays(model, path)
     before = [v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in model.weights]
     try:
-        model.load_weights(path)
+        # Keras only warns when the file's structure differs from the model's and
+        # leaves those layers as they were: a silent half-load, made an error here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.load_weights(path)
     except Exception as exc:  # noqa: BLE001 - restore, then report
         for variable, value in zip(model.weights, before, strict=True):
             variable.assign(value)
@@ -451,6 +457,43 @@ def _load_native_weights(model: keras.Model, path: str) -> None:
             f"{path}: does not fit model {model.name!r} (built for another configuration, "
             f"head or width?): {message}"
         ) from exc
+
+
+def _check_same_arrays(model: keras.Model, path: str) -> None:
+    """Raises unless the file holds exactly the model's arrays (compared as shape multisets).
+
+    Keras's own loader matches `.weights.h5` groups by layer class and order and skips
+    some groups it cannot place, so this runs first.
+    """
+    import collections
+
+    import h5py
+
+    shapes: list[tuple[int, ...]] = []
+    try:
+        with h5py.File(path, "r") as f:
+            if "layer_names" in f.attrs or "model_weights" in f:
+                raise ValueError(
+                    f"{path}: is a Keras 2 / keras.applications legacy .h5 file, not a "
+                    ".weights.h5 file saved by this package"
+                )
+            f.visititems(
+                lambda _, obj: (
+                    shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None
+                )
+            )
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 weights file ({exc})") from exc
+    found = collections.Counter(shapes)
+    expected = collections.Counter(tuple(w.shape) for w in model.weights)
+    if found != expected:
+        missing = sorted((expected - found).elements())[:3]
+        extra = sorted((found - expected).elements())[:3]
+        raise ValueError(
+            f"{path}: does not fit model {model.name!r}: the model needs arrays of shapes "
+            f"{missing} that the file lacks, the file has {extra} that the model lacks "
+            f"({sum(found.values())} arrays in the file, {len(model.weights)} in the model)"
+        )
 
 
 def _recorded_preprocessing(path: str) -> Preprocessing:
