@@ -65,12 +65,14 @@ def images(n=2, size=64, seed=1):
 # === Keras 2 legacy .h5 ===
 
 
-def write_keras2_h5(model, path, old_style_names=True, skip=()):
+def write_keras2_h5(model, path, old_style_names=True, skip=(), whole_model=False):
     """The keras.applications layout: root `layer_names`, per-layer `weight_names`.
 
     Old files name arrays like `block1_conv1_W_1:0`; the reader must go by order, not name.
+    Keras 2's whole-model files (`model.save("x.h5")`) nest it under `model_weights`.
     """
-    with h5py.File(path, "w") as f:
+    with h5py.File(path, "w") as root:
+        f = root.create_group("model_weights") if whole_model else root
         names = [layer.name for layer in model.layers if layer.name not in skip]
         f.attrs["layer_names"] = np.array([n.encode() for n in names])
         f.attrs["backend"] = b"tensorflow"
@@ -104,6 +106,18 @@ def test_keras2_h5_reproduces_the_source_model_and_keras_own_loader(tmp_path, co
     np.testing.assert_allclose(ours.predict(x, verbose=0), expected, atol=1e-6)
     np.testing.assert_allclose(reference.predict(x, verbose=0), expected, atol=1e-6)
     assert keras_vgg.preprocessing_for(ours) == KERAS_CAFFE
+
+
+def test_keras2_whole_model_h5_with_new_style_names(tmp_path):
+    source = randomize(small("A", batch_norm=True), seed=11)
+    path = str(tmp_path / "whole_model.hdf5")
+    write_keras2_h5(source, path, old_style_names=False, whole_model=True)
+    target = small("A", batch_norm=True)
+    keras_vgg.load_weights(target, path)
+    x = images()
+    np.testing.assert_allclose(
+        target.predict(x, verbose=0), source.predict(x, verbose=0), atol=1e-6
+    )
 
 
 def test_keras2_h5_written_by_keras_own_legacy_writer(tmp_path):
