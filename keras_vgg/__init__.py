@@ -30,6 +30,10 @@ _EXPORTS = {
     "decode_predictions": "keras_vgg.imagenet",
     "load_weights": "keras_vgg.weights",
     "transfer_weights": "keras_vgg.weights",
+    "preprocessing_for": "keras_vgg.weights",
+    "KERAS_CAFFE": "keras_vgg.imagenet",
+    "TORCHVISION": "keras_vgg.imagenet",
+    "PAPER": "keras_vgg.imagenet",
 }
 
 __all__ = ["__version__", *_EXPORTS]
