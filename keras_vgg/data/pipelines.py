@@ -257,14 +257,19 @@ def training_dataset(
                 transforms.element_seed(seed, epoch, position), 3
             )
         )
-        image = transforms.decode_and_random_crop(contents, crop_seed, scales, crop_size)
+        window = transforms.decode_random_window(contents, crop_seed, scales, crop_size)
         if flip:
-            image = transforms.random_flip(image, flip_seed)
+            # Flipping the uint8 window then resizing equals resizing then flipping (the
+            # bilinear grid is mirror-symmetric) and moves a quarter of the bytes.
+            window = transforms.random_flip(window, flip_seed)
+        image = transforms.resize_crop(window, crop_size)
+        # One pass over the pixels for colour shift and mean: image + (shift - mean).
+        offset = -tf.constant(mean, tf.float32)
         if color_shift is not None:
-            image = transforms.color_shift(
-                image, color_seed, color_shift.eigenvalues, color_shift.eigenvectors
+            offset += transforms.color_shift_offset(
+                color_seed, color_shift.eigenvalues, color_shift.eigenvectors
             )
-        image = transforms.subtract_mean(image, mean)
+        image = image + offset
         image.set_shape([crop_size, crop_size, 3])
         return image, tf.cast(label, tf.int32)
 
