@@ -164,6 +164,9 @@ def test_same_seed_same_batches_epochs_differ_seeds_differ(tree):
     epoch0 = np.concatenate([x for x, _ in first[:3]])
     epoch1 = np.concatenate([x for x, _ in first[3:]])
     assert not np.allclose(epoch0, epoch1)
+    serial = take(pipelines.training_dataset(tree, parallel_calls=1, **kwargs), 6)
+    for (x1, _), (x2, _) in zip(first, serial, strict=True):
+        np.testing.assert_array_equal(x1, x2)  # parallel decoding cannot change the result
     other = take(pipelines.training_dataset(tree, **{**kwargs, "seed": 8}), 3)
     assert not np.allclose(epoch0, np.concatenate([x for x, _ in other]))
 

@@ -106,6 +106,7 @@ def _map_skipping_bad(
     seed: int,
     shuffle: bool,
     end_element,
+    parallel_calls: int | None = None,
 ) -> tf.data.Dataset:
     """`load` over one epoch in parallel and in order, dropping and reporting failed elements.
 
@@ -122,6 +123,7 @@ def _map_skipping_bad(
         seed: The seed the elements were ordered with.
         shuffle: Whether they were shuffled.
         end_element: (payload, label) of a decodable element, used as end-of-epoch marker.
+        parallel_calls: Elements decoded at once (default: tf.data's autotuning).
 
     Returns:
         A dataset of `load`'s outputs, without the failed elements.
@@ -133,7 +135,9 @@ def _map_skipping_bad(
         payload, label, name = element
         return load(payload, label, name, position), position, tf.equal(name, _END)
 
-    ds = ds.map(run, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    ds = ds.map(
+        run, num_parallel_calls=parallel_calls or tf.data.AUTOTUNE, deterministic=True
+    ).ignore_errors()
     ds = ds.scan(
         tf.constant(-1, tf.int64),
         lambda previous, x: (x[1], (x[0], previous + 1, x[1], x[2])),
@@ -202,6 +206,7 @@ def training_dataset(
     bad_files_path: str | os.PathLike | None = None,
     drop_remainder: bool = True,
     bad_files: BadFileLog | None = None,
+    parallel_calls: int | None = None,
 ) -> tf.data.Dataset:
     """The training input of Sec. 3.1, repeating forever from epoch `start_epoch`.
 
@@ -231,6 +236,7 @@ def training_dataset(
         drop_remainder: Drop each epoch's last partial batch.
         bad_files: A `BadFileLog` to report into (to read counts afterwards); one is made
             from `bad_files_path` if not given.
+        parallel_calls: Images decoded at once (default: tf.data's autotuning).
 
     Returns:
         A dataset of (float32 images (batch, crop, crop, 3), int32 labels (batch,)).
@@ -283,6 +289,7 @@ def training_dataset(
             seed=seed,
             shuffle=True,
             end_element=end_element,
+            parallel_calls=parallel_calls,
         )
         return ds.batch(batch_size, drop_remainder=drop_remainder)
 
