@@ -218,6 +218,14 @@ class ImageSource:
 
         return tf.io.read_file(payload), label
 
+    def names_at(self, epoch: int, seed: int, start: int, stop: int, shuffle: bool) -> list[str]:
+        """Names of the elements at positions [start, stop) of `elements(epoch, seed, shuffle)`."""
+        if shuffle:
+            order = _permutation(len(self.files), seed, epoch).numpy()
+        else:
+            order = np.arange(len(self.files))
+        return [self.files[i] for i in order[start:stop]]
+
 
 @dataclasses.dataclass(frozen=True)
 class TFRecordSource:
@@ -321,6 +329,10 @@ class TFRecordSource:
             features[self.label_key] - self.label_offset, tf.int32
         )
 
+    def names_at(self, epoch: int, seed: int, start: int, stop: int, shuffle: bool) -> list[str]:
+        """Names of the elements at positions [start, stop) of `elements(epoch, seed, shuffle)`."""
+        return _names_at(self, epoch, seed, start, stop, shuffle)
+
 
 @dataclasses.dataclass(frozen=True)
 class TFDSSource:
@@ -363,11 +375,18 @@ class TFDSSource:
         except Exception as exc:  # tfds raises its own types for unknown names
             raise ValueError(f"tfds:{self.name}: {str(exc).splitlines()[0]}") from None
 
+    def _split(self, tfds):
+        """This worker's part of the split: TFDS's even sub-splits (whole records)."""
+        if self.num_shards == 1:
+            return self.split
+        return tfds.even_splits(self.split, n=self.num_shards, drop_remainder=False)[
+            self.shard_index
+        ]
+
     @property
     def num_examples(self) -> int:
         tfds, builder = self._builder()
-        total = builder.info.splits[self.split].num_examples
-        return len(range(self.shard_index, total, self.num_shards))
+        return builder.info.splits[self._split(tfds)].num_examples
 
     def __len__(self) -> int:
         return self.num_examples
@@ -379,7 +398,7 @@ class TFDSSource:
         return tuple(feature.names) if hasattr(feature, "names") else None
 
     def shard(self, num_shards: int, shard_index: int) -> TFDSSource:
-        """Worker `shard_index`'s part (TFDS splits its files, or records, between workers)."""
+        """Worker `shard_index`'s part: an even sub-split of the records (`tfds.even_splits`)."""
         _check_shard(num_shards, shard_index, num_shards, f"tfds:{self.name}")
         return dataclasses.replace(self, num_shards=num_shards, shard_index=shard_index)
 
@@ -387,16 +406,10 @@ class TFDSSource:
         import tensorflow as tf
 
         tfds, builder = self._builder()
-        read_config = tfds.ReadConfig(
-            add_tfds_id=True,
-            input_context=tf.distribute.InputContext(
-                num_input_pipelines=self.num_shards, input_pipeline_id=self.shard_index
-            ),
-        )
         ds = builder.as_dataset(
-            split=self.split,
+            split=self._split(tfds),
             shuffle_files=False,
-            read_config=read_config,
+            read_config=tfds.ReadConfig(add_tfds_id=True),
             decoders={self.image_key: tfds.decode.SkipDecoding()},
         )
         return ds.map(
@@ -417,6 +430,44 @@ class TFDSSource:
     @staticmethod
     def read(payload, label):
         return payload, label
+
+    def names_at(self, epoch: int, seed: int, start: int, stop: int, shuffle: bool) -> list[str]:
+        """Names of the elements at positions [start, stop) of `elements(epoch, seed, shuffle)`."""
+        return _names_at(self, epoch, seed, start, stop, shuffle)
+
+
+def _names_at(source, epoch, seed, start, stop, shuffle) -> list[str]:
+    """Replays one epoch's deterministic element order to name positions [start, stop)."""
+    ds = source.elements(epoch, seed=seed, shuffle=shuffle).skip(start).take(stop - start)
+    return [name.decode("utf-8", "replace") for _, _, name in ds.as_numpy_iterator()]
+
+
+def first_decodable(source, tries: int = 64):
+    """(payload, label) of the first element among the first `tries` that decodes.
+
+    Raises:
+        ValueError: naming the source if none of them decodes.
+    """
+    import tensorflow as tf
+
+    from keras_vgg.data import transforms
+
+    for payload, label, _ in source.elements().take(tries):
+        try:
+            contents, _ = source.read(payload, label)
+            transforms.decode_image(contents)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
+            continue
+        return payload, label
+    raise ValueError(f"{_describe(source)}: none of the first {tries} images can be decoded")
+
+
+def _describe(source) -> str:
+    if isinstance(source, ImageSource):
+        return os.path.commonpath(source.files) if source.files else "ImageSource"
+    if isinstance(source, TFRecordSource):
+        return source.files[0] if source.files else "TFRecordSource"
+    return f"tfds:{source.name}"
 
 
 def open_source(
