@@ -271,7 +271,11 @@ def _split_source(sources, source, fraction, seed):
 
 @dataclasses.dataclass(frozen=True)
 class FitPlan:
-    """Everything `fit` will do, decided before it starts (printed by `--dry-run`)."""
+    """Everything `fit` will do, decided before it starts (printed by `--dry-run`).
+
+    `action` is "start", "resume" (after `resume_epoch` epochs), "overwrite" or "finished"
+    (a finished run, refused without `overwrite`).
+    """
 
     recipe: recipe_lib.Recipe
     distribution: distribute.DistributionPlan
@@ -289,7 +293,7 @@ class FitPlan:
         r = self.recipe
         steps = self.steps_per_epoch
         lines = [
-            f"run directory:      {self.run_dir} ({self.action})",
+            f"run directory:      {self.run_dir} ({self._action_text()})",
             f"strategy:           {d.describe()}",
             f"replicas:           {d.replicas}",
             f"global batch:       {d.global_batch}",
@@ -306,14 +310,23 @@ class FitPlan:
         ]
         return "\n".join(lines)
 
+    def _action_text(self) -> str:
+        return {
+            "start": "new run",
+            "resume": f"resume after epoch {self.resume_epoch}",
+            "overwrite": "overwrite (--overwrite)",
+            "finished": "finished: refused without --overwrite",
+        }[self.action]
+
     def _init_text(self) -> str:
         r = self.recipe
-        if self.init_source is None:
+        source = self.init_source
+        if source is None:
             return {"normal": "random normal, std 1e-2, biases zero", "glorot": "Glorot uniform"}[
                 r.model.init
             ]
-        exists = os.path.exists(self.init_source) or not self.init_source.endswith(".keras")
-        return f"{r.init.mode} from {self.init_source}" + ("" if exists else " (NOT THERE YET)")
+        missing = source.endswith((".keras", ".h5")) and not os.path.isfile(source)
+        return f"{r.init.mode} from {source}" + (" (NOT THERE YET)" if missing else "")
 
 
 def _init_source(recipe: recipe_lib.Recipe) -> str | None:
@@ -326,7 +339,7 @@ def _init_source(recipe: recipe_lib.Recipe) -> str | None:
     return os.path.join(run_dir, "best.keras")
 
 
-def _run_status(run_dir: str, recipe: recipe_lib.Recipe, overwrite: bool) -> tuple[str, int]:
+def _run_status(run_dir: str, overwrite: bool) -> tuple[str, int]:
     """("start" | "resume" | "overwrite" | "finished", completed epochs)."""
     metrics = _read_json(os.path.join(run_dir, "metrics.json"))
     if metrics and metrics.get("status") == "finished":
@@ -365,13 +378,7 @@ def plan_fit(
     dist = distribute.plan_distribution(recipe.run.batch_size, devices=devices)
     precision = distribute.resolve_precision(recipe.run.precision)
     run_dir = recipe.run_dir
-    action, epoch = _run_status(run_dir, recipe, overwrite)
-    text = {
-        "start": "new run",
-        "resume": f"resume after epoch {epoch}",
-        "overwrite": "overwrite (--overwrite)",
-        "finished": "finished: refused without --overwrite",
-    }[action]
+    action, epoch = _run_status(run_dir, overwrite)
     count = steps = None
     if count_images and os.path.isdir(recipe.data.root):
         from keras_vgg.data import sources
@@ -381,7 +388,7 @@ def plan_fit(
     elif recipe.run.steps_per_epoch:
         steps = recipe.run.steps_per_epoch
     return FitPlan(
-        recipe, dist, precision, run_dir, text, epoch, _init_source(recipe), count, steps
+        recipe, dist, precision, run_dir, action, epoch, _init_source(recipe), count, steps
     )
 
 
@@ -753,15 +760,15 @@ class FitResult:
     metrics: dict
 
 
-def _check_run_dir(plan: FitPlan, recipe_text: str) -> None:
+def _check_run_dir(plan: FitPlan) -> None:
     r = plan.recipe
-    if plan.action.startswith("finished"):
+    if plan.action == "finished":
         raise ValueError(
             f"{plan.run_dir}: this run has finished (metrics.json); pass --overwrite to train "
             f"it again, or --set run.name=NEW for a new run"
         )
     saved_path = os.path.join(plan.run_dir, "recipe.toml")
-    if plan.action.startswith("resume") and os.path.isfile(saved_path):
+    if plan.action == "resume" and os.path.isfile(saved_path):
         saved = recipe_lib.load_recipe(saved_path)
         if recipe_lib.recipe_to_dict(saved) != recipe_lib.recipe_to_dict(r):
             diff = _first_difference(recipe_lib.recipe_to_dict(saved), recipe_lib.recipe_to_dict(r))
@@ -817,11 +824,11 @@ def fit(
     """
     plan = plan_fit(recipe, devices=devices, overwrite=overwrite, count_images=False)
     recipe_text = recipe_lib.recipe_to_toml(recipe)
-    _check_run_dir(plan, recipe_text)
+    _check_run_dir(plan)
     dist = plan.distribution
     run_dir = plan.run_dir
     if dist.is_chief:
-        if plan.action.startswith("overwrite") and os.path.isdir(run_dir):
+        if plan.action == "overwrite" and os.path.isdir(run_dir):
             shutil.rmtree(run_dir)
         os.makedirs(run_dir, exist_ok=True)
     strategy = distribute.make_strategy(dist)
@@ -860,7 +867,7 @@ def fit(
         "best_epoch": None,
     }
     state_path = os.path.join(run_dir, STATE_FILE)
-    if os.path.isfile(state_path) and not plan.action.startswith("overwrite"):
+    if os.path.isfile(state_path) and plan.action != "overwrite":
         meta = load_state(state_path, model)
         model.optimizer.learning_rate.assign(meta["lr"])
         print_fn(
