@@ -3,8 +3,8 @@
 A recipe has six sections, every key optional except `data.root`::
 
     [model]      config, batch_norm, width, fc_units, dropout, init, classes, weights
-    [data]       root, val_root, labels_file, val_split, train_scale, val_scale, crop_size,
-                 stats, flip, color_shift
+    [data]       root, val_root, labels_file, label_offset, val_split, train_scale,
+                 val_scale, crop_size, stats, flip, color_shift
     [optimizer]  lr, momentum, weight_decay, weight_decay_mode
     [schedule]   epochs, plateau_patience, factor, min_delta, max_reductions
     [init]       from_run, mode
@@ -85,11 +85,14 @@ class DataSection:
     """The training and validation images (Sec. 3.1).
 
     Attributes:
-        root: Training images: a folder with one sub-folder per class.
-        val_root: Validation images (a class-folder tree, or a flat folder with
-            `labels_file`); None uses `val_split` of `root`.
+        root: Training images: a folder with one sub-folder per class, or TFRecord shards
+            ("tfrecord:/data/train-*") or a TensorFlow Datasets name ("tfds:imagenet2012").
+        val_root: Validation images (a class-folder tree, a flat folder with
+            `labels_file`, "tfrecord:..." or "tfds:NAME:SPLIT"); None uses `val_split` of
+            `root`.
         labels_file: Labels of a flat `val_root`, one class index per line ("imagenet-val":
             the bundled ILSVRC-2012 validation labels).
+        label_offset: Subtracted from TFRecord labels (1 for converters that store 1..1000).
         val_split: Fraction of `root` held out for validation when there is no `val_root`.
         train_scale: S, the smallest side of the rescaled training image: an int
             (single-scale) or [Smin, Smax] (scale jittering, Sec. 3.1).
@@ -104,6 +107,7 @@ class DataSection:
     root: str = ""
     val_root: str | None = None
     labels_file: str | None = None
+    label_offset: int = 0
     val_split: float = 0.0
     train_scale: int | tuple[int, int] = 256
     val_scale: int | None = None

@@ -166,9 +166,12 @@ def recipe_data(
 
     d, r = recipe.data, recipe.run
     train_source = _open_source(recipe, "data.root", d.root, None)
+    is_folder = isinstance(train_source, sources.ImageSource)
     if d.val_root is not None:
         val_source = _open_source(recipe, "data.val_root", d.val_root, d.labels_file)
     elif d.val_split > 0:
+        if not is_folder:
+            raise ValueError(f"{recipe.path}: data.val_split: needs a folder data.root")
         train_source, val_source = _split_source(sources, train_source, d.val_split, r.seed)
     else:
         val_source = None
@@ -180,20 +183,43 @@ def recipe_data(
         stats = stats_lib.DatasetStats.from_json(d.stats)
     mean = tuple(float(v) for v in stats.mean)
     batch = r.batch_size
-    if r.steps_per_epoch is not None:
+    if is_folder and r.steps_per_epoch is not None:
         # A fixed seeded subset makes one pipeline epoch exactly `steps_per_epoch` batches,
         # so Keras's epochs and the pipeline's stay aligned (and resuming stays exact).
         train_source = train_source.sample(r.steps_per_epoch * batch, seed=r.seed)
-    elif num_workers > 1:
+    elif is_folder and num_workers > 1:
         # Every worker must run the same number of steps: keep a multiple of the global
         # batch, so the round-robin shards are equal.
         train_source = train_source.sample(len(train_source) // batch * batch, seed=r.seed)
-    steps = len(train_source) // batch
+    if is_folder:
+        count = len(train_source)
+        steps = count // batch
+    else:
+        # Shards of records: each worker reads whole files, so the fewest batches any worker
+        # has in an epoch is the number of steps all of them run.
+        count = None
+        per_worker = batch // num_workers
+        steps = min(
+            pipelines.steps_per_epoch(
+                train_source, per_worker, num_shards=num_workers, shard_index=index
+            )
+            for index in range(num_workers)
+        )
+        if r.steps_per_epoch is not None:
+            steps = min(steps, r.steps_per_epoch)
     if steps < 1:
         raise ValueError(
             f"{recipe.path}: run.batch_size: {batch} is larger than the "
-            f"{len(train_source)} training images of {d.root}"
+            f"{count if count is not None else 'available'} training images of {d.root}"
         )
+    class_names = getattr(train_source, "class_names", None)
+    if not class_names:
+        if recipe.model.classes is None:
+            raise ValueError(
+                f"{recipe.path}: model.classes: {d.root} does not name its classes; give "
+                "their number"
+            )
+        class_names = tuple(str(i) for i in range(recipe.model.classes))
 
     def train(*, start_epoch: int, batch_size: int, num_shards: int = 1, shard_index: int = 0):
         return pipelines.training_dataset(
@@ -223,13 +249,15 @@ def recipe_data(
         )
         if r.val_steps is not None:
             val = val.take(r.val_steps)
-    return TrainingData(train, val, tuple(train_source.class_names), steps, mean)
+    return TrainingData(train, val, tuple(class_names), steps, mean)
 
 
 def _open_source(recipe, key, root, labels_file):
+    """A folder tree, a flat folder with labels, "tfrecord:PATTERN" or "tfds:NAME[:SPLIT]"."""
     from keras_vgg.data import sources
 
-    if not os.path.isdir(root):
+    prefixed = root.startswith(("tfrecord:", "tfds:"))
+    if not prefixed and not os.path.isdir(root):
         raise ValueError(f"{recipe.path}: {key}: folder not found: {root}")
     if (
         labels_file is not None
@@ -238,6 +266,8 @@ def _open_source(recipe, key, root, labels_file):
     ):
         raise ValueError(f"{recipe.path}: data.labels_file: file not found: {labels_file}")
     try:
+        if prefixed:
+            return sources.as_source(root, label_offset=recipe.data.label_offset)
         return sources.open_source(root, labels_file=labels_file)
     except (ValueError, FileNotFoundError) as exc:
         raise ValueError(f"{recipe.path}: {key}: {exc}") from None
