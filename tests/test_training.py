@@ -381,3 +381,31 @@ def test_tfrecord_root_trains_through_the_same_path(tmp_path):
     recipe = write_tfrecords(tmp_path)
     result = training.fit(recipe, print_fn=quiet, verbose=0)
     assert result.metrics["status"] == "finished" and result.model.output_shape == (None, 3)
+
+
+def test_finetune_from_weights_keeps_all_but_the_head(tmp_path):
+    """finetune_folder.toml's mode: every layer but `predictions` from a 10-class net."""
+    source_recipe = tiny_recipe(tmp_path)
+    keras.utils.set_random_seed(5)
+    source = training._build_model(source_recipe, 10, "float32")
+    source.save(tmp_path / "source.keras")
+    recipe = tiny_recipe(
+        tmp_path,
+        name="fine",
+        model={"weights": str(tmp_path / "source.keras")},
+        init={"mode": "all_but_head"},
+    )
+    keras.utils.set_random_seed(0)
+    model = training._build_model(recipe, CLASSES, "float32")
+    copied = training._initialize(model, recipe, str(tmp_path / "source.keras"))
+    assert "predictions" not in copied and {"block1_conv1", "fc1", "fc2"} <= set(copied)
+    assert len(copied) == len([layer for layer in model.layers if layer.weights]) - 1
+    for name in copied:
+        for a, b in zip(model.get_layer(name).weights, source.get_layer(name).weights, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert model.get_layer("predictions").kernel.shape == (32, CLASSES)
+    everything = tiny_recipe(
+        tmp_path, model={"weights": str(tmp_path / "source.keras")}, init={"mode": "all"}
+    )
+    with pytest.raises(ValueError, match=r"init.mode = 'all': .*'predictions'.*shapes"):
+        training._initialize(model, everything, str(tmp_path / "source.keras"))
