@@ -879,10 +879,14 @@ def fit(
             f"{len(data.class_names)} classes"
         )
 
+    state_path = os.path.join(run_dir, STATE_FILE)
+    resuming = plan.action == "resume" and os.path.isfile(state_path)
     keras.utils.set_random_seed(recipe.run.seed)
     with strategy.scope():
         model = _build_model(recipe, classes, plan.precision.policy)
-        copied = _initialize(model, recipe, plan.init_source)
+        # A resumed run takes every weight from its own state: the run it started from may
+        # have been moved or deleted since.
+        copied = [] if resuming else _initialize(model, recipe, plan.init_source)
         _compile(model, _optimizer(recipe, plan.precision.policy), classes)
         model.optimizer.build(model.trainable_variables)
         if dist.kind == "multi_worker":
@@ -896,8 +900,7 @@ def fit(
         "stop_reason": None,
         "best_epoch": None,
     }
-    state_path = os.path.join(run_dir, STATE_FILE)
-    if os.path.isfile(state_path) and plan.action != "overwrite":
+    if resuming:
         meta = load_state(state_path, model)
         model.optimizer.learning_rate.assign(meta["lr"])
         print_fn(

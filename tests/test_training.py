@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import re
+import shutil
 
 import keras
 import numpy as np
@@ -248,7 +249,7 @@ def test_init_from_a_run_copies_the_papers_layers(tmp_path):
         name="b_tiny",
         model={"config": "B"},
         init={"from_run": "a_tiny", "mode": "a_layers"},
-        schedule={"epochs": 1},
+        schedule={"epochs": 2},
     )
     missing = tiny_recipe(tmp_path, name="c", model={"config": "B"}, init={"from_run": "zzz"})
     with pytest.raises(ValueError, match=r"init.from_run: .*zzz.*not there yet: train run 'zzz'"):
@@ -268,9 +269,20 @@ def test_init_from_a_run_copies_the_papers_layers(tmp_path):
             np.testing.assert_array_equal(w_b.numpy(), w_a.numpy())
     # block1_conv2 exists only in B: random, not copied.
     assert b_model.get_layer("block1_conv2").weights[0].shape == (3, 3, 4, 4)
-    training.fit(b, data=tiny_data(), print_fn=lines.append, verbose=0)
+
+    def stop_after_first_epoch(line):
+        lines.append(line)
+        if line.startswith("epoch   1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(b, data=tiny_data(), print_fn=stop_after_first_epoch, verbose=0)
     assert any(line.startswith("initialised 7 layers from") for line in lines)
     assert a_result.metrics["status"] == "finished"
+    # Resuming takes every weight from B's own state: A's run is no longer needed.
+    shutil.rmtree(tmp_path / "runs" / "a_tiny")
+    resumed = training.fit(b, data=tiny_data(), print_fn=quiet, verbose=0)
+    assert resumed.metrics["status"] == "finished" and resumed.metrics["epochs"] == 2
 
 
 def test_normal_init_has_std_1e_2_and_zero_biases(tmp_path):
