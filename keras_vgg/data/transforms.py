@@ -1,10 +1,35 @@
-"""Pure TensorFlow image transforms (no state; randomness only from explicit seeds)."""
+"""Pure TensorFlow image transforms (no state; randomness only from explicit seeds).
+
+Every function here works eagerly and inside `tf.data.Dataset.map`. Images are channels
+last; pixel values are on the 0-255 scale unless a docstring says otherwise. Random ops take
+a `seed`: an int32/int64 tensor of shape [2], as for `tf.random.stateless_*`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import tensorflow as tf
 
-__all__ = ["isotropic_size", "rescale_isotropic"]
+__all__ = [
+    "center_crop",
+    "color_shift",
+    "crop_window",
+    "decode_and_random_crop",
+    "decode_image",
+    "element_seed",
+    "grid_crop_offsets",
+    "isotropic_size",
+    "multi_crops",
+    "random_crop_window",
+    "random_flip",
+    "rescale_isotropic",
+    "sample_scale",
+    "subtract_mean",
+]
+
+# AlexNet's lighting noise: alpha_i ~ N(0, 0.1) (Krizhevsky et al. 2012, Sec. 4.1).
+ALPHA_STD = 0.1
 
 
 def isotropic_size(height: tf.Tensor, width: tf.Tensor, smallest_side: tf.Tensor) -> tf.Tensor:
@@ -45,3 +70,308 @@ def rescale_isotropic(image: tf.Tensor, smallest_side, method: str = "bilinear")
     shape = tf.shape(image)
     size = isotropic_size(shape[0], shape[1], smallest_side)
     return tf.image.resize(tf.cast(image, tf.float32), size, method=method, antialias=False)
+
+
+# === Decoding ===
+
+
+def decode_image(contents: tf.Tensor) -> tf.Tensor:
+    """Decodes an encoded image of any common format to uint8 RGB (H, W, 3).
+
+    The format is read from the bytes, not the file name, so ImageNet's PNG named `.JPEG`
+    decodes. CMYK and greyscale JPEGs, greyscale and RGBA PNGs (alpha dropped), BMPs and
+    GIFs (first frame) all become 3-channel RGB.
+
+    Args:
+        contents: A scalar string tensor holding the encoded file.
+
+    Returns:
+        A uint8 tensor (H, W, 3).
+
+    Raises:
+        tf.errors.InvalidArgumentError: if the bytes are not a decodable image (when run
+            eagerly; inside `Dataset.map` the error surfaces when the element is produced).
+    """
+    image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+# === Deterministic crops (Sec. 3.2) ===
+
+
+def center_crop(image: tf.Tensor, size: int = 224) -> tf.Tensor:
+    """The central `size` x `size` crop of an image at least that large on both sides.
+
+    Sec. 3.2: single-crop evaluation of a rescaled test image uses its central crop.
+
+    Args:
+        image: A 3-D image (H, W, C), H >= size and W >= size.
+        size: Side of the square crop.
+
+    Returns:
+        The crop (size, size, C), same dtype.
+    """
+    shape = tf.shape(image)
+    top = (shape[0] - size) // 2
+    left = (shape[1] - size) // 2
+    return image[top : top + size, left : left + size, :]
+
+
+def grid_crop_offsets(height, width, size: int = 224, grid: int = 5) -> tf.Tensor:
+    """Top-left corners of a regular `grid` x `grid` grid of square crops, row-major.
+
+    Sec. 3.2: multi-crop evaluation uses a 5x5 regular grid of 224 crops. Tops are evenly
+    spaced from 0 to H - size inclusive, lefts from 0 to W - size inclusive, rounded half to
+    even (as `tf.round` and `np.round`). With grid=1 the single crop is the central one.
+
+    Args:
+        height: Image height (int or scalar tensor), >= size.
+        width: Image width, >= size.
+        size: Crop side.
+        grid: Crops per side.
+
+    Returns:
+        An int32 tensor (grid * grid, 2) of (top, left).
+    """
+    if grid < 1:
+        raise ValueError(f"`grid` must be at least 1. Received: grid={grid!r}")
+    span_h = tf.cast(height, tf.float32) - size
+    span_w = tf.cast(width, tf.float32) - size
+    if grid == 1:
+        tops = tf.floor(span_h / 2.0)[None]
+        lefts = tf.floor(span_w / 2.0)[None]
+    else:
+        steps = tf.range(grid, dtype=tf.float32) / float(grid - 1)
+        tops = tf.round(steps * span_h)
+        lefts = tf.round(steps * span_w)
+    rows, cols = tf.meshgrid(tops, lefts, indexing="ij")
+    offsets = tf.stack([tf.reshape(rows, [-1]), tf.reshape(cols, [-1])], axis=1)
+    return tf.cast(offsets, tf.int32)
+
+
+def multi_crops(image: tf.Tensor, size: int = 224, grid: int = 5, flip: bool = True) -> tf.Tensor:
+    """The `grid` x `grid` crops of an image, then the same crops flipped horizontally.
+
+    Sec. 3.2: 50 crops per scale (a 5x5 grid, each also flipped) for multi-crop evaluation.
+
+    Args:
+        image: A 3-D image (H, W, C) with H, W >= size.
+        size: Crop side.
+        grid: Crops per side.
+        flip: Whether to append the horizontally flipped crops.
+
+    Returns:
+        A tensor (grid * grid * (2 if flip else 1), size, size, C): the crops in
+        `grid_crop_offsets` order, then (if `flip`) their mirror images in the same order.
+    """
+    shape = tf.shape(image)
+    offsets = grid_crop_offsets(shape[0], shape[1], size, grid)
+    crops = [
+        image[offsets[i, 0] : offsets[i, 0] + size, offsets[i, 1] : offsets[i, 1] + size, :]
+        for i in range(grid * grid)
+    ]
+    crops = tf.stack(crops)
+    if flip:
+        crops = tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+    return crops
+
+
+# === Random training ops (Sec. 3.1), all stateless ===
+
+
+def element_seed(seed, epoch, position) -> tf.Tensor:
+    """The seed of one training element, from the run seed, the epoch and its position.
+
+    The same (seed, epoch, position) always gives the same augmentation; each epoch gets
+    different ones; a run resumed at epoch k repeats what an uninterrupted run does there.
+
+    Args:
+        seed: The run's integer seed.
+        epoch: Epoch number (int or scalar tensor).
+        position: Position of the element in its epoch's shuffled file order.
+
+    Returns:
+        An int64 tensor of shape [2] for `tf.random.stateless_*`.
+    """
+    base = tf.stack([tf.cast(seed, tf.int64), tf.constant(0x5667, tf.int64)])
+    base = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
+
+
+def sample_scale(seed: tf.Tensor, train_scale: int | tuple[int, int]) -> tf.Tensor:
+    """The training scale S of one image.
+
+    Sec. 3.1: single-scale training uses a fixed S (256 or 384); multi-scale training
+    ("scale jittering") draws S per image uniformly from [Smin, Smax] (256, 512).
+
+    Args:
+        seed: Shape [2] stateless seed.
+        train_scale: A fixed S, or (Smin, Smax) with both ends included.
+
+    Returns:
+        A scalar int32 tensor S.
+    """
+    if isinstance(train_scale, int):
+        return tf.constant(train_scale, tf.int32)
+    smin, smax = train_scale
+    return tf.random.stateless_uniform(
+        [], seed=seed, minval=int(smin), maxval=int(smax) + 1, dtype=tf.int32
+    )
+
+
+def crop_window(height, width, scale, crop_size: int, top_frac, left_frac) -> tf.Tensor:
+    """The window of the ORIGINAL image that becomes a crop of the image rescaled to S.
+
+    Rescaling isotropically so the smaller side is S and then cropping `crop_size` pixels
+    is the same, up to sub-pixel rounding, as cropping a square of
+    `crop_size * min(H, W) / S` original pixels and resizing it to `crop_size`. Working in
+    original coordinates lets a JPEG decode only that window.
+
+    Args:
+        height: Original height.
+        width: Original width.
+        scale: The smaller side S of the rescaled image (S >= crop_size).
+        crop_size: Crop side in the rescaled image.
+        top_frac: Where the crop sits vertically, in [0, 1] (0 top, 1 bottom).
+        left_frac: Where the crop sits horizontally, in [0, 1].
+
+    Returns:
+        An int32 tensor [top, left, side, side] in original pixels.
+    """
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    short = tf.cast(tf.minimum(height, width), tf.float32)
+    side = tf.cast(tf.round(crop_size * short / tf.cast(scale, tf.float32)), tf.int32)
+    side = tf.clip_by_value(side, 1, tf.minimum(height, width))
+    top = tf.cast(tf.round(top_frac * tf.cast(height - side, tf.float32)), tf.int32)
+    left = tf.cast(tf.round(left_frac * tf.cast(width - side, tf.float32)), tf.int32)
+    return tf.stack([top, left, side, side])
+
+
+def random_crop_window(
+    seed: tf.Tensor, height, width, train_scale: int | tuple[int, int], crop_size: int = 224
+) -> tf.Tensor:
+    """A random crop window for Sec. 3.1's "one random 224x224 crop of the image at scale S".
+
+    S is drawn with `sample_scale`, the crop position uniformly over every crop of the
+    rescaled image. Both come from `seed`.
+
+    Args:
+        seed: Shape [2] stateless seed.
+        height: Original image height.
+        width: Original image width.
+        train_scale: A fixed S or (Smin, Smax).
+        crop_size: Crop side in the rescaled image.
+
+    Returns:
+        An int32 tensor [top, left, side, side] in original pixels (see `crop_window`).
+    """
+    scale_seed, pos_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    scale = sample_scale(scale_seed, train_scale)
+    frac = tf.random.stateless_uniform([2], seed=pos_seed)
+    return crop_window(height, width, scale, crop_size, frac[0], frac[1])
+
+
+def decode_and_random_crop(
+    contents: tf.Tensor,
+    seed: tf.Tensor,
+    train_scale: int | tuple[int, int] = 256,
+    crop_size: int = 224,
+) -> tf.Tensor:
+    """Decodes an image and takes Sec. 3.1's random crop at scale S, as float32 0-255.
+
+    For JPEGs only the crop window is decoded (`tf.image.extract_jpeg_shape` +
+    `tf.image.decode_and_crop_jpeg`), so a large S costs no more than a small one. A JPEG
+    that does not end with its end-of-image marker (truncated, or with trailing bytes) is
+    decoded whole instead, so a truncated file fails the same way whatever its window.
+    Other formats are decoded whole and cropped.
+
+    Args:
+        contents: Scalar string tensor, the encoded image.
+        seed: Shape [2] stateless seed.
+        train_scale: A fixed S or (Smin, Smax).
+        crop_size: Output side.
+
+    Returns:
+        A float32 tensor (crop_size, crop_size, 3).
+    """
+    complete_jpeg = tf.logical_and(
+        tf.io.is_jpeg(contents), tf.equal(tf.strings.substr(contents, -2, 2), b"\xff\xd9")
+    )
+
+    def jpeg_window():
+        shape = tf.image.extract_jpeg_shape(contents)
+        window = random_crop_window(seed, shape[0], shape[1], train_scale, crop_size)
+        return tf.image.decode_and_crop_jpeg(contents, window, channels=3)
+
+    def whole():
+        image = decode_image(contents)
+        shape = tf.shape(image)
+        window = random_crop_window(seed, shape[0], shape[1], train_scale, crop_size)
+        return image[window[0] : window[0] + window[2], window[1] : window[1] + window[3], :]
+
+    patch = tf.cond(complete_jpeg, jpeg_window, whole)
+    patch.set_shape([None, None, 3])
+    return tf.image.resize(tf.cast(patch, tf.float32), [crop_size, crop_size], antialias=False)
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Flips an image (H, W, C) horizontally with probability 1/2 (Sec. 3.1).
+
+    Args:
+        image: A 3-D image.
+        seed: Shape [2] stateless seed.
+
+    Returns:
+        The image, mirrored left-right or not.
+    """
+    flip = tf.random.stateless_uniform([], seed=seed) < 0.5
+    return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def color_shift(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    eigenvalues: Sequence[float],
+    eigenvectors: Sequence[Sequence[float]],
+    alpha_std: float = ALPHA_STD,
+    eigen_scale: float = 255.0,
+) -> tf.Tensor:
+    """AlexNet's PCA colour shift ("lighting" noise), Sec. 3.1's random RGB colour shift.
+
+    Adds `[p1 p2 p3] [a1 l1, a2 l2, a3 l3]^T` to every pixel, with a_i ~ N(0, alpha_std),
+    p_i the eigenvectors (columns) and l_i the eigenvalues of the 3x3 covariance of RGB
+    pixel values. The product a_i * l_i is taken on the pixel scale the eigenvalues were
+    computed on (the 0-1 scale for AlexNet's published values and for `kvgg stats`); the
+    resulting shift is then multiplied by `eigen_scale` (255) to apply it to 0-255 pixels.
+
+    Args:
+        image: Float RGB image (..., 3) on the 0-255 scale.
+        seed: Shape [2] stateless seed.
+        eigenvalues: The 3 eigenvalues, on the 0-1 pixel scale.
+        eigenvectors: 3x3, the columns are the eigenvectors.
+        alpha_std: Standard deviation of the a_i.
+        eigen_scale: Size of one unit of the eigenvalues' scale in image units.
+
+    Returns:
+        The shifted float32 image (not clipped, as in AlexNet).
+    """
+    alpha = tf.random.stateless_normal([3], seed=seed, stddev=alpha_std)
+    vectors = tf.constant(eigenvectors, tf.float32)
+    values = tf.constant(eigenvalues, tf.float32)
+    shift = tf.linalg.matvec(vectors, alpha * values) * eigen_scale
+    return tf.cast(image, tf.float32) + shift
+
+
+def subtract_mean(image: tf.Tensor, mean: Sequence[float]) -> tf.Tensor:
+    """Subtracts the mean RGB from each pixel (Sec. 2.1: the only pre-processing).
+
+    Args:
+        image: RGB image(s) (..., 3) on the 0-255 scale.
+        mean: Mean RGB on the 0-255 scale.
+
+    Returns:
+        The float32 image minus the mean.
+    """
+    return tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)
