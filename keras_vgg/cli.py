@@ -4,14 +4,47 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
+import tempfile
 
 import click
 
 from keras_vgg import __version__
 
-# TensorFlow's C++ start-up chatter is noise on a command line.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Lines TensorFlow's C++ runtime prints while it starts, before absl logging is initialised
+# (so no environment variable silences them): informational on a command line.
+_STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog"
+    r"|[IW]\d{4} .*\] "
+    r"|E\d{4} .*(cuInit|cuda_platform|cuda_dnn|cuda_fft|cuda_blas)"
+    r"|To enable the following instructions:)"
+)
+
+
+def _start_tensorflow_quietly() -> None:
+    """Imports TensorFlow and Keras with fd 2 captured, re-emitting all but start-up noise."""
+    if "keras" in sys.modules or os.environ.get("KVGG_VERBOSE"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured.read().decode(errors="replace").splitlines():
+            if line.strip() and not _STARTUP_NOISE.match(line):
+                print(line, file=sys.stderr)
 
 
 class UserError(click.ClickException):
@@ -24,14 +57,17 @@ class UserError(click.ClickException):
 
 
 def user_errors(func):
-    """Turns ValueError / FileNotFoundError from the library into one-line errors."""
+    """Starts TensorFlow quietly; turns ValueError / FileNotFoundError into one-line errors."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        _start_tensorflow_quietly()
         try:
             return func(*args, **kwargs)
         except (ValueError, FileNotFoundError) as exc:
-            raise UserError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+            raise UserError(
+                str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            ) from None
 
     return wrapper
 
@@ -68,11 +104,16 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
         raise UserError("give either a CONFIG or --all")
     shape = _parse_input_shape(input_shape)
     kwargs = dict(
-        include_top=not no_top, batch_norm=batch_norm, width=width, classes=classes,
+        include_top=not no_top,
+        batch_norm=batch_norm,
+        width=width,
+        classes=classes,
         input_shape=shape,
     )
     if all_configs:
-        click.echo(f"{'config':<7} {'weight layers':>13} {'parameters':>13} {'paper (Table 2)':>16}")
+        click.echo(
+            f"{'config':<7} {'weight layers':>13} {'parameters':>13} {'paper (Table 2)':>16}"
+        )
         for name in configs.CONFIGS:
             model = models.build(name, **kwargs)
             click.echo(
@@ -89,8 +130,95 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
         click.echo(f"{name:<24} {kind:<28} {shape_text:<24} {count:>12,}")
     key = configs.canonical_name(config)
     click.echo(f"Total parameters: {model.count_params():,}")
-    click.echo(f"Weight layers: {configs.weight_layers(key)}; paper (Table 2): "
-               f"{configs.PAPER_PARAMS_M[key]} M")
+    click.echo(
+        f"Weight layers: {configs.weight_layers(key)}; paper (Table 2): "
+        f"{configs.PAPER_PARAMS_M[key]} M"
+    )
+
+
+def _progress_bar(length: int, label: str):
+    """A click progress bar on stderr, so stdout carries only the report."""
+    return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+
+
+@main.command()
+@click.argument("root")
+@click.option(
+    "--labels",
+    "labels_file",
+    default=None,
+    help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).",
+)
+@click.option("--sample", type=int, default=None, help="Use a seeded sample of N images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option("-o", "--output", default=None, help="Write the statistics as JSON here.")
+@user_errors
+def stats(root, labels_file, sample, seed, output):
+    """Mean RGB and RGB covariance PCA of the images under ROOT (Sec. 2.1, 3.1).
+
+    The eigenvalues are on the 0-1 pixel scale, like AlexNet's published ImageNet values.
+    """
+    from keras_vgg.data import sources
+    from keras_vgg.data import stats as stats_lib
+
+    source = sources.as_source(root, labels_file)
+    if sample is not None and sample < 1:
+        raise UserError(f"--sample must be a positive integer, got {sample}")
+    try:
+        total = len(source)
+    except TypeError:  # TFRecord shards without a known record count
+        total = 0
+    total = min(sample, total) if sample and total else (sample or total)
+    with _progress_bar(total, "images") as bar:
+        result = stats_lib.compute_stats(source, sample=sample, seed=seed, progress=bar.update)
+    click.echo(f"images: {result.images}")
+    click.echo("mean (0-255): " + " ".join(f"{v:.3f}" for v in result.mean))
+    click.echo("eigenvalues (0-1 scale): " + " ".join(f"{v:.5f}" for v in result.eigenvalues))
+    click.echo("eigenvectors (columns):")
+    for row in result.eigenvectors:
+        click.echo("  " + " ".join(f"{v:+.4f}" for v in row))
+    if output:
+        result.to_json(output)
+        click.echo(f"wrote {output}")
+
+
+@main.group()
+def data():
+    """Inspect datasets."""
+
+
+@data.command("check")
+@click.argument("root")
+@click.option(
+    "--labels",
+    "labels_file",
+    default=None,
+    help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).",
+)
+@click.option("--workers", type=int, default=None, help="Parallel threads (default: CPUs).")
+@click.option(
+    "--min-side",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Also report images whose smaller side is below this.",
+)
+@click.option("--output", default=None, help="Also write the report to this file.")
+@user_errors
+def data_check(root, labels_file, workers, min_side, output):
+    """Scan ROOT for unreadable and unusual images; exit 1 if any is unreadable."""
+    from keras_vgg.data import check, sources
+
+    source = sources.open_source(root, labels_file)
+    with _progress_bar(len(source), "files") as bar:
+        report = check.check_source(source, workers=workers, min_side=min_side, progress=bar.update)
+    text = report.to_text()
+    click.echo(text)
+    if output:
+        with open(output, "w") as f:
+            f.write(text + "\n")
+    if report.unreadable:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -186,7 +186,9 @@ def _check_arguments(
             f"Received: weights={weights!r}"
         )
     if not isinstance(include_top, bool):
-        raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
+        raise ValueError(
+            f"`include_top` must be True or False. Received: include_top={include_top!r}"
+        )
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:

@@ -7,6 +7,7 @@ registered here too as they are added; `REGISTRY` maps an entry name to its sour
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 
 import keras
@@ -32,7 +33,9 @@ A_INIT_LAYERS: tuple[str, ...] = (
 REGISTRY: dict[tuple[str, str], dict] = {}
 
 
-def load_weights(model: keras.Model, weights: str | os.PathLike, *, config: str | None = None) -> None:
+def load_weights(
+    model: keras.Model, weights: str | os.PathLike, *, config: str | None = None
+) -> None:
     """Loads weights into `model`, all or nothing.
 
     Args:
@@ -67,11 +70,16 @@ def load_weights(model: keras.Model, weights: str | os.PathLike, *, config: str 
             raise ValueError(f"{path}: cannot read the .keras model: {exc}") from exc
         transfer_weights(source, model, source_name=path)
     elif path.endswith(".h5"):
+        _check_same_arrays(model, path)
         before = [v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in model.weights]
         try:
-            model.load_weights(path)
+            # Keras only warns when the file's structure differs from the model's and
+            # leaves those layers as they were: a silent half-load, made an error here.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                model.load_weights(path)
         except Exception as exc:  # noqa: BLE001 - restore, then report
-            for variable, value in zip(model.weights, before):
+            for variable, value in zip(model.weights, before, strict=True):
                 variable.assign(value)
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise ValueError(
@@ -80,8 +88,44 @@ def load_weights(model: keras.Model, weights: str | os.PathLike, *, config: str 
             ) from exc
     else:
         raise ValueError(
-            "Weights files must end in .weights.h5 or .keras. "
-            f"Received: weights={path!r}"
+            f"Weights files must end in .weights.h5 or .keras. Received: weights={path!r}"
+        )
+
+
+def _check_same_arrays(model: keras.Model, path: str) -> None:
+    """Raises unless the file holds exactly the model's arrays (compared as shape multisets).
+
+    Keras's own loader matches `.weights.h5` groups by layer class and order and skips
+    some groups it cannot place, so this runs first.
+    """
+    import collections
+
+    import h5py
+
+    shapes: list[tuple[int, ...]] = []
+    try:
+        with h5py.File(path, "r") as f:
+            if "layer_names" in f.attrs or "model_weights" in f:
+                raise ValueError(
+                    f"{path}: is a Keras 2 / keras.applications legacy .h5 file, not a "
+                    ".weights.h5 file saved by this package"
+                )
+            f.visititems(
+                lambda _, obj: (
+                    shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None
+                )
+            )
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 weights file ({exc})") from exc
+    found = collections.Counter(shapes)
+    expected = collections.Counter(tuple(w.shape) for w in model.weights)
+    if found != expected:
+        missing = sorted((expected - found).elements())[:3]
+        extra = sorted((found - expected).elements())[:3]
+        raise ValueError(
+            f"{path}: does not fit model {model.name!r}: the model needs arrays of shapes "
+            f"{missing} that the file lacks, the file has {extra} that the model lacks "
+            f"({sum(found.values())} arrays in the file, {len(model.weights)} in the model)"
         )
 
 
@@ -121,7 +165,9 @@ def transfer_weights(
         try:
             target_layer = target.get_layer(name)
         except ValueError:
-            raise ValueError(f"{label}: target model {target.name!r} has no layer {name!r}") from None
+            raise ValueError(
+                f"{label}: target model {target.name!r} has no layer {name!r}"
+            ) from None
         if name not in source_layers:
             raise ValueError(f"{label}: has no layer {name!r} (needed by {target.name!r})")
         values = source_layers[name].get_weights()
@@ -129,8 +175,7 @@ def transfer_weights(
         found = [tuple(v.shape) for v in values]
         if expected != found:
             raise ValueError(
-                f"{label}: layer {name!r} has weights of shapes {found}, "
-                f"expected {expected}"
+                f"{label}: layer {name!r} has weights of shapes {found}, expected {expected}"
             )
         plan.append((target_layer, values))
     for layer, values in plan:

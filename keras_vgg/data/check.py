@@ -1,0 +1,172 @@
+"""`kvgg data check`: find the files a dataset holds that are unreadable or unusual.
+
+Unreadable means the training pipeline's own decoder (`transforms.decode_image`) fails on
+the file: zero-byte files, non-images with an image name, truncated or corrupt images. They
+would be skipped during training. Unusual means the file decodes but is not a plain RGB
+image of its named format: CMYK or greyscale JPEGs, PNG data named .JPEG, alpha channels,
+palettes, animations, trailing bytes, images smaller than a given side. Those are converted
+to RGB by the pipeline; the report says where they are.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import os
+from collections.abc import Callable
+
+__all__ = ["CheckReport", "FileReport", "check_source", "inspect_file"]
+
+_EXTENSION_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF"}
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+@dataclasses.dataclass(frozen=True)
+class FileReport:
+    """What is wrong with one file.
+
+    Attributes:
+        path: The file.
+        status: "ok", "unusual" (decodes, converted to RGB) or "unreadable" (skipped).
+        problems: One short phrase per problem.
+    """
+
+    path: str
+    status: str
+    problems: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    """The result of scanning a dataset.
+
+    Attributes:
+        files: Number of files scanned.
+        reports: The files with a problem, in source order.
+    """
+
+    files: int
+    reports: tuple[FileReport, ...]
+
+    @property
+    def unreadable(self) -> tuple[FileReport, ...]:
+        return tuple(r for r in self.reports if r.status == "unreadable")
+
+    @property
+    def unusual(self) -> tuple[FileReport, ...]:
+        return tuple(r for r in self.reports if r.status == "unusual")
+
+    def to_text(self) -> str:
+        """A human-readable report: one line per problem file, then a summary line."""
+        lines = [f"{r.status}: {r.path}: {'; '.join(r.problems)}" for r in self.reports]
+        lines.append(
+            f"{self.files} files: {self.files - len(self.reports)} ok, "
+            f"{len(self.unusual)} unusual, {len(self.unreadable)} unreadable"
+        )
+        return "\n".join(lines)
+
+
+def _pil_info(data: bytes):
+    """(format, mode, (w, h), frames, error) as Pillow sees the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            frames = getattr(image, "n_frames", 1)
+            info = (image.format, image.mode, image.size, frames, image.info)
+    except Exception as exc:  # Pillow raises many types for non-images
+        return None, None, None, 1, {"error": str(exc)}
+    return info
+
+
+def inspect_file(path: str | os.PathLike, min_side: int = 0) -> FileReport:
+    """Checks one file the way the training pipeline would read it.
+
+    Args:
+        path: The image file.
+        min_side: Report images whose smaller side is below this (0: never).
+
+    Returns:
+        A `FileReport`.
+    """
+    import tensorflow as tf
+
+    from keras_vgg.data import transforms
+
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return FileReport(path, "unreadable", (f"cannot read file: {exc.strerror}",))
+    if not data:
+        return FileReport(path, "unreadable", ("empty file (0 bytes)",))
+    fmt, mode, size, frames, info = _pil_info(data)
+    try:
+        shape = transforms.decode_image(tf.constant(data)).shape
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+        if fmt is None:
+            reason = f"not an image (starts with {data[:8]!r})"
+        elif fmt == "JPEG" and not data.endswith(b"\xff\xd9"):
+            reason = "truncated JPEG (no end-of-image marker)"
+        else:
+            message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            reason = f"corrupt {fmt}: {message[:120]}"
+        return FileReport(path, "unreadable", (reason,))
+    problems = []
+    expected = _EXTENSION_FORMAT.get(os.path.splitext(path)[1].lower())
+    if fmt is not None and expected is not None and fmt != expected:
+        problems.append(f"{fmt} data in a {os.path.splitext(path)[1]} file")
+    if mode == "CMYK":
+        problems.append("CMYK (converted to RGB)")
+    elif mode in _GREY_MODES:
+        problems.append(f"greyscale, mode {mode} (converted to RGB)")
+    elif mode == "P":
+        problems.append("palette image (converted to RGB)")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in (info or {})):
+        problems.append("alpha channel dropped")
+    if frames > 1:
+        problems.append(f"animated, {frames} frames (first frame used)")
+    if fmt == "JPEG" and not data.endswith(b"\xff\xd9"):
+        problems.append("bytes after the JPEG end-of-image marker (decoded whole, slower)")
+    if min_side and min(shape[0], shape[1]) < min_side:
+        problems.append(f"smaller than {min_side} px ({shape[1]}x{shape[0]})")
+    return FileReport(path, "unusual" if problems else "ok", tuple(problems))
+
+
+def check_source(
+    source,
+    *,
+    workers: int | None = None,
+    min_side: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> CheckReport:
+    """Scans every file of a folder source in parallel.
+
+    Args:
+        source: An `ImageSource`, or a folder for `sources.as_source`.
+        workers: Threads (default: the number of CPUs).
+        min_side: Report images whose smaller side is below this (0: never).
+        progress: Called with 1 after each file.
+
+    Returns:
+        A `CheckReport`.
+
+    Raises:
+        ValueError: if the source is not made of files (TFRecord, TFDS) or cannot be opened.
+    """
+    from keras_vgg.data import sources
+
+    source = sources.as_source(source)
+    if not isinstance(source, sources.ImageSource):
+        raise ValueError(f"{source!r}: data check scans image folders only")
+    workers = workers or os.cpu_count() or 1
+    reports = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for report in pool.map(lambda p: inspect_file(p, min_side), source.files):
+            if report.status != "ok":
+                reports.append(report)
+            if progress is not None:
+                progress(1)
+    return CheckReport(len(source.files), tuple(reports))

@@ -1,0 +1,409 @@
+"""tf.data pipelines for training (Sec. 3.1) and evaluation (Sec. 3.2).
+
+Randomness: every training element gets its own seed from (seed, epoch, position), where
+position is its place in that epoch's seeded file order. So the same seed gives the same
+batches, every epoch differs, parallel decoding cannot change the result, and a run resumed
+with `start_epoch=k` sees exactly what an uninterrupted run sees from epoch k on (each
+epoch is batched on its own, so batches never straddle two epochs).
+
+Bad files: an element whose bytes cannot be decoded is replaced by a marker inside tf.data
+(the decode runs in a one-element dataset with `ignore_errors`), then dropped, counted and
+reported by `BadFileLog` (python logging, one line per file, and a text file if asked).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+
+import tensorflow as tf
+
+from keras_vgg.data import sources as sources_lib
+from keras_vgg.data import transforms
+from keras_vgg.data.stats import IMAGENET_STATS, DatasetStats
+from keras_vgg.imagenet import IMAGENET_MEAN
+
+__all__ = [
+    "EVALUATION_MODES",
+    "BadFileLog",
+    "decoded_images",
+    "evaluation_dataset",
+    "steps_per_epoch",
+    "training_dataset",
+]
+
+logger = logging.getLogger("keras_vgg.data")
+
+EVALUATION_MODES = ("center", "whole", "multi_crop")
+# Far more epochs than any run: the training dataset repeats "forever".
+_EPOCHS = 2**62
+
+
+class BadFileLog:
+    """Counts the files a pipeline skipped because they could not be decoded.
+
+    Each distinct file is logged once (python logging, warning level, one line naming the
+    file and why) and appended once to `path` if given (e.g. `<run dir>/bad_files.txt`).
+    Thread-safe: tf.data reports from its own threads.
+
+    Attributes:
+        path: Text file the names are appended to, or None.
+        skipped: How many elements were skipped (a bad file counts once per epoch).
+        names: The distinct bad files, in the order they were met.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = None if path is None else os.fspath(path)
+        self.skipped = 0
+        self.names: list[str] = []
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def record(self, name: str | bytes) -> None:
+        """Notes one skipped element named `name`."""
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        with self._lock:
+            self.skipped += 1
+            if name in self._seen:
+                return
+            self._seen.add(name)
+            self.names.append(name)
+        reason = _reason(name)
+        logger.warning("skipped undecodable image %s (%s)", name, reason)
+        if self.path is not None:
+            with self._lock, open(self.path, "a") as f:
+                f.write(f"{name}\t{reason}\n")
+
+
+def _reason(name: str) -> str:
+    if not os.path.isfile(name):
+        return "undecodable record"
+    from keras_vgg.data import check
+
+    problems = check.inspect_file(name).problems
+    return "; ".join(problems) if problems else "undecodable"
+
+
+def _placeholder(spec):
+    """A value matching a (nested) tensor spec, unknown dimensions set to 0."""
+    return tf.nest.map_structure(
+        lambda s: tf.zeros([0 if d is None else d for d in s.shape], s.dtype), spec
+    )
+
+
+def _safe_map(
+    ds: tf.data.Dataset, load: Callable, bad_files: BadFileLog, name_index: int = 2
+) -> tf.data.Dataset:
+    """`ds.map(load)` in parallel and in order, dropping and reporting elements that fail.
+
+    Args:
+        ds: Elements are tuples; element[name_index] is the string name of the element.
+        load: Maps the tuple's tensors to the output structure; may raise (bad image).
+        bad_files: Where failed elements are reported.
+        name_index: Position of the name in each element.
+
+    Returns:
+        A dataset of `load`'s outputs, without the failed elements.
+    """
+    out_spec = ds.map(lambda *e: load(*e)).element_spec
+
+    def attempt(*elem):
+        one = tf.data.Dataset.from_tensors(elem)
+        good = one.map(lambda *e: (load(*e), True, e[name_index])).ignore_errors()
+        bad = one.map(lambda *e: (_placeholder(out_spec), False, e[name_index]))
+        return good.concatenate(bad).take(1)
+
+    def keep(output, ok, name):
+        def report():
+            flag = tf.py_function(lambda n: bad_files.record(n.numpy()) or False, [name], tf.bool)
+            return tf.reshape(flag, [])
+
+        return tf.cond(ok, lambda: tf.constant(True), report)
+
+    return (
+        ds.interleave(
+            attempt,
+            cycle_length=tf.data.AUTOTUNE,
+            block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .filter(keep)
+        .map(lambda output, ok, name: output)
+    )
+
+
+def _check_sizes(crop_size: int, scales: Sequence[int], what: str) -> None:
+    if crop_size < 1:
+        raise ValueError(f"`crop_size` must be positive. Received: crop_size={crop_size}")
+    for s in scales:
+        if s < crop_size:
+            raise ValueError(
+                f"`{what}` must be >= crop_size ({crop_size}) so a crop fits. Received: {what}={s}"
+            )
+
+
+def _train_scales(train_scale) -> int | tuple[int, int]:
+    if isinstance(train_scale, (int,)) and not isinstance(train_scale, bool):
+        return int(train_scale)
+    try:
+        smin, smax = (int(v) for v in train_scale)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`train_scale` must be an int S or a pair (Smin, Smax). Received: "
+            f"train_scale={train_scale!r}"
+        ) from None
+    if smin > smax:
+        raise ValueError(f"`train_scale` needs Smin <= Smax. Received: train_scale={train_scale!r}")
+    return (smin, smax)
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
+
+
+def training_dataset(
+    source,
+    *,
+    batch_size: int,
+    train_scale: int | tuple[int, int] = 256,
+    crop_size: int = 224,
+    flip: bool = True,
+    color_shift: DatasetStats | None = IMAGENET_STATS,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    seed: int = 0,
+    start_epoch: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    bad_files_path: str | os.PathLike | None = None,
+    drop_remainder: bool = True,
+    bad_files: BadFileLog | None = None,
+) -> tf.data.Dataset:
+    """The training input of Sec. 3.1, repeating forever from epoch `start_epoch`.
+
+    Per image: isotropic rescale so the smaller side is S (fixed, or drawn per image from
+    [Smin, Smax]: scale jittering), one random `crop_size` crop (only that window of a JPEG
+    is decoded), random horizontal flip, AlexNet's PCA colour shift, mean RGB subtraction.
+    Files are shuffled per epoch from the seed; each worker of a multi-worker run reads its
+    own shard of the files; reads and decodes run in parallel; the result is prefetched.
+
+    Args:
+        source: An `ImageSource`, `TFRecordSource`, `TFDSSource` or a string for
+            `sources.as_source` (folder, "tfrecord:PATTERN", "tfds:NAME").
+        batch_size: Images per batch (per worker).
+        train_scale: S (Sec. 3.1: 256 or 384), or (Smin, Smax) for scale jittering
+            (256, 512).
+        crop_size: Side of the crop fed to the network (224).
+        flip: Random horizontal flips.
+        color_shift: Statistics whose PCA drives the colour shift (default: AlexNet's ImageNet
+            values), or None to switch it off.
+        mean: Mean RGB (0-255) subtracted from each pixel.
+        seed: Seed of the file order and every augmentation.
+        start_epoch: First epoch to produce (resuming a run at epoch k).
+        num_shards: Number of workers reading the data.
+        shard_index: This worker's index.
+        bad_files_path: Text file to which undecodable files are appended (e.g. in the run
+            directory).
+        drop_remainder: Drop each epoch's last partial batch.
+        bad_files: A `BadFileLog` to report into (to read counts afterwards); one is made
+            from `bad_files_path` if not given.
+
+    Returns:
+        A dataset of (float32 images (batch, crop, crop, 3), int32 labels (batch,)).
+
+    Raises:
+        ValueError: on a bad argument or a source that cannot be opened.
+    """
+    scales = _train_scales(train_scale)
+    _check_sizes(crop_size, [scales] if isinstance(scales, int) else scales, "train_scale")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be positive. Received: batch_size={batch_size}")
+    if start_epoch < 0:
+        raise ValueError(f"`start_epoch` must be >= 0. Received: start_epoch={start_epoch}")
+    source = sources_lib.as_source(source).shard(num_shards, shard_index)
+    if bad_files is None:
+        bad_files = BadFileLog(bad_files_path)
+    mean = tuple(float(m) for m in mean)
+
+    def load(payload, label, name, position, epoch):
+        del name
+        contents, label = source.read(payload, label)
+        crop_seed, flip_seed, color_seed = tf.unstack(
+            tf.random.experimental.stateless_split(
+                transforms.element_seed(seed, epoch, position), 3
+            )
+        )
+        image = transforms.decode_and_random_crop(contents, crop_seed, scales, crop_size)
+        if flip:
+            image = transforms.random_flip(image, flip_seed)
+        if color_shift is not None:
+            image = transforms.color_shift(
+                image, color_seed, color_shift.eigenvalues, color_shift.eigenvectors
+            )
+        image = transforms.subtract_mean(image, mean)
+        image.set_shape([crop_size, crop_size, 3])
+        return image, tf.cast(label, tf.int32)
+
+    def epoch_dataset(epoch):
+        ds = source.elements(epoch, seed=seed, shuffle=True).enumerate()
+        ds = ds.map(lambda pos, e: (e[0], e[1], e[2], pos, epoch))
+        ds = _safe_map(ds, load, bad_files)
+        return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+    ds = tf.data.Dataset.range(start_epoch, _EPOCHS).flat_map(epoch_dataset)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def evaluation_dataset(
+    source,
+    *,
+    batch_size: int,
+    scale: int = 256,
+    crop_size: int = 224,
+    mode: str = "center",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    grid: int = 5,
+    flip: bool = True,
+    bad_files_path: str | os.PathLike | None = None,
+    bad_files: BadFileLog | None = None,
+) -> tf.data.Dataset:
+    """One pass over a source, in its order, for validation and testing (Sec. 3.2).
+
+    Every image is rescaled isotropically so its smaller side is Q = `scale`, then:
+    - "center": its central crop; batches (batch_size, crop, crop, 3) and labels (batch_size,).
+    - "whole": the whole rescaled image for dense evaluation; batches of ONE image
+      (1, H, W, 3) of varying H, W and labels (1,); `batch_size` is not used.
+    - "multi_crop": the `grid` x `grid` crops then their flips (50 crops for Sec. 3.2's
+      multi-crop evaluation) of ONE image, (50, crop, crop, 3), and its label (1,).
+    The mean RGB is subtracted. Undecodable files are skipped and reported like in training.
+
+    Args:
+        source: Anything `training_dataset` takes.
+        batch_size: Images per batch ("center").
+        scale: Test scale Q.
+        crop_size: Crop side ("center", "multi_crop").
+        mode: "center", "whole" or "multi_crop".
+        mean: Mean RGB (0-255) to subtract.
+        grid: Crops per side for "multi_crop".
+        flip: Add the flipped crops for "multi_crop".
+        bad_files_path: Text file to which undecodable files are appended.
+        bad_files: A `BadFileLog` to report into.
+
+    Returns:
+        A finite dataset of (float32 images, int32 labels).
+
+    Raises:
+        ValueError: on an unknown mode or sizes that do not fit.
+    """
+    if mode not in EVALUATION_MODES:
+        raise ValueError(f"`mode` must be one of {EVALUATION_MODES}. Received: mode={mode!r}")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be positive. Received: batch_size={batch_size}")
+    if mode != "whole":
+        _check_sizes(crop_size, [scale], "scale")
+    mean = tuple(float(m) for m in mean)
+
+    def finish(image):
+        image = transforms.rescale_isotropic(image, scale)
+        if mode == "center":
+            image = transforms.center_crop(image, crop_size)
+            image.set_shape([crop_size, crop_size, 3])
+        elif mode == "multi_crop":
+            image = transforms.multi_crops(image, crop_size, grid=grid, flip=flip)
+        return transforms.subtract_mean(image, mean)
+
+    ds = decoded_images(
+        source, finish, with_labels=True, bad_files=bad_files, bad_files_path=bad_files_path
+    )
+    if mode == "center":
+        ds = ds.batch(batch_size)
+    elif mode == "whole":
+        ds = ds.map(lambda image, label: (image[None], label[None]))
+    else:
+        ds = ds.map(lambda crops, label: (crops, label[None]))
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def decoded_images(
+    source,
+    map_fn: Callable | None = None,
+    *,
+    with_labels: bool = False,
+    ordered: bool = True,
+    sample: int | None = None,
+    seed: int = 0,
+    bad_files: BadFileLog | None = None,
+    bad_files_path: str | os.PathLike | None = None,
+) -> tf.data.Dataset:
+    """Every decodable image of a source as uint8 RGB, optionally through `map_fn`.
+
+    Args:
+        source: Anything `training_dataset` takes.
+        map_fn: Applied to each decoded image (inside the parallel map).
+        with_labels: Yield (output, label) instead of output.
+        ordered: Keep the source's order (False lets tf.data reorder for speed).
+        sample: Only this many elements, a seeded random choice (shuffled order).
+        seed: Seed of the sample.
+        bad_files: A `BadFileLog` to report skipped files into.
+        bad_files_path: Text file for skipped files, if `bad_files` is not given.
+
+    Returns:
+        A finite dataset.
+    """
+    source = sources_lib.as_source(source)
+    if bad_files is None:
+        bad_files = BadFileLog(bad_files_path)
+    if sample is not None:
+        if isinstance(source, sources_lib.ImageSource):
+            elements = source.sample(sample, seed=seed).elements()
+        else:
+            elements = source.elements(0, seed=seed, shuffle=True).take(sample)
+    else:
+        elements = source.elements()
+
+    def load(payload, label, name):
+        del name
+        contents, label = source.read(payload, label)
+        image = transforms.decode_image(contents)
+        output = image if map_fn is None else map_fn(image)
+        return (output, tf.cast(label, tf.int32)) if with_labels else output
+
+    ds = _safe_map(elements, load, bad_files)
+    options = tf.data.Options()
+    options.deterministic = ordered
+    return ds.with_options(options)
+
+
+def steps_per_epoch(
+    source,
+    batch_size: int,
+    *,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    drop_remainder: bool = True,
+) -> int:
+    """Batches in one epoch of `training_dataset` for this worker (before bad files).
+
+    Args:
+        source: The training source.
+        batch_size: Per-worker batch size.
+        num_shards: Number of workers.
+        shard_index: This worker.
+        drop_remainder: As given to `training_dataset`.
+
+    Returns:
+        Full batches per epoch (plus one partial batch if not `drop_remainder`).
+    """
+    source = sources_lib.as_source(source).shard(num_shards, shard_index)
+    count = source.num_examples
+    if count is None:
+        count = source.count()
+    return count // batch_size if drop_remainder else -(-count // batch_size)

@@ -1,0 +1,464 @@
+"""Where training and evaluation images come from: folders, TFRecord shards, TFDS.
+
+Every source yields, for one epoch, a `tf.data.Dataset` of (payload, label, name): a
+string payload that the source's `read` turns into encoded image bytes and a label, the
+label (or -1 until `read` parses it) and a name used in bad-file reports. Sharding for
+several workers happens on whole files (`shard`), shuffling per epoch from a seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from importlib import resources
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "IMAGENET_VAL_LABELS",
+    "ImageSource",
+    "TFDSSource",
+    "TFRecordSource",
+    "as_source",
+    "open_source",
+]
+
+#: File extensions read from folders, compared case-insensitively (".JPEG" is ImageNet's).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+#: Pass as `labels_file` to use the bundled ILSVRC-2012 validation labels.
+IMAGENET_VAL_LABELS = "imagenet-val"
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _bundled_val_labels_path() -> str:
+    return str(resources.files("keras_vgg").joinpath("_data/imagenet_val_labels.txt"))
+
+
+def _epoch_seed(seed, epoch):
+    """A [2] seed for one epoch's file order, distinct from the per-element seeds."""
+    import tensorflow as tf
+
+    base = tf.stack([tf.cast(seed, tf.int64), tf.constant(0x5348, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
+
+
+def _permutation(n: int, seed, epoch):
+    import tensorflow as tf
+
+    return tf.argsort(tf.random.stateless_uniform([n], seed=_epoch_seed(seed, epoch)))
+
+
+def _check_shard(num_shards: int, shard_index: int, available: int, what: str) -> None:
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(
+            f"`shard_index` must be in [0, num_shards). Received: num_shards={num_shards}, "
+            f"shard_index={shard_index}"
+        )
+    if available < num_shards:
+        raise ValueError(
+            f"{what}: {available} files cannot be split over {num_shards} workers "
+            "(each worker reads whole files)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """A list of image files with their integer labels.
+
+    Attributes:
+        files: Paths of the image files.
+        labels: Class index of each file.
+        class_names: Name of each class index.
+    """
+
+    files: tuple[str, ...]
+    labels: tuple[int, ...]
+    class_names: tuple[str, ...]
+
+    def __post_init__(self):
+        if len(self.files) != len(self.labels):
+            raise ValueError(f"ImageSource: {len(self.files)} files but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.files)
+
+    @classmethod
+    def from_folder(cls, root: str | os.PathLike) -> ImageSource:
+        """An ImageNet-style tree `root/<class>/*.{jpg,jpeg,png,bmp,gif}` (any letter case).
+
+        Class folders sorted by name give the label indices: for ILSVRC-2012 the WordNet ids,
+        in the order of the bundled class index. Other files (e.g. `.txt`) are ignored.
+
+        Raises:
+            ValueError: naming the path if root is missing, has no class folders, or a class
+                folder holds no image file.
+        """
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise ValueError(f"{root}: no such directory")
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if not classes:
+            raise ValueError(f"{root}: no class folders (expected root/<class>/<image>)")
+        files, labels = [], []
+        for index, name in enumerate(classes):
+            folder = os.path.join(root, name)
+            names = sorted(
+                e.name for e in os.scandir(folder) if e.is_file() and _is_image_name(e.name)
+            )
+            if not names:
+                raise ValueError(f"{folder}: empty class folder (no .jpg/.jpeg/.png/.bmp/.gif)")
+            files.extend(os.path.join(folder, n) for n in names)
+            labels.extend([index] * len(names))
+        return cls(tuple(files), tuple(labels), tuple(classes))
+
+    @classmethod
+    def from_flat_folder(
+        cls, root: str | os.PathLike, labels_file: str | os.PathLike
+    ) -> ImageSource:
+        """A flat folder of images plus a labels file, one label per line in file-name order.
+
+        With the bundled ILSVRC-2012 validation labels (`labels_file="imagenet-val"` or the
+        bundled file's path) the class names are the bundled ImageNet WordNet ids; otherwise
+        they are "0", "1", ... up to the largest label.
+
+        Raises:
+            ValueError: naming the path if root or the labels file is missing, root holds no
+                image, a line is not an integer, or the label count differs from the file count.
+        """
+        from keras_vgg import imagenet
+
+        root = os.fspath(root)
+        labels_file = os.fspath(labels_file)
+        if not os.path.isdir(root):
+            raise ValueError(f"{root}: no such directory")
+        bundled = labels_file == IMAGENET_VAL_LABELS or (
+            os.path.exists(labels_file)
+            and os.path.realpath(labels_file) == os.path.realpath(_bundled_val_labels_path())
+        )
+        names = sorted(e.name for e in os.scandir(root) if e.is_file() and _is_image_name(e.name))
+        if not names:
+            raise ValueError(f"{root}: no image files (.jpg/.jpeg/.png/.bmp/.gif)")
+        if bundled:
+            labels = list(imagenet.val_labels())
+            labels_file = _bundled_val_labels_path()
+        else:
+            if not os.path.isfile(labels_file):
+                raise ValueError(f"{labels_file}: no such labels file")
+            labels = []
+            with open(labels_file) as f:
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        labels.append(int(line))
+                    except ValueError:
+                        raise ValueError(
+                            f"{labels_file}: line {number} is not an integer label: "
+                            f"{line.strip()!r}"
+                        ) from None
+        if len(labels) != len(names):
+            raise ValueError(
+                f"{labels_file}: {len(labels)} labels for {len(names)} images in {root}"
+            )
+        if any(label < 0 for label in labels):
+            raise ValueError(f"{labels_file}: labels must be >= 0")
+        if bundled:
+            class_names = tuple(wnid for wnid, _ in imagenet.class_index())
+        else:
+            class_names = tuple(str(i) for i in range(max(labels) + 1))
+        files = tuple(os.path.join(root, n) for n in names)
+        return cls(files, tuple(labels), class_names)
+
+    def sample(self, count: int, seed: int = 0) -> ImageSource:
+        """A seeded random subset of `count` files (all of them if there are fewer)."""
+        if count >= len(self.files):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.files), count, replace=False))
+        return dataclasses.replace(
+            self,
+            files=tuple(self.files[i] for i in keep),
+            labels=tuple(self.labels[i] for i in keep),
+        )
+
+    def shard(self, num_shards: int, shard_index: int) -> ImageSource:
+        """Worker `shard_index`'s files: every `num_shards`-th file (Sec. 3.3 data parallelism)."""
+        _check_shard(num_shards, shard_index, len(self.files), "ImageSource")
+        if num_shards == 1:
+            return self
+        return dataclasses.replace(
+            self,
+            files=self.files[shard_index::num_shards],
+            labels=self.labels[shard_index::num_shards],
+        )
+
+    def elements(self, epoch=0, seed: int = 0, shuffle: bool = False):
+        """One epoch of (path, label, path), in a seeded per-epoch order if `shuffle`."""
+        import tensorflow as tf
+
+        files = tf.constant(self.files, tf.string)
+        labels = tf.constant(self.labels, tf.int32)
+        if shuffle:
+            order = _permutation(len(self.files), seed, epoch)
+            files, labels = tf.gather(files, order), tf.gather(labels, order)
+        return tf.data.Dataset.from_tensor_slices((files, labels, files))
+
+    @staticmethod
+    def read(payload, label):
+        """(path, label) -> (encoded bytes, label)."""
+        import tensorflow as tf
+
+        return tf.io.read_file(payload), label
+
+
+@dataclasses.dataclass(frozen=True)
+class TFRecordSource:
+    """TFRecord shards of `tf.train.Example`s in the common ImageNet layout.
+
+    Attributes:
+        files: The shard files.
+        label_offset: Subtracted from the stored label. Some ImageNet converters (the TPU and
+            Inception scripts) store labels 1..1000 with 0 for background: use 1 for those.
+        num_examples: Number of records, if known (else `count()` reads them all).
+        class_names: Name of each class index, if known.
+        image_key: Feature holding the encoded image.
+        label_key: Feature holding the integer label.
+        shuffle_buffer: Records shuffled together after file-level shuffling.
+        cycle_length: Shards read at once (interleaved).
+    """
+
+    files: tuple[str, ...]
+    label_offset: int = 0
+    num_examples: int | None = None
+    class_names: tuple[str, ...] | None = None
+    image_key: str = "image/encoded"
+    label_key: str = "image/class/label"
+    shuffle_buffer: int = 1024
+    cycle_length: int = 8
+
+    @classmethod
+    def from_pattern(cls, pattern: str, **kwargs) -> TFRecordSource:
+        """Shards matching a glob pattern (e.g. `data/train-*`), sorted.
+
+        Raises:
+            ValueError: naming the pattern if no file matches.
+        """
+        files = tuple(sorted(glob.glob(os.fspath(pattern))))
+        if not files:
+            raise ValueError(f"{pattern}: no TFRecord files match")
+        return cls(files, **kwargs)
+
+    def __len__(self) -> int:
+        if self.num_examples is None:
+            raise TypeError("TFRecordSource has no num_examples; call count()")
+        return self.num_examples
+
+    def count(self) -> int:
+        """Number of records (reads every shard once)."""
+        import tensorflow as tf
+
+        return int(tf.data.TFRecordDataset(list(self.files)).reduce(0, lambda n, _: n + 1))
+
+    def shard(self, num_shards: int, shard_index: int) -> TFRecordSource:
+        """Worker `shard_index`'s TFRecord files (every `num_shards`-th shard file)."""
+        _check_shard(num_shards, shard_index, len(self.files), self.files[0] if self.files else "")
+        if num_shards == 1:
+            return self
+        return dataclasses.replace(
+            self, files=self.files[shard_index::num_shards], num_examples=None
+        )
+
+    def elements(self, epoch=0, seed: int = 0, shuffle: bool = False):
+        """One epoch of (serialized example, -1, "file:record"), interleaved over shards."""
+        import tensorflow as tf
+
+        files = tf.constant(self.files, tf.string)
+        if shuffle:
+            files = tf.gather(files, _permutation(len(self.files), seed, epoch))
+
+        def records(path):
+            return (
+                tf.data.TFRecordDataset(path)
+                .enumerate()
+                .map(
+                    lambda i, rec: (rec, -1, tf.strings.join([path, tf.strings.as_string(i)], ":"))
+                )
+            )
+
+        ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+            records,
+            cycle_length=min(self.cycle_length, len(self.files)),
+            block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if shuffle:
+            record_seed = _epoch_seed(seed, epoch)[0]
+            ds = ds.shuffle(self.shuffle_buffer, seed=record_seed, reshuffle_each_iteration=False)
+        return ds
+
+    def read(self, payload, label):
+        """(serialized example, -1) -> (encoded bytes, stored label - label_offset)."""
+        import tensorflow as tf
+
+        del label
+        features = tf.io.parse_single_example(
+            payload,
+            {
+                self.image_key: tf.io.FixedLenFeature([], tf.string),
+                self.label_key: tf.io.FixedLenFeature([], tf.int64),
+            },
+        )
+        return features[self.image_key], tf.cast(
+            features[self.label_key] - self.label_offset, tf.int32
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TFDSSource:
+    """A TensorFlow Datasets dataset by name, e.g. `tfds:imagenet2012` (extra `tfds`).
+
+    The images are read encoded (`tfds.decode.SkipDecoding`) so the training pipeline's
+    crop-window JPEG decoding applies. The data must already be prepared in `data_dir`
+    (ImageNet needs a manual download); nothing is downloaded here.
+
+    Attributes:
+        name: The TFDS name (with optional version/config, as `tfds.builder` takes it).
+        split: Split name or slice, e.g. "train", "validation", "train[:1%]".
+        data_dir: TFDS data directory (default: TFDS's own).
+        image_key: Image feature name.
+        label_key: Label feature name.
+        shuffle_buffer: Records shuffled together per epoch.
+        num_shards: Workers sharing the data (set by `shard`).
+        shard_index: This worker's index (set by `shard`).
+    """
+
+    name: str
+    split: str = "train"
+    data_dir: str | None = None
+    image_key: str = "image"
+    label_key: str = "label"
+    shuffle_buffer: int = 1024
+    num_shards: int = 1
+    shard_index: int = 0
+
+    def _builder(self):
+        try:
+            import tensorflow_datasets as tfds
+        except ImportError:
+            raise ValueError(
+                f"tfds:{self.name}: tensorflow-datasets is not installed "
+                "(pip install 'keras-vgg[tfds]')"
+            ) from None
+        try:
+            return tfds, tfds.builder(self.name, data_dir=self.data_dir)
+        except Exception as exc:  # tfds raises its own types for unknown names
+            raise ValueError(f"tfds:{self.name}: {str(exc).splitlines()[0]}") from None
+
+    @property
+    def num_examples(self) -> int:
+        tfds, builder = self._builder()
+        total = builder.info.splits[self.split].num_examples
+        return len(range(self.shard_index, total, self.num_shards))
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        _, builder = self._builder()
+        feature = builder.info.features[self.label_key]
+        return tuple(feature.names) if hasattr(feature, "names") else None
+
+    def shard(self, num_shards: int, shard_index: int) -> TFDSSource:
+        """Worker `shard_index`'s part (TFDS splits its files, or records, between workers)."""
+        _check_shard(num_shards, shard_index, num_shards, f"tfds:{self.name}")
+        return dataclasses.replace(self, num_shards=num_shards, shard_index=shard_index)
+
+    def _dataset(self):
+        import tensorflow as tf
+
+        tfds, builder = self._builder()
+        read_config = tfds.ReadConfig(
+            add_tfds_id=True,
+            input_context=tf.distribute.InputContext(
+                num_input_pipelines=self.num_shards, input_pipeline_id=self.shard_index
+            ),
+        )
+        ds = builder.as_dataset(
+            split=self.split,
+            shuffle_files=False,
+            read_config=read_config,
+            decoders={self.image_key: tfds.decode.SkipDecoding()},
+        )
+        return ds.map(
+            lambda ex: (ex[self.image_key], tf.cast(ex[self.label_key], tf.int32), ex["tfds_id"])
+        )
+
+    def elements(self, epoch=0, seed: int = 0, shuffle: bool = False):
+        """One epoch of (encoded image, label, tfds id), shuffled per epoch if `shuffle`."""
+        ds = self._dataset()
+        if shuffle:
+            ds = ds.shuffle(
+                self.shuffle_buffer,
+                seed=_epoch_seed(seed, epoch)[0],
+                reshuffle_each_iteration=False,
+            )
+        return ds
+
+    @staticmethod
+    def read(payload, label):
+        return payload, label
+
+
+def open_source(
+    root: str | os.PathLike, labels_file: str | os.PathLike | None = None
+) -> ImageSource:
+    """An image folder: a class tree, or a flat folder with a labels file.
+
+    Args:
+        root: The folder.
+        labels_file: One label per line in sorted file-name order (or "imagenet-val" for the
+            bundled ILSVRC-2012 validation labels). Without it, root must hold class folders.
+
+    Returns:
+        An `ImageSource`.
+
+    Raises:
+        ValueError: one line naming the path (see `ImageSource.from_folder`,
+            `ImageSource.from_flat_folder`).
+    """
+    if labels_file is not None:
+        return ImageSource.from_flat_folder(root, labels_file)
+    return ImageSource.from_folder(root)
+
+
+def as_source(spec, labels_file=None, *, label_offset: int = 0):
+    """Any source from a source object or a string.
+
+    Strings: "tfds:NAME[:SPLIT]" -> `TFDSSource`; "tfrecord:PATTERN", or a pattern whose
+    files are TFRecords (contains "tfrecord" or a glob "*"), -> `TFRecordSource`; a folder ->
+    `open_source`.
+
+    Raises:
+        ValueError: naming the path or name when it cannot be opened.
+    """
+    if isinstance(spec, (ImageSource, TFRecordSource, TFDSSource)):
+        return spec
+    spec = os.fspath(spec)
+    if spec.startswith("tfds:"):
+        name, _, split = spec[len("tfds:") :].partition(":")
+        return TFDSSource(name, split=split or "train")
+    if spec.startswith("tfrecord:"):
+        return TFRecordSource.from_pattern(spec[len("tfrecord:") :], label_offset=label_offset)
+    if not os.path.isdir(spec) and ("*" in spec or "tfrecord" in os.path.basename(spec)):
+        return TFRecordSource.from_pattern(spec, label_offset=label_offset)
+    return open_source(spec, labels_file)

@@ -1,0 +1,67 @@
+"""The builders use Keras 3 APIs only: the same weights give the same outputs on JAX and torch."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import SMALL
+
+import keras_vgg
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import sys, numpy as np, keras, keras_vgg
+assert keras.backend.backend() == sys.argv[1], keras.backend.backend()
+kwargs = dict(width={width}, fc_units={fc_units}, classes={classes}, input_shape=(64, 64, 3))
+for config in ("A-LRN", "C"):
+    model = keras_vgg.build(config, weights=sys.argv[2] + f"/{{config}}.weights.h5", **kwargs)
+    x = np.load(sys.argv[2] + "/x.npy")
+    np.save(sys.argv[2] + f"/{{config}}_{{sys.argv[1]}}.npy", keras.ops.convert_to_numpy(model(x)))
+    dense = keras_vgg.to_fully_convolutional(model)
+    big = np.load(sys.argv[2] + "/big.npy")
+    np.save(sys.argv[2] + f"/{{config}}_dense_{{sys.argv[1]}}.npy",
+            keras.ops.convert_to_numpy(dense(big)))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_same_outputs_on_other_backends(backend, tmp_path, rng):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"the {backend} backend is not installed (pip install -e .[test])")
+    x = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    big = rng.uniform(0, 255, (1, 96, 128, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "big.npy", big)
+    expected = {}
+    for config in ("A-LRN", "C"):
+        model = keras_vgg.build(config, input_shape=(64, 64, 3), **SMALL)
+        model.save_weights(tmp_path / f"{config}.weights.h5")
+        expected[config] = model(x).numpy()
+        expected[config + "_dense"] = keras_vgg.to_fully_convolutional(model)(big).numpy()
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "PYTHONPATH": str(ROOT),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    script = SCRIPT.format(**SMALL)
+    result = subprocess.run(
+        [sys.executable, "-c", script, backend, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for config in ("A-LRN", "C"):
+        np.testing.assert_allclose(
+            np.load(tmp_path / f"{config}_{backend}.npy"), expected[config], rtol=1e-4, atol=1e-6
+        )
+        dense = np.load(tmp_path / f"{config}_dense_{backend}.npy")
+        assert dense.shape == (1, 3 - 1, 4 - 1, SMALL["classes"])
+        np.testing.assert_allclose(dense, expected[config + "_dense"], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,278 @@
+"""Every transform of keras_vgg.data.transforms, eagerly AND inside Dataset.map."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from data_images import encode, jpeg, photo, truncated_jpeg
+from PIL import Image
+
+from keras_vgg.data import transforms as T
+from keras_vgg.data.stats import IMAGENET_STATS
+
+MODES = ["eager", "map"]
+
+
+def run(mode, fn, *args):
+    """fn(*args) eagerly, or as the map function of a one-element dataset."""
+    args = tuple(tf.convert_to_tensor(a) for a in args)
+    if mode == "eager":
+        out = fn(*args)
+    else:
+        out = next(iter(tf.data.Dataset.from_tensors(args).map(fn)))
+    return tf.nest.map_structure(lambda t: t.numpy(), out)
+
+
+def pil_rgb(data: bytes, frame: int = 0) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    image.seek(frame)
+    return np.asarray(image.convert("RGB"))
+
+
+# === decode_image ===
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "kind",
+    ["jpeg", "png", "png_grey", "png_rgba", "png_palette", "bmp", "gif", "jpeg_grey", "jpeg_cmyk"],
+)
+def test_decode_image_matches_pillow(mode, kind):
+    pic = photo(40, 52, 3)
+    data = {
+        "jpeg": jpeg(40, 52, 3),
+        "png": encode(pic, "PNG"),
+        "png_grey": encode(pic, "PNG", mode="L"),
+        "png_rgba": encode(
+            np.dstack([pic, (np.arange(40 * 52) % 256).reshape(40, 52).astype(np.uint8)]), "PNG"
+        ),
+        "png_palette": encode(pic, "PNG", mode="P"),
+        "bmp": encode(pic, "BMP"),
+        "gif": encode(pic, "GIF"),
+        "jpeg_grey": encode(pic, "JPEG", mode="L", quality=90),
+        "jpeg_cmyk": encode(pic, "JPEG", mode="CMYK", quality=90),
+    }[kind]
+    out = run(mode, T.decode_image, data)
+    assert out.dtype == np.uint8 and out.shape == (40, 52, 3)
+    ref = pil_rgb(data).astype(int)
+    # Lossless formats decode bit-exactly; JPEG decoders agree to a few levels (chroma
+    # upsampling and the CMYK -> RGB conversion differ between TensorFlow and Pillow).
+    tolerance = {"jpeg": 8, "jpeg_grey": 2, "jpeg_cmyk": 12}.get(kind, 0)
+    assert np.abs(out.astype(int) - ref).max() <= tolerance
+    assert np.abs(out.astype(int) - ref).mean() < 1.5
+    if kind in ("png_grey", "jpeg_grey"):
+        assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_decode_image_animated_gif_first_frame(mode):
+    frames = [Image.fromarray(photo(30, 34, s)) for s in (1, 2, 3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    data = buffer.getvalue()
+    out = run(mode, T.decode_image, data)
+    assert out.shape == (30, 34, 3)
+    np.testing.assert_array_equal(out, pil_rgb(data, 0))
+    assert np.abs(out.astype(int) - pil_rgb(data, 1)).max() > 20
+
+
+@pytest.mark.parametrize("data", [b"", b"just text", truncated_jpeg(64, 64)])
+def test_decode_image_rejects_undecodable(data):
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        T.decode_image(tf.constant(data))
+
+
+# === Deterministic crops ===
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_center_crop(mode):
+    image = np.arange(41 * 50 * 3, dtype=np.int32).reshape(41, 50, 3)
+    out = run(mode, lambda x: T.center_crop(x, 32), image)
+    np.testing.assert_array_equal(out, image[4:36, 9:41])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("grid", [1, 2, 5])
+def test_grid_crop_offsets_against_numpy(mode, grid):
+    out = run(mode, lambda h, w: T.grid_crop_offsets(h, w, 32, grid), 45, 70)
+    if grid == 1:
+        expected = [[(45 - 32) // 2, (70 - 32) // 2]]
+    else:
+        tops = np.round(np.linspace(0, 45 - 32, grid))
+        lefts = np.round(np.linspace(0, 70 - 32, grid))
+        expected = [[t, left] for t in tops for left in lefts]
+    np.testing.assert_array_equal(out, np.asarray(expected, np.int32))
+    assert out.dtype == np.int32
+
+
+def test_grid_crop_offsets_paper_grid_exact():
+    # 5x5 grid on a 256x341 image: tops 0, 8, 16, 24, 32; lefts 0..117 (29.25 steps).
+    out = T.grid_crop_offsets(256, 341, 224, 5).numpy()
+    assert out[:5].tolist() == [[0, 0], [0, 29], [0, 58], [0, 88], [0, 117]]
+    assert out[::5, 0].tolist() == [0, 8, 16, 24, 32]
+    assert out[-1].tolist() == [32, 117]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("flip", [True, False])
+def test_multi_crops_against_numpy(mode, flip):
+    image = photo(45, 60, 5)
+    out = run(mode, lambda x: T.multi_crops(x, 32, grid=3, flip=flip), image)
+    offsets = [(t, c) for t in (0, 6, 13) for c in (0, 14, 28)]  # round(6.5) = 6 (half even)
+    crops = np.stack([image[t : t + 32, c : c + 32] for t, c in offsets])
+    expected = np.concatenate([crops, crops[:, :, ::-1]]) if flip else crops
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_multi_crops_fifty_per_scale():
+    assert T.multi_crops(tf.zeros([256, 300, 3]), 224).shape == (50, 224, 224, 3)
+
+
+# === Seeds and the random window ===
+
+
+def test_element_seed_deterministic_and_distinct():
+    seeds = {
+        (s, e, p): tuple(T.element_seed(s, e, p).numpy())
+        for s in (0, 1)
+        for e in (0, 1, 2)
+        for p in (0, 1, 7)
+    }
+    assert len(set(seeds.values())) == len(seeds)
+    assert tuple(T.element_seed(1, 2, 7).numpy()) == seeds[(1, 2, 7)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sample_scale_fixed_and_jittered(mode):
+    assert run(mode, lambda s: T.sample_scale(s, 40), tf.constant([1, 2])) == 40
+    draws = [int(T.sample_scale(tf.constant([i, 3]), (36, 48))) for i in range(400)]
+    assert min(draws) == 36 and max(draws) == 48  # both ends included
+    assert len(set(draws)) == 13
+    in_map = [
+        run("map", lambda s: T.sample_scale(s, (36, 48)), tf.constant([i, 3])) for i in range(5)
+    ]
+    assert in_map == draws[:5]
+    del mode
+
+
+def test_crop_window_exact():
+    # 60x80 image, S = 40, crop 32: the window is 32 * 60 / 40 = 48 original pixels.
+    window = T.crop_window(60, 80, 40, 32, 0.5, 1.0).numpy().tolist()
+    assert window == [6, 32, 48, 48]
+    assert T.crop_window(60, 80, 40, 32, 0.0, 0.0).numpy().tolist() == [0, 0, 48, 48]
+    # S = crop: the whole short side.
+    assert T.crop_window(60, 80, 32, 32, 1.0, 0.5).numpy().tolist() == [0, 10, 60, 60]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_random_crop_window_in_bounds_and_seeded(mode):
+    windows = [
+        run(mode, lambda s: T.random_crop_window(s, 50, 70, (36, 48), 32), tf.constant([i, 9]))
+        for i in range(30)
+    ]
+    for top, left, h, w in windows:
+        assert h == w and round(32 * 50 / 48) <= h <= round(32 * 50 / 36)
+        assert 0 <= top <= 50 - h and 0 <= left <= 70 - w
+    assert len({tuple(w) for w in windows}) > 20
+    again = T.random_crop_window(tf.constant([0, 9]), 50, 70, (36, 48), 32).numpy()
+    np.testing.assert_array_equal(again, windows[0])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_decode_and_random_crop_equals_full_decode_then_crop(mode):
+    data = jpeg(60, 76, 4)
+    seed = tf.constant([5, 6], tf.int64)
+    out = run(mode, lambda c, s: T.decode_and_random_crop(c, s, (36, 48), 32), data, seed)
+    top, left, h, w = T.random_crop_window(seed, 60, 76, (36, 48), 32).numpy()
+    full = tf.io.decode_jpeg(data, channels=3)[top : top + h, left : left + w]
+    ref = tf.image.resize(tf.cast(full, tf.float32), [32, 32], antialias=False).numpy()
+    assert out.shape == (32, 32, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_decode_and_random_crop_png_same_window_as_jpeg_path(mode):
+    pic = photo(50, 66, 8)
+    seed = tf.constant([1, 1], tf.int64)
+    out = run(mode, lambda c, s: T.decode_and_random_crop(c, s, 40, 32), encode(pic, "PNG"), seed)
+    top, left, h, w = T.random_crop_window(seed, 50, 66, 40, 32).numpy()
+    ref = tf.image.resize(pic[top : top + h, left : left + w].astype(np.float32), [32, 32])
+    np.testing.assert_array_equal(out, ref.numpy())
+
+
+def test_decode_and_random_crop_scale_equal_crop_is_rescale():
+    # S = crop on a square image: the crop is the whole image rescaled to S.
+    pic = photo(48, 48, 2)
+    out = T.decode_and_random_crop(tf.constant(encode(pic, "PNG")), tf.constant([0, 0]), 32, 32)
+    np.testing.assert_allclose(out.numpy(), T.rescale_isotropic(pic, 32).numpy(), atol=1e-4)
+
+
+def test_decode_and_random_crop_truncated_jpeg_fails_whatever_the_window():
+    data = truncated_jpeg(64, 64)
+    for i in range(4):  # windows near the top would decode from a window-only read
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            T.decode_and_random_crop(tf.constant(data), tf.constant([i, 0]), 40, 32)
+
+
+# === Flip, colour shift, mean ===
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_random_flip(mode):
+    image = photo(20, 24, 1).astype(np.float32)
+    outs = [run(mode, T.random_flip, image, tf.constant([i, 4])) for i in range(40)]
+    flipped = [bool(np.array_equal(o, image[:, ::-1])) for o in outs]
+    assert all(f or np.array_equal(o, image) for f, o in zip(flipped, outs, strict=True))
+    assert 8 < sum(flipped) < 32
+    again = T.random_flip(image, tf.constant([3, 4])).numpy()
+    np.testing.assert_array_equal(again, outs[3])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_color_shift_against_numpy(mode):
+    image = photo(12, 10, 6).astype(np.float32)
+    seed = tf.constant([7, 8], tf.int64)
+    stats = IMAGENET_STATS
+    out = run(
+        mode,
+        lambda x, s: T.color_shift(x, s, stats.eigenvalues, stats.eigenvectors),
+        image,
+        seed,
+    )
+    alpha = tf.random.stateless_normal([3], seed=seed, stddev=0.1).numpy()
+    # AlexNet: I += [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T on the 0-1 scale, times 255 here.
+    shift = np.asarray(stats.eigenvectors) @ (alpha * np.asarray(stats.eigenvalues)) * 255.0
+    np.testing.assert_allclose(out, image + shift, rtol=1e-5, atol=1e-3)
+    assert np.abs(shift).max() > 0.1  # the shift is visible on the 0-255 scale
+
+
+def test_color_shift_magnitude_is_on_the_0_255_scale():
+    # The largest eigenvalue 0.2175 on the 0-1 scale with alpha ~ N(0, 0.1): the shift along
+    # p1 has std 0.02175 * 255 = 5.5 levels on 0-255 pixels.
+    zeros = tf.zeros([1, 1, 3])
+    shifts = np.stack(
+        [
+            T.color_shift(zeros, tf.constant([i, 0]), (0.2175, 0.0, 0.0), np.eye(3)).numpy()
+            for i in range(400)
+        ]
+    ).reshape(-1, 3)
+    assert np.abs(shifts[:, 1:]).max() == 0
+    assert 4.5 < shifts[:, 0].std() < 6.5
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_subtract_mean(mode):
+    image = photo(8, 9, 2)
+    out = run(mode, lambda x: T.subtract_mean(x, (123.68, 116.779, 103.939)), image)
+    np.testing.assert_array_equal(
+        out, image.astype(np.float32) - np.float32([123.68, 116.779, 103.939])
+    )
+    assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rescale_isotropic_in_map(mode):
+    out = run(mode, lambda x: T.rescale_isotropic(x, 32), photo(40, 60, 1))
+    assert out.shape == (32, 48, 3)

@@ -1,0 +1,79 @@
+"""LocalResponseNormalization against TensorFlow's own op."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_vgg import LocalResponseNormalization
+
+
+@pytest.mark.parametrize("size", [3, 5, 7])
+@pytest.mark.parametrize("channels", [1, 4, 13])
+def test_alexnet_formula_matches_tf_nn_lrn(size, channels, rng):
+    x = rng.normal(0, 30, (2, 5, 6, channels)).astype("float32")
+    layer = LocalResponseNormalization(size=size, alpha=1e-4, beta=0.75, k=2.0)
+    expected = tf.nn.local_response_normalization(
+        x, depth_radius=size // 2, bias=2.0, alpha=1e-4, beta=0.75
+    )
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_caffe_formula_divides_alpha_by_size(rng):
+    x = rng.normal(0, 50, (1, 4, 4, 9)).astype("float32")
+    layer = LocalResponseNormalization(size=5, alpha=1e-3, beta=0.75, k=1.0, formula="caffe")
+    expected = tf.nn.local_response_normalization(
+        x, depth_radius=2, bias=1.0, alpha=1e-3 / 5, beta=0.75
+    )
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-6)
+    alexnet = LocalResponseNormalization(size=5, alpha=1e-3, beta=0.75, k=1.0)
+    assert not np.allclose(alexnet(x), expected, rtol=1e-3)
+
+
+def test_explicit_formula_on_one_channel(rng):
+    # b_c = a_c / (k + alpha * sum_{c-2..c+2} a^2) ** beta, written out for channel 3 of 8.
+    x = rng.normal(0, 40, (1, 1, 1, 8)).astype("float32")
+    out = LocalResponseNormalization()(x).numpy()
+    a = x[0, 0, 0].astype("float64")
+    expected = a[3] / (2.0 + 1e-4 * np.sum(a[1:6] ** 2)) ** 0.75
+    np.testing.assert_allclose(out[0, 0, 0, 3], expected, rtol=1e-5)
+
+
+def test_float16_inputs_do_not_overflow(rng):
+    # Squares of values near 1000 overflow float16 (max 65504); the layer computes in float32.
+    x = rng.uniform(500, 1500, (1, 3, 3, 8)).astype("float32")
+    layer = LocalResponseNormalization(dtype="mixed_float16")
+    out = layer(x.astype("float16"))
+    assert keras.backend.standardize_dtype(out.dtype) == "float16"
+    assert np.isfinite(np.asarray(out, dtype="float32")).all()
+    reference = tf.nn.local_response_normalization(
+        x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
+    )
+    np.testing.assert_allclose(np.asarray(out, dtype="float32"), reference, rtol=2e-3)
+
+
+def test_serialization_round_trip():
+    layer = LocalResponseNormalization(
+        size=3, alpha=2e-4, beta=0.5, k=1.5, formula="caffe", name="lrn"
+    )
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert isinstance(clone, LocalResponseNormalization)
+    assert clone.get_config() == layer.get_config()
+
+
+def test_works_inside_a_dataset_map_graph(rng):
+    x = rng.normal(0, 30, (4, 3, 3, 6)).astype("float32")
+    layer = LocalResponseNormalization()
+    mapped = tf.data.Dataset.from_tensor_slices(x).batch(2).map(layer)
+    np.testing.assert_allclose(
+        np.concatenate(list(mapped.as_numpy_iterator())), layer(x), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [(dict(size=4), "size"), (dict(size=0), "size"), (dict(formula="lrn"), "formula")],
+)
+def test_invalid_arguments(kwargs, argument):
+    with pytest.raises(ValueError, match=rf"Received: {argument}="):
+        LocalResponseNormalization(**kwargs)
