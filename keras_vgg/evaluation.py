@@ -55,6 +55,7 @@ __all__ = [
     "default_test_scales",
     "evaluate",
     "evaluate_images",
+    "check_classes",
     "fuse",
     "load_model",
     "single_test_scale",
@@ -228,9 +229,7 @@ def load_model(path: str | os.PathLike | keras.Model | LoadedModel) -> LoadedMod
         run_dir = path
         candidates = [path / f for f in _MODEL_FILES if (path / f).is_file()]
         if not candidates:
-            raise ValueError(
-                f"{path}: run directory holds neither {' nor '.join(_MODEL_FILES)}"
-            )
+            raise ValueError(f"{path}: run directory holds neither {' nor '.join(_MODEL_FILES)}")
         model_file = candidates[0]
         name = path.name
     elif path.is_file():
@@ -521,7 +520,9 @@ class ScoreNet:
             float32 (batch, floor(height/32) - 6, floor(width/32) - 6, classes) for a
             224 crop size (Sec. 3.2).
         """
-        batch = preprocess_input(np.asarray(images, dtype=np.float32), preprocessing=self.preprocessing)
+        batch = preprocess_input(
+            np.asarray(images, dtype=np.float32), preprocessing=self.preprocessing
+        )
         return self._forward(batch)
 
     def crop_posteriors(self, crops: Iterable[tuple[Any, np.ndarray]]) -> dict[Any, np.ndarray]:
@@ -552,7 +553,7 @@ class ScoreNet:
                         f"with shape {batch.shape}"
                     )
                 posteriors = softmax(scores)
-                for owner, posterior in zip(owners[:take], posteriors):
+                for owner, posterior in zip(owners[:take], posteriors, strict=True):
                     sums[owner] = sums.get(owner, 0.0) + posterior
                     counts[owner] = counts.get(owner, 0) + 1
                 pending[:] = [batch[take:]] if take < len(owners) else []
@@ -682,6 +683,7 @@ class EvaluationResult:
         settings: Protocol settings (flip, dense_average, ties, batch_size, ...).
         seconds: Wall time of the evaluation.
         posteriors: With `keep_posteriors=True`, `Row.key` -> (images, classes) posteriors.
+        skipped: Files that could not be decoded and were left out.
     """
 
     rows: tuple[Row, ...]
@@ -689,6 +691,7 @@ class EvaluationResult:
     settings: dict
     seconds: float
     posteriors: dict | None = None
+    skipped: tuple[str, ...] = ()
 
     def row(self, protocol: str, scales: Sequence[int] | None = None, models=None) -> Row:
         """The row of a protocol (default: over all scales, of the single or fused nets)."""
@@ -709,6 +712,7 @@ class EvaluationResult:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images / self.seconds, 3) if self.seconds else None,
             "settings": self.settings,
+            "skipped_files": list(self.skipped),
             "rows": [row.to_dict() for row in self.rows],
         }
 
@@ -763,7 +767,7 @@ class EvaluationResult:
             lines.append(
                 "  ".join(
                     c.rjust(w) if i >= 3 else c.ljust(w)
-                    for i, (c, w) in enumerate(zip(cells, widths))
+                    for i, (c, w) in enumerate(zip(cells, widths, strict=True))
                 ).rstrip()
             )
         return "\n".join(lines) + "\n"
@@ -799,17 +803,17 @@ def evaluate_images(
     Args:
         models: One or several models: `.keras` files, run directories, `keras.Model`s or
             `LoadedModel`s. Several are evaluated alone and fused.
-        images: (height, width, 3) RGB uint8 images (arrays or tensors) of any size.
+        images: (height, width, 3) RGB images in [0, 255] (uint8 arrays or tensors), any size.
         labels: The true class index of each image, in the models' class order.
         protocols: Some of `PROTOCOLS` ("center", "dense", "multi_crop").
-        scales: Test scales Q (smallest side after rescaling). Default: the first model's
-            training scale via `default_test_scales`.
+        scales: Test scales Q (smallest side after rescaling). Default: from the first
+            model's training scale, `default_test_scales`.
         flip: Average with the horizontal flips (dense and multi-crop).
         dense_average: One of `DENSE_AVERAGES`.
-        batch_size: Crops per forward pass (and images per chunk).
+        batch_size: Crops per forward pass, and images per chunk.
         ties: How top-k error counts ties, one of `TIES`.
         limit: Evaluate only the first `limit` images.
-        total: Number of images, if known, for `progress`.
+        total: Number of images, if known, passed on to `progress`.
         progress: Called as `progress(images_done, total)` after each chunk.
         keep_posteriors: Keep every row's posteriors in the result (memory grows with the
             data set: for notebooks and tests).
@@ -821,15 +825,188 @@ def evaluate_images(
         ValueError: for a bad protocol or scale, nets whose classes differ, no images, or a
             label out of range.
     """
+    from keras_vgg.data import transforms
+
     loaded = _load_all(models)
-    protocols = _check_protocols(protocols)
     scales = _resolve_scales(scales, loaded)
+
+    def views():
+        for image in images:
+            yield tuple(transforms.rescale_isotropic(_as_image(image), q) for q in scales)
+
+    return _evaluate(
+        loaded,
+        zip(views(), labels, strict=True),
+        protocols=protocols,
+        scales=scales,
+        flip=flip,
+        dense_average=dense_average,
+        batch_size=batch_size,
+        ties=ties,
+        limit=limit,
+        total=total,
+        progress=progress,
+        keep_posteriors=keep_posteriors,
+    )
+
+
+def evaluate(
+    models: Sequence[Any] | Any,
+    data: Any,
+    *,
+    labels_file: str | os.PathLike | None = None,
+    protocols: Sequence[str] = ("dense",),
+    scales: Sequence[int] | None = None,
+    flip: bool = True,
+    dense_average: str = "logits",
+    batch_size: int = 32,
+    ties: str = "pessimistic",
+    limit: int | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    keep_posteriors: bool = False,
+) -> EvaluationResult:
+    """Evaluates nets on a labelled data set: what `kvgg evaluate` runs.
+
+    Images are read and decoded by the data pipeline (`keras_vgg.data.pipelines.
+    decoded_images`, which skips and reports undecodable files) and rescaled to every test
+    scale there, in parallel; the protocols then run as in `evaluate_images`.
+
+    Args:
+        models: One or several `.keras` files, run directories or models (fusion if several).
+        data: A class-per-folder root, a flat folder with `labels_file`, any source string
+            of `keras_vgg.data.sources.as_source`, or a source object.
+        labels_file: For a flat folder, the labels file (or "imagenet-val").
+        protocols: As `evaluate_images`.
+        scales: As `evaluate_images`.
+        flip: As `evaluate_images`.
+        dense_average: As `evaluate_images`.
+        batch_size: As `evaluate_images`.
+        ties: As `evaluate_images`.
+        limit: Evaluate only the first `limit` images of the source.
+        progress: As `evaluate_images`.
+        keep_posteriors: As `evaluate_images`.
+
+    Returns:
+        An `EvaluationResult`; its `skipped` lists undecodable files.
+
+    Raises:
+        ValueError: for classes that differ between nets and data, an empty data set, a
+            scale below the crop size, or an unreadable model.
+    """
+    from keras_vgg.data import pipelines, sources, transforms
+
+    loaded = _load_all(models)
+    scales = _resolve_scales(scales, loaded)
+    source = sources.as_source(data, labels_file)
+    label = os.fspath(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__
+    class_names = getattr(source, "class_names", None)
+    if class_names is not None:
+        check_classes(loaded, class_names, label)
+    if limit is not None and isinstance(source, sources.ImageSource):
+        source = dataclasses.replace(
+            source, files=source.files[:limit], labels=source.labels[:limit]
+        )
+    try:
+        total = len(source)
+    except (TypeError, ValueError):
+        total = None
+    if total == 0:
+        raise ValueError(f"{label}: the data set is empty (no images)")
+    if limit is not None and total is not None:
+        total = min(total, limit)
+    bad_files = pipelines.BadFileLog()
+    dataset = pipelines.decoded_images(
+        source,
+        lambda image: tuple(transforms.rescale_isotropic(image, q) for q in scales),
+        with_labels=True,
+        bad_files=bad_files,
+    ).prefetch(2)
+    if limit is not None:
+        dataset = dataset.take(limit)
+    pairs = ((tuple(views), int(y)) for views, y in dataset)
+    result = _evaluate(
+        loaded,
+        pairs,
+        protocols=protocols,
+        scales=scales,
+        flip=flip,
+        dense_average=dense_average,
+        batch_size=batch_size,
+        ties=ties,
+        limit=None,
+        total=total,
+        progress=progress,
+        keep_posteriors=keep_posteriors,
+        data=label,
+    )
+    return dataclasses.replace(result, skipped=tuple(bad_files.names))
+
+
+def check_classes(loaded: Sequence[LoadedModel], class_names: Sequence[str], data: str) -> None:
+    """Checks that every net predicts the data's classes, in the data's order.
+
+    A net with stored class names must list exactly the data's classes. A net without them
+    must have as many outputs; with 1000 outputs and data classes that are WordNet ids,
+    they must be the bundled ImageNet class index's, in its order.
+
+    Args:
+        loaded: The nets.
+        class_names: The data set's classes, in label order.
+        data: How to name the data set in errors.
+
+    Raises:
+        ValueError: naming the net and the data set.
+    """
+    class_names = tuple(str(n) for n in class_names)
+    for m in loaded:
+        expected = m.info.class_names
+        if expected is None and m.classes == 1000 and all(_is_wnid(n) for n in class_names):
+            expected = tuple(wnid for wnid, _ in class_index())
+        if expected is not None and tuple(expected) != class_names:
+            foreign = [n for n in class_names if n not in set(expected)][:3]
+            detail = f"e.g. {foreign} are not among its classes" if foreign else "other order"
+            raise ValueError(
+                f"{m.name}: its classes differ from those of {data} ({len(expected)} versus "
+                f"{len(class_names)} classes; {detail})"
+            )
+        if m.classes != len(class_names):
+            raise ValueError(
+                f"{m.name}: its classes differ from those of {data} ({m.classes} outputs "
+                f"versus {len(class_names)} classes)"
+            )
+
+
+def _is_wnid(name: str) -> bool:
+    return len(name) == 9 and name[0] == "n" and name[1:].isdigit()
+
+
+def _evaluate(
+    loaded: list[LoadedModel],
+    pairs: Iterable[tuple[Sequence[Any], int]],
+    *,
+    protocols,
+    scales,
+    flip,
+    dense_average,
+    batch_size,
+    ties,
+    limit,
+    total,
+    progress,
+    keep_posteriors,
+    data: str | None = None,
+) -> EvaluationResult:
+    """The evaluation loop over (images rescaled to each scale, label) pairs."""
+    protocols = _check_protocols(protocols)
     if ties not in TIES:
         raise ValueError(f"`ties` must be one of {TIES}. Received: ties={ties!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"`limit` must be a positive integer. Received: limit={limit!r}")
     if limit is not None:
         total = limit if total is None else min(total, limit)
+    crop_sizes = {m.info.crop_size for m in loaded}
+    if len(crop_sizes) > 1:
+        raise ValueError(f"fusion needs nets of one crop size. Received: {sorted(crop_sizes)}")
     nets = [
         ScoreNet(
             m.model,
@@ -841,19 +1018,20 @@ def evaluate_images(
     ]
     names = _unique_names(loaded)
     keys = _row_keys(names, protocols, scales)
-    credits = {key: [0.0, 0.0] for key in keys}
-    kept: dict = {key: [] for key in keys} if keep_posteriors else {}
+    top5 = min(5, nets[0].classes)
+    credits = {key: np.zeros(2) for key in keys}
+    kept: dict = {key: [] for key in keys}
 
     start = time.perf_counter()
     count = 0
-    for chunk_images, chunk_labels in _chunks(images, labels, batch_size, limit):
-        per_net = [
-            _posteriors_per_scale(net, chunk_images, protocols, scales, flip) for net in nets
-        ]
+    for chunk_views, chunk_labels in _chunks(pairs, batch_size, limit):
+        per_net = [_posteriors_per_scale(net, chunk_views, protocols, scales, flip) for net in nets]
         chunk_labels = np.asarray(chunk_labels, dtype=np.int64)
         for key, posteriors in _row_posteriors(names, per_net, protocols, scales).items():
-            credits[key][0] += top_k_credit(posteriors, chunk_labels, 1, ties).sum()
-            credits[key][1] += top_k_credit(posteriors, chunk_labels, min(5, nets[0].classes), ties).sum()
+            credits[key] += (
+                top_k_credit(posteriors, chunk_labels, 1, ties).sum(),
+                top_k_credit(posteriors, chunk_labels, top5, ties).sum(),
+            )
             if keep_posteriors:
                 kept[key].append(posteriors)
         count += len(chunk_labels)
@@ -861,19 +1039,20 @@ def evaluate_images(
             progress(count, total)
     seconds = time.perf_counter() - start
     if count == 0:
-        raise ValueError("no images to evaluate: the data set is empty")
+        raise ValueError(f"{data or 'images'}: no images to evaluate (the data set is empty)")
     rows = tuple(
         Row(
             models=key[0],
             protocol=key[1],
             scales=key[2],
-            top1=100.0 * (1.0 - credits[key][0] / count),
-            top5=100.0 * (1.0 - credits[key][1] / count),
+            top1=float(100.0 * (1.0 - credits[key][0] / count)),
+            top5=float(100.0 * (1.0 - credits[key][1] / count)),
             images=count,
         )
         for key in keys
     )
     settings = {
+        "data": data,
         "protocols": list(protocols),
         "scales": list(scales),
         "flip": flip,
@@ -881,7 +1060,9 @@ def evaluate_images(
         "ties": ties,
         "batch_size": batch_size,
     }
-    posteriors = {key: np.concatenate(v) for key, v in kept.items()} if keep_posteriors else None
+    if data is None:
+        del settings["data"]
+    posteriors = {k: np.concatenate(v) for k, v in kept.items()} if keep_posteriors else None
     return EvaluationResult(rows, count, settings, seconds, posteriors)
 
 
@@ -912,7 +1093,9 @@ def _check_protocols(protocols: Sequence[str]) -> tuple[str, ...]:
     protocols = tuple(dict.fromkeys(protocols))
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
-        raise ValueError(f"`protocols` must be some of {PROTOCOLS}. Received: protocols={protocols!r}")
+        raise ValueError(
+            f"`protocols` must be some of {PROTOCOLS}. Received: protocols={protocols!r}"
+        )
     return tuple(p for p in PROTOCOLS if p in protocols)
 
 
@@ -928,7 +1111,9 @@ def _resolve_scales(scales: Sequence[int] | None, loaded: list[LoadedModel]) -> 
     if isinstance(scales, int):
         scales = (scales,)
     scales = tuple(dict.fromkeys(scales))
-    if not scales or not all(isinstance(q, (int, np.integer)) for q in scales):
+    if not scales or not all(
+        isinstance(q, (int, np.integer)) and not isinstance(q, bool) for q in scales
+    ):
         raise ValueError(f"`scales` must be integers. Received: scales={scales!r}")
     crop = max(m.info.crop_size for m in loaded)
     low = [q for q in scales if q < crop]
@@ -941,13 +1126,11 @@ def _resolve_scales(scales: Sequence[int] | None, loaded: list[LoadedModel]) -> 
 
 
 def _unique_names(loaded: list[LoadedModel]) -> list[str]:
-    names = []
+    names: list[str] = []
     for m in loaded:
-        name = m.label
-        suffix = 2
+        name, suffix = m.label, 2
         while name in names:
-            name = f"{m.label} #{suffix}"
-            suffix += 1
+            name, suffix = f"{m.label} #{suffix}", suffix + 1
         names.append(name)
     return names
 
@@ -959,14 +1142,14 @@ def _combined_protocols(protocols: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _row_keys(names: list[str], protocols, scales) -> list[tuple]:
-    keys = []
     groups = [(name,) for name in names]
     if len(names) > 1:
         groups.append(tuple(names))
+    keys = []
     for group in groups:
         for protocol in _combined_protocols(protocols):
-            # Single scales for single nets and single protocols (Table 3); the multi-scale
-            # average for all (Tables 4-6).
+            # Single nets: each single scale (Table 3), then their average (Tables 4-5);
+            # fusion and the dense + multi-crop combination: all scales (Tables 5-6).
             if len(group) == 1 and protocol != "dense+multi_crop" and len(scales) > 1:
                 keys += [(group, protocol, (q,)) for q in scales]
             keys.append((group, protocol, scales))
@@ -976,11 +1159,11 @@ def _row_keys(names: list[str], protocols, scales) -> list[tuple]:
 def _row_posteriors(names, per_net, protocols, scales) -> dict[tuple, np.ndarray]:
     rows = {}
     multi_scale = {}
-    for name, net_posteriors in zip(names, per_net):
+    for name, net_posteriors in zip(names, per_net, strict=True):
         for protocol in protocols:
             per_scale = [net_posteriors[(protocol, q)] for q in scales]
             if len(scales) > 1:
-                for q, posteriors in zip(scales, per_scale):
+                for q, posteriors in zip(scales, per_scale, strict=True):
                     rows[((name,), protocol, (q,))] = posteriors
             multi_scale[(name, protocol)] = fuse(per_scale)
             rows[((name,), protocol, scales)] = multi_scale[(name, protocol)]
@@ -996,28 +1179,27 @@ def _row_posteriors(names, per_net, protocols, scales) -> dict[tuple, np.ndarray
     return rows
 
 
-def _chunks(images, labels, size, limit):
-    chunk_images, chunk_labels = [], []
-    seen = 0
-    for image, label in zip(images, labels):
+def _chunks(pairs, size, limit):
+    chunk_views, chunk_labels = [], []
+    for seen, (views, label) in enumerate(pairs):
         if limit is not None and seen >= limit:
             break
-        chunk_images.append(image)
+        chunk_views.append(tuple(_to_numpy(v) for v in views))
         chunk_labels.append(int(label))
-        seen += 1
-        if len(chunk_images) == size:
-            yield chunk_images, chunk_labels
-            chunk_images, chunk_labels = [], []
-    if chunk_images:
-        yield chunk_images, chunk_labels
+        if len(chunk_views) == size:
+            yield chunk_views, chunk_labels
+            chunk_views, chunk_labels = [], []
+    if chunk_views:
+        yield chunk_views, chunk_labels
 
 
-def _posteriors_per_scale(net: ScoreNet, images, protocols, scales, flip) -> dict:
+def _posteriors_per_scale(net: ScoreNet, views, protocols, scales, flip) -> dict:
+    """Posteriors (images, classes) per (protocol, Q) of images already rescaled to each Q."""
     from keras_vgg.data import transforms
 
     out = {}
-    for q in scales:
-        rescaled = [_to_numpy(transforms.rescale_isotropic(_as_image(img), q)) for img in images]
+    for s, q in enumerate(scales):
+        rescaled = [image_views[s] for image_views in views]
         if "center" in protocols:
             found = net.crop_posteriors(
                 (i, _to_numpy(transforms.center_crop(image, net.crop_size))[None])
@@ -1044,93 +1226,3 @@ def _as_image(image):
 
 def _to_numpy(x) -> np.ndarray:
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
-
-
-def evaluate(
-    models: Sequence[Any] | Any,
-    data: Any,
-    *,
-    labels_file: str | os.PathLike | None = None,
-    protocols: Sequence[str] = ("dense",),
-    scales: Sequence[int] | None = None,
-    flip: bool = True,
-    dense_average: str = "logits",
-    batch_size: int = 32,
-    ties: str = "pessimistic",
-    limit: int | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
-    keep_posteriors: bool = False,
-) -> EvaluationResult:
-    """Evaluates nets on a labelled image folder (what `kvgg evaluate` runs).
-
-    Args:
-        models: One or several `.keras` files, run directories or models (fusion if several).
-        data: A class-per-folder root, a flat folder with `labels_file`, or an `ImageSource`.
-        labels_file: For a flat folder, the file of labels (as `open_source`).
-        protocols, scales, flip, dense_average, batch_size, ties, limit, progress,
-        keep_posteriors: As `evaluate_images`.
-
-    Returns:
-        An `EvaluationResult`.
-
-    Raises:
-        ValueError: for classes that differ between nets and data, an empty data set, a
-            scale below the crop size, or an unreadable model.
-    """
-    from keras_vgg.data import sources
-
-    loaded = _load_all(models)
-    source = data if isinstance(data, sources.ImageSource) else sources.open_source(data, labels_file)
-    check_classes(loaded, source.class_names, str(data))
-    if len(source.files) == 0:
-        raise ValueError(f"{data}: the data set is empty (no images)")
-    total = len(source.files) if limit is None else min(limit, len(source.files))
-    images = _decoded_images(source, total)
-    return evaluate_images(
-        loaded,
-        images,
-        source.labels[:total],
-        protocols=protocols,
-        scales=scales,
-        flip=flip,
-        dense_average=dense_average,
-        batch_size=batch_size,
-        ties=ties,
-        limit=limit,
-        total=total,
-        progress=progress,
-        keep_posteriors=keep_posteriors,
-    )
-
-
-def check_classes(loaded: Sequence[LoadedModel], class_names: Sequence[str], data: str) -> None:
-    """Checks that every net predicts the data's classes, in the data's order.
-
-    A net with stored class names must list exactly the data's classes; a net without them
-    must have as many outputs (and, for 1000 outputs, the data's classes must be the bundled
-    ImageNet WordNet ids when they look like ones).
-
-    Raises:
-        ValueError: naming the net and the data set.
-    """
-    class_names = tuple(class_names)
-    for m in loaded:
-        expected = m.info.class_names
-        if expected is None and m.classes == 1000 and all(n.startswith("n") for n in class_names):
-            expected = tuple(wnid for wnid, _ in class_index())
-        if expected is not None and tuple(expected) != class_names:
-            missing = sorted(set(class_names) - set(expected))[:3]
-            raise ValueError(
-                f"{m.name}: its classes differ from those of {data} ({len(expected)} versus "
-                f"{len(class_names)} classes"
-                + (f"; e.g. {missing} are not the model's" if missing else "; in another order")
-                + ")"
-            )
-        if m.classes != len(class_names):
-            raise ValueError(
-                f"{m.name}: predicts {m.classes} classes but {data} has {len(class_names)}"
-            )
-
-
-def _decoded_images(source, total: int):
-    raise NotImplementedError  # filled in once the data pipeline lands

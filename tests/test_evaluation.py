@@ -83,8 +83,12 @@ def test_dense_average_before_or_after_the_softmax(model):
     expected_before = np.exp(maps.mean((0, 1))) / np.exp(maps.mean((0, 1))).sum()
     per_cell = np.exp(maps) / np.exp(maps).sum(-1, keepdims=True)
     expected_after = per_cell.mean((0, 1))
-    np.testing.assert_allclose(before.dense_posteriors([image], flip=False)[0], expected_before, atol=1e-7)
-    np.testing.assert_allclose(after.dense_posteriors([image], flip=False)[0], expected_after, atol=1e-7)
+    np.testing.assert_allclose(
+        before.dense_posteriors([image], flip=False)[0], expected_before, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        after.dense_posteriors([image], flip=False)[0], expected_after, atol=1e-7
+    )
     assert np.abs(expected_before - expected_after).max() > 1e-6
 
 
@@ -93,7 +97,7 @@ def test_dense_sizes_share_one_compiled_network(model):
     images = [_image(h, w, seed=h + w) for h, w in [(224, 224), (230, 300), (260, 250), (300, 224)]]
     posteriors = net.dense_posteriors(images)
     assert net.trace_count == 1
-    for image, row in zip(images, posteriors):
+    for image, row in zip(images, posteriors, strict=True):
         np.testing.assert_allclose(net.dense_posteriors([image])[0], row, atol=1e-6)
 
 
@@ -127,7 +131,12 @@ def test_multi_crop_takes_the_50_crops_of_the_5x5_grid_and_their_flips(model, mo
     # Smallest side 256 = Q: the rescaling is the identity, so positions are in pixels.
     image = _image(256, 300, seed=5)
     result = evaluation.evaluate_images(
-        model, [image], [0], protocols=["multi_crop"], scales=[256], batch_size=16,
+        model,
+        [image],
+        [0],
+        protocols=["multi_crop"],
+        scales=[256],
+        batch_size=16,
         keep_posteriors=True,
     )
     crops = np.concatenate(batches)
@@ -157,7 +166,12 @@ def test_center_crop_is_the_central_224_crop_without_flip(model):
 def test_no_flip_halves_the_multi_crops(model, monkeypatch):
     batches = _recording_forward(monkeypatch)
     evaluation.evaluate_images(
-        model, [_image(224, 224)], [0], protocols=["multi_crop"], scales=[224], flip=False,
+        model,
+        [_image(224, 224)],
+        [0],
+        protocols=["multi_crop"],
+        scales=[224],
+        flip=False,
         batch_size=64,
     )
     assert sum(len(b) for b in batches) == 25
@@ -225,8 +239,14 @@ def _images_and_labels(count=4):
 def test_fusion_multi_scale_and_combination_are_means_of_posteriors(model, other_model):
     images, labels = _images_and_labels(3)
     result = evaluation.evaluate_images(
-        [model, other_model], images, labels, protocols=["dense", "multi_crop"],
-        scales=[224, 256], flip=False, batch_size=25, keep_posteriors=True,
+        [model, other_model],
+        images,
+        labels,
+        protocols=["dense", "multi_crop"],
+        scales=[224, 256],
+        flip=False,
+        batch_size=25,
+        keep_posteriors=True,
     )
     post = result.posteriors
     names = sorted({row.models[0] for row in result.rows if len(row.models) == 1})
@@ -263,8 +283,13 @@ def test_results_do_not_depend_on_the_batch_size(model):
     images, labels = _images_and_labels(3)
     results = [
         evaluation.evaluate_images(
-            model, images, labels, protocols=["center", "dense", "multi_crop"],
-            scales=[224, 256], batch_size=size, keep_posteriors=True,
+            model,
+            images,
+            labels,
+            protocols=["center", "dense", "multi_crop"],
+            scales=[224, 256],
+            batch_size=size,
+            keep_posteriors=True,
         )
         for size in (2, 7, 128)
     ]
@@ -280,8 +305,12 @@ def test_table_shape_and_json(model):
         model, images, labels, protocols=["center", "dense"], scales=[224, 256]
     )
     assert [(r.protocol, r.scales) for r in result.rows] == [
-        ("center", (224,)), ("center", (256,)), ("center", (224, 256)),
-        ("dense", (224,)), ("dense", (256,)), ("dense", (224, 256)),
+        ("center", (224,)),
+        ("center", (256,)),
+        ("center", (224, 256)),
+        ("dense", (224,)),
+        ("dense", (256,)),
+        ("dense", (224, 256)),
     ]
     markdown = result.to_markdown()
     assert markdown.splitlines()[0] == (
