@@ -230,28 +230,39 @@ def _parse_scales(value: str | None):
         raise UserError(f"--scales: expected integers like 256,384,512, got {value!r}") from None
 
 
-def _rate_progress(total: int | None, label: str):
-    """A progress bar on stderr showing images per second; returns (bar, callback)."""
-    import time
+class _RateProgress:
+    """A progress bar on stderr with images per second, opened at the first report (so
+    that an error before any image is the only line printed)."""
 
-    bar = click.progressbar(
-        length=total or 0,
-        label=label,
-        file=sys.stderr,
-        show_pos=True,
-        item_show_func=lambda text: text,
-    )
-    start = time.perf_counter()
-    state = {"done": 0}
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.done = 0
+        self.start = None
 
-    def callback(done: int, total: int | None) -> None:
-        if total and not bar.length:
-            bar.length = total  # known once the data set is opened
-        rate = done / max(time.perf_counter() - start, 1e-9)
-        bar.update(done - state["done"], f"{rate:.1f} images/s")
-        state["done"] = done
+    def __call__(self, done: int, total: int | None) -> None:
+        import time
 
-    return bar, callback
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=total or 0,
+                label=self.label,
+                file=sys.stderr,
+                show_pos=True,
+                item_show_func=lambda text: text,
+            )
+            self.bar.__enter__()
+            self.start = time.perf_counter()
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(done - self.done, f"{rate:.1f} images/s")
+        self.done = done
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.bar is not None:
+            self.bar.__exit__(*exc_info)
 
 
 @main.command()
@@ -310,8 +321,7 @@ def evaluate(
         p for p, on in (("center", center_crop), ("dense", dense), ("multi_crop", multi_crop)) if on
     ]
     loaded = [evaluation.load_model(m) for m in models]
-    bar, callback = _rate_progress(None, "evaluating")
-    with bar:
+    with _RateProgress("evaluating") as callback:
         result = evaluation.evaluate(
             loaded,
             data_root,

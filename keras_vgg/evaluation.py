@@ -886,7 +886,7 @@ def evaluate(
         dense_average: As `evaluate_images`.
         batch_size: As `evaluate_images`.
         ties: As `evaluate_images`.
-        limit: Evaluate only the first `limit` images of the source.
+        limit: Evaluate only the first `limit` decodable images of the source.
         progress: As `evaluate_images`.
         keep_posteriors: As `evaluate_images`.
 
@@ -906,10 +906,6 @@ def evaluate(
     class_names = getattr(source, "class_names", None)
     if class_names is not None:
         check_classes(loaded, class_names, label)
-    if limit is not None and isinstance(source, sources.ImageSource):
-        source = dataclasses.replace(
-            source, files=source.files[:limit], labels=source.labels[:limit]
-        )
     try:
         total = len(source)
     except (TypeError, ValueError):
@@ -1399,7 +1395,7 @@ def predict(
     """
     import tensorflow as tf
 
-    from keras_vgg.data import transforms
+    from keras_vgg.data import check, transforms
     from keras_vgg.imagenet import decode_predictions
 
     loaded = _load_all(model)
@@ -1414,8 +1410,10 @@ def predict(
         for path in files:
             try:
                 image = transforms.decode_image(tf.io.read_file(path)).numpy()
-            except (tf.errors.OpError, OSError) as exc:
-                errors[path] = str(getattr(exc, "message", exc)).strip().splitlines()[0]
+            except (tf.errors.OpError, OSError):
+                # The data checker says why in words (truncated JPEG, not an image, ...).
+                problems = check.inspect_file(path).problems
+                errors[path] = "; ".join(problems) if problems else "cannot be decoded"
                 continue
             readable.append(path)
             yield image
