@@ -357,6 +357,8 @@ def evaluate(
 @click.option("--config", default=None, help="Configuration (A..E, vgg16) with --weights.")
 @click.option("--weights", default=None, help="Weights for --config (.weights.h5 / .keras).")
 @click.option("--classes", type=int, default=1000, show_default=True, help="With --config.")
+@click.option("--width", type=float, default=1.0, show_default=True, help="With --config.")
+@click.option("--fc-units", type=int, default=4096, show_default=True, help="With --config.")
 @click.option("--top", type=int, default=5, show_default=True, help="Classes per image.")
 @click.option("--dense", is_flag=True, help="Dense evaluation instead of the central crop.")
 @click.option("--multi-crop", is_flag=True, help="50 crops per scale instead of one.")
@@ -366,8 +368,8 @@ def evaluate(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @user_errors
 def predict(
-    images, model_path, config, weights, classes, top, dense, multi_crop, scales, no_flip,
-    batch_size, as_json,
+    images, model_path, config, weights, classes, width, fc_units, top, dense, multi_crop,
+    scales, no_flip, batch_size, as_json,
 ):  # fmt: skip
     """Top-k classes of IMAGES (files or folders).
 
@@ -382,7 +384,9 @@ def predict(
     if (model_path is None) == (config is None):
         raise UserError("give either --model FILE or --config NAME (with --weights)")
     if config is not None:
-        model = models.build(config, weights=weights, classes=classes)
+        model = models.build(
+            config, weights=weights, classes=classes, width=width, fc_units=fc_units
+        )
     else:
         model = evaluation.load_model(model_path)
     if dense and multi_crop:
