@@ -28,6 +28,10 @@ _EXPORTS = {
     "Preprocessing": "keras_vgg.imagenet",
     "preprocess_input": "keras_vgg.imagenet",
     "decode_predictions": "keras_vgg.imagenet",
+    "evaluate": "keras_vgg.evaluation",
+    "evaluate_images": "keras_vgg.evaluation",
+    "predict_images": "keras_vgg.evaluation",
+    "top_k_error": "keras_vgg.evaluation",
     "load_weights": "keras_vgg.weights",
     "transfer_weights": "keras_vgg.weights",
 }

@@ -613,6 +613,51 @@ class ScoreNet:
                 out[chunk] = posteriors
         return out
 
+    def predict(
+        self,
+        images: Sequence[Any],
+        *,
+        protocol: str = "center",
+        scales: Sequence[int] = (256,),
+        flip: bool = True,
+    ) -> np.ndarray:
+        """Posteriors of raw images under one protocol, averaged over the test scales.
+
+        Each image is rescaled isotropically to every Q (Sec. 3.2); "dense+multi_crop"
+        averages the two protocols' multi-scale posteriors (Sec. 4.3).
+
+        Args:
+            images: (height, width, 3) RGB images in [0, 255], any size.
+            protocol: One of `PROTOCOLS` or "dense+multi_crop".
+            scales: Test scales Q, each at least the crop size.
+            flip: Average with horizontal flips (dense and multi-crop).
+
+        Returns:
+            float64 (len(images), classes) posteriors.
+
+        Raises:
+            ValueError: for a bad protocol or scale, or a bad image.
+        """
+        from keras_vgg.data import transforms
+
+        _check_protocol(protocol)
+        scales = tuple(int(q) for q in scales)
+        low = [q for q in scales if q < self.crop_size]
+        if low or not scales:
+            raise ValueError(
+                f"test scales must be at least the crop size {self.crop_size}. "
+                f"Received: scales={list(scales)}"
+            )
+        protocols = ("dense", "multi_crop") if protocol == "dense+multi_crop" else (protocol,)
+        views = [
+            tuple(transforms.rescale_isotropic(_as_image(image), q) for q in scales)
+            for image in images
+        ]
+        if not views:
+            return np.zeros((0, self.classes))
+        per_scale = _posteriors_per_scale(self, views, protocols, scales, flip)
+        return fuse([fuse([per_scale[(p, q)] for q in scales]) for p in protocols])
+
     def _pool(self, maps: np.ndarray) -> np.ndarray:
         # Sec. 3.2: the class score map is spatially averaged (sum-pooled).
         if self.dense_average == "logits":
@@ -1087,6 +1132,14 @@ def _load_all(models) -> list[LoadedModel]:
     return loaded
 
 
+def _check_protocol(protocol: str) -> None:
+    if protocol not in _combined_protocols(PROTOCOLS):
+        raise ValueError(
+            f"`protocol` must be one of {_combined_protocols(PROTOCOLS)}. "
+            f"Received: protocol={protocol!r}"
+        )
+
+
 def _check_protocols(protocols: Sequence[str]) -> tuple[str, ...]:
     if isinstance(protocols, str):
         protocols = (protocols,)
@@ -1289,19 +1342,12 @@ def predict_images(
     Raises:
         ValueError: for a bad protocol, a scale below the crop size, or a bad image.
     """
-    from keras_vgg.data import transforms
-
     loaded = _load_all(models)
-    if protocol not in _combined_protocols(PROTOCOLS):
-        raise ValueError(
-            f"`protocol` must be one of {_combined_protocols(PROTOCOLS)}. "
-            f"Received: protocol={protocol!r}"
-        )
+    _check_protocol(protocol)
     if scales is None:
         train_scale = loaded[0].info.train_scale
         scales = (256,) if train_scale is None else (single_test_scale(train_scale),)
     scales = _resolve_scales(scales, loaded)
-    protocols = ("dense", "multi_crop") if protocol == "dense+multi_crop" else (protocol,)
     nets = [
         ScoreNet(
             m.model,
@@ -1311,16 +1357,12 @@ def predict_images(
         )
         for m in loaded
     ]
-    names = _unique_names(loaded)
-    key = (tuple(names), protocol, scales)
     out = []
-    views = (
-        (tuple(transforms.rescale_isotropic(_as_image(image), q) for q in scales), 0)
-        for image in images
-    )
-    for chunk, _ in _chunks(views, batch_size, None):
-        per_net = [_posteriors_per_scale(net, chunk, protocols, scales, flip) for net in nets]
-        out.append(_row_posteriors(names, per_net, protocols, scales)[key])
+    for chunk, _ in _chunks(((image, 0) for image in images), batch_size, None):
+        # Sec. 4.4: fusion averages the nets' posteriors.
+        out.append(
+            fuse([net.predict(chunk, protocol=protocol, scales=scales, flip=flip) for net in nets])
+        )
     if not out:
         return np.zeros((0, nets[0].classes))
     return np.concatenate(out)
