@@ -363,11 +363,18 @@ class TFDSSource:
         except Exception as exc:  # tfds raises its own types for unknown names
             raise ValueError(f"tfds:{self.name}: {str(exc).splitlines()[0]}") from None
 
+    def _split(self, tfds):
+        """This worker's part of the split: TFDS's even sub-splits (whole records)."""
+        if self.num_shards == 1:
+            return self.split
+        return tfds.even_splits(self.split, n=self.num_shards, drop_remainder=False)[
+            self.shard_index
+        ]
+
     @property
     def num_examples(self) -> int:
         tfds, builder = self._builder()
-        total = builder.info.splits[self.split].num_examples
-        return len(range(self.shard_index, total, self.num_shards))
+        return builder.info.splits[self._split(tfds)].num_examples
 
     def __len__(self) -> int:
         return self.num_examples
@@ -379,7 +386,7 @@ class TFDSSource:
         return tuple(feature.names) if hasattr(feature, "names") else None
 
     def shard(self, num_shards: int, shard_index: int) -> TFDSSource:
-        """Worker `shard_index`'s part (TFDS splits its files, or records, between workers)."""
+        """Worker `shard_index`'s part: an even sub-split of the records (`tfds.even_splits`)."""
         _check_shard(num_shards, shard_index, num_shards, f"tfds:{self.name}")
         return dataclasses.replace(self, num_shards=num_shards, shard_index=shard_index)
 
@@ -387,16 +394,10 @@ class TFDSSource:
         import tensorflow as tf
 
         tfds, builder = self._builder()
-        read_config = tfds.ReadConfig(
-            add_tfds_id=True,
-            input_context=tf.distribute.InputContext(
-                num_input_pipelines=self.num_shards, input_pipeline_id=self.shard_index
-            ),
-        )
         ds = builder.as_dataset(
-            split=self.split,
+            split=self._split(tfds),
             shuffle_files=False,
-            read_config=read_config,
+            read_config=tfds.ReadConfig(add_tfds_id=True),
             decoders={self.image_key: tfds.decode.SkipDecoding()},
         )
         return ds.map(

@@ -1,0 +1,372 @@
+"""Training and evaluation pipelines: content, determinism, resuming, sharding, bad files."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from data_images import (
+    DECODABLE,
+    UNDECODABLE,
+    encode,
+    jpeg,
+    make_bad_files,
+    make_class_tree,
+    photo,
+    write,
+)
+from PIL import Image
+
+from keras_vgg.data import pipelines, sources
+from keras_vgg.data import transforms as T
+from keras_vgg.data.stats import IMAGENET_STATS
+
+SMALL = dict(train_scale=(36, 48), crop_size=32)
+
+
+def take(ds, n):
+    return [tuple(t.numpy() for t in batch) for batch in ds.take(n)]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    make_class_tree(root, classes=("a", "b", "c"), per_class=4)
+    return sources.open_source(root)
+
+
+@pytest.fixture(scope="module")
+def square(tmp_path_factory):
+    """Square JPEGs: with S = crop the training crop is the whole image, resized."""
+    root = tmp_path_factory.mktemp("square")
+    for c in range(2):
+        for i in range(3):
+            write(root / f"k{c}" / f"{i}.JPEG", jpeg(40, 40, 20 * c + i))
+    source = sources.open_source(root)
+    refs = [
+        tf.image.resize(
+            tf.cast(tf.io.decode_jpeg(tf.io.read_file(f), channels=3), tf.float32), [32, 32]
+        ).numpy()
+        for f in source.files
+    ]
+    return source, np.stack(refs)
+
+
+def identify(images, refs, atol=1e-3):
+    """Index of the reference each image equals (allowing a horizontal flip), or -1."""
+    found = []
+    for image in images:
+        hits = [
+            i
+            for i, ref in enumerate(refs)
+            if np.allclose(image, ref, atol=atol) or np.allclose(image, ref[:, ::-1], atol=atol)
+        ]
+        found.append(hits[0] if len(hits) == 1 else -1)
+    return found
+
+
+# === Training: content ===
+
+
+def test_training_batches_shapes_dtypes_and_epoch_labels(tree):
+    ds = pipelines.training_dataset(tree, batch_size=4, seed=1, **SMALL)
+    assert ds.element_spec[0].shape.as_list() == [4, 32, 32, 3]
+    batches = take(ds, 6)  # 12 files, batch 4: 3 batches per epoch, two epochs
+    for x, y in batches:
+        assert x.shape == (4, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
+    for epoch in (batches[:3], batches[3:]):
+        assert sorted(np.concatenate([y for _, y in epoch]).tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    # Mean subtracted: the photos' pixels are 40-250, so the batch means sit near zero.
+    assert abs(np.mean([x.mean() for x, _ in batches])) < 60
+
+
+def test_training_images_are_crops_of_their_own_file(square):
+    source, refs = square
+    ds = pipelines.training_dataset(
+        source,
+        batch_size=3,
+        train_scale=32,
+        crop_size=32,
+        flip=False,
+        color_shift=None,
+        mean=(0, 0, 0),
+    )
+    (x1, y1), (x2, y2) = take(ds, 2)
+    images, labels = np.concatenate([x1, x2]), np.concatenate([y1, y2])
+    found = identify(images, refs)
+    # Every file exactly once per epoch, with its own label, unflipped.
+    assert sorted(found) == list(range(6))
+    for image, label, index in zip(images, labels, found, strict=True):
+        assert label == source.labels[index]
+        np.testing.assert_allclose(image, refs[index], atol=1e-3)
+
+
+def test_training_flip_colour_shift_and_mean(square):
+    source, refs = square
+    mean = (100.0, 110.0, 120.0)
+    ds = pipelines.training_dataset(
+        source,
+        batch_size=6,
+        train_scale=32,
+        crop_size=32,
+        color_shift=IMAGENET_STATS,
+        mean=mean,
+        seed=3,
+    )
+    flips = 0
+    for x, y in take(ds, 4):
+        for image, label in zip(x, y, strict=True):
+            restored = image + np.float32(mean)
+            # The colour shift is one RGB offset for the whole image (AlexNet's PCA noise).
+            best = None
+            for i, ref in enumerate(refs):
+                for flipped, candidate in ((False, ref), (True, ref[:, ::-1])):
+                    offset = (restored - candidate).reshape(-1, 3)
+                    if np.allclose(offset, offset[0], atol=1e-2):
+                        best = (i, flipped, offset[0])
+            assert best is not None
+            i, flipped, offset = best
+            assert label == source.labels[i]
+            assert 0 < np.abs(offset).max() < 40  # a few sigma of N(0, 0.1) * 0.2175 * 255
+            flips += flipped
+    assert 3 < flips < 21  # about half of 24
+
+
+def test_training_scale_jitter_changes_the_crop_size(tmp_path):
+    # A vertical ramp: the span of values in a crop measures its size in original pixels.
+    ramp = np.repeat(np.linspace(0, 255, 96, dtype=np.float32)[:, None], 96, axis=1)
+    write(tmp_path / "a" / "ramp.png", encode(np.dstack([ramp] * 3).astype(np.uint8), "PNG"))
+    source = sources.open_source(tmp_path)
+    common = dict(batch_size=1, crop_size=32, flip=False, color_shift=None, mean=(0, 0, 0))
+
+    def spans(scale, n=12):
+        return [
+            float(x[0, -1, 0, 0] - x[0, 0, 0, 0])
+            for x, _ in take(pipelines.training_dataset(source, train_scale=scale, **common), n)
+        ]
+
+    # S = 32: the crop covers all 96 rows; S = 96: a third of them.
+    assert min(spans(32)) > 240
+    assert max(spans(96)) < 95
+    jittered = spans((32, 96), 20)
+    assert max(jittered) - min(jittered) > 60
+
+
+# === Training: determinism ===
+
+
+def test_same_seed_same_batches_epochs_differ_seeds_differ(tree):
+    kwargs = dict(batch_size=4, seed=7, **SMALL)
+    first = take(pipelines.training_dataset(tree, **kwargs), 6)
+    second = take(pipelines.training_dataset(tree, **kwargs), 6)
+    for (x1, y1), (x2, y2) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    epoch0 = np.concatenate([x for x, _ in first[:3]])
+    epoch1 = np.concatenate([x for x, _ in first[3:]])
+    assert not np.allclose(epoch0, epoch1)
+    other = take(pipelines.training_dataset(tree, **{**kwargs, "seed": 8}), 3)
+    assert not np.allclose(epoch0, np.concatenate([x for x, _ in other]))
+
+
+def test_resume_with_start_epoch_sees_the_uninterrupted_batches(tree):
+    kwargs = dict(batch_size=5, seed=11, **SMALL)  # 12 files: 2 batches per epoch, 2 dropped
+    uninterrupted = take(pipelines.training_dataset(tree, **kwargs), 8)
+    resumed = take(pipelines.training_dataset(tree, start_epoch=2, **kwargs), 4)
+    for (x1, y1), (x2, y2) in zip(uninterrupted[4:], resumed, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_file_order_is_shuffled_per_epoch(square):
+    source, refs = square
+    ds = pipelines.training_dataset(
+        source,
+        batch_size=6,
+        train_scale=32,
+        crop_size=32,
+        flip=False,
+        color_shift=None,
+        mean=(0, 0, 0),
+        seed=5,
+    )
+    orders = [identify(x, refs) for x, _ in take(ds, 4)]
+    for order in orders:
+        assert sorted(order) == list(range(6))
+    assert len({tuple(o) for o in orders}) > 1
+    assert orders[0] != list(range(6)) or orders[1] != list(range(6))
+
+
+def test_sharding_gives_each_worker_its_own_files(square):
+    source, refs = square
+    seen = []
+    for index in range(2):
+        ds = pipelines.training_dataset(
+            source,
+            batch_size=3,
+            train_scale=32,
+            crop_size=32,
+            flip=False,
+            color_shift=None,
+            mean=(0, 0, 0),
+            num_shards=2,
+            shard_index=index,
+        )
+        (x, _), (x_next, _) = take(ds, 2)
+        seen.append(sorted(identify(x, refs)))
+        assert sorted(identify(x_next, refs)) == seen[-1]  # the next epoch, same shard
+    assert seen == [[0, 2, 4], [1, 3, 5]]
+    assert pipelines.steps_per_epoch(source, 3, num_shards=2, shard_index=1) == 1
+    assert pipelines.steps_per_epoch(source, 4) == 1
+    assert pipelines.steps_per_epoch(source, 4, drop_remainder=False) == 2
+
+
+# === Training: bad files ===
+
+
+def test_training_skips_counts_and_names_bad_files(tmp_path, caplog):
+    root = tmp_path / "data"
+    make_class_tree(root, classes=("a", "b"), per_class=3)
+    bad = make_bad_files(root / "b")
+    source = sources.open_source(root)
+    assert len(source) == 6 + len(bad)
+    log_path = tmp_path / "run" / "bad_files.txt"
+    log_path.parent.mkdir()
+    log = pipelines.BadFileLog(log_path)
+    good = 6 + len(DECODABLE)
+    with caplog.at_level(logging.WARNING, logger="keras_vgg.data"):
+        ds = pipelines.training_dataset(source, batch_size=1, bad_files=log, seed=2, **SMALL)
+        batches = take(ds, 2 * good)  # two whole epochs, never crashing
+    labels = [int(y[0]) for _, y in batches]
+    assert sorted(labels[:good]) == [0] * 3 + [1] * (3 + len(DECODABLE))
+    assert sorted(labels[good:]) == sorted(labels[:good])
+    for x, _ in batches:
+        assert np.isfinite(x).all()
+    undecodable = sorted(bad[name] for name in UNDECODABLE)
+    assert sorted(log.names) == undecodable
+    assert log.skipped >= len(UNDECODABLE)
+    lines = log_path.read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in lines) == undecodable
+    reasons = dict(line.split("\t") for line in lines)
+    assert reasons[bad["zero.jpg"]] == "empty file (0 bytes)"
+    assert "truncated" in reasons[bad["truncated.jpg"]]
+    assert "not an image" in reasons[bad["text.jpg"]]
+    logged = [r.getMessage() for r in caplog.records if r.name == "keras_vgg.data"]
+    for path in undecodable:
+        assert sum(path in message for message in logged) == 1  # one line per file
+
+
+def test_bad_files_path_without_a_log_object(tmp_path):
+    root = tmp_path / "data"
+    make_class_tree(root, classes=("a",), per_class=2)
+    write(root / "a" / "zzz.jpg", b"")
+    path = tmp_path / "bad.txt"
+    take(pipelines.training_dataset(root, batch_size=2, bad_files_path=path, **SMALL), 2)
+    assert path.read_text().split("\t")[0] == str(root / "a" / "zzz.jpg")
+
+
+# === Evaluation ===
+
+
+@pytest.fixture(scope="module")
+def png_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("png")
+    sizes = [(40, 52), (50, 41), (45, 45), (38, 60), (60, 40)]
+    for i, (h, w) in enumerate(sizes):
+        write(root / f"c{i % 2}" / f"{i}.png", encode(photo(h, w, i), "PNG"))
+    source = sources.open_source(root)
+    pixels = [np.asarray(Image.open(f).convert("RGB")).astype(np.float32) for f in source.files]
+    return source, pixels
+
+
+def reference_rescale(pixels, q):
+    h, w = pixels.shape[:2]
+    size = (q, round(w * q / h)) if h <= w else (round(h * q / w), q)
+    return tf.image.resize(pixels, size, antialias=False).numpy()
+
+
+def test_evaluation_center_crops_in_source_order(png_tree):
+    source, pixels = png_tree
+    mean = np.float32([123.68, 116.779, 103.939])
+    ds = pipelines.evaluation_dataset(source, batch_size=2, scale=36, crop_size=32)
+    batches = take(ds, 10)
+    assert [x.shape[0] for x, _ in batches] == [2, 2, 1]
+    images = np.concatenate([x for x, _ in batches])
+    labels = np.concatenate([y for _, y in batches]).tolist()
+    assert labels == list(source.labels)
+    for image, pix in zip(images, pixels, strict=True):
+        big = reference_rescale(pix, 36)
+        top, left = (big.shape[0] - 32) // 2, (big.shape[1] - 32) // 2
+        np.testing.assert_allclose(image, big[top : top + 32, left : left + 32] - mean, atol=1e-3)
+
+
+def test_evaluation_whole_image_batches_of_one(png_tree):
+    source, pixels = png_tree
+    batches = take(
+        pipelines.evaluation_dataset(source, batch_size=8, scale=36, mode="whole", mean=(0, 0, 0)),
+        10,
+    )
+    assert len(batches) == 5
+    for (x, y), pix, label in zip(batches, pixels, source.labels, strict=True):
+        expected = reference_rescale(pix, 36)
+        assert x.shape == (1, *expected.shape) and min(x.shape[1:3]) == 36
+        np.testing.assert_allclose(x[0], expected, atol=1e-3)
+        assert y.tolist() == [label]
+
+
+def test_evaluation_multi_crop(png_tree):
+    source, pixels = png_tree
+    batches = take(
+        pipelines.evaluation_dataset(
+            source, batch_size=1, scale=40, crop_size=32, mode="multi_crop", mean=(0, 0, 0)
+        ),
+        2,
+    )
+    for (x, y), pix, label in zip(batches, pixels, source.labels, strict=False):
+        assert x.shape == (50, 32, 32, 3) and y.tolist() == [label]
+        expected = T.multi_crops(reference_rescale(pix, 40), 32).numpy()
+        np.testing.assert_allclose(x, expected, atol=1e-3)
+
+
+def test_evaluation_skips_bad_files(tmp_path):
+    make_class_tree(tmp_path, classes=("a",), per_class=2)
+    bad = make_bad_files(tmp_path / "a")
+    log = pipelines.BadFileLog()
+    ds = pipelines.evaluation_dataset(tmp_path, batch_size=3, scale=36, crop_size=32, bad_files=log)
+    count = sum(x.shape[0] for x, _ in take(ds, 100))
+    assert count == 2 + len(DECODABLE)
+    assert sorted(log.names) == sorted(bad[n] for n in UNDECODABLE)
+
+
+# === Arguments ===
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(train_scale=30), "train_scale"),
+        (dict(train_scale=(48, 36)), "Smin <= Smax"),
+        (dict(train_scale="big"), "train_scale"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(num_shards=2, shard_index=2), "shard_index"),
+        (dict(num_shards=99), "99 workers"),
+    ],
+)
+def test_training_argument_errors(tree, kwargs, match):
+    args = {**dict(batch_size=2, train_scale=36, crop_size=32), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pipelines.training_dataset(tree, **args)
+
+
+def test_evaluation_argument_errors(tree):
+    with pytest.raises(ValueError, match="mode"):
+        pipelines.evaluation_dataset(tree, batch_size=1, mode="dense!")
+    with pytest.raises(ValueError, match="scale"):
+        pipelines.evaluation_dataset(tree, batch_size=1, scale=30, crop_size=32)
+
+
+def test_training_from_a_folder_string(tree):
+    root = os.path.dirname(os.path.dirname(tree.files[0]))
+    ((x, y),) = take(pipelines.training_dataset(root, batch_size=2, **SMALL), 1)
+    assert x.shape == (2, 32, 32, 3)

@@ -1,0 +1,297 @@
+"""Sources: class folders, flat folders + labels, TFRecord shards, TFDS; errors; sharding."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from data_images import encode, jpeg, make_class_tree, photo, write
+
+from keras_vgg import imagenet
+from keras_vgg.data import pipelines, sources
+from keras_vgg.data.sources import ImageSource, TFDSSource, TFRecordSource
+
+SMALL = dict(train_scale=(36, 48), crop_size=32)
+
+
+def take(ds, n):
+    return [tuple(t.numpy() for t in batch) for batch in ds.take(n)]
+
+
+# === Class folders ===
+
+
+def test_from_folder_sorted_classes_any_extension_case(tmp_path):
+    names = {
+        "n02": ["b.JPEG", "a.jpg", "c.Png", "d.BMP", "e.gif", "notes.txt"],
+        "n01": ["z.jpeg", "y.JPG"],
+    }
+    for folder, files in names.items():
+        for name in files:
+            write(tmp_path / folder / name, b"x")
+    (tmp_path / "n01" / "nested").mkdir()
+    source = ImageSource.from_folder(tmp_path)
+    assert source.class_names == ("n01", "n02")
+    assert [os.path.relpath(f, tmp_path) for f in source.files] == [
+        os.path.join("n01", n) for n in ("y.JPG", "z.jpeg")
+    ] + [os.path.join("n02", n) for n in ("a.jpg", "b.JPEG", "c.Png", "d.BMP", "e.gif")]
+    assert source.labels == (0, 0, 1, 1, 1, 1, 1)
+    assert len(source) == 7
+    assert sources.open_source(tmp_path) == source
+
+
+def test_from_folder_errors_name_the_path(tmp_path):
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'missing'}: no such directory$"):
+        ImageSource.from_folder(tmp_path / "missing")
+    (tmp_path / "flat").mkdir()
+    write(tmp_path / "flat" / "a.jpg", b"x")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'flat'}: no class folders"):
+        ImageSource.from_folder(tmp_path / "flat")
+    write(tmp_path / "tree" / "full" / "a.jpg", b"x")
+    write(tmp_path / "tree" / "empty" / "readme.txt", b"x")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'tree' / 'empty'}: empty class folder"):
+        ImageSource.from_folder(tmp_path / "tree")
+
+
+# === Flat folder + labels file ===
+
+
+def test_from_flat_folder_with_labels_file(tmp_path):
+    for name in ("img_3.png", "img_1.jpg", "img_2.JPEG"):
+        write(tmp_path / "val" / name, b"x")
+    (tmp_path / "labels.txt").write_text("4\n0\n2\n\n")
+    source = sources.open_source(tmp_path / "val", tmp_path / "labels.txt")
+    assert [os.path.basename(f) for f in source.files] == ["img_1.jpg", "img_2.JPEG", "img_3.png"]
+    assert source.labels == (4, 0, 2)
+    assert source.class_names == ("0", "1", "2", "3", "4")
+
+
+def test_from_flat_folder_errors_name_the_path(tmp_path):
+    for i in range(3):
+        write(tmp_path / "val" / f"{i}.jpg", b"x")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("1\n2\n")
+    with pytest.raises(ValueError, match=f"^{labels}: 2 labels for 3 images in "):
+        ImageSource.from_flat_folder(tmp_path / "val", labels)
+    labels.write_text("1\ntwo\n3\n")
+    with pytest.raises(ValueError, match=f"^{labels}: line 2 is not an integer"):
+        ImageSource.from_flat_folder(tmp_path / "val", labels)
+    with pytest.raises(ValueError, match="nope.txt: no such labels file"):
+        ImageSource.from_flat_folder(tmp_path / "val", tmp_path / "nope.txt")
+    with pytest.raises(ValueError, match="imagenet_val_labels.txt: 50000 labels for 3 images"):
+        ImageSource.from_flat_folder(tmp_path / "val", sources.IMAGENET_VAL_LABELS)
+
+
+def test_bundled_imagenet_val_labels_and_class_names(tmp_path):
+    folder = tmp_path / "val"
+    folder.mkdir()
+    # Reverse creation order: the labels follow sorted file names, not directory order.
+    for i in range(50000, 0, -1):
+        open(folder / f"ILSVRC2012_val_{i:08d}.JPEG", "wb").close()
+    source = sources.open_source(folder, "imagenet-val")
+    assert source.labels == imagenet.val_labels()
+    assert source.class_names == tuple(wnid for wnid, _ in imagenet.class_index())
+    assert source.files[0].endswith("ILSVRC2012_val_00000001.JPEG")
+    # The bundled file's path works the same as the keyword.
+    bundled = sources._bundled_val_labels_path()
+    assert sources.open_source(folder, bundled).class_names[0] == "n01440764"
+
+
+# === Sampling and sharding ===
+
+
+def test_sample_and_shard(tmp_path):
+    make_class_tree(tmp_path, classes=("a", "b"), per_class=5, size=(8, 8))
+    source = sources.open_source(tmp_path)
+    sample = source.sample(4, seed=3)
+    assert len(sample) == 4 and set(sample.files) <= set(source.files)
+    assert sample == source.sample(4, seed=3)
+    assert sample != source.sample(4, seed=4)
+    assert list(sample.files) == sorted(sample.files)
+    assert source.sample(50) == source
+    shards = [source.shard(3, i) for i in range(3)]
+    assert sorted(f for s in shards for f in s.files) == sorted(source.files)
+    assert shards[1].files == source.files[1::3] and shards[1].labels == source.labels[1::3]
+
+
+def test_as_source_strings(tmp_path):
+    make_class_tree(tmp_path / "tree", classes=("a",), per_class=1, size=(8, 8))
+    assert isinstance(sources.as_source(tmp_path / "tree"), ImageSource)
+    tfds_source = sources.as_source("tfds:imagenet2012:validation")
+    assert tfds_source == TFDSSource("imagenet2012", split="validation")
+    assert sources.as_source("tfds:mnist").split == "train"
+    write(tmp_path / "rec" / "train-00000-of-00001", b"")
+    rec = sources.as_source("tfrecord:" + str(tmp_path / "rec" / "train-*"), label_offset=1)
+    assert rec.files == (str(tmp_path / "rec" / "train-00000-of-00001"),)
+    assert rec.label_offset == 1
+    assert isinstance(sources.as_source(str(tmp_path / "rec" / "*")), TFRecordSource)
+    with pytest.raises(ValueError, match="no TFRecord files match"):
+        sources.as_source("tfrecord:" + str(tmp_path / "none-*"))
+
+
+# === TFRecord shards ===
+
+
+def example(image_bytes: bytes, label: int) -> bytes:
+    feature = {
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
+        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """4 shards x 3 records of square JPEGs, labels stored 1-based (Inception converter)."""
+    root = tmp_path_factory.mktemp("records")
+    refs = {}
+    for s in range(4):
+        with tf.io.TFRecordWriter(str(root / f"train-{s:05d}-of-00004")) as writer:
+            for r in range(3):
+                data = jpeg(40, 40, 10 * s + r)
+                writer.write(example(data, 1 + (s + r) % 3))
+                pixels = tf.cast(tf.io.decode_jpeg(data, channels=3), tf.float32)
+                refs[(s, r)] = (tf.image.resize(pixels, [32, 32]).numpy(), (s + r) % 3)
+    return root, refs
+
+
+def identify(image, refs):
+    hits = [key for key, (ref, _) in refs.items() if np.allclose(image, ref, atol=1e-3)]
+    assert len(hits) == 1
+    return hits[0]
+
+
+def plain(**kwargs):
+    return dict(
+        train_scale=32, crop_size=32, flip=False, color_shift=None, mean=(0, 0, 0), **kwargs
+    )
+
+
+def test_tfrecord_training_label_offset_and_content(shards):
+    root, refs = shards
+    source = TFRecordSource.from_pattern(str(root / "train-*"), label_offset=1)
+    assert source.count() == 12
+    ds = pipelines.training_dataset(source, batch_size=4, seed=1, **plain())
+    batches = take(ds, 6)
+    for epoch in (batches[:3], batches[3:]):
+        keys = []
+        for x, y in epoch:
+            for image, label in zip(x, y, strict=True):
+                key = identify(image, refs)
+                assert label == refs[key][1]  # stored 1-based, offset 1 -> 0-based
+                keys.append(key)
+        assert sorted(keys) == sorted(refs)  # each record once per epoch
+    again = take(pipelines.training_dataset(source, batch_size=4, seed=1, **plain()), 6)
+    for (x1, _), (x2, _) in zip(batches, again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+    resumed = take(
+        pipelines.training_dataset(source, batch_size=4, seed=1, start_epoch=1, **plain()), 3
+    )
+    for (x1, _), (x2, _) in zip(batches[3:], resumed, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+    order0 = [identify(i, refs) for x, _ in batches[:3] for i in x]
+    order1 = [identify(i, refs) for x, _ in batches[3:] for i in x]
+    assert order0 != order1  # reshuffled each epoch
+
+
+def test_tfrecord_sharding_and_offset_zero(shards):
+    root, refs = shards
+    source = TFRecordSource.from_pattern(str(root / "train-*"))
+    seen = []
+    for index in range(2):
+        ds = pipelines.training_dataset(
+            source, batch_size=6, num_shards=2, shard_index=index, **plain()
+        )
+        ((x, y),) = take(ds, 1)
+        keys = sorted(identify(i, refs) for i in x)
+        seen.append({k[0] for k in keys})
+        assert len(keys) == 6
+        assert sorted(y.tolist()) == sorted(refs[k][1] + 1 for k in keys)  # no offset
+    assert seen == [{0, 2}, {1, 3}]  # whole shard files per worker
+    assert pipelines.steps_per_epoch(source, 4, num_shards=2, shard_index=0) == 1
+
+
+def test_tfrecord_bad_record_is_skipped_and_named(tmp_path):
+    path = str(tmp_path / "bad-00000")
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(example(jpeg(40, 40, 1), 0))
+        writer.write(example(b"not a jpeg", 1))
+        writer.write(example(jpeg(40, 40, 2), 0))
+    log = pipelines.BadFileLog()
+    source = TFRecordSource((path,))
+    ds = pipelines.evaluation_dataset(source, batch_size=8, scale=36, crop_size=32, bad_files=log)
+    ((x, y),) = take(ds, 5)
+    assert x.shape[0] == 2 and y.tolist() == [0, 0]
+    assert log.names == [f"{path}:1"]
+
+
+# === TFDS (optional extra) ===
+
+
+def test_tfds_source(tmp_path):
+    tfds = pytest.importorskip(
+        "tensorflow_datasets", reason="tensorflow-datasets (extra 'tfds') is not installed"
+    )
+
+    class KvggTinyImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(encoding_format="png"),
+                        "label": tfds.features.ClassLabel(names=["x", "y", "z"]),
+                    }
+                ),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(6):
+                yield i, {"image": photo(40, 40, i), "label": i % 3}
+
+    KvggTinyImages(data_dir=str(tmp_path)).download_and_prepare()
+    source = TFDSSource("kvgg_tiny_images", data_dir=str(tmp_path))
+    assert source.num_examples == 6 and len(source) == 6
+    assert source.class_names == ("x", "y", "z")
+    refs = {
+        i: tf.image.resize(photo(40, 40, i).astype(np.float32), [32, 32]).numpy() for i in range(6)
+    }
+    ds = pipelines.training_dataset(source, batch_size=3, seed=4, **plain())
+    batches = take(ds, 4)
+    for epoch in (batches[:2], batches[2:]):
+        found = []
+        for x, y in epoch:
+            for image, label in zip(x, y, strict=True):
+                (i,) = [k for k, ref in refs.items() if np.allclose(image, ref, atol=1e-3)]
+                assert label == i % 3
+                found.append(i)
+        assert sorted(found) == list(range(6))
+    again = take(pipelines.training_dataset(source, batch_size=3, seed=4, **plain()), 4)
+    for (x1, _), (x2, _) in zip(batches, again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+    halves = [len(list(source.shard(2, i).elements())) for i in range(2)]
+    assert halves == [3, 3]
+    ev = take(pipelines.evaluation_dataset(source, batch_size=6, scale=36, crop_size=32), 1)
+    assert ev[0][0].shape == (6, 32, 32, 3)
+
+
+def test_tfds_missing_dataset_is_a_value_error(tmp_path):
+    pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets is not installed")
+    with pytest.raises(ValueError, match="^tfds:no_such_dataset_kvgg"):
+        len(TFDSSource("no_such_dataset_kvgg", data_dir=str(tmp_path)))
+
+
+def test_flat_folder_feeds_the_pipeline(tmp_path):
+    for i in range(4):
+        write(tmp_path / "val" / f"{i}.png", encode(photo(40, 44, i), "PNG"))
+    (tmp_path / "labels.txt").write_text("1\n0\n1\n0\n")
+    source = sources.open_source(tmp_path / "val", tmp_path / "labels.txt")
+    ((x, y),) = take(pipelines.evaluation_dataset(source, batch_size=4, scale=36, crop_size=32), 1)
+    assert y.tolist() == [1, 0, 1, 0] and x.shape == (4, 32, 32, 3)
+    ((x, y),) = take(pipelines.training_dataset(source, batch_size=4, **SMALL), 1)
+    assert sorted(y.tolist()) == [0, 0, 1, 1]
