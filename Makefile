@@ -1,0 +1,43 @@
+# keras-vgg: `make demo` and `make test` set everything up on a fresh machine (Python 3.10+).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast test-slow lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kvgg summary --all
+
+# Both tiers in one run: the fast tests and the full-size `slow` ones.
+test: $(STAMP)
+	$(BIN)/ruff check keras_vgg tests benchmarks
+	$(BIN)/python -m pytest -m "slow or not slow" --durations=10 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check keras_vgg tests benchmarks
+	$(BIN)/ruff format --check keras_vgg tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format keras_vgg tests benchmarks
+	$(BIN)/ruff check --fix keras_vgg tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/model_throughput.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
