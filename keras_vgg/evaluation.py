@@ -1052,15 +1052,7 @@ def _evaluate(
     crop_sizes = {m.info.crop_size for m in loaded}
     if len(crop_sizes) > 1:
         raise ValueError(f"fusion needs nets of one crop size. Received: {sorted(crop_sizes)}")
-    nets = [
-        ScoreNet(
-            m.model,
-            preprocessing=m.info.preprocessing,
-            batch_size=batch_size,
-            dense_average=dense_average,
-        )
-        for m in loaded
-    ]
+    nets = _score_nets(loaded, batch_size, dense_average)
     names = _unique_names(loaded)
     keys = _row_keys(names, protocols, scales)
     top5 = min(5, nets[0].classes)
@@ -1109,6 +1101,18 @@ def _evaluate(
         del settings["data"]
     posteriors = {k: np.concatenate(v) for k, v in kept.items()} if keep_posteriors else None
     return EvaluationResult(rows, count, settings, seconds, posteriors)
+
+
+def _score_nets(loaded: list[LoadedModel], batch_size: int, dense_average: str) -> list[ScoreNet]:
+    return [
+        ScoreNet(
+            m.model,
+            preprocessing=m.info.preprocessing,
+            batch_size=batch_size,
+            dense_average=dense_average,
+        )
+        for m in loaded
+    ]
 
 
 def _load_all(models) -> list[LoadedModel]:
@@ -1348,15 +1352,7 @@ def predict_images(
         train_scale = loaded[0].info.train_scale
         scales = (256,) if train_scale is None else (single_test_scale(train_scale),)
     scales = _resolve_scales(scales, loaded)
-    nets = [
-        ScoreNet(
-            m.model,
-            preprocessing=m.info.preprocessing,
-            batch_size=batch_size,
-            dense_average=dense_average,
-        )
-        for m in loaded
-    ]
+    nets = _score_nets(loaded, batch_size, dense_average)
     out = []
     for chunk, _ in _chunks(((image, 0) for image in images), batch_size, None):
         # Sec. 4.4: fusion averages the nets' posteriors.

@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from data_images import jpeg, write
+from test_cli import kvgg
 
 from keras_vgg import build, evaluation
 from keras_vgg.imagenet import preprocess_input
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ("cat", "dog", "fox")
 # Smallest side 256 = Q: rescaling is the identity there, so crops are plain slices.
 SIZES = [(256, 300), (280, 256), (256, 256), (300, 256), (256, 340), (256, 270)]
-
-
-def kvgg(*args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "keras_vgg.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _model_info(class_names=CLASSES, train_scale=256):
@@ -50,7 +35,8 @@ def _model_info(class_names=CLASSES, train_scale=256):
     }
 
 
-def _center_posteriors(model, image):
+def center_posteriors(model, image):
+    """The model's posteriors on the central 224 crop, by slicing (Q = smallest side)."""
     top, left = (image.shape[0] - 224) // 2, (image.shape[1] - 224) // 2
     crop = image[top : top + 224, left : left + 224]
     return model.predict(preprocess_input(crop[None]), verbose=0)[0]
@@ -78,7 +64,7 @@ def setup(tmp_path_factory):
         path = write(str(staging / f"{i}.jpg"), jpeg(h, w, seed=i))
         # The test's own reader: TensorFlow's JPEG decoder, not the package's pipeline.
         image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3).numpy()
-        predicted = int(np.argmax(_center_posteriors(model, image)))
+        predicted = int(np.argmax(center_posteriors(model, image)))
         label = predicted if i % 2 == 0 else (predicted + 1 + (i // 2) % 2) % 3
         target = tmp / "data" / CLASSES[label] / f"{i}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)

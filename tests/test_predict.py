@@ -3,44 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from data_images import jpeg, write
+from test_cli import kvgg
+from test_evaluation_cli import center_posteriors
 
 from keras_vgg import build, evaluation
-from keras_vgg.imagenet import class_index, preprocess_input
+from keras_vgg.imagenet import class_index
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ["ant", "bee", "cow", "doe"]
-
-
-def kvgg(*args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "keras_vgg.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _decode(path):
     return tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3).numpy()
-
-
-def _center_posteriors(model, image):
-    # Images here have smallest side 256 = Q, so rescaling is the identity.
-    top, left = (image.shape[0] - 224) // 2, (image.shape[1] - 224) // 2
-    crop = image[top : top + 224, left : left + 224]
-    return model.predict(preprocess_input(crop[None]), verbose=0)[0]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +56,7 @@ def test_predict_cli_json_top_k_names_and_skipped_image(setup):
     for entry in (entries[0], entries[2]):
         assert entry["error"] is None
         # Default protocol: the central crop at Table 3's single scale Q = S = 256.
-        expected = _center_posteriors(setup["model"], _decode(entry["path"]))
+        expected = center_posteriors(setup["model"], _decode(entry["path"]))
         order = np.argsort(-expected)[:3]
         assert [p["name"] for p in entry["predictions"]] == [CLASSES[i] for i in order]
         np.testing.assert_allclose(
@@ -120,7 +99,7 @@ def test_predict_cli_imagenet_names_with_config_and_weights(setup, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (entry,) = json.loads(result.stdout)
-    expected = _center_posteriors(model, _decode(path))  # no model_info: Q = 256
+    expected = center_posteriors(model, _decode(path))  # no model_info: Q = 256
     order = np.argsort(-expected)[:3]
     assert [(p["class_id"], p["name"]) for p in entry["predictions"]] == [
         class_index()[i] for i in order
