@@ -354,3 +354,16 @@ def test_rescaling_to_q_is_the_identity_when_the_smallest_side_is_q():
     from keras_vgg.data.transforms import rescale_isotropic
 
     np.testing.assert_array_equal(rescale_isotropic(tf.constant(image), 256).numpy(), image)
+
+
+@pytest.mark.slow
+def test_full_size_d_dense_equals_the_forward_pass_and_maps_any_size():
+    keras.utils.set_random_seed(0)
+    model = build("D")
+    net = evaluation.ScoreNet(model, batch_size=4)
+    image = _image(224, 224, seed=8)
+    reference = model.predict(preprocess_input(image[None]), verbose=0)[0]
+    np.testing.assert_allclose(net.dense_posteriors([image], flip=False)[0], reference, atol=1e-5)
+    # Sec. 3.2: a 384x512 image gives a (12 - 6) x (16 - 6) class score map.
+    assert net.score_maps(_image(384, 512)[None]).shape == (1, 6, 10, 1000)
+    assert net.trace_count == 1
