@@ -34,6 +34,19 @@ _EXPORTS = {
     "top_k_error": "keras_vgg.evaluation",
     "load_weights": "keras_vgg.weights",
     "transfer_weights": "keras_vgg.weights",
+    "preprocessing_for": "keras_vgg.weights",
+    "KERAS_CAFFE": "keras_vgg.imagenet",
+    "TORCHVISION": "keras_vgg.imagenet",
+    "PAPER": "keras_vgg.imagenet",
+    "training_dataset": "keras_vgg.data.pipelines",
+    "evaluation_dataset": "keras_vgg.data.pipelines",
+    "open_source": "keras_vgg.data.sources",
+    "ImageSource": "keras_vgg.data.sources",
+    "TFRecordSource": "keras_vgg.data.sources",
+    "TFDSSource": "keras_vgg.data.sources",
+    "DatasetStats": "keras_vgg.data.stats",
+    "IMAGENET_STATS": "keras_vgg.data.stats",
+    "compute_stats": "keras_vgg.data.stats",
 }
 
 __all__ = ["__version__", *_EXPORTS]

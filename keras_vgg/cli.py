@@ -136,19 +136,57 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
     )
 
 
+_PREPROCESSING_CHOICES = ("paper", "keras_caffe", "torchvision")
+
+
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dest", type=click.Path(dir_okay=False))
+@click.option("--config", required=True, help="Configuration of SRC: A, B, D, E, vgg16...")
+@click.option(
+    "--preprocessing",
+    type=click.Choice(_PREPROCESSING_CHOICES),
+    default=None,
+    help="What the weights expect (default: keras_caffe for .h5, torchvision for .pth, "
+    "paper for .npz).",
+)
+@user_errors
+def convert(src, dest, config, preprocessing):
+    """Write a Keras 2 .h5, torchvision .pth or .npz weights file SRC as DEST (.weights.h5)."""
+    from keras_vgg import imagenet, weights
+
+    chosen = None if preprocessing is None else getattr(imagenet, preprocessing.upper())
+    try:
+        result = weights.convert(src, dest, config, preprocessing=chosen)
+    except ImportError as exc:  # a .pth without the optional torch
+        raise UserError(str(exc)) from None
+    kept = result.pop("preprocessing")
+    key = result.pop("config")
+    args = ", ".join(f"{name}={value!r}" for name, value in result.items())
+    click.echo(f"Wrote {dest}")
+    click.echo(f"Load it with: keras_vgg.build({key!r}, {args}, weights={dest!r})")
+    click.echo(
+        f"Preprocessing the weights expect: channel order {kept.channel_order}, scale "
+        f"{kept.scale:g}, mean {kept.mean}, std {kept.std}"
+    )
+
+
 def _progress_bar(length: int, label: str):
     """A click progress bar on stderr, so stdout carries only the report."""
     return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
 
 
-@main.command()
-@click.argument("root")
-@click.option(
+_labels_option = click.option(
     "--labels",
     "labels_file",
     default=None,
     help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).",
 )
+
+
+@main.command()
+@click.argument("root")
+@_labels_option
 @click.option("--sample", type=int, default=None, help="Use a seeded sample of N images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
 @click.option("-o", "--output", default=None, help="Write the statistics as JSON here.")
@@ -189,12 +227,7 @@ def data():
 
 @data.command("check")
 @click.argument("root")
-@click.option(
-    "--labels",
-    "labels_file",
-    default=None,
-    help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).",
-)
+@_labels_option
 @click.option("--workers", type=int, default=None, help="Parallel threads (default: CPUs).")
 @click.option(
     "--min-side",

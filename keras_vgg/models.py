@@ -45,9 +45,15 @@ def build(
     Args:
         config: "A", "A-LRN", "B", "C", "D", "E" (case-insensitive) or "vgg11", "vgg13",
             "vgg16", "vgg19".
-        weights: None (random initialisation), a path to a `.weights.h5` file saved by this
-            package or to a whole `.keras` model (layers taken by name), or the name of a
-            pretrained entry of `keras_vgg.weights`.
+        weights: None (random initialisation); "imagenet" (D and E: Keras's published
+            VGG16 / VGG19 files, downloaded once into the Keras cache; they expect
+            `KERAS_CAFFE` preprocessing), "torchvision" or "torchvision_bn" (A, B, D, E,
+            torchvision's files, with `batch_norm` to match; they expect `TORCHVISION`);
+            or a path: a `.weights.h5` file saved by this package, a whole `.keras` model
+            (layers taken by name), a Keras 2 `.h5`, a torchvision `.pth` or an `.npz`
+            (see `keras_vgg.weights.load_weights`). With pretrained weights and
+            `include_top`, the input must be 224x224x3 and `classes` 1000.
+            `keras_vgg.preprocessing_for(model)` says what input the weights expect.
         include_top: Whether to include the three fully connected layers (Sec. 2.1).
         input_tensor: Optional tensor to use as the image input.
         input_shape: (height, width, channels). With `include_top` it must be fixed and

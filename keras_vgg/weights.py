@@ -1,19 +1,60 @@
-"""Loading weights into built models: files saved by this package, and transfers by layer.
+"""Weights: the pretrained registry, readers for foreign layouts, transfers between models.
 
-Pretrained downloads and foreign layouts (Keras 2 `.h5`, torchvision `.pth`, `.npz`) are
-registered here too as they are added; `REGISTRY` maps an entry name to its source.
+Three foreign layouts are read by path, each checked against the model before anything is
+assigned (all or nothing):
+
+- Keras 2 / keras.applications `.h5` files (the legacy layout: a `layer_names` attribute
+  and, per layer, a `weight_names` attribute naming its datasets in order).
+- torchvision VGG state dicts (`.pth`, configurations A, B, D, E and their BN variants):
+  kernels go from (out, in, h, w) to (h, w, in, out) and fc1's rows from the channels-first
+  flatten order (C, 7, 7) to ours (7, 7, C). Needs the optional `torch` extra.
+- `.npz` archives of arrays named `<layer>/<weight>` (`block1_conv1/kernel`, ...), the
+  names Keras gives the variables (`variable.path`).
+
+Every load records the preprocessing the weights expect (`preprocessing_for(model)`), so
+`preprocess_input(x, preprocessing=preprocessing_for(model))` feeds each set of weights the
+convention it was trained with: Keras's files want BGR 0-255 minus the mean BGR,
+torchvision's RGB in [0, 1] standardised by mean/std, this package's own the paper's RGB
+0-255 minus the mean RGB (Sec. 2.1).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import math
 import os
+import re
 import warnings
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import keras
 import numpy as np
 
-__all__ = ["A_INIT_LAYERS", "REGISTRY", "initialize_from_a", "load_weights", "transfer_weights"]
+from keras_vgg import configs as configs_lib
+from keras_vgg.imagenet import KERAS_CAFFE, PAPER, TORCHVISION, Preprocessing
+
+__all__ = [
+    "A_INIT_LAYERS",
+    "HEAD_LAYERS",
+    "REGISTRY",
+    "PretrainedWeights",
+    "WeightsFile",
+    "convert",
+    "fetch_pretrained",
+    "initialize_from_a",
+    "load_weights",
+    "preprocessing_for",
+    "read_keras2_h5",
+    "read_npz",
+    "read_torchvision",
+    "save_weights",
+    "torchvision_layer_map",
+    "transfer_weights",
+]
 
 # Sec. 3.1: deeper nets take "the first four convolutional layers and the last three
 # fully-connected layers" from a trained net A. A's first four conv layers carry these names,
@@ -28,68 +69,394 @@ A_INIT_LAYERS: tuple[str, ...] = (
     "predictions",
 )
 
-# Pretrained entries, keyed by (configuration letter, entry name). Filled by the pretrained
-# weights work; an entry names url, hash, preprocessing and published metrics.
-REGISTRY: dict[tuple[str, str], dict] = {}
+#: The three FC layers (Sec. 2.1): a file with them may fill a model built without them.
+HEAD_LAYERS: tuple[str, ...] = ("fc1", "fc2", "predictions")
+
+# The order of a layer's arrays in Keras (Conv2D / Dense: kernel, bias; BatchNormalization:
+# gamma, beta, moving_mean, moving_variance), used to order arrays found by name.
+_WEIGHT_ORDER: tuple[str, ...] = (
+    "kernel",
+    "bias",
+    "gamma",
+    "beta",
+    "moving_mean",
+    "moving_variance",
+)
+
+# Where the preprocessing of converted weights is kept in a `.weights.h5` file.
+_PREPROCESSING_ATTR = "keras_vgg_preprocessing"
+_BUILD_ATTR = "keras_vgg_build"
+# What each foreign layout's weights expect unless told otherwise.
+_LAYOUT_PREPROCESSING = {"keras2_h5": KERAS_CAFFE, "torchvision": TORCHVISION}
+# Set on a model by `load_weights`; read by `preprocessing_for`.
+_MODEL_ATTR = "_keras_vgg_preprocessing"
+
+LayerWeights = dict[str, list[np.ndarray]]
+
+
+# === Registry ===
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsFile:
+    """One published file.
+
+    Attributes:
+        url: Where it is published.
+        file_hash: Its published hash: an MD5 (32 hex digits, Keras's files), a SHA-256
+            (64) or the leading hex digits of the SHA-256 (torchvision's file names carry
+            the first 8).
+    """
+
+    url: str
+    file_hash: str
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedWeights:
+    """A published set of ImageNet weights for one configuration.
+
+    Attributes:
+        config: The configuration letter of Table 1 ("A", "B", "D", "E").
+        name: The entry name users pass as `weights=` ("imagenet", "torchvision", ...).
+        layout: "keras2_h5" or "torchvision", the reader for the file.
+        top: The file with the three FC layers.
+        notop: A file without them, if one is published (else `top` fills both).
+        batch_norm: Whether the weights are for `build(..., batch_norm=True)`.
+        preprocessing: What the weights expect of their input.
+        top1_accuracy: Published ImageNet validation top-1 accuracy, percent.
+        top5_accuracy: Published ImageNet validation top-5 accuracy, percent.
+        reference: Where the file, hash and accuracy are published.
+    """
+
+    config: str
+    name: str
+    layout: str
+    top: WeightsFile
+    notop: WeightsFile | None
+    batch_norm: bool
+    preprocessing: Preprocessing
+    top1_accuracy: float
+    top5_accuracy: float
+    reference: str
+
+
+def _keras_entry(config, depth, top_md5, notop_md5, top1, top5) -> PretrainedWeights:
+    base = f"https://storage.googleapis.com/tensorflow/keras-applications/vgg{depth}/"
+    stem = f"vgg{depth}_weights_tf_dim_ordering_tf_kernels"
+    return PretrainedWeights(
+        config=config,
+        name="imagenet",
+        layout="keras2_h5",
+        top=WeightsFile(base + stem + ".h5", top_md5),
+        notop=WeightsFile(base + stem + "_notop.h5", notop_md5),
+        batch_norm=False,
+        preprocessing=KERAS_CAFFE,
+        top1_accuracy=top1,
+        top5_accuracy=top5,
+        reference=(
+            f"keras/src/applications/vgg{depth}.py (files, MD5); "
+            "https://keras.io/api/applications/ (accuracy)"
+        ),
+    )
+
+
+def _torchvision_entry(config, file_name, top1, top5) -> PretrainedWeights:
+    batch_norm = "_bn" in file_name
+    return PretrainedWeights(
+        config=config,
+        name="torchvision_bn" if batch_norm else "torchvision",
+        layout="torchvision",
+        top=WeightsFile(
+            "https://download.pytorch.org/models/" + file_name,
+            file_name.rsplit("-", 1)[1].split(".")[0],
+        ),
+        notop=None,
+        batch_norm=batch_norm,
+        preprocessing=TORCHVISION,
+        top1_accuracy=top1,
+        top5_accuracy=top5,
+        reference="torchvision/models/vgg.py (files, SHA-256 prefix, accuracy)",
+    )
+
+
+_ENTRIES = (
+    _keras_entry(
+        "D", 16, "64373286793e3c8b2b4e3219cbf3544b", "6d6bbae143d832006294945121d1f1fc", 71.3, 90.1
+    ),
+    _keras_entry(
+        "E", 19, "cbe5617147190e668d6c5d5026f83318", "253f8cb515780f3b799900260a226db6", 71.3, 90.0
+    ),
+    _torchvision_entry("A", "vgg11-8a719046.pth", 69.020, 88.628),
+    _torchvision_entry("A", "vgg11_bn-6002323d.pth", 70.370, 89.810),
+    _torchvision_entry("B", "vgg13-19584684.pth", 69.928, 89.246),
+    _torchvision_entry("B", "vgg13_bn-abd245e5.pth", 71.586, 90.374),
+    _torchvision_entry("D", "vgg16-397923af.pth", 71.592, 90.382),
+    _torchvision_entry("D", "vgg16_bn-6c64b313.pth", 73.360, 91.516),
+    _torchvision_entry("E", "vgg19-dcbb9e9d.pth", 72.376, 90.876),
+    _torchvision_entry("E", "vgg19_bn-c79401a0.pth", 74.218, 91.842),
+)
+
+#: Published ImageNet weights, keyed by (configuration letter, entry name): Keras's VGG16 /
+#: VGG19 files as "imagenet" (D, E), torchvision's as "torchvision" and "torchvision_bn"
+#: (A, B, D, E). `build("D", weights="imagenet")` looks entries up here.
+REGISTRY: dict[tuple[str, str], PretrainedWeights] = {(e.config, e.name): e for e in _ENTRIES}
+
+
+def fetch_pretrained(
+    entry: PretrainedWeights, *, include_top: bool = True, cache_dir: str | None = None
+) -> str:
+    """Returns the local path of an entry's file, downloading it into the Keras cache once.
+
+    The file goes through `keras.utils.get_file` into `<cache>/models/` under its published
+    name (Keras's own names for Keras's files), so a file Keras or an earlier run already
+    downloaded is used offline. It is checked against the published hash every time: a
+    cached file that does not match is downloaded again, once.
+
+    Args:
+        entry: A `REGISTRY` entry.
+        include_top: Whether the file must hold the FC layers (else the smaller "notop"
+            file is fetched where one is published).
+        cache_dir: The cache root (default: `$KERAS_HOME` or `~/.keras`).
+
+    Returns:
+        The path of the verified file.
+
+    Raises:
+        ValueError: if the download fails, or the file does not have the published hash
+            (the file is then deleted from the cache).
+    """
+    published = entry.top if include_top or entry.notop is None else entry.notop
+    for force_download in (False, True):
+        try:
+            path = keras.utils.get_file(
+                published.file_name,
+                published.url,
+                cache_subdir="models",
+                cache_dir=cache_dir,
+                force_download=force_download,
+            )
+        except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception on URL errors
+            raise ValueError(
+                f"cannot download {published.url} ({exc}); offline, put the file at "
+                f"<KERAS_HOME or ~/.keras>/models/{published.file_name}"
+            ) from None
+        digest = _file_digest(path, published.file_hash)
+        if digest.startswith(published.file_hash.lower()):
+            return path
+        os.remove(path)
+    raise ValueError(
+        f"{published.url}: the downloaded file has hash {digest}, not the published "
+        f"{published.file_hash}; deleted it from the cache ({path})"
+    )
+
+
+def _file_digest(path: str, published_hash: str) -> str:
+    # 32 hex digits: Keras's MD5s; otherwise SHA-256, whole or (torchvision) its prefix.
+    hasher = hashlib.md5() if len(published_hash) == 32 else hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _check_fits_pretrained(model: keras.Model, entry: PretrainedWeights) -> None:
+    # Before any download: a 500 MB file that cannot fit the model is not worth fetching.
+    label = f"Pretrained weights {entry.name!r} of configuration {entry.config}"
+    config = _infer_config(model)
+    if config != entry.config:
+        raise ValueError(f"{label} do not fit model {model.name!r} of configuration {config}")
+    names = {layer.name for layer in model.layers}
+    has_bn = "block1_conv1_bn" in names
+    if has_bn != entry.batch_norm:
+        raise ValueError(
+            f"{label} are for build(..., batch_norm={entry.batch_norm}). "
+            f"Received: a model with batch_norm={has_bn}"
+        )
+    input_shape = tuple(model.inputs[0].shape[1:])
+    if input_shape[-1] != 3:
+        raise ValueError(f"{label} need 3 input channels. Received: input_shape={input_shape}")
+    first = tuple(model.get_layer("block1_conv1").kernel.shape)
+    if first != (3, 3, 3, 64):
+        raise ValueError(
+            f"{label} need width=1.0 (block1_conv1 kernel (3, 3, 3, 64)). "
+            f"Received: a model whose block1_conv1 kernel is {first}"
+        )
+    if "fc1" in names:
+        if input_shape != (224, 224, 3):
+            raise ValueError(
+                f"{label} with include_top=True need input_shape=(224, 224, 3) (or use "
+                f"include_top=False for other sizes). Received: input_shape={input_shape}"
+            )
+        units = (model.get_layer("fc1").units, model.get_layer("predictions").units)
+        if units != (4096, 1000):
+            raise ValueError(
+                f"{label} need fc_units=4096 and classes=1000. "
+                f"Received: fc_units={units[0]}, classes={units[1]}"
+            )
+
+
+# === Loading ===
 
 
 def load_weights(
-    model: keras.Model, weights: str | os.PathLike, *, config: str | None = None
+    model: keras.Model,
+    weights: str | os.PathLike | PretrainedWeights,
+    *,
+    config: str | None = None,
+    preprocessing: Preprocessing | None = None,
+    cache_dir: str | None = None,
 ) -> None:
-    """Loads weights into `model`, all or nothing.
+    """Loads weights into `model`, all or nothing, and records their preprocessing.
 
     Args:
-        model: The model to fill.
-        weights: A `.weights.h5` file saved from a model of the same architecture by
-            `model.save_weights`, a whole `.keras` model (layers are matched by name, so a
-            full model can fill one built with `include_top=False`), or a pretrained entry
-            name of `REGISTRY`.
-        config: The configuration letter, to look up pretrained entries.
+        model: The model to fill (from `build`).
+        weights: One of
+            - a pretrained entry name of `REGISTRY` for `config` ("imagenet", ...) or an
+              entry itself: the file is fetched into the Keras cache (`fetch_pretrained`);
+            - a `.weights.h5` file saved by this package (`model.save_weights`, or
+              `kvgg convert`);
+            - a whole `.keras` model (layers are matched by name, so a full model can fill
+              one built with `include_top=False`);
+            - a Keras 2 / keras.applications `.h5` (or `.hdf5`) file, layers matched by name;
+            - a torchvision VGG state dict (`.pth` / `.pt`), needs torch;
+            - an `.npz` of arrays named `<layer>/<weight>`.
+            Foreign files and entries may hold the FC layers while the model has none.
+        config: The configuration letter: to look up entries, and to map torchvision's
+            `features.N` indices (inferred from the model's layer names when None).
+        preprocessing: What the weights expect, overriding the default of their source
+            (Keras 2 `.h5`: `KERAS_CAFFE`; `.pth`: `TORCHVISION`; `.npz`, `.keras` and
+            `.weights.h5` without a record: `PAPER`).
+        cache_dir: Where pretrained files are cached (default: `$KERAS_HOME` or
+            `~/.keras`; files go to its `models/` folder).
 
     Raises:
         ValueError: naming the file and, where it applies, the layer and the expected and
-            found shapes. On error the model keeps the weights it had.
+            found shapes. On error the model keeps the weights (and preprocessing) it had.
+        ImportError: for a `.pth` file without torch installed.
     """
-    path = os.fspath(weights)
-    if not os.path.splitext(path)[1]:
+    if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+        raise ValueError(
+            "`preprocessing` must be a keras_vgg.Preprocessing (e.g. keras_vgg.KERAS_CAFFE). "
+            f"Received: preprocessing={preprocessing!r}"
+        )
+    if config is not None:
+        config = configs_lib.canonical_name(config)
+    entry = weights if isinstance(weights, PretrainedWeights) else None
+    path = None if entry is not None else os.fspath(weights)
+    if entry is None and not os.path.splitext(path)[1]:
+        config = config or _infer_config(model)
         entry = REGISTRY.get((config, path))
         if entry is None:
             available = sorted(name for (c, name) in REGISTRY if c == config)
             raise ValueError(
                 f"No pretrained weights named {path!r} for configuration {config} "
-                f"(available: {available or 'none yet'}); pass a path to a .weights.h5 or "
-                f".keras file instead. Received: weights={path!r}"
+                f"(available: {available or 'none'}); pass a path to a weights file instead. "
+                f"Received: weights={path!r}"
             )
-        raise NotImplementedError(f"Pretrained entry {path!r} has no loader yet")
+    if entry is not None:
+        _check_fits_pretrained(model, entry)
+        path = fetch_pretrained(entry, include_top=_has_top(model), cache_dir=cache_dir)
+        found = _read_layout(entry.layout, path, entry.config, model)
+        _assign(model, found, path)
+        _set_preprocessing(model, preprocessing or entry.preprocessing)
+        return
     if not os.path.isfile(path):
         raise ValueError(f"Weights file not found: {path}. Received: weights={path!r}")
-    if path.endswith(".keras"):
-        try:
-            source = keras.saving.load_model(path, compile=False)
-        except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
-            raise ValueError(f"{path}: cannot read the .keras model: {exc}") from exc
+    layout = _layout_of(path)
+    if layout == "keras":
+        source = _read_keras_model(path)
         transfer_weights(source, model, source_name=path)
-    elif path.endswith(".h5"):
-        _check_same_arrays(model, path)
-        before = [v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in model.weights]
-        try:
-            # Keras only warns when the file's structure differs from the model's and
-            # leaves those layers as they were: a silent half-load, made an error here.
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                model.load_weights(path)
-        except Exception as exc:  # noqa: BLE001 - restore, then report
-            for variable, value in zip(model.weights, before, strict=True):
-                variable.assign(value)
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise ValueError(
-                f"{path}: does not fit model {model.name!r} (built for another configuration, "
-                f"head or width?): {message}"
-            ) from exc
+        recorded = PAPER
+    elif layout == "weights_h5":
+        recorded = _recorded_preprocessing(path)
+        _load_native_weights(model, path)
     else:
+        _assign(model, _read_layout(layout, path, config, model), path)
+        recorded = _LAYOUT_PREPROCESSING.get(layout, PAPER)
+    _set_preprocessing(model, preprocessing or recorded)
+
+
+def preprocessing_for(model: keras.Model) -> Preprocessing:
+    """The input convention of the weights a model holds, as recorded by `load_weights`.
+
+    Models whose weights came from no file (random, or trained here) follow the paper
+    (Sec. 2.1: RGB in [0, 255] minus the mean RGB).
+
+    Args:
+        model: A model from `build`.
+
+    Returns:
+        The `Preprocessing` to give `preprocess_input(x, preprocessing=...)`.
+    """
+    return getattr(model, _MODEL_ATTR, PAPER)
+
+
+def _set_preprocessing(model: keras.Model, preprocessing: Preprocessing) -> None:
+    setattr(model, _MODEL_ATTR, preprocessing)
+
+
+def _has_top(model: keras.Model) -> bool:
+    return any(layer.name in HEAD_LAYERS for layer in model.layers)
+
+
+def _layout_of(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith(".keras"):
+        return "keras"
+    if lower.endswith(".weights.h5"):
+        return "weights_h5"
+    if lower.endswith((".h5", ".hdf5")):
+        return "keras2_h5"
+    if lower.endswith((".pth", ".pt")):
+        return "torchvision"
+    if lower.endswith(".npz"):
+        return "npz"
+    raise ValueError(
+        "Weights files must end in .weights.h5, .keras, .h5 / .hdf5 (Keras 2), .pth / .pt "
+        f"(torchvision) or .npz. Received: weights={path!r}"
+    )
+
+
+def _read_layout(layout: str, path: str, config: str | None, model: keras.Model) -> LayerWeights:
+    if layout == "keras2_h5":
+        return read_keras2_h5(path)
+    if layout == "npz":
+        return read_npz(path)
+    if layout == "torchvision":
+        key = configs_lib.canonical_name(config) if config is not None else _infer_config(model)
+        return read_torchvision(path, key)
+    raise ValueError(f"{path}: cannot read weights of layout {layout!r}")
+
+
+def _read_keras_model(path: str) -> keras.Model:
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
+        raise ValueError(f"{path}: cannot read the .keras model: {exc}") from exc
+
+
+def _load_native_weights(model: keras.Model, path: str) -> None:
+    _check_same_arrays(model, path)
+    before = [v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in model.weights]
+    try:
+        # Keras only warns when the file's structure differs from the model's and
+        # leaves those layers as they were: a silent half-load, made an error here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.load_weights(path)
+    except Exception as exc:  # noqa: BLE001 - restore, then report
+        for variable, value in zip(model.weights, before, strict=True):
+            variable.assign(value)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise ValueError(
-            f"Weights files must end in .weights.h5 or .keras. Received: weights={path!r}"
-        )
+            f"{path}: does not fit model {model.name!r} (built for another configuration, "
+            f"head or width?): {message}"
+        ) from exc
 
 
 def _check_same_arrays(model: keras.Model, path: str) -> None:
@@ -127,6 +494,459 @@ def _check_same_arrays(model: keras.Model, path: str) -> None:
             f"{missing} that the file lacks, the file has {extra} that the model lacks "
             f"({sum(found.values())} arrays in the file, {len(model.weights)} in the model)"
         )
+
+
+def _recorded_preprocessing(path: str) -> Preprocessing:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get(_PREPROCESSING_ATTR)
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 weights file ({exc})") from None
+    if raw is None:
+        return PAPER
+    fields = json.loads(raw)
+    for key in ("mean", "std"):
+        if fields.get(key) is not None:
+            fields[key] = tuple(fields[key])
+    return Preprocessing(**fields)
+
+
+def _assign(model: keras.Model, found: Mapping[str, list[np.ndarray]], source: str) -> None:
+    """Checks every layer with weights against `found`, then assigns them all.
+
+    `found` maps a layer name to its arrays in Keras's order. Layers of `found` that the
+    model lacks are an error (a file for a deeper configuration would otherwise fill a
+    shallower model silently), except the FC layers when the model was built without them.
+    """
+    found = {name: values for name, values in found.items() if values}
+    layers = [layer for layer in model.layers if layer.weights]
+    names = {layer.name for layer in layers}
+    has_top = _has_top(model)
+    plan = []
+    for layer in layers:
+        expected = [tuple(w.shape) for w in layer.weights]
+        if layer.name not in found:
+            hint = (
+                " (a file without the FC layers? build with include_top=False)"
+                if (layer.name in HEAD_LAYERS)
+                else " (a file for another configuration?)"
+            )
+            raise ValueError(
+                f"{source}: has no weights for layer {layer.name!r} of model {model.name!r} "
+                f"(expected shapes {expected}){hint}"
+            )
+        values = found[layer.name]
+        shapes = [tuple(np.shape(v)) for v in values]
+        if shapes != expected:
+            raise ValueError(
+                f"{source}: layer {layer.name!r} has weights of shapes {shapes}, model "
+                f"{model.name!r} expects {expected}"
+            )
+        plan.append((layer, values))
+    for name, values in found.items():
+        if name not in names and (has_top or name not in HEAD_LAYERS):
+            shapes = [tuple(np.shape(v)) for v in values]
+            raise ValueError(
+                f"{source}: has weights for layer {name!r} (shapes {shapes}) that model "
+                f"{model.name!r} does not have (a file for another configuration?)"
+            )
+    for layer, values in plan:
+        layer.set_weights([np.asarray(v) for v in values])
+
+
+def _infer_config(model: keras.Model) -> str:
+    """The configuration whose conv and LRN layer names and kernel sizes the model has."""
+    convs = [
+        (layer.name, layer.kernel_size[0])
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D)
+    ]
+    lrn = any(layer.name.endswith("_lrn") for layer in model.layers)
+    for key, blocks in configs_lib.CONFIGS.items():
+        expected = [(name, spec.kernel_size) for name, spec in _conv_names(blocks)]
+        has_lrn = any(isinstance(s, configs_lib.LRN) for block in blocks for s in block)
+        if expected == convs and has_lrn == lrn:
+            return key
+    raise ValueError(
+        f"Cannot tell the configuration of model {model.name!r} from its layers; "
+        "pass config=. Received: a model with conv layers "
+        f"{[name for name, _ in convs]}"
+    )
+
+
+def _conv_names(blocks) -> list[tuple[str, configs_lib.Conv]]:
+    names = []
+    for block_index, block in enumerate(blocks, start=1):
+        convs = [s for s in block if isinstance(s, configs_lib.Conv)]
+        names += [(f"block{block_index}_conv{j}", s) for j, s in enumerate(convs, start=1)]
+    return names
+
+
+# === Keras 2 / keras.applications .h5 ===
+
+
+def read_keras2_h5(path: str | os.PathLike) -> LayerWeights:
+    """Reads a Keras 2 / keras.applications weights file (the legacy HDF5 layout).
+
+    The layout: the root (or its `model_weights` group, in a whole-model file) lists the
+    layers in the attribute `layer_names`; each layer's group lists its arrays, in Keras's
+    order, in the attribute `weight_names`. Arrays are taken in that order, whatever their
+    names (old files name them `block1_conv1_W_1:0`, newer `block1_conv1/kernel:0`).
+
+    Args:
+        path: The `.h5` file.
+
+    Returns:
+        Layer name -> list of arrays, for every listed layer (weightless layers map to []).
+
+    Raises:
+        ValueError: for an unreadable or truncated file, or one not in this layout.
+    """
+    import h5py
+
+    path = os.fspath(path)
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            layer_names = _h5_string_list(group, "layer_names")
+            if not layer_names:
+                raise ValueError(
+                    f"{path}: is not a Keras 2 weights file (no `layer_names` attribute); "
+                    "files saved by Keras 3's save_weights end in .weights.h5"
+                )
+            found = {}
+            for name in layer_names:
+                if name not in group:
+                    raise ValueError(f"{path}: lists layer {name!r} but has no group for it")
+                layer_group = group[name]
+                found[name] = [
+                    np.asarray(layer_group[weight_name])
+                    for weight_name in _h5_string_list(layer_group, "weight_names")
+                ]
+            return found
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"{path}: cannot read the HDF5 file (truncated?): {exc}") from None
+
+
+def _h5_string_list(group, name: str) -> list[str]:
+    # Keras 2 splits attributes over the HDF5 header limit into name0, name1, ...
+    if name in group.attrs:
+        chunks = [group.attrs[name]]
+    else:
+        chunks = []
+        while f"{name}{len(chunks)}" in group.attrs:
+            chunks.append(group.attrs[f"{name}{len(chunks)}"])
+    return [v.decode("utf8") if hasattr(v, "decode") else str(v) for c in chunks for v in c]
+
+
+# === .npz ===
+
+
+def read_npz(path: str | os.PathLike) -> LayerWeights:
+    """Reads an `.npz` of arrays named `<layer>/<weight>` (`block1_conv1/kernel`, ...).
+
+    Weight names are Keras's: `kernel`, `bias` (conv, FC), `gamma`, `beta`, `moving_mean`,
+    `moving_variance` (batch normalisation); a `:0` suffix is accepted. Such a file is
+    `np.savez(path, **{v.path: v.numpy() for v in model.weights})`.
+
+    Args:
+        path: The `.npz` file.
+
+    Returns:
+        Layer name -> list of arrays in Keras's order.
+
+    Raises:
+        ValueError: for an unreadable file or an array name not of that form.
+    """
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot read the .npz file (truncated?): {exc}") from None
+    grouped: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        layer, _, weight = key.rpartition("/")
+        weight = weight.split(":")[0]
+        if not layer or weight not in _WEIGHT_ORDER:
+            raise ValueError(
+                f"{path}: array {key!r} is not named <layer>/<weight> with a weight among "
+                f"{list(_WEIGHT_ORDER)}"
+            )
+        grouped.setdefault(layer, {})[weight] = value
+    return {
+        layer: [arrays[w] for w in _WEIGHT_ORDER if w in arrays]
+        for layer, arrays in grouped.items()
+    }
+
+
+# === torchvision .pth ===
+
+
+def torchvision_layer_map(config: str, batch_norm: bool) -> dict[str, str]:
+    """Maps our layer names to the module names of torchvision's VGG for a configuration.
+
+    torchvision's `features` is one `nn.Sequential`: per conv `Conv2d, ReLU` (or `Conv2d,
+    BatchNorm2d, ReLU`), a `MaxPool2d` after each block; `classifier` is `Linear, ReLU,
+    Dropout, Linear, ReLU, Dropout, Linear`.
+
+    Args:
+        config: "A", "B", "D" or "E" (or an alias); torchvision has no A-LRN and no C.
+        batch_norm: Whether the BN variant's modules are listed.
+
+    Returns:
+        E.g. for D: {"block1_conv1": "features.0", "block1_conv2": "features.2", ...,
+        "fc1": "classifier.0", "fc2": "classifier.3", "predictions": "classifier.6"}, with
+        `block1_conv1_bn: features.1` and so on for the BN variant.
+
+    Raises:
+        ValueError: for a configuration torchvision does not have.
+    """
+    key = configs_lib.canonical_name(config)
+    blocks = configs_lib.CONFIGS[key]
+    if any(isinstance(s, configs_lib.LRN) or s.kernel_size != 3 for block in blocks for s in block):
+        raise ValueError(
+            "torchvision's VGG has configurations A, B, D and E only (no LRN, no 1x1 convs). "
+            f"Received: config={config!r}"
+        )
+    mapping = {}
+    index = 0
+    for block_index, block in enumerate(blocks, start=1):
+        for conv_index in range(1, len(block) + 1):
+            name = f"block{block_index}_conv{conv_index}"
+            mapping[name] = f"features.{index}"
+            index += 1
+            if batch_norm:
+                mapping[f"{name}_bn"] = f"features.{index}"
+                index += 1
+            index += 1  # ReLU
+        index += 1  # MaxPool2d
+    mapping.update(fc1="classifier.0", fc2="classifier.3", predictions="classifier.6")
+    return mapping
+
+
+def read_torchvision(
+    state_dict: str | os.PathLike | Mapping[str, Any], config: str
+) -> LayerWeights:
+    """Reads a torchvision VGG state dict into our layer names and layouts.
+
+    Conv kernels go from (out, in, h, w) to (h, w, in, out); FC matrices are transposed;
+    fc1's rows go from the channels-first flatten order (C, 7, 7) of torchvision's pool5
+    output to ours (7, 7, C). Batch normalisation (detected from the file) gives gamma,
+    beta, moving mean and variance (`running_mean`, `running_var`).
+
+    Args:
+        state_dict: A `.pth` path (read with `torch.load(weights_only=True)`) or the
+            state dict itself.
+        config: "A", "B", "D" or "E".
+
+    Returns:
+        Layer name -> list of arrays in Keras's order.
+
+    Raises:
+        ValueError: naming the layer, the tensor and the shapes when the file does not fit
+            the configuration (missing or extra tensors, wrong ranks).
+        ImportError: when a path is given and torch is not installed.
+    """
+    source = os.fspath(state_dict) if isinstance(state_dict, (str, os.PathLike)) else "state dict"
+    tensors = _torch_load(source) if isinstance(state_dict, (str, os.PathLike)) else state_dict
+    arrays = {k: _to_numpy(v) for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
+    batch_norm = any(k.endswith("running_mean") for k in arrays)
+    mapping = torchvision_layer_map(config, batch_norm)
+    used: set[str] = set()
+
+    def take(layer: str, prefix: str, suffix: str, ndim: int) -> np.ndarray:
+        key = f"{prefix}.{suffix}"
+        if key not in arrays:
+            raise ValueError(
+                f"{source}: has no tensor {key!r} for layer {layer!r} of configuration "
+                f"{configs_lib.canonical_name(config)} (a file for another configuration?)"
+            )
+        value = arrays[key]
+        if value.ndim != ndim:
+            raise ValueError(
+                f"{source}: tensor {key!r} for layer {layer!r} has shape {value.shape}, "
+                f"expected {ndim} dimensions (a file for another configuration?)"
+            )
+        used.add(key)
+        return value
+
+    has_head = any(k.startswith("classifier.") for k in arrays)
+    found: LayerWeights = {}
+    last_channels = None
+    for layer, prefix in mapping.items():
+        if layer in HEAD_LAYERS:
+            if not has_head:
+                continue
+            weight = take(layer, prefix, "weight", 2)
+            if layer == "fc1":
+                weight = _fc1_to_channels_last(weight, last_channels, source)
+            else:
+                weight = weight.T
+            found[layer] = [weight, take(layer, prefix, "bias", 1)]
+        elif layer.endswith("_bn"):
+            found[layer] = [
+                take(layer, prefix, s, 1) for s in ("weight", "bias", "running_mean", "running_var")
+            ]
+        else:
+            kernel = take(layer, prefix, "weight", 4)
+            last_channels = kernel.shape[0]
+            found[layer] = [kernel.transpose(2, 3, 1, 0), take(layer, prefix, "bias", 1)]
+    unused = sorted(set(arrays) - used)
+    if unused:
+        raise ValueError(
+            f"{source}: has tensor {unused[0]!r} (shape {arrays[unused[0]].shape}) that "
+            f"configuration {configs_lib.canonical_name(config)} does not have "
+            f"({len(unused)} unused; a file for another configuration?)"
+        )
+    return found
+
+
+def _fc1_to_channels_last(weight: np.ndarray, channels: int, source: str) -> np.ndarray:
+    units, inputs = weight.shape
+    side = math.isqrt(inputs // channels) if inputs % channels == 0 else 0
+    if side * side * channels != inputs:
+        raise ValueError(
+            f"{source}: tensor 'classifier.0.weight' for layer 'fc1' has shape "
+            f"{weight.shape}, expected (units, {channels} * k * k) after a {channels}-channel "
+            "pool5"
+        )
+    # torchvision flattens (C, k, k); Flatten here flattens (k, k, C).
+    return weight.reshape(units, channels, side, side).transpose(2, 3, 1, 0).reshape(-1, units)
+
+
+def _torch_load(path: str) -> Mapping[str, Any]:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(f"Reading {path} needs PyTorch: pip install 'keras-vgg[torch]'") from exc
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, ...
+        raise ValueError(f"{path}: cannot read the PyTorch file (truncated?): {exc}") from None
+    # Training checkpoints wrap the state dict; DataParallel prefixes "module.".
+    for key in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
+            loaded = loaded[key]
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
+    return {re.sub(r"^module\.", "", k): v for k, v in loaded.items()}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+# === Conversion ===
+
+
+def convert(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    config: str,
+    *,
+    preprocessing: Preprocessing | None = None,
+) -> dict[str, Any]:
+    """Writes a Keras 2 `.h5`, torchvision `.pth` or `.npz` file as this package's weights.
+
+    The model is built from the shapes found in the file (batch normalisation, head, width,
+    FC units, classes and, with the head, the input size), filled, and saved with
+    `save_weights`; the preprocessing the weights expect is stored in the file, so loading
+    it later with `load_weights` records it again.
+
+    Args:
+        source: The foreign file.
+        destination: The `.weights.h5` file to write.
+        config: The configuration letter of the source weights.
+        preprocessing: Overrides the source's default preprocessing (see `load_weights`).
+
+    Returns:
+        The `build` keyword arguments that make a model this file fits, with "config" and
+        "preprocessing" added.
+
+    Raises:
+        ValueError: for a file that does not fit `config` (naming the layer and shapes), or
+            a destination not ending in `.weights.h5`.
+    """
+    from keras_vgg import models
+
+    source, destination = os.fspath(source), os.fspath(destination)
+    key = configs_lib.canonical_name(config)
+    if not destination.endswith(".weights.h5"):
+        raise ValueError(f"The destination must end in .weights.h5. Received: {destination!r}")
+    if not os.path.isfile(source):
+        raise ValueError(f"Weights file not found: {source}")
+    layout = _layout_of(source)
+    if layout not in ("keras2_h5", "torchvision", "npz"):
+        raise ValueError(
+            f"kvgg convert reads Keras 2 .h5, torchvision .pth and .npz files. Received: {source}"
+        )
+    found = {name: v for name, v in _read_layout(layout, source, key, None).items() if v}
+    build_kwargs = _build_kwargs_from(found, key, source)
+    model = models.build(key, **build_kwargs)
+    _assign(model, found, source)
+    chosen = preprocessing or _LAYOUT_PREPROCESSING.get(layout, PAPER)
+    _set_preprocessing(model, chosen)
+    save_weights(model, destination, build_kwargs={"config": key, **build_kwargs})
+    return {"config": key, **build_kwargs, "preprocessing": chosen}
+
+
+def save_weights(
+    model: keras.Model, path: str | os.PathLike, *, build_kwargs: Mapping[str, Any] | None = None
+) -> None:
+    """`model.save_weights(path)`, keeping the record of the preprocessing the weights expect.
+
+    A model filled from Keras's or torchvision's files and then fine-tuned still expects
+    their input convention; saved with this function, `load_weights` records it again.
+    (`model.save_weights` alone writes no record, and such files load as `PAPER`.)
+
+    Args:
+        model: The model to save.
+        path: A `.weights.h5` path.
+        build_kwargs: `build` arguments to note in the file, for people reading it.
+
+    Raises:
+        ValueError: if `path` does not end in `.weights.h5`.
+    """
+    import h5py
+
+    path = os.fspath(path)
+    if not path.endswith(".weights.h5"):
+        raise ValueError(f"Weights files must end in .weights.h5. Received: path={path!r}")
+    model.save_weights(path)
+    with h5py.File(path, "a") as f:
+        f.attrs[_PREPROCESSING_ATTR] = json.dumps(dataclasses.asdict(preprocessing_for(model)))
+        if build_kwargs is not None:
+            f.attrs[_BUILD_ATTR] = json.dumps(dict(build_kwargs))
+
+
+def _build_kwargs_from(found: LayerWeights, config: str, source: str) -> dict[str, Any]:
+    if "block1_conv1" not in found:
+        raise ValueError(f"{source}: has no weights for layer 'block1_conv1'")
+    first = found["block1_conv1"][0]
+    width = first.shape[-1] / configs_lib.CONFIGS[config][0][0].filters
+    kwargs: dict[str, Any] = dict(
+        batch_norm="block1_conv1_bn" in found, width=width, include_top="fc1" in found
+    )
+    if kwargs["include_top"]:
+        if "predictions" not in found:
+            raise ValueError(f"{source}: has layer 'fc1' but no weights for 'predictions'")
+        last_conv = [name for name, _ in _conv_names(configs_lib.CONFIGS[config])][-1]
+        channels = found[last_conv][0].shape[-1] if last_conv in found else 1
+        cells = found["fc1"][0].shape[0] // max(channels, 1)
+        side = math.isqrt(cells)
+        kwargs.update(
+            fc_units=int(found["fc1"][0].shape[-1]),
+            classes=int(found["predictions"][0].shape[-1]),
+            input_shape=(32 * side, 32 * side, int(first.shape[2])),
+        )
+    else:
+        kwargs["input_shape"] = (None, None, int(first.shape[2]))
+    return kwargs
 
 
 def transfer_weights(

@@ -23,6 +23,8 @@ from keras_vgg.data import transforms as T
 from keras_vgg.data.stats import IMAGENET_STATS
 
 SMALL = dict(train_scale=(36, 48), crop_size=32)
+# S = crop and no augmentation: each training image is its whole (square) file, resized.
+PLAIN = dict(train_scale=32, crop_size=32, flip=False, color_shift=None, mean=(0, 0, 0))
 
 
 def take(ds, n):
@@ -86,11 +88,7 @@ def test_training_images_are_crops_of_their_own_file(square):
     ds = pipelines.training_dataset(
         source,
         batch_size=3,
-        train_scale=32,
-        crop_size=32,
-        flip=False,
-        color_shift=None,
-        mean=(0, 0, 0),
+        **PLAIN,
     )
     (x1, y1), (x2, y2) = take(ds, 2)
     images, labels = np.concatenate([x1, x2]), np.concatenate([y1, y2])
@@ -184,11 +182,7 @@ def test_file_order_is_shuffled_per_epoch(square):
     ds = pipelines.training_dataset(
         source,
         batch_size=6,
-        train_scale=32,
-        crop_size=32,
-        flip=False,
-        color_shift=None,
-        mean=(0, 0, 0),
+        **PLAIN,
         seed=5,
     )
     orders = [identify(x, refs) for x, _ in take(ds, 4)]

@@ -133,5 +133,5 @@ def test_from_json_missing_file(tmp_path):
 
 def test_no_decodable_image(tmp_path):
     write(tmp_path / "a" / "x.jpg", b"")
-    with pytest.raises(ValueError, match="no decodable images"):
+    with pytest.raises(ValueError, match="none of the first 64 images can be decoded"):
         stats.compute_stats(sources.open_source(tmp_path))

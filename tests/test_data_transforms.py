@@ -276,3 +276,34 @@ def test_subtract_mean(mode):
 def test_rescale_isotropic_in_map(mode):
     out = run(mode, lambda x: T.rescale_isotropic(x, 32), photo(40, 60, 1))
     assert out.shape == (32, 48, 3)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flipping_the_window_before_resizing_equals_flipping_the_crop(mode):
+    # The training pipeline flips the uint8 window, then resizes (fewer bytes to move).
+    window = photo(45, 45, 3)
+    out = run(mode, lambda w: T.resize_crop(w[:, ::-1], 32), window)
+    expected = T.resize_crop(window, 32).numpy()[:, ::-1]
+    np.testing.assert_allclose(out, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_decode_random_window_is_the_uint8_window(mode):
+    data = jpeg(50, 64, 7)
+    seed = tf.constant([2, 3], tf.int64)
+    out = run(mode, lambda c, s: T.decode_random_window(c, s, (36, 48), 32), data, seed)
+    top, left, h, w = T.random_crop_window(seed, 50, 64, (36, 48), 32).numpy()
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, tf.io.decode_jpeg(data)[top : top + h, left : left + w])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_color_shift_offset_is_what_color_shift_adds(mode):
+    seed = tf.constant([4, 4], tf.int64)
+    stats = IMAGENET_STATS
+    offset = run(
+        mode, lambda s: T.color_shift_offset(s, stats.eigenvalues, stats.eigenvectors), seed
+    )
+    shifted = T.color_shift(tf.zeros([2, 2, 3]), seed, stats.eigenvalues, stats.eigenvectors)
+    np.testing.assert_array_equal(shifted.numpy()[1, 1], offset)
+    assert offset.shape == (3,)

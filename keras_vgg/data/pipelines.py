@@ -6,9 +6,10 @@ batches, every epoch differs, parallel decoding cannot change the result, and a 
 with `start_epoch=k` sees exactly what an uninterrupted run sees from epoch k on (each
 epoch is batched on its own, so batches never straddle two epochs).
 
-Bad files: an element whose bytes cannot be decoded is replaced by a marker inside tf.data
-(the decode runs in a one-element dataset with `ignore_errors`), then dropped, counted and
-reported by `BadFileLog` (python logging, one line per file, and a text file if asked).
+Bad files: an element whose bytes cannot be decoded is dropped by `ignore_errors` at no
+cost to the good ones; the hole it leaves in the epoch's positions is found afterwards and
+the file named, counted and reported by `BadFileLog` (python logging, one line per file,
+and a text file if asked).
 """
 
 from __future__ import annotations
@@ -90,53 +91,68 @@ def _reason(name: str) -> str:
     return "; ".join(problems) if problems else "undecodable"
 
 
-def _placeholder(spec):
-    """A value matching a (nested) tensor spec, unknown dimensions set to 0."""
-    return tf.nest.map_structure(
-        lambda s: tf.zeros([0 if d is None else d for d in s.shape], s.dtype), spec
-    )
+# The name of the marker element appended to every epoch: a copy of a decodable element,
+# so that it survives decoding and shows where the epoch ends (bad files at the end).
+_END = "\x00end-of-epoch"
 
 
-def _safe_map(
-    ds: tf.data.Dataset, load: Callable, bad_files: BadFileLog, name_index: int = 2
+def _map_skipping_bad(
+    source,
+    elements: tf.data.Dataset,
+    load: Callable,
+    bad_files: BadFileLog,
+    *,
+    epoch,
+    seed: int,
+    shuffle: bool,
+    end_element,
 ) -> tf.data.Dataset:
-    """`ds.map(load)` in parallel and in order, dropping and reporting elements that fail.
+    """`load` over one epoch in parallel and in order, dropping and reporting failed elements.
+
+    A failed element is dropped by `ignore_errors` (no per-element cost); the gap it leaves
+    in the element positions is then found by a `scan` and named by replaying the epoch's
+    deterministic order on the Python side (only when there is a gap).
 
     Args:
-        ds: Elements are tuples; element[name_index] is the string name of the element.
-        load: Maps the tuple's tensors to the output structure; may raise (bad image).
-        bad_files: Where failed elements are reported.
-        name_index: Position of the name in each element.
+        source: The source the elements come from (for naming skipped ones).
+        elements: (payload, label, name) of one epoch, as `source.elements(epoch, ...)`.
+        load: (payload, label, name, position) -> output structure; may raise.
+        bad_files: Where skipped elements are reported.
+        epoch: The epoch (int or scalar tensor).
+        seed: The seed the elements were ordered with.
+        shuffle: Whether they were shuffled.
+        end_element: (payload, label) of a decodable element, used as end-of-epoch marker.
 
     Returns:
         A dataset of `load`'s outputs, without the failed elements.
     """
-    out_spec = ds.map(lambda *e: load(*e)).element_spec
+    end = tf.data.Dataset.from_tensors((end_element[0], end_element[1], tf.constant(_END)))
+    ds = elements.concatenate(end).enumerate()
 
-    def attempt(*elem):
-        one = tf.data.Dataset.from_tensors(elem)
-        good = one.map(lambda *e: (load(*e), True, e[name_index])).ignore_errors()
-        bad = one.map(lambda *e: (_placeholder(out_spec), False, e[name_index]))
-        return good.concatenate(bad).take(1)
+    def run(position, element):
+        payload, label, name = element
+        return load(payload, label, name, position), position, tf.equal(name, _END)
 
-    def keep(output, ok, name):
-        def report():
-            flag = tf.py_function(lambda n: bad_files.record(n.numpy()) or False, [name], tf.bool)
-            return tf.reshape(flag, [])
-
-        return tf.cond(ok, lambda: tf.constant(True), report)
-
-    return (
-        ds.interleave(
-            attempt,
-            cycle_length=tf.data.AUTOTUNE,
-            block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-        .filter(keep)
-        .map(lambda output, ok, name: output)
+    ds = ds.map(run, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    ds = ds.scan(
+        tf.constant(-1, tf.int64),
+        lambda previous, x: (x[1], (x[0], previous + 1, x[1], x[2])),
     )
+
+    def report(epoch_, start, stop):
+        for name in source.names_at(int(epoch_), seed, int(start), int(stop), shuffle):
+            bad_files.record(name)
+        return True
+
+    def keep(output, start, stop, is_end):
+        def gap():
+            done = tf.py_function(report, [tf.cast(epoch, tf.int64), start, stop], tf.bool)
+            return tf.reshape(done, [])
+
+        reported = tf.cond(stop > start, gap, lambda: tf.constant(True))
+        return tf.logical_and(reported, tf.logical_not(is_end))
+
+    return ds.filter(keep).map(lambda output, start, stop, is_end: output)
 
 
 def _check_sizes(crop_size: int, scales: Sequence[int], what: str) -> None:
@@ -232,30 +248,42 @@ def training_dataset(
     if bad_files is None:
         bad_files = BadFileLog(bad_files_path)
     mean = tuple(float(m) for m in mean)
+    end_element = sources_lib.first_decodable(source)
 
-    def load(payload, label, name, position, epoch):
-        del name
+    def load(payload, label, position, epoch):
         contents, label = source.read(payload, label)
         crop_seed, flip_seed, color_seed = tf.unstack(
             tf.random.experimental.stateless_split(
                 transforms.element_seed(seed, epoch, position), 3
             )
         )
-        image = transforms.decode_and_random_crop(contents, crop_seed, scales, crop_size)
+        window = transforms.decode_random_window(contents, crop_seed, scales, crop_size)
         if flip:
-            image = transforms.random_flip(image, flip_seed)
+            # Flipping the uint8 window then resizing equals resizing then flipping (the
+            # bilinear grid is mirror-symmetric) and moves a quarter of the bytes.
+            window = transforms.random_flip(window, flip_seed)
+        image = transforms.resize_crop(window, crop_size)
+        # One pass over the pixels for colour shift and mean: image + (shift - mean).
+        offset = -tf.constant(mean, tf.float32)
         if color_shift is not None:
-            image = transforms.color_shift(
-                image, color_seed, color_shift.eigenvalues, color_shift.eigenvectors
+            offset += transforms.color_shift_offset(
+                color_seed, color_shift.eigenvalues, color_shift.eigenvectors
             )
-        image = transforms.subtract_mean(image, mean)
+        image = image + offset
         image.set_shape([crop_size, crop_size, 3])
         return image, tf.cast(label, tf.int32)
 
     def epoch_dataset(epoch):
-        ds = source.elements(epoch, seed=seed, shuffle=True).enumerate()
-        ds = ds.map(lambda pos, e: (e[0], e[1], e[2], pos, epoch))
-        ds = _safe_map(ds, load, bad_files)
+        ds = _map_skipping_bad(
+            source,
+            source.elements(epoch, seed=seed, shuffle=True),
+            lambda payload, label, name, position: load(payload, label, position, epoch),
+            bad_files,
+            epoch=epoch,
+            seed=seed,
+            shuffle=True,
+            end_element=end_element,
+        )
         return ds.batch(batch_size, drop_remainder=drop_remainder)
 
     ds = tf.data.Dataset.range(start_epoch, _EPOCHS).flat_map(epoch_dataset)
@@ -337,7 +365,6 @@ def decoded_images(
     map_fn: Callable | None = None,
     *,
     with_labels: bool = False,
-    ordered: bool = True,
     sample: int | None = None,
     seed: int = 0,
     bad_files: BadFileLog | None = None,
@@ -349,7 +376,6 @@ def decoded_images(
         source: Anything `training_dataset` takes.
         map_fn: Applied to each decoded image (inside the parallel map).
         with_labels: Yield (output, label) instead of output.
-        ordered: Keep the source's order (False lets tf.data reorder for speed).
         sample: Only this many elements, a seeded random choice (shuffled order).
         seed: Seed of the sample.
         bad_files: A `BadFileLog` to report skipped files into.
@@ -361,25 +387,34 @@ def decoded_images(
     source = sources_lib.as_source(source)
     if bad_files is None:
         bad_files = BadFileLog(bad_files_path)
+    shuffle = False
     if sample is not None:
         if isinstance(source, sources_lib.ImageSource):
-            elements = source.sample(sample, seed=seed).elements()
+            source = source.sample(sample, seed=seed)
         else:
-            elements = source.elements(0, seed=seed, shuffle=True).take(sample)
-    else:
-        elements = source.elements()
+            shuffle = True
+    elements = source.elements(0, seed=seed, shuffle=shuffle)
+    if sample is not None:
+        elements = elements.take(sample)
 
-    def load(payload, label, name):
-        del name
+    def load(payload, label, name, position):
+        del name, position
         contents, label = source.read(payload, label)
         image = transforms.decode_image(contents)
         output = image if map_fn is None else map_fn(image)
         return (output, tf.cast(label, tf.int32)) if with_labels else output
 
-    ds = _safe_map(elements, load, bad_files)
-    options = tf.data.Options()
-    options.deterministic = ordered
-    return ds.with_options(options)
+    ds = _map_skipping_bad(
+        source,
+        elements,
+        load,
+        bad_files,
+        epoch=0,
+        seed=seed,
+        shuffle=shuffle,
+        end_element=sources_lib.first_decodable(source),
+    )
+    return ds.with_options(_options())
 
 
 def steps_per_epoch(

@@ -218,6 +218,14 @@ class ImageSource:
 
         return tf.io.read_file(payload), label
 
+    def names_at(self, epoch: int, seed: int, start: int, stop: int, shuffle: bool) -> list[str]:
+        """Names of the elements at positions [start, stop) of `elements(epoch, seed, shuffle)`."""
+        if shuffle:
+            order = _permutation(len(self.files), seed, epoch).numpy()
+        else:
+            order = np.arange(len(self.files))
+        return [self.files[i] for i in order[start:stop]]
+
 
 @dataclasses.dataclass(frozen=True)
 class TFRecordSource:
@@ -321,6 +329,10 @@ class TFRecordSource:
             features[self.label_key] - self.label_offset, tf.int32
         )
 
+    def names_at(self, epoch: int, seed: int, start: int, stop: int, shuffle: bool) -> list[str]:
+        """Names of the elements at positions [start, stop) of `elements(epoch, seed, shuffle)`."""
+        return _names_at(self, epoch, seed, start, stop, shuffle)
+
 
 @dataclasses.dataclass(frozen=True)
 class TFDSSource:
@@ -418,6 +430,44 @@ class TFDSSource:
     @staticmethod
     def read(payload, label):
         return payload, label
+
+    def names_at(self, epoch: int, seed: int, start: int, stop: int, shuffle: bool) -> list[str]:
+        """Names of the elements at positions [start, stop) of `elements(epoch, seed, shuffle)`."""
+        return _names_at(self, epoch, seed, start, stop, shuffle)
+
+
+def _names_at(source, epoch, seed, start, stop, shuffle) -> list[str]:
+    """Replays one epoch's deterministic element order to name positions [start, stop)."""
+    ds = source.elements(epoch, seed=seed, shuffle=shuffle).skip(start).take(stop - start)
+    return [name.decode("utf-8", "replace") for _, _, name in ds.as_numpy_iterator()]
+
+
+def first_decodable(source, tries: int = 64):
+    """(payload, label) of the first element among the first `tries` that decodes.
+
+    Raises:
+        ValueError: naming the source if none of them decodes.
+    """
+    import tensorflow as tf
+
+    from keras_vgg.data import transforms
+
+    for payload, label, _ in source.elements().take(tries):
+        try:
+            contents, _ = source.read(payload, label)
+            transforms.decode_image(contents)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
+            continue
+        return payload, label
+    raise ValueError(f"{_describe(source)}: none of the first {tries} images can be decoded")
+
+
+def _describe(source) -> str:
+    if isinstance(source, ImageSource):
+        return os.path.commonpath(source.files) if source.files else "ImageSource"
+    if isinstance(source, TFRecordSource):
+        return source.files[0] if source.files else "TFRecordSource"
+    return f"tfds:{source.name}"
 
 
 def open_source(

@@ -211,7 +211,7 @@ def compute_stats(
         if sample < 1:
             raise ValueError(f"`sample` must be a positive integer. Received: sample={sample!r}")
         source = source.sample(sample, seed=seed)
-    moments = pipelines.decoded_images(source, map_fn=_moments, ordered=False)
+    moments = pipelines.decoded_images(source, map_fn=_moments)
     count = 0
     pixel_sum = np.zeros(3, np.float64)
     outer_sum = np.zeros((3, 3), np.float64)

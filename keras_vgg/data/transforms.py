@@ -14,15 +14,18 @@ import tensorflow as tf
 __all__ = [
     "center_crop",
     "color_shift",
+    "color_shift_offset",
     "crop_window",
     "decode_and_random_crop",
     "decode_image",
+    "decode_random_window",
     "element_seed",
     "grid_crop_offsets",
     "isotropic_size",
     "multi_crops",
     "random_crop_window",
     "random_flip",
+    "resize_crop",
     "rescale_isotropic",
     "sample_scale",
     "subtract_mean",
@@ -281,6 +284,34 @@ def decode_and_random_crop(
 ) -> tf.Tensor:
     """Decodes an image and takes Sec. 3.1's random crop at scale S, as float32 0-255.
 
+    The window of `decode_random_window`, resized (bilinear) to `crop_size`.
+
+    Args:
+        contents: Scalar string tensor, the encoded image.
+        seed: Shape [2] stateless seed.
+        train_scale: A fixed S or (Smin, Smax).
+        crop_size: Output side.
+
+    Returns:
+        A float32 tensor (crop_size, crop_size, 3).
+    """
+    window = decode_random_window(contents, seed, train_scale, crop_size)
+    return resize_crop(window, crop_size)
+
+
+def resize_crop(window: tf.Tensor, crop_size: int = 224) -> tf.Tensor:
+    """Resizes a decoded window (bilinear, no antialiasing) to the float32 crop."""
+    return tf.image.resize(window, [crop_size, crop_size], antialias=False)
+
+
+def decode_random_window(
+    contents: tf.Tensor,
+    seed: tf.Tensor,
+    train_scale: int | tuple[int, int] = 256,
+    crop_size: int = 224,
+) -> tf.Tensor:
+    """Decodes the window of an image that becomes Sec. 3.1's random crop at scale S.
+
     For JPEGs only the crop window is decoded (`tf.image.extract_jpeg_shape` +
     `tf.image.decode_and_crop_jpeg`), so a large S costs no more than a small one. A JPEG
     that does not end with its end-of-image marker (truncated, or with trailing bytes) is
@@ -294,7 +325,8 @@ def decode_and_random_crop(
         crop_size: Output side.
 
     Returns:
-        A float32 tensor (crop_size, crop_size, 3).
+        The uint8 window (side, side, 3) in original pixels (see `random_crop_window`);
+        resizing it to `crop_size` gives the crop.
     """
     complete_jpeg = tf.logical_and(
         tf.io.is_jpeg(contents), tf.equal(tf.strings.substr(contents, -2, 2), b"\xff\xd9")
@@ -313,7 +345,7 @@ def decode_and_random_crop(
 
     patch = tf.cond(complete_jpeg, jpeg_window, whole)
     patch.set_shape([None, None, 3])
-    return tf.image.resize(tf.cast(patch, tf.float32), [crop_size, crop_size], antialias=False)
+    return patch
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -328,6 +360,31 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """
     flip = tf.random.stateless_uniform([], seed=seed) < 0.5
     return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def color_shift_offset(
+    seed: tf.Tensor,
+    eigenvalues: Sequence[float],
+    eigenvectors: Sequence[Sequence[float]],
+    alpha_std: float = ALPHA_STD,
+    eigen_scale: float = 255.0,
+) -> tf.Tensor:
+    """The RGB offset that `color_shift` adds to every pixel (float32 (3,), 0-255 scale).
+
+    Args:
+        seed: Shape [2] stateless seed.
+        eigenvalues: The 3 eigenvalues, on the 0-1 pixel scale.
+        eigenvectors: 3x3, the columns are the eigenvectors.
+        alpha_std: Standard deviation of the a_i.
+        eigen_scale: Size of one unit of the eigenvalues' scale in image units.
+
+    Returns:
+        `eigenvectors @ (alpha * eigenvalues) * eigen_scale`, alpha ~ N(0, alpha_std).
+    """
+    alpha = tf.random.stateless_normal([3], seed=seed, stddev=alpha_std)
+    vectors = tf.constant(eigenvectors, tf.float32)
+    values = tf.constant(eigenvalues, tf.float32)
+    return tf.linalg.matvec(vectors, alpha * values) * eigen_scale
 
 
 def color_shift(
@@ -357,10 +414,7 @@ def color_shift(
     Returns:
         The shifted float32 image (not clipped, as in AlexNet).
     """
-    alpha = tf.random.stateless_normal([3], seed=seed, stddev=alpha_std)
-    vectors = tf.constant(eigenvectors, tf.float32)
-    values = tf.constant(eigenvalues, tf.float32)
-    shift = tf.linalg.matvec(vectors, alpha * values) * eigen_scale
+    shift = color_shift_offset(seed, eigenvalues, eigenvectors, alpha_std, eigen_scale)
     return tf.cast(image, tf.float32) + shift
 
 
