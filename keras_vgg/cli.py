@@ -254,6 +254,203 @@ def data_check(root, labels_file, workers, min_side, output):
         sys.exit(1)
 
 
+def _parse_scales(value: str | None):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--scales: expected integers like 256,384,512, got {value!r}") from None
+
+
+class _RateProgress:
+    """A progress bar on stderr with images per second, opened at the first report (so
+    that an error before any image is the only line printed)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.done = 0
+        self.start = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        import time
+
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=total or 0,
+                label=self.label,
+                file=sys.stderr,
+                show_pos=True,
+                item_show_func=lambda text: text,
+            )
+            self.bar.__enter__()
+            self.start = time.perf_counter()
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(done - self.done, f"{rate:.1f} images/s")
+        self.done = done
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.bar is not None:
+            self.bar.__exit__(*exc_info)
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--data", "data_root", required=True, help="Class-per-folder root (or flat folder).")
+@click.option(
+    "--labels",
+    "labels_file",
+    default=None,
+    help="Labels file for a flat folder ('imagenet-val': the bundled ILSVRC val labels).",
+)
+@click.option("--scales", default=None, help="Test scales Q, e.g. 256,384,512 (default: recipe's).")
+@click.option("--dense", is_flag=True, help="Dense evaluation (the default protocol).")
+@click.option("--multi-crop", is_flag=True, help="50 crops per scale (5x5 grid and flips).")
+@click.option("--center-crop", is_flag=True, help="Central 224 crop (keras.applications).")
+@click.option("--no-flip", is_flag=True, help="Do not average with horizontal flips.")
+@click.option(
+    "--dense-average",
+    type=click.Choice(["logits", "softmax"]),
+    default="logits",
+    show_default=True,
+    help="Average the dense score map before or after the per-location soft-max.",
+)
+@click.option(
+    "--ties",
+    type=click.Choice(["pessimistic", "expected", "optimistic"]),
+    default="pessimistic",
+    show_default=True,
+    help="How top-k error counts a true class tied with the k-th score.",
+)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per pass.")
+@click.option("--limit", type=int, default=None, help="Only the first N images (a quick look).")
+@click.option("-o", "--output", default=None, help="Write the results as JSON here.")
+@click.option("--markdown", default=None, help="Write the Markdown table here.")
+@user_errors
+def evaluate(
+    models, data_root, labels_file, scales, dense, multi_crop, center_crop, no_flip,
+    dense_average, ties, batch_size, limit, output, markdown,
+):  # fmt: skip
+    """Top-1 / top-5 error of MODELS on --data with the protocols of Sec. 3.2 (Tables 3-6).
+
+    MODELS are .keras files or run directories; several are also fused (Table 6). Both
+    --dense and --multi-crop also give their combination (Table 5). The Markdown table is
+    also written to evaluation.md (and the JSON to evaluation.json) in each run directory.
+    """
+    import json
+    from pathlib import Path
+
+    from keras_vgg import evaluation
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be a positive integer, got {limit}")
+    protocols = [
+        p for p, on in (("center", center_crop), ("dense", dense), ("multi_crop", multi_crop)) if on
+    ]
+    loaded = [evaluation.load_model(m) for m in models]
+    with _RateProgress("evaluating") as callback:
+        result = evaluation.evaluate(
+            loaded,
+            data_root,
+            labels_file=labels_file,
+            protocols=protocols or ["dense"],
+            scales=_parse_scales(scales),
+            flip=not no_flip,
+            dense_average=dense_average,
+            batch_size=batch_size,
+            ties=ties,
+            limit=limit,
+            progress=callback,
+        )
+    click.echo(result.format_table(), nl=False)
+    rate = result.images / result.seconds if result.seconds else float("nan")
+    click.echo(f"{result.images} images in {result.seconds:.1f} s ({rate:.2f} images/s)")
+    if result.skipped:  # each was reported by the data pipeline as it was met
+        click.echo(f"{len(result.skipped)} unreadable images skipped", err=True)
+    targets = [(Path(output), None)] if output else []
+    targets += [(Path(markdown), "md")] if markdown else []
+    for m in loaded:
+        if m.run_dir is not None:
+            targets += [(m.run_dir / "evaluation.json", None), (m.run_dir / "evaluation.md", "md")]
+    for path, kind in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(result.to_markdown() if kind else json.dumps(result.to_dict(), indent=2))
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model_path", default=None, help="A .keras file or run directory.")
+@click.option("--config", default=None, help="Configuration (A..E, vgg16) with --weights.")
+@click.option("--weights", default=None, help="Weights for --config (.weights.h5 / .keras).")
+@click.option("--classes", type=int, default=1000, show_default=True, help="With --config.")
+@click.option("--width", type=float, default=1.0, show_default=True, help="With --config.")
+@click.option("--fc-units", type=int, default=4096, show_default=True, help="With --config.")
+@click.option("--top", type=int, default=5, show_default=True, help="Classes per image.")
+@click.option("--dense", is_flag=True, help="Dense evaluation instead of the central crop.")
+@click.option("--multi-crop", is_flag=True, help="50 crops per scale instead of one.")
+@click.option("--scales", default=None, help="Test scales Q (default: Table 3's single Q, or 256).")
+@click.option("--no-flip", is_flag=True, help="Do not average with horizontal flips.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@user_errors
+def predict(
+    images, model_path, config, weights, classes, width, fc_units, top, dense, multi_crop,
+    scales, no_flip, batch_size, as_json,
+):  # fmt: skip
+    """Top-k classes of IMAGES (files or folders).
+
+    Names come from the class folders stored with a trained model, else from the bundled
+    ImageNet class index. Unreadable images are reported and skipped; the exit code is 1
+    if any was.
+    """
+    import json
+
+    from keras_vgg import evaluation, models
+
+    if (model_path is None) == (config is None):
+        raise UserError("give either --model FILE or --config NAME (with --weights)")
+    if config is not None:
+        model = models.build(
+            config, weights=weights, classes=classes, width=width, fc_units=fc_units
+        )
+    else:
+        model = evaluation.load_model(model_path)
+    if dense and multi_crop:
+        protocol = "dense+multi_crop"
+    else:
+        protocol = "dense" if dense else "multi_crop" if multi_crop else "center"
+    results = evaluation.predict(
+        model,
+        images,
+        top=top,
+        protocol=protocol,
+        scales=_parse_scales(scales),
+        flip=not no_flip,
+        batch_size=batch_size,
+    )
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error is None:
+                click.echo(r.path)
+                for class_id, name, probability in r.top:
+                    label = name if class_id == name else f"{class_id} {name}"
+                    click.echo(f"  {probability:.4f}  {label}")
+    failed = [r for r in results if r.error is not None]
+    for r in failed:
+        click.echo(f"kvgg: skipped unreadable image: {r.path}: {r.error}", err=True)
+    if failed:
+        sys.exit(1)
+
+
 class RunFailed(click.ClickException):
     """Training stopped on its own (NaN loss): exit code 1, one line, no traceback."""
 

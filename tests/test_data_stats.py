@@ -135,3 +135,26 @@ def test_no_decodable_image(tmp_path):
     write(tmp_path / "a" / "x.jpg", b"")
     with pytest.raises(ValueError, match="none of the first 64 images can be decoded"):
         stats.compute_stats(sources.open_source(tmp_path))
+
+
+def test_compute_stats_over_tfrecords_and_a_sample(tmp_path, folder):
+    import tensorflow as tf
+
+    source = sources.open_source(folder)
+    path = str(tmp_path / "train-00000")
+    with tf.io.TFRecordWriter(path) as writer:
+        for f, label in zip(source.files, source.labels, strict=True):
+            feature = {
+                "image/encoded": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[open(f, "rb").read()])
+                ),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+    records = sources.TFRecordSource((path,))
+    result = stats.compute_stats(records)
+    assert result == stats.compute_stats(source)  # same pixels, same moments
+    sampled = stats.compute_stats(records, sample=3, seed=0)
+    assert 2 <= sampled.images <= 3  # the zero-byte file may be among the 3
+    assert sampled == stats.compute_stats(records, sample=3, seed=0)

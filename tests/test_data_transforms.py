@@ -19,6 +19,8 @@ def run(mode, fn, *args):
     args = tuple(tf.convert_to_tensor(a) for a in args)
     if mode == "eager":
         out = fn(*args)
+    elif not args:
+        out = next(iter(tf.data.Dataset.range(1).map(lambda _: fn())))
     else:
         out = next(iter(tf.data.Dataset.from_tensors(args).map(fn)))
     return tf.nest.map_structure(lambda t: t.numpy(), out)
@@ -133,37 +135,44 @@ def test_multi_crops_fifty_per_scale():
 # === Seeds and the random window ===
 
 
-def test_element_seed_deterministic_and_distinct():
+@pytest.mark.parametrize("mode", MODES)
+def test_element_seed_deterministic_and_distinct(mode):
     seeds = {
-        (s, e, p): tuple(T.element_seed(s, e, p).numpy())
+        (s, e, p): tuple(run(mode, lambda e_, p_, s=s: T.element_seed(s, e_, p_), e, p))
         for s in (0, 1)
         for e in (0, 1, 2)
         for p in (0, 1, 7)
     }
     assert len(set(seeds.values())) == len(seeds)
-    assert tuple(T.element_seed(1, 2, 7).numpy()) == seeds[(1, 2, 7)]
+    assert tuple(T.element_seed(1, 2, 7).numpy()) == seeds[(1, 2, 7)]  # eager == map
+
+
+def test_sample_scale_range_is_inclusive():
+    draws = [int(T.sample_scale(tf.constant([i, 3]), (36, 48))) for i in range(400)]
+    assert min(draws) == 36 and max(draws) == 48  # both ends included
+    assert len(set(draws)) == 13
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_sample_scale_fixed_and_jittered(mode):
     assert run(mode, lambda s: T.sample_scale(s, 40), tf.constant([1, 2])) == 40
-    draws = [int(T.sample_scale(tf.constant([i, 3]), (36, 48))) for i in range(400)]
-    assert min(draws) == 36 and max(draws) == 48  # both ends included
-    assert len(set(draws)) == 13
-    in_map = [
-        run("map", lambda s: T.sample_scale(s, (36, 48)), tf.constant([i, 3])) for i in range(5)
+    draws = [
+        run(mode, lambda s: T.sample_scale(s, (36, 48)), tf.constant([i, 3])) for i in range(8)
     ]
-    assert in_map == draws[:5]
-    del mode
+    eager = [int(T.sample_scale(tf.constant([i, 3]), (36, 48))) for i in range(8)]
+    assert draws == eager and len(set(draws)) > 2
 
 
-def test_crop_window_exact():
+@pytest.mark.parametrize("mode", MODES)
+def test_crop_window_exact(mode):
+    def window(*args):
+        return run(mode, lambda: T.crop_window(*args)).tolist()
+
     # 60x80 image, S = 40, crop 32: the window is 32 * 60 / 40 = 48 original pixels.
-    window = T.crop_window(60, 80, 40, 32, 0.5, 1.0).numpy().tolist()
-    assert window == [6, 32, 48, 48]
-    assert T.crop_window(60, 80, 40, 32, 0.0, 0.0).numpy().tolist() == [0, 0, 48, 48]
+    assert window(60, 80, 40, 32, 0.5, 1.0) == [6, 32, 48, 48]
+    assert window(60, 80, 40, 32, 0.0, 0.0) == [0, 0, 48, 48]
     # S = crop: the whole short side.
-    assert T.crop_window(60, 80, 32, 32, 1.0, 0.5).numpy().tolist() == [0, 10, 60, 60]
+    assert window(60, 80, 32, 32, 1.0, 0.5) == [0, 10, 60, 60]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -190,8 +190,10 @@ def compute_stats(
     be decoded are skipped and logged like in training.
 
     Args:
-        source: An `ImageSource` (or anything `keras_vgg.data.sources.open_source` takes).
-        sample: Use a seeded random sample of this many images instead of all of them.
+        source: An `ImageSource`, `TFRecordSource`, `TFDSSource` or a string for
+            `keras_vgg.data.sources.as_source`.
+        sample: Use a seeded random sample of this many images instead of all of them (for
+            record sources: the first ones of a seeded shuffle).
         seed: Seed of the sample.
         progress: Called with the number of images done since the last call.
         batch_images: Images decoded per step (parallel decoding inside tf.data).
@@ -207,11 +209,9 @@ def compute_stats(
     from keras_vgg.data import pipelines, sources
 
     source = sources.as_source(source)
-    if sample is not None:
-        if sample < 1:
-            raise ValueError(f"`sample` must be a positive integer. Received: sample={sample!r}")
-        source = source.sample(sample, seed=seed)
-    moments = pipelines.decoded_images(source, map_fn=_moments)
+    if sample is not None and sample < 1:
+        raise ValueError(f"`sample` must be a positive integer. Received: sample={sample!r}")
+    moments = pipelines.decoded_images(source, map_fn=_moments, sample=sample, seed=seed)
     count = 0
     pixel_sum = np.zeros(3, np.float64)
     outer_sum = np.zeros((3, 3), np.float64)

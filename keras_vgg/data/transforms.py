@@ -313,7 +313,7 @@ def decode_random_window(
     """Decodes the window of an image that becomes Sec. 3.1's random crop at scale S.
 
     For JPEGs only the crop window is decoded (`tf.image.extract_jpeg_shape` +
-    `tf.image.decode_and_crop_jpeg`), so a large S costs no more than a small one. A JPEG
+    `tf.image.decode_and_crop_jpeg`) and no full-size rescale to S is ever made. A JPEG
     that does not end with its end-of-image marker (truncated, or with trailing bytes) is
     decoded whole instead, so a truncated file fails the same way whatever its window.
     Other formats are decoded whole and cropped.

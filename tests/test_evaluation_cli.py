@@ -1,0 +1,180 @@
+"""`kvgg evaluate` as a real process on real JPEGs, against direct library computations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from data_images import jpeg, write
+from test_cli import kvgg
+
+from keras_vgg import build, evaluation
+from keras_vgg.imagenet import preprocess_input
+
+CLASSES = ("cat", "dog", "fox")
+# Smallest side 256 = Q: rescaling is the identity there, so crops are plain slices.
+SIZES = [(256, 300), (280, 256), (256, 256), (300, 256), (256, 340), (256, 270)]
+
+
+def _model_info(class_names=CLASSES, train_scale=256):
+    return {
+        "config": "D",
+        "class_names": list(class_names),
+        "preprocessing": {
+            "mean": [123.68, 116.779, 103.939],
+            "std": None,
+            "scale": 1.0,
+            "channel_order": "rgb",
+        },
+        "train_scale": train_scale,
+        "crop_size": 224,
+    }
+
+
+def center_posteriors(model, image):
+    """The model's posteriors on the central 224 crop, by slicing (Q = smallest side)."""
+    top, left = (image.shape[0] - 224) // 2, (image.shape[1] - 224) // 2
+    crop = image[top : top + 224, left : left + 224]
+    return model.predict(preprocess_input(crop[None]), verbose=0)[0]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A run directory, a second bare model, and a class tree whose center-crop top-1
+    error is 50% by construction: images 0, 2, 4 go to their predicted class's folder,
+    images 1, 3, 5 to another class's."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    keras.utils.set_random_seed(3)
+    model = build("D", width=1 / 16, fc_units=32, classes=3, input_shape=(224, 224, 3))
+    run = tmp / "run"
+    run.mkdir()
+    model.save(run / "best.keras")
+    (run / "model_info.json").write_text(json.dumps(_model_info()))
+    keras.utils.set_random_seed(4)
+    other = build("D", width=1 / 16, fc_units=32, classes=3, input_shape=(224, 224, 3))
+    other.save(tmp / "other.keras")
+
+    staging = tmp / "staging"
+    images, labels, files = [], [], []
+    for i, (h, w) in enumerate(SIZES):
+        path = write(str(staging / f"{i}.jpg"), jpeg(h, w, seed=i))
+        # The test's own reader: TensorFlow's JPEG decoder, not the package's pipeline.
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3).numpy()
+        predicted = int(np.argmax(center_posteriors(model, image)))
+        label = predicted if i % 2 == 0 else (predicted + 1 + (i // 2) % 2) % 3
+        target = tmp / "data" / CLASSES[label] / f"{i}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, target)
+        files.append(str(target))
+        images.append(image)
+        labels.append(label)
+    assert sorted(set(labels)) == [0, 1, 2]  # no empty class folder
+    # The pipeline reads class folders in sorted order, files sorted within each.
+    order = sorted(range(len(files)), key=lambda i: files[i])
+    return {
+        "tmp": tmp,
+        "run": run,
+        "other": tmp / "other.keras",
+        "data": tmp / "data",
+        "model": model,
+        "images": [images[i] for i in order],
+        "labels": [labels[i] for i in order],
+    }
+
+
+def test_evaluate_cli_matches_the_library_and_a_hand_computation(setup):
+    output = setup["tmp"] / "results.json"
+    result = kvgg(
+        "evaluate", str(setup["run"]), str(setup["other"]), "--data", str(setup["data"]),
+        "--center-crop", "--dense", "--multi-crop", "--scales", "256,288",
+        "--batch-size", "7", "--output", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(output.read_text())
+    assert data["images"] == 6 and data["skipped_files"] == []
+    assert data["settings"]["scales"] == [256, 288] and data["settings"]["flip"] is True
+    rows = {(tuple(r["models"]), r["protocol"], tuple(r["scales"])): r for r in data["rows"]}
+    run_name = "run (D, S=256)"
+    # By construction of the folders.
+    assert rows[((run_name,), "center", (256,))]["top1_error"] == 50.0
+    # Every row, against the library on the images decoded by the test itself.
+    direct = evaluation.evaluate_images(
+        [setup["run"], setup["other"]], setup["images"], setup["labels"],
+        protocols=["center", "dense", "multi_crop"], scales=[256, 288], batch_size=32,
+    )  # fmt: skip
+    assert len(rows) == len(direct.rows) == 2 * (3 * 3 + 1) + 4
+    for row in direct.rows:
+        found = rows[row.key]
+        assert found["top1_error"] == pytest.approx(row.top1)
+        assert found["top5_error"] == pytest.approx(row.top5)
+        assert found["fusion"] == (len(row.models) == 2)
+    # Screen table and Markdown in the run directory, shaped like the paper's tables.
+    assert (
+        "multi-crop & dense" in result.stdout and "fusion: run (D, S=256) & other" in result.stdout
+    )
+    markdown = (setup["run"] / "evaluation.md").read_text()
+    assert markdown.startswith("| ConvNet | evaluation method | test scale Q |")
+    assert json.loads((setup["run"] / "evaluation.json").read_text())["rows"] == data["rows"]
+
+
+def test_evaluate_cli_default_scales_limit_and_skipped_files(setup, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    # Sorted first: the pipeline meets it before the --limit is reached.
+    broken = write(str(data / "cat" / "0_broken.jpg"), b"not a jpeg at all")
+    output = tmp_path / "r.json"
+    result = kvgg(
+        "evaluate", str(setup["run"]), "--data", str(data), "--center-crop", "--limit", "5",
+        "-o", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.read_text())
+    # Sec. 4.2: S = 256 gives Q in {224, 256, 288}.
+    assert report["settings"]["scales"] == [224, 256, 288]
+    # --limit counts images evaluated; the unreadable file is skipped and reported.
+    assert report["images"] == 5
+    assert report["skipped_files"] == [broken]
+    assert "0_broken.jpg" in result.stderr
+    assert "5 images in" in result.stdout and "images/s" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("classes", "its classes differ from those of"),
+        ("scale", "Q=200 is below the model's crop size 224"),
+        ("unreadable", "cannot read the Keras model"),
+        ("no_scales", "give the test scales"),
+    ],
+)
+def test_evaluate_cli_one_line_errors(setup, tmp_path, case, message):
+    args = ["evaluate", str(setup["run"]), "--data", str(setup["data"])]
+    if case == "classes":
+        run = tmp_path / "run"
+        shutil.copytree(setup["run"], run)
+        (run / "model_info.json").write_text(json.dumps(_model_info(("ant", "bee", "cow"))))
+        args[1] = str(run)
+    elif case == "scale":
+        args += ["--scales", "200,256"]
+    elif case == "unreadable":
+        (tmp_path / "broken.keras").write_bytes(b"not a zip file")
+        args[1] = str(tmp_path / "broken.keras")
+    else:
+        args[1] = str(setup["other"])
+    result = kvgg(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_empty_data_set_is_an_error(setup, tmp_path):
+    (tmp_path / "cat").mkdir()
+    with pytest.raises(ValueError, match="empty class folder"):
+        evaluation.evaluate(setup["run"], tmp_path, scales=[256])
+    with pytest.raises(ValueError, match="no images to evaluate"):
+        evaluation.evaluate_images(setup["run"], [], [], scales=[256])
