@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-__all__ = ["DIGITS_SPLITS", "predict_folder", "write_digits"]
+__all__ = ["DIGITS_SPLITS", "sample_images", "write_digits"]
 
 #: Fractions of each class in the train / val / test folders (stratified, seeded).
 DIGITS_SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -70,52 +70,14 @@ def write_digits(root: str | os.PathLike, *, size: int = 40, seed: int = 0) -> d
     return counts
 
 
-def predict_folder(run_dir: str | os.PathLike, root: str | os.PathLike, *, count: int = 8):
-    """Classifies a few images of a class-folder tree with a run's best model.
-
-    A stand-in for `kvgg predict` / `kvgg evaluate`: centre crop at the run's validation
-    scale, the run's mean subtracted (from `model_info.json`).
-
-    Args:
-        run_dir: A finished run directory.
-        root: A folder tree `<class>/<image>` of held-out images.
-        count: How many images to classify (the first of a seeded sample).
-
-    Returns:
-        A list of (path, true class, predicted class, probability) and the top-1 error over
-        the whole folder.
-    """
-    import keras
-
-    from keras_vgg import recipe as recipe_lib
-    from keras_vgg.data import pipelines, sources
-
-    run_dir = os.fspath(run_dir)
-    with open(os.path.join(run_dir, "model_info.json"), encoding="utf-8") as f:
-        info = json.load(f)
-    recipe = recipe_lib.load_recipe(os.path.join(run_dir, "recipe.toml"))
-    model = keras.saving.load_model(os.path.join(run_dir, "best.keras"), compile=False)
-    source = sources.open_source(root)
-    data = pipelines.evaluation_dataset(
-        source,
-        batch_size=64,
-        scale=recipe.data.resolved_val_scale,
-        crop_size=info["crop_size"],
-        mean=info["preprocessing"]["mean"],
+def sample_images(root: str | os.PathLike, *, count: int = 8, seed: int = 0) -> list[str]:
+    """A seeded choice of `count` image files of a class-folder tree, in sorted order."""
+    root = os.fspath(root)
+    files = sorted(
+        os.path.join(root, label, name)
+        for label in os.listdir(root)
+        if os.path.isdir(os.path.join(root, label))
+        for name in os.listdir(os.path.join(root, label))
     )
-    probabilities = np.concatenate([model.predict_on_batch(x) for x, _ in data])
-    predicted = probabilities.argmax(axis=1)
-    truth = np.asarray(source.labels)
-    error = float(np.mean(predicted != truth))
-    names = info["class_names"]
-    picks = np.random.default_rng(0).choice(len(truth), min(count, len(truth)), replace=False)
-    rows = [
-        (
-            source.files[i],
-            names[truth[i]],
-            names[predicted[i]],
-            float(probabilities[i, predicted[i]]),
-        )
-        for i in sorted(picks)
-    ]
-    return rows, error
+    picks = np.random.default_rng(seed).choice(len(files), min(count, len(files)), replace=False)
+    return [files[i] for i in sorted(picks)]

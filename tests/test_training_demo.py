@@ -74,7 +74,10 @@ def test_kvgg_demo_meets_its_goal(tmp_path):
     metrics = json.loads((tmp_path / "runs" / "demo" / "metrics.json").read_text())
     assert metrics["status"] == "finished"
     assert metrics["best_val_top1_error"] <= 0.05
-    match = re.search(r"held-out test images \(270\): top-1 error ([\d.]+) %", result.stdout)
-    assert match and float(match.group(1)) <= 5.0
+    assert "held-out test images (270), Q = 36:" in result.stdout
+    match = re.search(r"center crop +36 +([\d.]+) +([\d.]+)", result.stdout)
+    assert match and float(match.group(1)) <= 5.0, result.stdout
+    predictions = re.findall(r"true (\d), predicted (\d) \(", result.stdout)
+    assert len(predictions) == 8
     assert result.stdout.strip().endswith("run directory: runs/demo")
     print(f"kvgg demo: {seconds:.0f} s, {metrics}")
