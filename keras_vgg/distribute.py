@@ -162,7 +162,15 @@ class PrecisionChoice:
 
 
 def cpu_has_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
-    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 flags)."""
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 flags).
+
+    Args:
+        cpuinfo_path: Linux's CPU description; elsewhere the file is missing and the answer
+            is False.
+
+    Returns:
+        True if the flags list `avx512_bf16` or `amx_bf16`.
+    """
     try:
         with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
             for line in f:

@@ -478,7 +478,14 @@ def _check(recipe: Recipe, path: str) -> None:
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
-    """The recipe as {section: {key: value}}, omitting None values (TOML has no null)."""
+    """The recipe as {section: {key: value}}, omitting None values (TOML has no null).
+
+    Args:
+        recipe: A parsed recipe.
+
+    Returns:
+        Nested dictionaries; pairs such as `train_scale` become lists.
+    """
     out = {}
     for section in _SECTIONS:
         values = dataclasses.asdict(getattr(recipe, section))
@@ -489,7 +496,14 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
 
 
 def recipe_to_toml(recipe: Recipe) -> str:
-    """The resolved recipe as TOML text that `load_recipe` reads back to an equal recipe."""
+    """The resolved recipe as TOML text that `load_recipe` reads back to an equal recipe.
+
+    Args:
+        recipe: A parsed recipe.
+
+    Returns:
+        TOML text with every section and every key that has a value.
+    """
     lines = []
     for section, values in recipe_to_dict(recipe).items():
         lines.append(f"[{section}]")

@@ -543,7 +543,13 @@ def _optimizer_variables(model: keras.Model) -> list:
 
 
 def save_state(path: str, model: keras.Model, meta: dict[str, Any]) -> None:
-    """Writes the resumable state atomically: every model and optimizer variable + `meta`."""
+    """Writes the resumable state atomically: every model and optimizer variable + `meta`.
+
+    Args:
+        path: The `.npz` file (written through a temporary file, then renamed).
+        model: A compiled model whose optimizer is built.
+        meta: JSON-ready run state (epoch, learning rate, plateau state, history).
+    """
     arrays = {f"model/{i}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
     for i, v in enumerate(_optimizer_variables(model)):
         arrays[f"optimizer/{i}"] = np.asarray(v.numpy())
@@ -557,7 +563,18 @@ def save_state(path: str, model: keras.Model, meta: dict[str, Any]) -> None:
 
 
 def load_state(path: str, model: keras.Model) -> dict[str, Any]:
-    """Restores what `save_state` wrote into a model built and compiled the same way."""
+    """Restores what `save_state` wrote into a model built and compiled the same way.
+
+    Args:
+        path: The `.npz` file.
+        model: The model to fill (weights, dropout seed states and optimizer variables).
+
+    Returns:
+        The `meta` dictionary that was saved.
+
+    Raises:
+        ValueError: if the file holds another number of variables than the model.
+    """
     with np.load(path) as state:
         model_vars, opt_vars = model.variables, _optimizer_variables(model)
         n_model = sum(k.startswith("model/") for k in state.files)
