@@ -454,6 +454,22 @@ def _build_model(recipe, classes: int, precision: str) -> keras.Model:
     )
 
 
+def _check_init_source(recipe, source_path: str | None) -> None:
+    """Raises a one-line error naming the run (or file) to start from if it is missing."""
+    if source_path is None or not source_path.endswith((".keras", ".h5")):
+        return
+    if os.path.isfile(source_path):
+        return
+    key = "model.weights" if recipe.model.weights is not None else "init.from_run"
+    hint = ""
+    if recipe.init.from_run is not None:
+        hint = (
+            f": train run {recipe.init.from_run!r} first "
+            f"(kvgg fit recipes/{os.path.basename(recipe.init.from_run)}.toml)"
+        )
+    raise ValueError(f"{recipe.path}: {key}: {source_path} is not there yet{hint}")
+
+
 def _initialize(model: keras.Model, recipe, source_path: str | None) -> list[str]:
     """Sec. 3.1: B-E from A's first four conv and three FC layers; S = 384 from S = 256."""
     from keras_vgg import models, weights
@@ -466,15 +482,7 @@ def _initialize(model: keras.Model, recipe, source_path: str | None) -> list[str
         except NotImplementedError as exc:
             raise ValueError(f"{recipe.path}: model.weights: {exc}") from None
     else:
-        if not os.path.isfile(source_path):
-            key = "model.weights" if recipe.model.weights is not None else "init.from_run"
-            hint = ""
-            if recipe.init.from_run is not None:
-                hint = (
-                    f": train run {recipe.init.from_run!r} first "
-                    f"(kvgg fit recipes/{os.path.basename(recipe.init.from_run)}.toml)"
-                )
-            raise ValueError(f"{recipe.path}: {key}: {source_path} is not there yet{hint}")
+        _check_init_source(recipe, source_path)
         if source_path.endswith(".keras"):
             source = keras.saving.load_model(source_path, compile=False)
         else:
@@ -872,6 +880,8 @@ def fit(
     plan = plan_fit(recipe, devices=devices, overwrite=overwrite, count_images=False)
     recipe_text = recipe_lib.recipe_to_toml(recipe)
     _check_run_dir(plan)
+    if plan.action != "resume":
+        _check_init_source(recipe, plan.init_source)
     dist = plan.distribution
     run_dir = plan.run_dir
     if dist.is_chief:

@@ -221,3 +221,13 @@ def test_demo_and_finetune_recipes():
         "all_but_head",
         "imagenet",
     )
+
+
+def test_missing_initial_run_is_named(tmp_path):
+    result = kvgg("fit", "recipes/d_256.toml", "--set", f"run.runs_dir={tmp_path}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"kvgg: error: recipes/d_256.toml: init.from_run: {tmp_path}/a_256/best.keras is not "
+        "there yet: train run 'a_256' first (kvgg fit recipes/a_256.toml)"
+    )
+    assert not (tmp_path / "d_256").exists()

@@ -254,6 +254,7 @@ def test_init_from_a_run_copies_the_papers_layers(tmp_path):
     missing = tiny_recipe(tmp_path, name="c", model={"config": "B"}, init={"from_run": "zzz"})
     with pytest.raises(ValueError, match=r"init.from_run: .*zzz.*not there yet: train run 'zzz'"):
         training.fit(missing, data=tiny_data(), print_fn=quiet, verbose=0)
+    assert not (tmp_path / "runs" / "c").exists()  # refused before anything was written
     lines = []
     best_a = keras.saving.load_model(tmp_path / "runs" / "a_tiny" / "best.keras", compile=False)
     keras.utils.set_random_seed(0)
