@@ -498,6 +498,13 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
         training.fit(recipe, overwrite=overwrite, print_fn=click.echo)
     except training.TrainingDiverged as exc:
         raise RunFailed(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo(
+            f"kvgg: interrupted; run the same command again to resume {recipe.run_dir} after "
+            "its last finished epoch",
+            err=True,
+        )
+        sys.exit(130)
 
 
 @main.command()
