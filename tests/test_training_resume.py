@@ -163,3 +163,26 @@ def test_nan_loss_exits_with_one_line(workdir):
     assert "Traceback" not in result.stderr
     metrics = json.loads((workdir / "runs" / "nan" / "metrics.json").read_text())
     assert metrics["status"] == "nan" and metrics["epochs"] == 0
+
+
+def test_ctrl_c_says_how_to_resume(workdir):
+    command, env = kvgg_fit(workdir, "--set", "run.name=interrupted")
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch   1/"):
+                process.send_signal(signal.SIGINT)
+                break
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        f"kvgg: interrupted; run the same command again to resume {workdir}/runs/interrupted "
+        "after its last finished epoch"
+    )
+    assert (
+        json.loads((workdir / "runs" / "interrupted" / "metrics.json").read_text())["epochs"] >= 1
+    )
