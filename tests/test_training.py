@@ -66,6 +66,18 @@ def quiet(_line):
     pass
 
 
+def interrupt_after_first_epoch(recipe, lines):
+    """Runs `fit` and stops it (KeyboardInterrupt) once epoch 1's checkpoint is written."""
+
+    def stop_after_first_epoch(line):
+        lines.append(line)
+        if line.startswith("epoch   1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(recipe, data=tiny_data(), print_fn=stop_after_first_epoch, verbose=0)
+
+
 # === The schedule (Sec. 3.1) ===
 
 
@@ -203,14 +215,7 @@ def test_finished_run_is_not_overwritten_silently(tmp_path):
 def test_resuming_with_another_recipe_is_refused(tmp_path):
     recipe = tiny_recipe(tmp_path, schedule={"epochs": 2})
     lines = []
-
-    def stop_after_first_epoch(line):
-        lines.append(line)
-        if line.startswith("epoch   1/"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        training.fit(recipe, data=tiny_data(), print_fn=stop_after_first_epoch, verbose=0)
+    interrupt_after_first_epoch(recipe, lines)
     other = tiny_recipe(tmp_path, schedule={"epochs": 2}, optimizer={"lr": 0.5})
     with pytest.raises(
         ValueError, match=r"different recipe \(optimizer.lr: 0.01 there, 0.5 here\)"
@@ -270,14 +275,7 @@ def test_init_from_a_run_copies_the_papers_layers(tmp_path):
             np.testing.assert_array_equal(w_b.numpy(), w_a.numpy())
     # block1_conv2 exists only in B: random, not copied.
     assert b_model.get_layer("block1_conv2").weights[0].shape == (3, 3, 4, 4)
-
-    def stop_after_first_epoch(line):
-        lines.append(line)
-        if line.startswith("epoch   1/"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        training.fit(b, data=tiny_data(), print_fn=stop_after_first_epoch, verbose=0)
+    interrupt_after_first_epoch(b, lines)
     assert any(line.startswith("initialised 7 layers from") for line in lines)
     assert a_result.metrics["status"] == "finished"
     # Resuming takes every weight from B's own state: A's run is no longer needed.
