@@ -523,7 +523,12 @@ def demo(recipe_path, data_root, prepare_only, overwrite):
     from keras_vgg import recipe as recipe_lib
     from keras_vgg import training
 
-    counts = demo_lib.write_digits(data_root)
+    try:
+        counts = demo_lib.write_digits(data_root)
+    except ModuleNotFoundError as exc:
+        raise UserError(
+            f"kvgg demo needs scikit-learn for its data ({exc}): pip install 'keras-vgg[demo]'"
+        ) from None
     stats_path = os.path.join(data_root, "stats.json")
     if not os.path.isfile(stats_path):
         from keras_vgg.data import sources
