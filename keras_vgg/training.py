@@ -470,8 +470,16 @@ def _check_init_source(recipe, source_path: str | None) -> None:
     raise ValueError(f"{recipe.path}: {key}: {source_path} is not there yet{hint}")
 
 
-def _initialize(model: keras.Model, recipe, source_path: str | None) -> list[str]:
-    """Sec. 3.1: B-E from A's first four conv and three FC layers; S = 384 from S = 256."""
+def _initialize(
+    model: keras.Model, recipe, source_path: str | None, mean: tuple[float, float, float]
+) -> list[str]:
+    """Sec. 3.1: B-E from A's first four conv and three FC layers; S = 384 from S = 256.
+
+    When the source expects other input than this run feeds (RGB minus `mean`), e.g.
+    Keras's VGG16 file (BGR minus the BGR mean) or torchvision's (RGB / 255, then mean and
+    std), the copied first convolution is rewritten to take this run's input
+    (`_adapt_first_conv`).
+    """
     from keras_vgg import models, weights
 
     if source_path is None:
@@ -489,13 +497,57 @@ def _initialize(model: keras.Model, recipe, source_path: str | None) -> list[str
             source = models.build(recipe.model.config, weights=source_path)
     try:
         if recipe.init.mode == "a_layers":
-            return weights.initialize_from_a(source, model)
-        names = [layer.name for layer in model.layers if layer.weights]
-        if recipe.init.mode == "all_but_head":
-            names = [n for n in names if n != "predictions"]
-        return weights.transfer_weights(source, model, names, source_name=source_path)
+            copied = weights.initialize_from_a(source, model)
+        else:
+            names = [layer.name for layer in model.layers if layer.weights]
+            if recipe.init.mode == "all_but_head":
+                names = [n for n in names if n != "predictions"]
+            copied = weights.transfer_weights(source, model, names, source_name=source_path)
     except ValueError as exc:
         raise ValueError(f"{recipe.path}: init.mode = {recipe.init.mode!r}: {exc}") from None
+    if "block1_conv1" in copied:
+        _adapt_first_conv(
+            model.get_layer("block1_conv1"), _source_preprocessing(source_path, source), mean
+        )
+    return copied
+
+
+def _source_preprocessing(source_path: str, source: keras.Model):
+    """What input the source's weights expect: its run's model_info.json, else its entry's."""
+    from keras_vgg import imagenet, weights
+
+    info = _read_json(os.path.join(os.path.dirname(source_path), "model_info.json"))
+    if source_path.endswith(".keras") and info and "preprocessing" in info:
+        p = info["preprocessing"]
+        return imagenet.Preprocessing(
+            mean=tuple(p["mean"]),
+            std=None if p.get("std") is None else tuple(p["std"]),
+            scale=float(p.get("scale", 1.0)),
+            channel_order=p.get("channel_order", "rgb"),
+        )
+    return weights.preprocessing_for(source)
+
+
+def _adapt_first_conv(layer, preprocessing, mean: tuple[float, float, float]) -> None:
+    """Rewrites a first convolution trained on `preprocessing` to take RGB minus `mean`.
+
+    The source saw t_c = (scale * x_c - mu_c) / sd_c (channels in its own order); this run
+    feeds u_c = x_c - m_c, so t_c = (scale / sd_c) * u_c + (scale * m_c - mu_c) / sd_c: the
+    kernel is scaled per input channel (and reordered from BGR), and the constant term goes
+    into the bias. Exact wherever the 3x3 window lies inside the image; at the border the
+    zero padding stands for a slightly different value (none for a pure channel reorder
+    with the same mean, e.g. Keras's VGG16 weights with the ImageNet mean).
+    """
+    kernel, bias = (np.asarray(w, dtype=np.float64) for w in layer.get_weights())
+    mu = np.asarray(preprocessing.mean, np.float64)
+    sd = np.ones(3) if preprocessing.std is None else np.asarray(preprocessing.std, np.float64)
+    if preprocessing.channel_order == "bgr":
+        kernel, mu, sd = kernel[:, :, ::-1, :], mu[::-1], sd[::-1]
+    factor = preprocessing.scale / sd
+    offset = (preprocessing.scale * np.asarray(mean, np.float64) - mu) / sd
+    new_kernel = kernel * factor[None, None, :, None]
+    new_bias = bias + np.einsum("hwco,c->o", kernel, offset)
+    layer.set_weights([new_kernel.astype(np.float32), new_bias.astype(np.float32)])
 
 
 def _optimizer(recipe, precision: str) -> keras.optimizers.Optimizer:
@@ -913,7 +965,7 @@ def fit(
         model = _build_model(recipe, classes, plan.precision.policy)
         # A resumed run takes every weight from its own state: the run it started from may
         # have been moved or deleted since.
-        copied = [] if resuming else _initialize(model, recipe, plan.init_source)
+        copied = [] if resuming else _initialize(model, recipe, plan.init_source, data.mean)
         _compile(model, _optimizer(recipe, plan.precision.policy), classes)
         model.optimizer.build(model.trainable_variables)
         if dist.kind == "multi_worker":

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_vgg import recipe as recipe_lib
 from keras_vgg import training
+from keras_vgg.imagenet import IMAGENET_MEAN, KERAS_CAFFE, TORCHVISION, preprocess_input
 from keras_vgg.training import Plateau, plateau_step
 
 CLASSES = 4
@@ -264,7 +265,9 @@ def test_init_from_a_run_copies_the_papers_layers(tmp_path):
     best_a = keras.saving.load_model(tmp_path / "runs" / "a_tiny" / "best.keras", compile=False)
     keras.utils.set_random_seed(0)
     b_model = training._build_model(b, CLASSES, "float32")
-    copied = training._initialize(b_model, b, str(tmp_path / "runs" / "a_tiny" / "best.keras"))
+    copied = training._initialize(
+        b_model, b, str(tmp_path / "runs" / "a_tiny" / "best.keras"), (1.0, 2.0, 3.0)
+    )
     assert copied == [
         "block1_conv1", "block2_conv1", "block3_conv1", "block3_conv2", "fc1", "fc2",
         "predictions",
@@ -408,7 +411,7 @@ def test_finetune_from_weights_keeps_all_but_the_head(tmp_path):
     )
     keras.utils.set_random_seed(0)
     model = training._build_model(recipe, CLASSES, "float32")
-    copied = training._initialize(model, recipe, str(tmp_path / "source.keras"))
+    copied = training._initialize(model, recipe, str(tmp_path / "source.keras"), IMAGENET_MEAN)
     assert "predictions" not in copied and {"block1_conv1", "fc1", "fc2"} <= set(copied)
     assert len(copied) == len([layer for layer in model.layers if layer.weights]) - 1
     for name in copied:
@@ -419,4 +422,33 @@ def test_finetune_from_weights_keeps_all_but_the_head(tmp_path):
         tmp_path, model={"weights": str(tmp_path / "source.keras")}, init={"mode": "all"}
     )
     with pytest.raises(ValueError, match=r"init.mode = 'all': .*'predictions'.*shapes"):
-        training._initialize(model, everything, str(tmp_path / "source.keras"))
+        training._initialize(model, everything, str(tmp_path / "source.keras"), IMAGENET_MEAN)
+
+
+@pytest.mark.parametrize("preprocessing", [KERAS_CAFFE, TORCHVISION], ids=["caffe", "torch"])
+def test_first_conv_is_rewritten_for_this_runs_input(preprocessing):
+    """Weights trained on BGR / (x/255 - mean)/std inputs give the same first-layer output
+    on this run's RGB - mean input (inside the image; exactly everywhere for BGR)."""
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((16, 16, 3))
+    source = keras.layers.Conv2D(5, 3, padding="same", name="block1_conv1")
+    source_model = keras.Model(inputs, source(inputs))
+    source.set_weights([rng.normal(0, 0.1, (3, 3, 3, 5)), rng.normal(0, 0.1, 5)])
+    target = keras.layers.Conv2D(5, 3, padding="same", name="block1_conv1")
+    target_model = keras.Model(inputs, target(inputs))
+    target.set_weights(source.get_weights())
+    mean = (120.0, 110.0, 100.0)
+    training._adapt_first_conv(target, preprocessing, mean)
+    x = rng.uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
+    expected = source_model.predict_on_batch(preprocess_input(x, preprocessing=preprocessing))
+    got = target_model.predict_on_batch(x - np.asarray(mean, np.float32))
+    inner = (slice(None), slice(1, -1), slice(1, -1))
+    np.testing.assert_allclose(got[inner], expected[inner], rtol=1e-4, atol=1e-3)
+    if preprocessing is KERAS_CAFFE:
+        # With the ImageNet mean, Keras's BGR weights need only a channel reorder: exact
+        # everywhere, borders included.
+        target.set_weights(source.get_weights())
+        training._adapt_first_conv(target, KERAS_CAFFE, IMAGENET_MEAN)
+        got = target_model.predict_on_batch(x - np.asarray(IMAGENET_MEAN, np.float32))
+        expected = source_model.predict_on_batch(preprocess_input(x, preprocessing=KERAS_CAFFE))
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
