@@ -210,15 +210,21 @@ def test_dropout_under_mirrored_strategy(tmp_path):
     assert out["mirrored"] == out["variables"] and out["in_sync"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count):
+    """Distinct free ports (all held open together while they are chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def test_two_workers_end_with_identical_weights(tmp_path):
     """(4) MultiWorkerMirroredStrategy from TF_CONFIG, two processes on 127.0.0.1."""
-    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     script = tmp_path / "worker.py"
     script.write_text(COMMON + WORKER)
     processes = []
