@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/kvgg summary --all
+	$(BIN)/kvgg demo
 
 # Both tiers in one run: the fast tests and the full-size `slow` ones.
 test: $(STAMP)

@@ -1,5 +1,6 @@
 """Sources: class folders, flat folders + labels, TFRecord shards, TFDS; errors; sharding."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -295,3 +296,26 @@ def test_flat_folder_feeds_the_pipeline(tmp_path):
     assert y.tolist() == [1, 0, 1, 0] and x.shape == (4, 32, 32, 3)
     ((x, y),) = take(pipelines.training_dataset(source, batch_size=4, **SMALL), 1)
     assert sorted(y.tolist()) == [0, 0, 1, 1]
+
+
+def test_tfrecord_record_shuffle_is_seeded_per_epoch_and_graph_safe(shards):
+    root, _ = shards
+    source = dataclasses.replace(
+        TFRecordSource.from_pattern(str(root / "train-*")), shuffle_buffer=5
+    )
+    unshuffled = [n.decode() for _, _, n in source.elements(0).as_numpy_iterator()]
+
+    def order(epoch):
+        return [
+            n.decode()
+            for _, _, n in source.elements(epoch, seed=3, shuffle=True).as_numpy_iterator()
+        ]
+
+    assert sorted(order(0)) == sorted(unshuffled)  # a permutation of every record
+    assert order(0) == order(0)
+    assert order(0) != order(1) and order(0) != unshuffled
+    # The epoch as a tensor, as inside training_dataset's per-epoch datasets.
+    in_graph = tf.data.Dataset.range(1, 2).flat_map(
+        lambda epoch: source.elements(epoch, seed=3, shuffle=True)
+    )
+    assert [n.decode() for _, _, n in in_graph.as_numpy_iterator()] == order(1)

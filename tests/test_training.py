@@ -385,12 +385,6 @@ def test_tfrecord_root_in_a_recipe(tmp_path):
         training.recipe_data(without_classes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=tf.errors.OperatorNotAllowedInGraphError,
-    reason="issue-3's TFRecordSource.elements passes a tensor seed to Dataset.shuffle inside "
-    "training_dataset's per-epoch flat_map; remove this mark when that is fixed",
-)
 def test_tfrecord_root_trains_through_the_same_path(tmp_path):
     recipe = write_tfrecords(tmp_path)
     result = training.fit(recipe, print_fn=quiet, verbose=0)

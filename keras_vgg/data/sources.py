@@ -53,6 +53,28 @@ def _permutation(n: int, seed, epoch):
     return tf.argsort(tf.random.stateless_uniform([n], seed=_epoch_seed(seed, epoch)))
 
 
+def _shuffle_records(ds, buffer: int, seed, epoch):
+    """Shuffles records within consecutive windows of `buffer`, seeded by (seed, epoch).
+
+    `Dataset.shuffle` takes no seed computed from a tensor (the epoch is one inside the
+    training pipeline's per-epoch datasets), so each window is permuted with a stateless
+    shuffle instead: deterministic, different every epoch, and free of iterator state.
+    """
+    import tensorflow as tf
+
+    epoch_seed = _epoch_seed(seed, epoch)
+
+    def permute(window_index, window):
+        key = tf.random.experimental.stateless_fold_in(epoch_seed, window_index)
+        count = tf.shape(window[0], out_type=tf.int64)[0]
+        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=key)
+        return tf.data.Dataset.from_tensor_slices(
+            tuple(tf.gather(part, order) for part in window)
+        )
+
+    return ds.batch(buffer).enumerate().flat_map(permute)
+
+
 def _check_shard(num_shards: int, shard_index: int, available: int, what: str) -> None:
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(
@@ -239,7 +261,8 @@ class TFRecordSource:
         class_names: Name of each class index, if known.
         image_key: Feature holding the encoded image.
         label_key: Feature holding the integer label.
-        shuffle_buffer: Records shuffled together after file-level shuffling.
+        shuffle_buffer: Records shuffled together (consecutive windows of this many, each
+            permuted per epoch) after file-level shuffling.
         cycle_length: Shards read at once (interleaved).
     """
 
@@ -309,8 +332,7 @@ class TFRecordSource:
             deterministic=True,
         )
         if shuffle:
-            record_seed = _epoch_seed(seed, epoch)[0]
-            ds = ds.shuffle(self.shuffle_buffer, seed=record_seed, reshuffle_each_iteration=False)
+            ds = _shuffle_records(ds, self.shuffle_buffer, seed, epoch)
         return ds
 
     def read(self, payload, label):
@@ -348,7 +370,8 @@ class TFDSSource:
         data_dir: TFDS data directory (default: TFDS's own).
         image_key: Image feature name.
         label_key: Label feature name.
-        shuffle_buffer: Records shuffled together per epoch.
+        shuffle_buffer: Records shuffled together (consecutive windows of this many, each
+            permuted per epoch).
         num_shards: Workers sharing the data (set by `shard`).
         shard_index: This worker's index (set by `shard`).
     """
@@ -420,11 +443,7 @@ class TFDSSource:
         """One epoch of (encoded image, label, tfds id), shuffled per epoch if `shuffle`."""
         ds = self._dataset()
         if shuffle:
-            ds = ds.shuffle(
-                self.shuffle_buffer,
-                seed=_epoch_seed(seed, epoch)[0],
-                reshuffle_each_iteration=False,
-            )
+            ds = _shuffle_records(ds, self.shuffle_buffer, seed, epoch)
         return ds
 
     @staticmethod
