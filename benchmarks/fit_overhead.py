@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3, help="the first one is warm-up")
     parser.add_argument("--precision", default="float32")
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="random-pixel images diverge at the paper's 1e-2"
+    )
     args = parser.parse_args()
 
     import keras
@@ -87,6 +90,7 @@ def main() -> None:
                 "train_scale": args.scale,
                 "crop_size": args.crop,
             },
+            "optimizer": {"lr": args.lr},
             "schedule": {"epochs": args.epochs, "plateau_patience": 100},
             "run": {
                 "name": "bench",

@@ -759,9 +759,13 @@ class _RunKeeper(keras.callbacks.Callback):
         self._plot = self._plotter.submit(
             _write_curves, os.path.join(run_dir, "curves.png"), list(history)
         )
-        _atomic_write(os.path.join(run_dir, "last.keras"), self.model.save)
+        last = os.path.join(run_dir, "last.keras")
+        _atomic_write(last, self.model.save)
         if improved:
-            _atomic_write(os.path.join(run_dir, "best.keras"), self.model.save)
+            # The same model as last.keras: copy the file rather than serialise twice.
+            _atomic_write(
+                os.path.join(run_dir, "best.keras"), lambda tmp: shutil.copyfile(last, tmp)
+            )
         _atomic_text(
             os.path.join(run_dir, "metrics.json"),
             json.dumps(_metrics(self.meta, "running"), indent=2) + "\n",

@@ -1,10 +1,28 @@
 import os
+import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def kvgg(*args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+    """Runs `kvgg ARGS...` as a real process on this checkout's code."""
+    return subprocess.run(
+        [sys.executable, "-m", "keras_vgg.cli", *map(str, args)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
 
 CONFIG_NAMES = ["A", "A-LRN", "B", "C", "D", "E"]
 

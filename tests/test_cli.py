@@ -1,26 +1,9 @@
 """`kvgg` as a real process: version, summary, one-line errors."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
+from conftest import kvgg
 
 import keras_vgg
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def kvgg(*args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "keras_vgg.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_version():

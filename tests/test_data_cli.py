@@ -2,26 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import kvgg
 from data_images import DECODABLE, UNDECODABLE, make_bad_files, make_class_tree
 
 from keras_vgg.data import sources, stats
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def kvgg(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "keras_vgg.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": REPO},
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import kvgg
 from data_images import jpeg, write
-from test_cli import kvgg
 
 from keras_vgg import build, evaluation
 from keras_vgg.imagenet import preprocess_input

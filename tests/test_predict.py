@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import kvgg
 from data_images import jpeg, write
-from test_cli import kvgg
 from test_evaluation_cli import center_posteriors
 
 from keras_vgg import build, evaluation

@@ -1,12 +1,12 @@
 """Recipes: parsing, validation (one line naming file and key), --set, and every shipped recipe."""
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
-import subprocess
-import sys
 
+import conftest
 import pytest
 
 from keras_vgg import recipe as recipe_lib
@@ -44,22 +44,14 @@ batch_size = 128
 """
 
 
+# Recipes are named relative to the repository root, as in the README.
+kvgg = functools.partial(conftest.kvgg, cwd=ROOT)
+
+
 def write(tmp_path, text, name="exp.toml"):
     path = tmp_path / name
     path.write_text(text)
     return str(path)
-
-
-def kvgg(*args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "keras_vgg.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
 
 
 def test_defaults_are_the_papers(tmp_path):

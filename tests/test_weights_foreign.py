@@ -6,7 +6,6 @@ state dicts), and the loaded model must reproduce the source framework's outputs
 """
 
 import os
-import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,6 +14,7 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import kvgg  # noqa: E402
 
 import keras_vgg  # noqa: E402
 from keras_vgg import weights as weights_lib  # noqa: E402
@@ -23,7 +23,6 @@ from keras_vgg.imagenet import KERAS_CAFFE, PAPER, TORCHVISION  # noqa: E402
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every stage a different width: 4, 8, 16, 32, 32 (a mapping that skips or repeats a block
 # cannot fit). fc1 sees 7 x 7 x 32 after five poolings of 224.
 SMALL = dict(width=1 / 16, fc_units=32, classes=5)
@@ -399,22 +398,12 @@ def test_shape_error_names_expected_and_found(tmp_path):
 # === kvgg convert ===
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "keras_vgg.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": REPO},
-        timeout=300,
-    )
-
-
 def test_kvgg_convert_torchvision_then_load_reproduces_torch(tmp_path):
     source = torch_model("E", True, seed=3)
     src = str(tmp_path / "vgg19_bn.pth")
     torch.save(source.state_dict(), src)
     dest = str(tmp_path / "vgg19_bn.weights.h5")
-    result = run_cli("convert", src, dest, "--config", "vgg19")
+    result = kvgg("convert", src, dest, "--config", "vgg19")
     assert result.returncode == 0, result.stderr
     assert "keras_vgg.build('E', batch_norm=True, width=0.0625" in result.stdout
 
@@ -454,7 +443,7 @@ def test_convert_keras2_and_npz_record_their_preprocessing(tmp_path):
 def test_kvgg_convert_bad_input_is_one_line_exit_2(tmp_path):
     src = str(tmp_path / "b.pth")
     torch.save(torch_model("B", False).state_dict(), src)
-    result = run_cli("convert", src, str(tmp_path / "out.weights.h5"), "--config", "D")
+    result = kvgg("convert", src, str(tmp_path / "out.weights.h5"), "--config", "D")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("kvgg: error:")]
