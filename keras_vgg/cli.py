@@ -549,11 +549,7 @@ def demo(recipe_path, data_root, prepare_only, overwrite):
         ],
     )
     metrics_path = os.path.join(recipe.run_dir, "metrics.json")
-    finished = False
-    if os.path.isfile(metrics_path) and not overwrite:
-        with open(metrics_path, encoding="utf-8") as f:
-            finished = json.load(f).get("status") == "finished"
-    if finished:
+    if training.run_status(recipe.run_dir, overwrite)[0] == "finished":
         click.echo(f"{recipe.run_dir} has finished already (kvgg demo --overwrite trains again)")
     else:
         try:

@@ -369,8 +369,16 @@ def _init_source(recipe: recipe_lib.Recipe) -> str | None:
     return os.path.join(run_dir, "best.keras")
 
 
-def _run_status(run_dir: str, overwrite: bool) -> tuple[str, int]:
-    """("start" | "resume" | "overwrite" | "finished", completed epochs)."""
+def run_status(run_dir: str, overwrite: bool = False) -> tuple[str, int]:
+    """What `fit` would do with a run directory, and the epochs it has completed.
+
+    Args:
+        run_dir: The run directory (`runs/<name>`).
+        overwrite: Whether `fit` is allowed to replace a finished or started run.
+
+    Returns:
+        ("start" | "resume" | "overwrite" | "finished", completed epochs).
+    """
     metrics = _read_json(os.path.join(run_dir, "metrics.json"))
     if metrics and metrics.get("status") == "finished":
         return ("overwrite" if overwrite else "finished"), metrics.get("epochs", 0)
@@ -408,7 +416,7 @@ def plan_fit(
     dist = distribute.plan_distribution(recipe.run.batch_size, devices=devices)
     precision = distribute.resolve_precision(recipe.run.precision)
     run_dir = recipe.run_dir
-    action, epoch = _run_status(run_dir, overwrite)
+    action, epoch = run_status(run_dir, overwrite)
     count = steps = None
     if count_images and os.path.isdir(recipe.data.root):
         from keras_vgg.data import sources
@@ -450,7 +458,6 @@ def _build_model(recipe, classes: int, precision: str) -> keras.Model:
         kernel_initializer=initializer,
         kernel_regularizer=regularizer,
         dtype=None if precision == "float32" else precision,
-        name=f"vgg_{m.config.lower().replace('-', '_')}",
     )
 
 
