@@ -68,9 +68,7 @@ def _shuffle_records(ds, buffer: int, seed, epoch):
         key = tf.random.experimental.stateless_fold_in(epoch_seed, window_index)
         count = tf.shape(window[0], out_type=tf.int64)[0]
         order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=key)
-        return tf.data.Dataset.from_tensor_slices(
-            tuple(tf.gather(part, order) for part in window)
-        )
+        return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(part, order) for part in window))
 
     return ds.batch(buffer).enumerate().flat_map(permute)
 
