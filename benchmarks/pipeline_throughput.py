@@ -36,6 +36,10 @@ from keras_vgg.data import pipelines, sources  # noqa: E402
 from keras_vgg.data import transforms as T  # noqa: E402
 from keras_vgg.data.stats import IMAGENET_STATS  # noqa: E402
 
+# The references decode with one call per core: tf.data's autotuning sometimes settles on
+# one call for a whole short pass, which would halve a reference at random.
+PARALLEL = os.cpu_count() or tf.data.AUTOTUNE
+
 PHOTOS = (
     "astronaut",
     "coffee",
@@ -69,43 +73,56 @@ def make_photos(folder: str, count: int, seed: int = 0, classes: int = 10) -> No
         image.save(path, "JPEG", quality=90)
 
 
-def bare_decode(files: tuple[str, ...]) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices(list(files))
+def bare_decode(files: tuple[str, ...], epochs: int = 1) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices(list(files)).repeat(epochs)
     return ds.map(
         lambda f: tf.shape(tf.io.decode_jpeg(tf.io.read_file(f), channels=3))[0],
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=PARALLEL,
     )
 
 
-def window_decode(files: tuple[str, ...], seed: int = 0) -> tf.data.Dataset:
+def window_decode(files: tuple[str, ...], epochs: int = 1, seed: int = 0) -> tf.data.Dataset:
     """Only the crop-window decode and resize to 224 (the issue's "decode_and_crop")."""
-    ds = tf.data.Dataset.from_tensor_slices(list(files)).enumerate()
+    ds = tf.data.Dataset.from_tensor_slices(list(files)).repeat(epochs).enumerate()
     return ds.map(
         lambda i, f: T.decode_and_random_crop(
             tf.io.read_file(f), tf.stack([tf.cast(seed, tf.int64), i]), (256, 512), 224
         )[0, 0, 0],
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=PARALLEL,
     )
 
 
-def naive(source: sources.ImageSource, batch_size: int, seed: int = 0) -> tf.data.Dataset:
-    """Whole-image decode, full rescale to S, then crop: what the window decode avoids."""
+def naive(
+    source: sources.ImageSource, batch_size: int, epochs: int = 1, seed: int = 0
+) -> tf.data.Dataset:
+    """The textbook pipeline, written with tf.image only: decode the whole image, rescale it
+    to S, take a random crop, flip, colour shift and subtract the mean with plain broadcasts.
+    This is what the window decode, the block-drawn randomness and the per-batch offset
+    avoid."""
     stats = IMAGENET_STATS
     files = tf.constant(source.files)
     labels = tf.constant(source.labels, tf.int32)
+    vectors = tf.constant(stats.eigenvectors, tf.float32)
+    values = tf.constant(stats.eigenvalues, tf.float32)
 
     def load(index):
         s = tf.random.experimental.stateless_split(tf.stack([seed, index]), 4)
         image = tf.io.decode_jpeg(tf.io.read_file(files[index]), channels=3)
-        scale = T.sample_scale(s[0], (256, 512))
-        image = T.rescale_isotropic(image, scale)
+        scale = tf.random.stateless_uniform([], s[0], 256, 513, dtype=tf.int32)
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        size = tf.cast(
+            tf.round(shape * tf.cast(scale, tf.float32) / tf.reduce_min(shape)), tf.int32
+        )
+        image = tf.image.resize(image, tf.maximum(size, scale))
         image = tf.image.stateless_random_crop(image, [224, 224, 3], seed=s[1])
-        image = T.random_flip(image, s[2])
-        image = T.color_shift(image, s[3], stats.eigenvalues, stats.eigenvectors)
-        return T.subtract_mean(image, stats.mean), labels[index]
+        image = tf.image.stateless_random_flip_left_right(image, seed=s[2])
+        alpha = tf.random.stateless_normal([3], s[3], stddev=0.1)
+        image = image + tf.linalg.matvec(vectors, alpha * values) * 255.0
+        return image - tf.constant(stats.mean, tf.float32), labels[index]
 
     ds = tf.data.Dataset.range(len(source.files)).shuffle(len(source.files), seed=seed)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.repeat(epochs)
+    ds = ds.map(load, num_parallel_calls=PARALLEL)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -141,9 +158,10 @@ def main() -> None:
     parser.add_argument(
         "--epochs",
         type=int,
-        default=2,
-        help="Epochs per training-pipeline pass: it repeats forever, and the prefetching of "
-        "the epoch after the last one measured is wasted work, so measure more than one.",
+        default=4,
+        help="Passes over the files per measurement, for every candidate: start-up (threads, "
+        "functions, autotuning) and the training pipeline's prefetch past the last batch "
+        "measured are paid once per measurement, so short ones understate steady state.",
     )
     parser.add_argument("--dir", default=None, help="Reuse/keep the photos here.")
     args = parser.parse_args()
@@ -157,38 +175,43 @@ def main() -> None:
         source = sources.open_source(folder)
         steps = len(source) // args.batch_size
         print(
-            f"{len(source)} files, batch {args.batch_size}, {steps} batches per epoch; "
-            f"{os.cpu_count()} CPUs; {args.repeats} interleaved rounds after a warm-up; "
-            "ratios are medians of per-round ratios"
+            f"{len(source)} files, batch {args.batch_size}, {steps} batches per epoch, "
+            f"{args.epochs} epochs per measurement; {os.cpu_count()} CPUs; {args.repeats} "
+            "interleaved rounds after a warm-up"
         )
+        epochs = args.epochs
 
         def training():
             return pipelines.training_dataset(
                 source, batch_size=args.batch_size, train_scale=(256, 512), crop_size=224
-            ).take(steps * args.epochs)
+            ).take(steps * epochs)
 
         rates = measure(
             {
-                "bare decode_jpeg": (lambda: bare_decode(source.files), 1),
-                "window decode+resize": (lambda: window_decode(source.files), 1),
+                "bare decode_jpeg": (lambda: bare_decode(source.files, epochs), 1),
+                "window decode+resize": (lambda: window_decode(source.files, epochs), 1),
                 "training pipeline": (training, args.batch_size),
-                "naive pipeline": (lambda: naive(source, args.batch_size), args.batch_size),
+                "naive pipeline": (lambda: naive(source, args.batch_size, epochs), args.batch_size),
             },
             args.repeats,
         )
         for name, values in rates.items():
             print(
-                f"{name:<20} {statistics.median(values):8.0f} images/s (median; rounds: "
-                + ", ".join(f"{v:.0f}" for v in values)
-                + ")"
+                f"{name:<20} {statistics.median(values):6.0f} images/s median, "
+                f"{max(values):6.0f} best (rounds: " + ", ".join(f"{v:.0f}" for v in values) + ")"
             )
 
-        def ratio(a, b):
-            return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+        def ratios(a, b):
+            per_round = statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+            return f"{per_round:.2f}x median of per-round ratios, {max(rates[a]) / max(rates[b]):.2f}x best/best"
 
         train = "training pipeline"
-        print(f"training / bare decode: {ratio(train, 'bare decode_jpeg'):.2f}x (goal >= 0.85)")
-        print(f"training / naive:       {ratio(train, 'naive pipeline'):.2f}x (goal >= 1.5)")
+        print(f"training / bare decode: {ratios(train, 'bare decode_jpeg')} (goal >= 0.85)")
+        print(f"training / naive:       {ratios(train, 'naive pipeline')} (goal >= 1.5)")
+        print(
+            "(a round where the machine lent this process one core instead of two shows as a "
+            "rate halved; best/best is immune to that, the per-round median mostly so)"
+        )
 
 
 if __name__ == "__main__":

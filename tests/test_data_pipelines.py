@@ -254,6 +254,52 @@ def test_training_skips_counts_and_names_bad_files(tmp_path, caplog):
         assert sum(path in message for message in logged) == 1  # one line per file
 
 
+@pytest.mark.parametrize("batch_size,drop_remainder", [(3, False), (4, True)])
+def test_bad_files_inside_and_at_the_end_of_batches(tmp_path, batch_size, drop_remainder):
+    # Holes are found per batch: a bad file mid-batch, several in a row, and bad files
+    # last in an epoch (only the end marker reveals those) are all skipped and named, and
+    # every good image still arrives once per epoch.
+    root = tmp_path / "data"
+    make_class_tree(root, classes=("a", "b"), per_class=3)
+    bad = make_bad_files(root / "b")
+    for i in range(4):
+        write(root / "a" / f"zz{i}.jpg", b"")  # more undecodable files, in a row
+    source = sources.open_source(root)
+    good = 6 + len(DECODABLE)
+    log = pipelines.BadFileLog()
+    ds = pipelines.training_dataset(
+        source,
+        batch_size=batch_size,
+        drop_remainder=drop_remainder,
+        bad_files=log,
+        seed=5,
+        **SMALL,
+    )
+    per_epoch = good // batch_size if drop_remainder else -(-good // batch_size)
+    batches = take(ds, 3 * per_epoch)
+    for epoch in range(3):
+        epoch_batches = batches[epoch * per_epoch : (epoch + 1) * per_epoch]
+        sizes = [len(y) for _, y in epoch_batches]
+        labels = sorted(int(v) for _, y in epoch_batches for v in y)
+        if drop_remainder:
+            assert sizes == [batch_size] * per_epoch
+        else:
+            assert sum(sizes) == good and all(0 < n <= batch_size for n in sizes)
+            assert labels == [0] * 3 + [1] * (3 + len(DECODABLE))
+    expected = sorted(
+        [bad[name] for name in UNDECODABLE] + [str(root / "a" / f"zz{i}.jpg") for i in range(4)]
+    )
+    assert sorted(log.names) == expected
+    assert log.skipped >= 3 * len(expected)
+    # The positions of the bad files in each epoch's order differ from epoch to epoch, and
+    # at least one epoch (of these seeds) ends with a bad file.
+    ends = []
+    for epoch in range(3):
+        names = source.names_at(epoch, 5, 0, len(source), shuffle=True)
+        ends.append(names[-1] in expected)
+    assert any(ends)
+
+
 def test_bad_files_path_without_a_log_object(tmp_path):
     root = tmp_path / "data"
     make_class_tree(root, classes=("a",), per_class=2)

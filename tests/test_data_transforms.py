@@ -136,15 +136,50 @@ def test_multi_crops_fifty_per_scale():
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_element_seed_deterministic_and_distinct(mode):
+def test_draws_seed_deterministic_and_distinct(mode):
     seeds = {
-        (s, e, p): tuple(run(mode, lambda e_, p_, s=s: T.element_seed(s, e_, p_), e, p))
+        (s, e, b): tuple(run(mode, lambda e_, b_, s=s: T.draws_seed(s, e_, b_), e, b))
         for s in (0, 1)
         for e in (0, 1, 2)
-        for p in (0, 1, 7)
+        for b in (0, 1, 7)
     }
     assert len(set(seeds.values())) == len(seeds)
-    assert tuple(T.element_seed(1, 2, 7).numpy()) == seeds[(1, 2, 7)]  # eager == map
+    assert tuple(T.draws_seed(1, 2, 7).numpy()) == seeds[(1, 2, 7)]  # eager == map
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_random_draws_ranges_and_distributions(mode):
+    stats = IMAGENET_STATS
+
+    def draw(seed):
+        return T.random_draws(
+            seed, 4000, (36, 48), eigenvalues=stats.eigenvalues, eigenvectors=stats.eigenvectors
+        )
+
+    d = run(mode, draw, tf.constant([3, 1], tf.int64))
+    assert d["scale"].dtype == np.int32 and d["scale"].min() == 36 and d["scale"].max() == 48
+    assert len(set(d["scale"].tolist())) == 13  # uniform over Smin..Smax, both included
+    for key in ("top", "left"):
+        assert 0 <= d[key].min() < 0.01 and 0.99 < d[key].max() < 1
+    assert 0.45 < d["flip"].mean() < 0.55
+    # The colour shift: vectors @ (alpha * values) * 255 with alpha ~ N(0, 0.1), so
+    # alpha = (vectors^T @ color) / (values * 255) (orthonormal eigenvectors).
+    vectors = np.asarray(stats.eigenvectors, np.float64)
+    alpha = d["color"] @ vectors / (np.asarray(stats.eigenvalues) * 255.0)
+    assert alpha.shape == (4000, 3)
+    np.testing.assert_allclose(alpha.std(axis=0), 0.1, rtol=0.1)
+    np.testing.assert_allclose(alpha.mean(axis=0), 0.0, atol=0.01)
+    again = draw(tf.constant([3, 1], tf.int64))
+    np.testing.assert_array_equal(again["color"].numpy(), d["color"])  # eager == map
+    other = draw(tf.constant([3, 2], tf.int64))
+    assert not np.array_equal(other["scale"].numpy(), d["scale"])
+
+
+def test_random_draws_fixed_scale_no_flip_no_colour():
+    d = T.random_draws(tf.constant([0, 0], tf.int64), 5, 40, flip=False)
+    assert d["scale"].numpy().tolist() == [40] * 5
+    assert not d["flip"].numpy().any()
+    np.testing.assert_array_equal(d["color"].numpy(), np.zeros((5, 3), np.float32))
 
 
 def test_sample_scale_range_is_inclusive():
@@ -304,6 +339,40 @@ def test_decode_random_window_is_the_uint8_window(mode):
     top, left, h, w = T.random_crop_window(seed, 50, 64, (36, 48), 32).numpy()
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, tf.io.decode_jpeg(data)[top : top + h, left : left + w])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_decode_window_jpeg_png_and_truncated(mode):
+    pic = photo(50, 64, 2)
+
+    def window(height, width):
+        # Depends on the size, as the training windows do.
+        return tf.stack([height // 5, width // 4, height // 2, width // 2])
+
+    data = jpeg(50, 64, 2)
+    out = run(mode, lambda c: T.decode_window(c, window), data)
+    # Only the window is decoded (chroma upsampling at its edges may differ by a few levels).
+    np.testing.assert_array_equal(out, tf.image.decode_and_crop_jpeg(data, [10, 16, 25, 32]))
+    full = tf.io.decode_jpeg(data)[10:35, 16:48].numpy().astype(int)
+    assert np.abs(out.astype(int) - full).max() <= 8
+    out = run(mode, lambda c: T.decode_window(c, window), encode(pic, "PNG"))
+    np.testing.assert_array_equal(out, pic[10:35, 16:48])
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        run(mode, lambda c: T.decode_window(c, window), truncated_jpeg(50, 64))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(5, 7, 3), (4, 5, 7, 3), (2, 3, 5, 7, 3)])
+def test_add_per_channel_equals_broadcast(mode, shape):
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, shape).astype(np.float32)
+    offset = rng.normal(size=shape[:-3] + (3,)).astype(np.float32)
+    out = run(mode, T.add_per_channel, image, offset)
+    expected = image + offset[..., None, None, :]
+    assert out.dtype == np.float32 and out.shape == shape
+    np.testing.assert_array_equal(out, expected)
+    uint8 = run(mode, T.add_per_channel, image.astype(np.uint8), offset)
+    np.testing.assert_array_equal(uint8, image.astype(np.uint8) + offset[..., None, None, :])
 
 
 @pytest.mark.parametrize("mode", MODES)

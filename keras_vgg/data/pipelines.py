@@ -1,10 +1,15 @@
 """tf.data pipelines for training (Sec. 3.1) and evaluation (Sec. 3.2).
 
-Randomness: every training element gets its own seed from (seed, epoch, position), where
-position is its place in that epoch's seeded file order. So the same seed gives the same
-batches, every epoch differs, parallel decoding cannot change the result, and a run resumed
-with `start_epoch=k` sees exactly what an uninterrupted run sees from epoch k on (each
-epoch is batched on its own, so batches never straddle two epochs).
+Randomness: every training element's random choices are a function of (seed, epoch,
+position), where position is its place in that epoch's seeded file order; they are drawn
+in vectorised blocks of positions, not one small op at a time. So the same seed gives the
+same batches, every epoch differs, parallel decoding cannot change the result, and a run
+resumed with `start_epoch=k` sees exactly what an uninterrupted run sees from epoch k on
+(each epoch is batched on its own, so batches never straddle two epochs).
+
+Speed: decoding (the only step that can fail) and the fixed-size float work are separate
+parallel maps, so tf.data fuses the second with `batch`; the colour shift and mean are
+added once per batch, with the per-channel add written to run at memory speed.
 
 Bad files: an element whose bytes cannot be decoded is dropped by `ignore_errors` at no
 cost to the good ones; the hole it leaves in the epoch's positions is found afterwards and
@@ -96,29 +101,45 @@ def _reason(name: str) -> str:
 _END = "\x00end-of-epoch"
 
 
-def _map_skipping_bad(
+def _batches_skipping_bad(
     source,
     elements: tf.data.Dataset,
+    draws: tf.data.Dataset,
     load: Callable,
+    finish: Callable,
+    finish_batch: Callable,
     bad_files: BadFileLog,
     *,
+    batch_size: int,
+    drop_remainder: bool,
     epoch,
     seed: int,
     shuffle: bool,
     end_element,
     parallel_calls: int | None = None,
 ) -> tf.data.Dataset:
-    """`load` over one epoch in parallel and in order, dropping and reporting failed elements.
+    """Batches of `finish(load(element))` over one epoch, in order, without failed elements.
 
-    A failed element is dropped by `ignore_errors` (no per-element cost); the gap it leaves
-    in the element positions is then found by a `scan` and named by replaying the epoch's
-    deterministic order on the Python side (only when there is a gap).
+    The work is split so that what is costly per element stays cheap to batch: `load`
+    (read and decode; it may fail) runs first in a parallel map, and a failed element is
+    dropped by `ignore_errors`; `finish` (the fixed-size float work, which cannot fail) is
+    then fused with `batch` by tf.data (map-and-batch writes straight into the batch);
+    `finish_batch` works on whole batches. The holes that failed elements leave in the
+    epoch's positions are found once per batch, and named by replaying the epoch's
+    deterministic order on the Python side (only when there is one). A marker element
+    after the last one makes holes at the very end visible too.
 
     Args:
         source: The source the elements come from (for naming skipped ones).
         elements: (payload, label, name) of one epoch, as `source.elements(epoch, ...)`.
-        load: (payload, label, name, position) -> output structure; may raise.
+        draws: Dicts with at least "position" (int64, 0, 1, 2, ...), zipped with the
+            elements (e.g. their random choices); at least one longer than `elements`.
+        load: (payload, label, draws) -> structure; may raise.
+        finish: `load`'s output -> the output structure of one element; must not raise.
+        finish_batch: A batch of `finish` outputs -> the output batch.
         bad_files: Where skipped elements are reported.
+        batch_size: Elements per batch.
+        drop_remainder: Drop the epoch's last partial batch.
         epoch: The epoch (int or scalar tensor).
         seed: The seed the elements were ordered with.
         shuffle: Whether they were shuffled.
@@ -126,37 +147,63 @@ def _map_skipping_bad(
         parallel_calls: Elements decoded at once (default: tf.data's autotuning).
 
     Returns:
-        A dataset of `load`'s outputs, without the failed elements.
+        A dataset of batched `finish` outputs (first dimension `batch_size` if
+        `drop_remainder`, else at most `batch_size`).
     """
+    parallel = parallel_calls or tf.data.AUTOTUNE
     end = tf.data.Dataset.from_tensors((end_element[0], end_element[1], tf.constant(_END)))
-    ds = elements.concatenate(end).enumerate()
+    ds = tf.data.Dataset.zip(draws, elements.concatenate(end))
 
-    def run(position, element):
+    def decode(draw, element):
         payload, label, name = element
-        return load(payload, label, name, position), position, tf.equal(name, _END)
+        return load(payload, label, draw), draw["position"], tf.equal(name, _END)
 
+    ds = ds.map(decode, num_parallel_calls=parallel, deterministic=True).ignore_errors()
     ds = ds.map(
-        run, num_parallel_calls=parallel_calls or tf.data.AUTOTUNE, deterministic=True
-    ).ignore_errors()
-    ds = ds.scan(
-        tf.constant(-1, tf.int64),
-        lambda previous, x: (x[1], (x[0], previous + 1, x[1], x[2])),
-    )
+        lambda loaded, position, is_end: (finish(loaded), position, is_end),
+        num_parallel_calls=parallel,
+        deterministic=True,
+    ).batch(batch_size)
+    # (batch, positions, is_end, the last position before this batch).
+    ds = ds.scan(tf.constant(-1, tf.int64), lambda previous, b: (b[1][-1], (*b, previous)))
 
-    def report(epoch_, start, stop):
-        for name in source.names_at(int(epoch_), seed, int(start), int(stop), shuffle):
-            bad_files.record(name)
+    def report(epoch_, previous, positions):
+        previous = int(previous)
+        present = set(positions.numpy().tolist())
+        last = max(present)
+        names = source.names_at(int(epoch_), seed, previous + 1, last, shuffle)
+        for position, name in enumerate(names, start=previous + 1):
+            if position not in present:
+                bad_files.record(name)
         return True
 
-    def keep(output, start, stop, is_end):
+    def keep(outputs, positions, is_end, previous):
+        count = tf.shape(positions, out_type=tf.int64)[0]
+
         def gap():
-            done = tf.py_function(report, [tf.cast(epoch, tf.int64), start, stop], tf.bool)
+            done = tf.py_function(report, [tf.cast(epoch, tf.int64), previous, positions], tf.bool)
             return tf.reshape(done, [])
 
-        reported = tf.cond(stop > start, gap, lambda: tf.constant(True))
-        return tf.logical_and(reported, tf.logical_not(is_end))
+        reported = tf.cond(positions[-1] - previous > count, gap, lambda: tf.constant(True))
+        if drop_remainder:
+            # The marker is last, so the batch holding it has fewer real elements than a
+            # full one: it is the partial batch.
+            wanted = tf.logical_not(is_end[-1])
+        else:
+            wanted = count > tf.cast(is_end[-1], tf.int64)
+        return tf.logical_and(reported, wanted)
 
-    return ds.filter(keep).map(lambda output, start, stop, is_end: output)
+    def strip(outputs, positions, is_end, previous):
+        if drop_remainder:
+            outputs = tf.nest.map_structure(
+                lambda t: tf.ensure_shape(t, [batch_size, *t.shape[1:]]), outputs
+            )
+        else:
+            real = tf.shape(positions)[0] - tf.cast(is_end[-1], tf.int32)
+            outputs = tf.nest.map_structure(lambda t: t[:real], outputs)
+        return finish_batch(outputs)
+
+    return ds.filter(keep).map(strip, num_parallel_calls=parallel, deterministic=True)
 
 
 def _check_sizes(crop_size: int, scales: Sequence[int], what: str) -> None:
@@ -188,6 +235,35 @@ def _options() -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
     return options
+
+
+# Random choices are drawn for this many consecutive positions of an epoch at once.
+_DRAWS_BLOCK = 1024
+
+
+def _training_draws(seed, epoch, scales, flip, color_shift, mean) -> tf.data.Dataset:
+    """Sec. 3.1's random choices for every position of one epoch, drawn block by block.
+
+    Yields dicts of "position" (0, 1, 2, ...), "scale", "top", "left", "flip" and "offset"
+    (the colour shift minus the mean RGB), forever. What position p gets depends only on
+    (seed, epoch, p), so parallel decoding cannot change it and a resumed run repeats it.
+    """
+    mean = tf.constant(mean, tf.float32)
+
+    def block(index):
+        draws = transforms.random_draws(
+            transforms.draws_seed(seed, epoch, index),
+            _DRAWS_BLOCK,
+            scales,
+            flip=flip,
+            eigenvalues=None if color_shift is None else color_shift.eigenvalues,
+            eigenvectors=None if color_shift is None else color_shift.eigenvectors,
+        )
+        draws["offset"] = draws.pop("color") - mean
+        draws["position"] = index * _DRAWS_BLOCK + tf.range(_DRAWS_BLOCK, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices(draws)
+
+    return tf.data.Dataset.range(_EPOCHS).flat_map(block)
 
 
 def training_dataset(
@@ -256,42 +332,48 @@ def training_dataset(
     mean = tuple(float(m) for m in mean)
     end_element = sources_lib.first_decodable(source)
 
-    def load(payload, label, position, epoch):
+    def load(payload, label, draw):
         contents, label = source.read(payload, label)
-        crop_seed, flip_seed, color_seed = tf.unstack(
-            tf.random.experimental.stateless_split(
-                transforms.element_seed(seed, epoch, position), 3
-            )
+        window = transforms.decode_window(
+            contents,
+            lambda height, width: transforms.crop_window(
+                height, width, draw["scale"], crop_size, draw["top"], draw["left"]
+            ),
         )
-        window = transforms.decode_random_window(contents, crop_seed, scales, crop_size)
         if flip:
             # Flipping the uint8 window then resizing equals resizing then flipping (the
             # bilinear grid is mirror-symmetric) and moves a quarter of the bytes.
-            window = transforms.random_flip(window, flip_seed)
+            window = tf.cond(draw["flip"], lambda: tf.reverse(window, axis=[1]), lambda: window)
+        return window, draw["offset"], tf.cast(label, tf.int32)
+
+    def finish(loaded):
+        window, offset, label = loaded
         image = transforms.resize_crop(window, crop_size)
-        # One pass over the pixels for colour shift and mean: image + (shift - mean).
-        offset = -tf.constant(mean, tf.float32)
-        if color_shift is not None:
-            offset += transforms.color_shift_offset(
-                color_seed, color_shift.eigenvalues, color_shift.eigenvectors
-            )
-        image = image + offset
         image.set_shape([crop_size, crop_size, 3])
-        return image, tf.cast(label, tf.int32)
+        return image, offset, label
+
+    def finish_batch(batch):
+        # Colour shift and mean in one pass over the batch: image + (shift - mean).
+        images, offsets, labels = batch
+        return transforms.add_per_channel(images, offsets), labels
 
     def epoch_dataset(epoch):
-        ds = _map_skipping_bad(
+        return _batches_skipping_bad(
             source,
             source.elements(epoch, seed=seed, shuffle=True),
-            lambda payload, label, name, position: load(payload, label, position, epoch),
+            _training_draws(seed, epoch, scales, flip, color_shift, mean),
+            load,
+            finish,
+            finish_batch,
             bad_files,
+            batch_size=batch_size,
+            drop_remainder=drop_remainder,
             epoch=epoch,
             seed=seed,
             shuffle=True,
             end_element=end_element,
             parallel_calls=parallel_calls,
         )
-        return ds.batch(batch_size, drop_remainder=drop_remainder)
 
     ds = tf.data.Dataset.range(start_epoch, _EPOCHS).flat_map(epoch_dataset)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
@@ -404,24 +486,29 @@ def decoded_images(
     if sample is not None:
         elements = elements.take(sample)
 
-    def load(payload, label, name, position):
-        del name, position
+    def load(payload, label, draw):
+        del draw
         contents, label = source.read(payload, label)
         image = transforms.decode_image(contents)
         output = image if map_fn is None else map_fn(image)
         return (output, tf.cast(label, tf.int32)) if with_labels else output
 
-    ds = _map_skipping_bad(
+    ds = _batches_skipping_bad(
         source,
         elements,
+        tf.data.Dataset.counter().map(lambda position: {"position": position}),
         load,
+        lambda output: output,
+        lambda batch: batch,
         bad_files,
+        batch_size=1,
+        drop_remainder=False,
         epoch=0,
         seed=seed,
         shuffle=shuffle,
         end_element=sources_lib.first_decodable(source),
     )
-    return ds.with_options(_options())
+    return ds.unbatch().with_options(_options())
 
 
 def steps_per_epoch(
