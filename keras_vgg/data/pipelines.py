@@ -7,9 +7,12 @@ same batches, every epoch differs, parallel decoding cannot change the result, a
 resumed with `start_epoch=k` sees exactly what an uninterrupted run sees from epoch k on
 (each epoch is batched on its own, so batches never straddle two epochs).
 
-Speed: decoding (the only step that can fail) and the fixed-size float work are separate
-parallel maps, so tf.data fuses the second with `batch`; the colour shift and mean are
-added once per batch, with the per-channel add written to run at memory speed.
+Speed (see benchmarks/pipeline_throughput.py): per image only the crop window of a JPEG
+is decoded and resized; everything that can be done for many images at once is (random
+choices per block of positions, bad-file bookkeeping per batch, colour shift and mean per
+batch with a per-channel add that runs at memory speed). Note that tf.data does not apply
+its graph rewrites (e.g. map-and-batch fusion) to datasets built inside `flat_map`, as
+the per-epoch datasets are; measured, fusing by hand gained nothing here.
 
 Bad files: an element whose bytes cannot be decoded is dropped by `ignore_errors` at no
 cost to the good ones; the hole it leaves in the epoch's positions is found afterwards and
@@ -120,14 +123,13 @@ def _batches_skipping_bad(
 ) -> tf.data.Dataset:
     """Batches of `finish(load(element))` over one epoch, in order, without failed elements.
 
-    The work is split so that what is costly per element stays cheap to batch: `load`
-    (read and decode; it may fail) runs first in a parallel map, and a failed element is
-    dropped by `ignore_errors`; `finish` (the fixed-size float work, which cannot fail) is
-    then fused with `batch` by tf.data (map-and-batch writes straight into the batch);
-    `finish_batch` works on whole batches. The holes that failed elements leave in the
-    epoch's positions are found once per batch, and named by replaying the epoch's
-    deterministic order on the Python side (only when there is one). A marker element
-    after the last one makes holes at the very end visible too.
+    `load` (read and decode; it may fail) runs in a parallel map, and a failed element is
+    dropped by `ignore_errors`; `finish` (the fixed-size work, which cannot fail) runs in a
+    second parallel map feeding `batch`; `finish_batch` works on whole batches (in
+    parallel too). The holes that failed elements leave in the epoch's positions are found
+    once per batch, and named by replaying the epoch's deterministic order on the Python
+    side (only when there is one). A marker element after the last one makes holes at the
+    very end visible too.
 
     Args:
         source: The source the elements come from (for naming skipped ones).
