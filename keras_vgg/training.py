@@ -617,10 +617,19 @@ def save_state(path: str, model: keras.Model, meta: dict[str, Any]) -> None:
         model: A compiled model whose optimizer is built.
         meta: JSON-ready run state (epoch, learning rate, plateau state, history).
     """
-    arrays = {f"model/{i}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
+    _write_state(path, _state_arrays(model), meta)
+
+
+def _state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
+    """Copies of every model and optimizer variable, as `save_state` stores them."""
+    arrays = {f"model/{i}": np.array(v.numpy()) for i, v in enumerate(model.variables)}
     for i, v in enumerate(_optimizer_variables(model)):
-        arrays[f"optimizer/{i}"] = np.asarray(v.numpy())
-    arrays["meta"] = np.asarray(json.dumps(meta))
+        arrays[f"optimizer/{i}"] = np.array(v.numpy())
+    return arrays
+
+
+def _write_state(path: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    arrays = {**arrays, "meta": np.asarray(json.dumps(meta))}
 
     def write(tmp):
         with open(tmp, "wb") as f:
@@ -670,26 +679,56 @@ def _read_json(path: str):
 
 
 class _RunKeeper(keras.callbacks.Callback):
-    """Schedule (Sec. 3.1), NaN guard, per-epoch checkpoint, history, curves, summary line."""
+    """Schedule (Sec. 3.1), NaN guard, per-epoch checkpoint, history, logs, summary line.
 
-    def __init__(self, recipe, run_dir, meta, is_chief, print_fn):
+    The per-epoch files are written off the training thread, so the next epoch does not
+    wait for the disk: at the end of an epoch the variables are copied (a memory copy, the
+    only part that must see a consistent model), and a single background thread writes
+    `last.keras` (from a CPU twin of the model holding the copies), `best.keras`,
+    `state.npz`, `history.csv`, `metrics.json` and the TensorBoard scalars, each
+    atomically, one epoch after the other. At most one epoch's writes are pending, and
+    `close()` waits for them. `state.npz` is what a resumed run reads, so a kill while an
+    epoch's files are being written resumes from the epoch before, as it should.
+    `curves.png` is for people: it is redrawn at most every `curves_every` seconds, and at
+    the end.
+    """
+
+    # Keras may run the per-batch NaN check off the training thread (it only sets flags),
+    # so the loop never waits on it for the step's loss.
+    async_safe = True
+
+    def __init__(self, recipe, run_dir, meta, is_chief, print_fn, curves_every: float = 30.0):
         super().__init__()
         self.recipe = recipe
         self.run_dir = run_dir
         self.meta = meta
         self.is_chief = is_chief
         self.print_fn = print_fn
+        self.curves_every = curves_every
         self.diverged: tuple[int, int] | None = None
         self._start = 0.0
-        # curves.png is drawn off the training thread: it is for people, not for resuming.
-        self._plotter = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self._plot: concurrent.futures.Future | None = None
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._pending: concurrent.futures.Future | None = None
+        self._twin: keras.Model | None = None
+        self._summaries: dict[str, Any] = {}
+        self._curves_drawn = -math.inf
+        self._curves_stale = False
 
     def close(self) -> None:
-        """Waits for the last curves.png."""
-        if self._plot is not None:
-            self._plot.result()
-        self._plotter.shutdown()
+        """Waits for the pending writes, draws the final curves.png, stops the thread."""
+        try:
+            self._wait()
+            if self._curves_stale and self.is_chief:
+                _write_curves(os.path.join(self.run_dir, "curves.png"), self.meta["history"])
+        finally:
+            self._writer.shutdown()
+            for writer in self._summaries.values():
+                writer.close()
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises what went wrong in the thread (e.g. a full disk)
 
     def _lr(self) -> float:
         return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -758,26 +797,66 @@ class _RunKeeper(keras.callbacks.Callback):
         self.print_fn(_summary_line(row, s.epochs, plateau, action))
 
     def _write(self, improved: bool) -> None:
+        # Everything the thread needs is copied here, on the training thread.
+        arrays = _state_arrays(self.model)
+        meta = json.loads(json.dumps(self.meta))
+        curves = time.monotonic() - self._curves_drawn >= self.curves_every
+        if curves:
+            self._curves_drawn = time.monotonic()
+        self._curves_stale = not curves
+        self._wait()
+        self._pending = self._writer.submit(self._write_files, arrays, meta, improved, curves)
+
+    def _write_files(self, arrays, meta, improved: bool, curves: bool) -> None:
         run_dir = self.run_dir
-        history = self.meta["history"]
-        _atomic_text(os.path.join(run_dir, "history.csv"), _history_csv(history))
-        if self._plot is not None:
-            self._plot.result()
-        self._plot = self._plotter.submit(
-            _write_curves, os.path.join(run_dir, "curves.png"), list(history)
-        )
         last = os.path.join(run_dir, "last.keras")
-        _atomic_write(last, self.model.save)
+        _atomic_write(last, self._twin_with(arrays).save)
         if improved:
             # The same model as last.keras: copy the file rather than serialise twice.
             _atomic_write(
                 os.path.join(run_dir, "best.keras"), lambda tmp: shutil.copyfile(last, tmp)
             )
+        _write_state(os.path.join(run_dir, STATE_FILE), arrays, meta)
+        history = meta["history"]
+        _atomic_text(os.path.join(run_dir, "history.csv"), _history_csv(history))
         _atomic_text(
             os.path.join(run_dir, "metrics.json"),
-            json.dumps(_metrics(self.meta, "running"), indent=2) + "\n",
+            json.dumps(_metrics(meta, "running"), indent=2) + "\n",
         )
-        save_state(os.path.join(run_dir, STATE_FILE), self.model, self.meta)
+        self._log_scalars(history[-1])
+        if curves:
+            _write_curves(os.path.join(run_dir, "curves.png"), history)
+
+    def _twin_with(self, arrays) -> keras.Model:
+        """A copy of the model on the CPU, outside any distribution strategy, holding `arrays`.
+
+        Built once, in the writer thread (strategy scopes are per thread), from the model's
+        own config, so its `.keras` file is the model's.
+        """
+        if self._twin is None:
+            with tf.device("/cpu:0"):
+                self._twin = keras.models.clone_model(self.model)
+        variables = self._twin.variables
+        if len(variables) != len(self.model.variables):
+            raise RuntimeError("the model's CPU twin has different variables")
+        for i, variable in enumerate(variables):
+            variable.assign(arrays[f"model/{i}"])
+        return self._twin
+
+    def _log_scalars(self, row: dict) -> None:
+        """The epoch's figures as TensorBoard scalars in logs/train and logs/validation."""
+        for split, prefix in (("train", ""), ("validation", "val_")):
+            if split not in self._summaries:
+                path = os.path.join(self.run_dir, "logs", split)
+                self._summaries[split] = tf.summary.create_file_writer(path)
+            with self._summaries[split].as_default(step=row["epoch"]):
+                for key in ("loss", "top1_error", "top5_error"):
+                    value = row[prefix + key]
+                    if math.isfinite(value):
+                        tf.summary.scalar(f"epoch_{key}", value)
+                if split == "train":
+                    tf.summary.scalar("epoch_learning_rate", row["lr"])
+            self._summaries[split].flush()
 
 
 def _summary_line(row, epochs, plateau: Plateau, action: str) -> str:
@@ -1022,12 +1101,6 @@ def fit(
                 )
                 val = val.with_options(options)
             callbacks = [keeper]
-            if dist.is_chief:
-                callbacks.append(
-                    keras.callbacks.TensorBoard(
-                        os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0
-                    )
-                )
             if verbose == "auto":
                 verbose = 1 if sys.stdout.isatty() else 0
             with warnings.catch_warnings():

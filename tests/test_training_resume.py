@@ -90,6 +90,13 @@ def weights(run_dir):
     return [w.numpy() for w in model.weights]
 
 
+def written_epochs(run_dir) -> int:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())["epochs"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def test_kill_9_then_rerun_ends_as_an_uninterrupted_run(workdir):
     full = run_to_end(workdir, "full")
     assert full.returncode == 0, full.stderr[-2000:]
@@ -105,6 +112,12 @@ def test_kill_9_then_rerun_ends_as_an_uninterrupted_run(workdir):
         for line in process.stdout:
             seen.append(line)
             if line.startswith("epoch   3/"):
+                # The epoch's files are written off the training thread: kill once they
+                # are there, while the fourth epoch trains.
+                while (
+                    time.monotonic() < deadline and written_epochs(workdir / "runs" / "killed") < 3
+                ):
+                    time.sleep(0.02)
                 process.send_signal(signal.SIGKILL)
                 break
             assert time.monotonic() < deadline, "".join(seen)
