@@ -147,6 +147,18 @@ def test_weight_decay_adds_decay_times_w_to_the_gradient(tmp_path, mode):
 # === A whole run ===
 
 
+def tensorboard_scalars(folder, tag):
+    """{step: value} of one scalar tag in the event files of `folder`."""
+    values = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
 def test_fit_writes_the_run_directory(tmp_path):
     recipe = tiny_recipe(tmp_path)
     lines = []
@@ -157,6 +169,17 @@ def test_fit_writes_the_run_directory(tmp_path):
                  "curves.png", "model_info.json", "state.npz"):  # fmt: skip
         assert (run / name).is_file(), name
     assert any((run / "logs").rglob("events.out.tfevents.*"))
+    for folder, tag, key in (
+        ("train", "epoch_loss", "loss"),
+        ("train", "epoch_top5_error", "top5_error"),
+        ("train", "epoch_learning_rate", "lr"),
+        ("validation", "epoch_top1_error", "val_top1_error"),
+    ):
+        logged = tensorboard_scalars(run / "logs" / folder, tag)
+        assert sorted(logged) == [1, 2, 3], tag
+        assert [logged[r["epoch"]] for r in result.history] == pytest.approx(
+            [r[key] for r in result.history]
+        ), tag
     saved = recipe_lib.load_recipe(run / "recipe.toml")
     assert recipe_lib.recipe_to_dict(saved) == recipe_lib.recipe_to_dict(recipe)
     assert json.loads((run / "model_info.json").read_text()) == {
