@@ -496,7 +496,7 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
     recipe = recipes[0]
     try:
         training.fit(recipe, overwrite=overwrite, print_fn=click.echo)
-    except training.TrainingDiverged as exc:
+    except (training.TrainingDiverged, training.CheckpointError) as exc:
         raise RunFailed(str(exc)) from None
     except KeyboardInterrupt:
         click.echo(
@@ -554,7 +554,7 @@ def demo(recipe_path, data_root, prepare_only, overwrite):
     else:
         try:
             training.fit(recipe, overwrite=overwrite, print_fn=click.echo)
-        except training.TrainingDiverged as exc:
+        except (training.TrainingDiverged, training.CheckpointError) as exc:
             raise RunFailed(str(exc)) from None
     with open(metrics_path, encoding="utf-8") as f:
         metrics = json.load(f)

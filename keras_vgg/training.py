@@ -43,6 +43,7 @@ from keras_vgg import distribute
 from keras_vgg import recipe as recipe_lib
 
 __all__ = [
+    "CheckpointError",
     "FitPlan",
     "FitResult",
     "Plateau",
@@ -70,6 +71,10 @@ HISTORY_COLUMNS = (
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(RuntimeError):
+    """An epoch's files could not be written (e.g. a full disk); the previous ones are kept."""
 
 
 # === The learning-rate schedule (Sec. 3.1) ===
@@ -708,7 +713,7 @@ class _RunKeeper(keras.callbacks.Callback):
         self.diverged: tuple[int, int] | None = None
         self._start = 0.0
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self._pending: concurrent.futures.Future | None = None
+        self._pending: tuple[int, concurrent.futures.Future] | None = None
         self._twin: keras.Model | None = None
         self._summaries: dict[str, Any] = {}
         self._curves_drawn = -math.inf
@@ -726,9 +731,22 @@ class _RunKeeper(keras.callbacks.Callback):
                 writer.close()
 
     def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()  # re-raises what went wrong in the thread (e.g. a full disk)
+        if self._pending is None:
+            return
+        (epoch, pending), self._pending = self._pending, None
+        try:
+            pending.result()
+        except OSError as exc:
+            where = exc.filename or self.run_dir
+            kept = (
+                f"the resumable state of epoch {epoch - 1} is kept"
+                if epoch > 1
+                else "no epoch's state had been written yet"
+            )
+            raise CheckpointError(
+                f"could not write the files of epoch {epoch} ({where}: {exc.strerror or exc}); "
+                f"{kept} in {self.run_dir}: fix this and run the same command again"
+            ) from None
 
     def _lr(self) -> float:
         return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -805,7 +823,8 @@ class _RunKeeper(keras.callbacks.Callback):
             self._curves_drawn = time.monotonic()
         self._curves_stale = not curves
         self._wait()
-        self._pending = self._writer.submit(self._write_files, arrays, meta, improved, curves)
+        future = self._writer.submit(self._write_files, arrays, meta, improved, curves)
+        self._pending = (meta["epoch"], future)
 
     def _write_files(self, arrays, meta, improved: bool, curves: bool) -> None:
         run_dir = self.run_dir

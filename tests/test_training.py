@@ -270,6 +270,36 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(w.numpy()).all() for w in last.weights)
 
 
+def test_a_failed_checkpoint_write_is_one_error_and_keeps_the_epoch_before(tmp_path, monkeypatch):
+    # The epoch files are written off the training thread; a full disk while writing the
+    # second epoch's state must stop the run with one line and leave epoch 1's files whole.
+    write_state = training._write_state
+
+    def full_disk(path, arrays, meta):
+        if meta["epoch"] == 2:
+            raise OSError(28, "No space left on device", path)
+        write_state(path, arrays, meta)
+
+    monkeypatch.setattr(training, "_write_state", full_disk)
+    recipe = tiny_recipe(tmp_path, schedule={"epochs": 4})
+    run = tmp_path / "runs" / "tiny"
+    with pytest.raises(training.CheckpointError) as info:
+        training.fit(recipe, data=tiny_data(), print_fn=quiet, verbose=0)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "epoch 2" in message and "No space left on device" in message
+    assert str(run / "state.npz") in message and "state of epoch 1 is kept" in message
+    with np.load(run / "state.npz") as state:
+        assert json.loads(str(state["meta"]))["epoch"] == 1
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+    # The same command resumes after epoch 1 once the disk has room again.
+    monkeypatch.setattr(training, "_write_state", write_state)
+    lines = []
+    result = training.fit(recipe, data=tiny_data(), print_fn=lines.append, verbose=0)
+    assert any("after epoch 1" in line for line in lines)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+
+
 def test_init_from_a_run_copies_the_papers_layers(tmp_path):
     a = tiny_recipe(tmp_path, name="a_tiny", schedule={"epochs": 1})
     a_result = training.fit(a, data=tiny_data(), print_fn=quiet, verbose=0)
