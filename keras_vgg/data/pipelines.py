@@ -345,7 +345,7 @@ def training_dataset(
         if flip:
             # Flipping the uint8 window then resizing equals resizing then flipping (the
             # bilinear grid is mirror-symmetric) and moves a quarter of the bytes.
-            window = tf.cond(draw["flip"], lambda: tf.reverse(window, axis=[1]), lambda: window)
+            window = transforms.flip_if(window, draw["flip"])
         return window, draw["offset"], tf.cast(label, tf.int32)
 
     def finish(loaded):

@@ -22,6 +22,7 @@ __all__ = [
     "decode_random_window",
     "decode_window",
     "draws_seed",
+    "flip_if",
     "grid_crop_offsets",
     "isotropic_size",
     "multi_crops",
@@ -243,13 +244,7 @@ def random_draws(
     scale_seed, position_seed, flip_seed, color_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 4)
     )
-    if isinstance(train_scale, int):
-        scale = tf.fill([count], tf.constant(train_scale, tf.int32))
-    else:
-        smin, smax = train_scale
-        scale = tf.random.stateless_uniform(
-            [count], seed=scale_seed, minval=int(smin), maxval=int(smax) + 1, dtype=tf.int32
-        )
+    scale = sample_scale(scale_seed, train_scale, count=count)
     fractions = tf.random.stateless_uniform([count, 2], seed=position_seed)
     if flip:
         flips = tf.random.stateless_uniform([count], seed=flip_seed) < 0.5
@@ -270,8 +265,10 @@ def random_draws(
     }
 
 
-def sample_scale(seed: tf.Tensor, train_scale: int | tuple[int, int]) -> tf.Tensor:
-    """The training scale S of one image.
+def sample_scale(
+    seed: tf.Tensor, train_scale: int | tuple[int, int], count: int | None = None
+) -> tf.Tensor:
+    """The training scale S of one image (or of `count` images).
 
     Sec. 3.1: single-scale training uses a fixed S (256 or 384); multi-scale training
     ("scale jittering") draws S per image uniformly from [Smin, Smax] (256, 512).
@@ -279,15 +276,17 @@ def sample_scale(seed: tf.Tensor, train_scale: int | tuple[int, int]) -> tf.Tens
     Args:
         seed: Shape [2] stateless seed.
         train_scale: A fixed S, or (Smin, Smax) with both ends included.
+        count: If given, the scales of `count` images at once, shape (count,).
 
     Returns:
-        A scalar int32 tensor S.
+        An int32 tensor S: a scalar, or (count,).
     """
+    shape = [] if count is None else [count]
     if isinstance(train_scale, int):
-        return tf.constant(train_scale, tf.int32)
+        return tf.fill(shape, tf.constant(train_scale, tf.int32))
     smin, smax = train_scale
     return tf.random.stateless_uniform(
-        [], seed=seed, minval=int(smin), maxval=int(smax) + 1, dtype=tf.int32
+        shape, seed=seed, minval=int(smin), maxval=int(smax) + 1, dtype=tf.int32
     )
 
 
@@ -443,7 +442,11 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     Returns:
         The image, mirrored left-right or not.
     """
-    flip = tf.random.stateless_uniform([], seed=seed) < 0.5
+    return flip_if(image, tf.random.stateless_uniform([], seed=seed) < 0.5)
+
+
+def flip_if(image: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+    """The image (H, W, C) mirrored left-right if the scalar bool `flip` is true."""
     return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
