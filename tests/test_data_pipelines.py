@@ -254,11 +254,13 @@ def test_training_skips_counts_and_names_bad_files(tmp_path, caplog):
         assert sum(path in message for message in logged) == 1  # one line per file
 
 
-@pytest.mark.parametrize("batch_size,drop_remainder", [(3, False), (4, True)])
+@pytest.mark.parametrize("batch_size,drop_remainder", [(3, False), (5, False), (4, True)])
 def test_bad_files_inside_and_at_the_end_of_batches(tmp_path, batch_size, drop_remainder):
     # Holes are found per batch: a bad file mid-batch, several in a row, and bad files
     # last in an epoch (only the end marker reveals those) are all skipped and named, and
     # every good image still arrives once per epoch.
+    # With batch 5 the 10 good images fill whole batches, so the end marker sits alone in
+    # a batch of its own, which must not come out as an empty batch.
     root = tmp_path / "data"
     make_class_tree(root, classes=("a", "b"), per_class=3)
     bad = make_bad_files(root / "b")
