@@ -256,11 +256,9 @@ def test_training_skips_counts_and_names_bad_files(tmp_path, caplog):
 
 @pytest.mark.parametrize("batch_size,drop_remainder", [(3, False), (5, False), (4, True)])
 def test_bad_files_inside_and_at_the_end_of_batches(tmp_path, batch_size, drop_remainder):
-    # Holes are found per batch: a bad file mid-batch, several in a row, and bad files
-    # last in an epoch (only the end marker reveals those) are all skipped and named, and
-    # every good image still arrives once per epoch.
-    # With batch 5 the 10 good images fill whole batches, so the end marker sits alone in
-    # a batch of its own, which must not come out as an empty batch.
+    # A bad file mid-batch, several in a row (a group with no good image at all), and bad
+    # files last in an epoch are all skipped and named, and every good image still arrives
+    # once per epoch. With batch 5 the 10 good images fill whole batches exactly.
     root = tmp_path / "data"
     make_class_tree(root, classes=("a", "b"), per_class=3)
     bad = make_bad_files(root / "b")
@@ -303,6 +301,40 @@ def test_bad_files_inside_and_at_the_end_of_batches(tmp_path, batch_size, drop_r
         names = source.names_at(epoch, 5, 0, len(source), shuffle=True)
         ends.append(names[-1] in expected)
     assert any(ends)
+
+
+@pytest.mark.parametrize("drop_remainder", [True, False])
+def test_batches_short_of_bad_files_are_pooled_into_full_ones(tmp_path, drop_remainder):
+    # One picture per class, so a label names its file. Groups of 4 files holding bad files
+    # come out short and are pooled: every batch but an epoch's last is full, and each good
+    # image comes exactly once per epoch (all of them unless the last partial batch is
+    # dropped).
+    root = tmp_path / "data"
+    classes = [f"c{i:02d}" for i in range(13)]
+    make_class_tree(root, classes=classes, per_class=1)
+    for i, name in enumerate(["c00", "c03", "c04", "c09", "c12"]):
+        write(root / name / f"zz{i}.jpg", b"not a picture")
+    source = sources.open_source(root)
+    assert len(source) == 18
+    ds = pipelines.training_dataset(
+        source, batch_size=4, drop_remainder=drop_remainder, seed=3, **SMALL
+    )
+    per_epoch = 3 if drop_remainder else 4
+    batches = take(ds, 3 * per_epoch)
+    orders = []
+    for epoch in range(3):
+        epoch_batches = batches[epoch * per_epoch : (epoch + 1) * per_epoch]
+        sizes = [len(y) for _, y in epoch_batches]
+        labels = [int(v) for _, y in epoch_batches for v in y]
+        assert all(x.shape[1:] == (32, 32, 3) for x, _ in epoch_batches)
+        if drop_remainder:
+            assert sizes == [4, 4, 4]
+            assert len(set(labels)) == 12 and set(labels) <= set(range(13))
+        else:
+            assert sizes == [4, 4, 4, 1]
+            assert sorted(labels) == list(range(13))
+        orders.append(labels)
+    assert orders[0] != orders[1] != orders[2]
 
 
 def test_bad_files_path_without_a_log_object(tmp_path):

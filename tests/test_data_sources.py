@@ -226,6 +226,32 @@ def test_tfrecord_bad_record_is_skipped_and_named(tmp_path):
     assert log.names == [f"{path}:1"]
 
 
+def test_tfrecord_bad_record_in_training_is_named_without_replaying_the_epoch(
+    tmp_path, monkeypatch
+):
+    # Training names a bad record from the batch it was in: replaying the epoch's records up
+    # to it (`names_at`) would read a whole ImageNet shard set for one bad record.
+    path = str(tmp_path / "bad-00000")
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(7):
+            writer.write(example(b"not a jpeg" if i == 4 else jpeg(40, 40, i), i % 2))
+
+    def no_replay(*args, **kwargs):
+        raise AssertionError("training replayed the epoch to name a bad record")
+
+    monkeypatch.setattr(TFRecordSource, "names_at", no_replay)
+    log = pipelines.BadFileLog()
+    source = TFRecordSource((path,), shuffle_buffer=3)
+    ds = pipelines.training_dataset(
+        source, batch_size=3, train_scale=(36, 48), crop_size=32, bad_files=log, seed=1
+    )
+    batches = take(ds, 4)  # two epochs of 6 good records: 2 full batches each
+    assert [len(y) for _, y in batches] == [3, 3, 3, 3]
+    assert sorted(int(v) for _, y in batches[:2] for v in y) == [0, 0, 0, 1, 1, 1]
+    assert log.names == [f"{path}:4"]
+    assert log.skipped >= 2
+
+
 # === TFDS (optional extra) ===
 
 
