@@ -113,7 +113,6 @@ def _batches_skipping_bad(
     bad_files: BadFileLog,
     *,
     batch_size: int,
-    drop_remainder: bool,
     epoch,
     seed: int,
     shuffle: bool,
@@ -136,8 +135,7 @@ def _batches_skipping_bad(
             elements (e.g. their random choices); at least one longer than `elements`.
         load: (payload, label, draws) -> the output structure of one element; may raise.
         bad_files: Where skipped elements are reported.
-        batch_size: Elements per batch.
-        drop_remainder: Drop the epoch's last partial batch.
+        batch_size: Elements per batch (the last one of the epoch may be partial).
         epoch: The epoch (int or scalar tensor).
         seed: The seed the elements were ordered with.
         shuffle: Whether they were shuffled.
@@ -145,8 +143,7 @@ def _batches_skipping_bad(
         parallel_calls: Elements decoded at once (default: tf.data's autotuning).
 
     Returns:
-        A dataset of batched `load` outputs (first dimension `batch_size` if
-        `drop_remainder`, else at most `batch_size`).
+        A dataset of batched `load` outputs (first dimension at most `batch_size`).
     """
     parallel = parallel_calls or tf.data.AUTOTUNE
     end = tf.data.Dataset.from_tensors((end_element[0], end_element[1], tf.constant(_END)))
@@ -179,23 +176,12 @@ def _batches_skipping_bad(
             return tf.reshape(done, [])
 
         reported = tf.cond(positions[-1] - previous > count, gap, lambda: tf.constant(True))
-        if drop_remainder:
-            # The marker is last, so the batch holding it has fewer real elements than a
-            # full one: it is the partial batch.
-            wanted = tf.logical_not(is_end[-1])
-        else:
-            wanted = count > tf.cast(is_end[-1], tf.int64)
-        return tf.logical_and(reported, wanted)
+        # A batch of nothing but the marker is dropped.
+        return tf.logical_and(reported, count > tf.cast(is_end[-1], tf.int64))
 
     def strip(outputs, positions, is_end, previous):
-        if drop_remainder:
-            outputs = tf.nest.map_structure(
-                lambda t: tf.ensure_shape(t, [batch_size, *t.shape[1:]]), outputs
-            )
-        else:
-            real = tf.shape(positions)[0] - tf.cast(is_end[-1], tf.int32)
-            outputs = tf.nest.map_structure(lambda t: t[:real], outputs)
-        return outputs
+        real = tf.shape(positions)[0] - tf.cast(is_end[-1], tf.int32)
+        return tf.nest.map_structure(lambda t: t[:real], outputs)
 
     return ds.filter(keep).map(strip, num_parallel_calls=parallel, deterministic=True)
 
@@ -265,9 +251,7 @@ def _batches_of_groups(
                 deterministic=True,
             )
             good = good.ignore_errors().batch(batch_size)
-            empty = tf.nest.map_structure(
-                lambda spec: tf.zeros([0, *spec.shape[1:]], spec.dtype), good.element_spec
-            )
+            empty = _empty_batch(good.element_spec)
             good = good.concatenate(tf.data.Dataset.from_tensors(empty)).take(1)
 
             def report(outputs, positions):
@@ -291,9 +275,7 @@ def _batches_of_groups(
     # Pool the short batches (a group with bad files, the epoch's last group). The element
     # after the last one, marked True, empties the pool.
     ds = ds.map(lambda outputs: (outputs, False))
-    empty = tf.nest.map_structure(
-        lambda spec: tf.zeros([0, *spec.shape[1:]], spec.dtype), ds.element_spec[0]
-    )
+    empty = _empty_batch(ds.element_spec[0])
     ds = ds.concatenate(tf.data.Dataset.from_tensors((empty, True)))
 
     def first(structure):
@@ -330,6 +312,11 @@ def _batches_of_groups(
             )
         )
     return ds.filter(lambda batch, emit: emit).map(lambda batch, emit: batch)
+
+
+def _empty_batch(spec):
+    """A batch of no elements (first dimension 0) of the batched structure `spec`."""
+    return tf.nest.map_structure(lambda t: tf.zeros([0, *t.shape[1:]], t.dtype), spec)
 
 
 def _record_all(bad_files: BadFileLog) -> Callable:
@@ -623,7 +610,6 @@ def decoded_images(
         load,
         bad_files,
         batch_size=1,
-        drop_remainder=False,
         epoch=0,
         seed=seed,
         shuffle=shuffle,
