@@ -4,7 +4,7 @@ A recipe has six sections, every key optional except `data.root`::
 
     [model]      config, batch_norm, width, fc_units, dropout, init, classes, weights
     [data]       root, val_root, labels_file, label_offset, val_split, train_scale,
-                 val_scale, crop_size, stats, flip, color_shift
+                 val_scale, crop_size, stats, flip, color_shift, threads
     [optimizer]  lr, momentum, weight_decay, weight_decay_mode
     [schedule]   epochs, plateau_patience, factor, min_delta, max_reductions
     [init]       from_run, mode
@@ -102,6 +102,9 @@ class DataSection:
             ImageNet's.
         flip: Random horizontal flips.
         color_shift: AlexNet's PCA colour shift.
+        threads: CPU threads that read, decode and augment the images (training and
+            validation); None means one per core. Lower it to leave cores to the model
+            or to other jobs on the machine; the batches are the same for any value.
     """
 
     root: str = ""
@@ -115,6 +118,7 @@ class DataSection:
     stats: str | None = None
     flip: bool = True
     color_shift: bool = True
+    threads: int | None = None
 
     @property
     def scale_jitter(self) -> bool:
@@ -440,6 +444,8 @@ def _check(recipe: Recipe, path: str) -> None:
         )
     if d.val_scale is not None and d.val_scale < d.crop_size:
         fail("data.val_scale", f"Q = {d.val_scale} is smaller than the crop {d.crop_size}")
+    if d.threads is not None and d.threads < 1:
+        fail("data.threads", f"must be >= 1, got {d.threads}")
     if o.lr <= 0:
         fail("optimizer.lr", f"must be > 0, got {o.lr}")
     if not 0 <= o.momentum < 1:

@@ -240,6 +240,7 @@ def recipe_data(
             num_shards=num_shards,
             shard_index=shard_index,
             bad_files_path=bad_files_path,
+            threads=d.threads,
         )
 
     val = None
@@ -251,6 +252,7 @@ def recipe_data(
             crop_size=d.crop_size,
             mode="center",
             mean=mean,
+            threads=d.threads,
         )
         if r.val_steps is not None:
             val = val.take(r.val_steps)
@@ -341,6 +343,12 @@ class FitPlan:
             ),
             f"epochs:             at most {r.schedule.epochs}",
             f"precision:          {self.precision.policy} ({self.precision.reason})",
+            "input threads:      "
+            + (
+                f"{r.data.threads} (data.threads)"
+                if r.data.threads is not None
+                else f"one per CPU core ({os.cpu_count()})"
+            ),
             f"initialisation:     {self._init_text()}",
         ]
         return "\n".join(lines)

@@ -171,6 +171,25 @@ def test_same_seed_same_batches_epochs_differ_seeds_differ(tree):
     assert not np.allclose(epoch0, np.concatenate([x for x, _ in other]))
 
 
+def test_threads_limit_the_pool_not_the_batches(tmp_path):
+    # One thread for the whole pipeline, bad files included (their groups are decoded a
+    # second time, image by image, inside the same pool): the batches of the default pool.
+    root = tmp_path / "data"
+    make_class_tree(root, classes=["a", "b", "c"], per_class=5)
+    write(root / "b" / "zz.jpg", b"not a picture")
+    kwargs = dict(batch_size=4, seed=2, **SMALL)
+    default = pipelines.training_dataset(str(root), **kwargs)
+    one = pipelines.training_dataset(str(root), threads=1, **kwargs)
+    assert default.options().threading.private_threadpool_size is None  # one per core
+    assert one.options().threading.private_threadpool_size == 1
+    for (x1, y1), (x2, y2) in zip(take(default, 8), take(one, 8), strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    val = pipelines.evaluation_dataset(str(root), batch_size=4, scale=36, crop_size=32, threads=1)
+    assert val.options().threading.private_threadpool_size == 1
+    assert sum(len(y) for _, y in val) == 15
+
+
 def test_resume_with_start_epoch_sees_the_uninterrupted_batches(tree):
     kwargs = dict(batch_size=5, seed=11, **SMALL)  # 12 files: 2 batches per epoch, 2 dropped
     uninterrupted = take(pipelines.training_dataset(tree, **kwargs), 8)

@@ -128,6 +128,8 @@ BAD = [
     ("[run]\nprecision = 'half'\n", [], "run.precision", "'half'"),
     ("[schedule]\nfactor = 1.5\n", [], "schedule.factor", "(0, 1)"),
     ("[init]\nmode = 'some'\n", [], "init.mode", "'some'"),
+    ("[data]\nthreads = 0\n", [], "data.threads", "must be >= 1, got 0"),
+    ("", ["data.threads=all"], "data.threads", "expected an integer, got 'all'"),
     ("[init]\nfrom_run = 'a_256'\n[model]\nweights = 'x.keras'\n", [], "init.from_run", "not both"),
     ("", ["optimizer.lrr=1"], "optimizer.lrr", "unknown key"),
     ("", ["lr=1"], "--set lr", "section.key"),
@@ -178,7 +180,13 @@ def test_every_recipe_passes_dry_run():
         rel = str(path.relative_to(ROOT))
         assert f"# resolved recipe ({rel})" in result.stdout
         plan = result.stdout.split(f"# plan ({rel})")[1].split("# resolved")[0]
-        for field in ("strategy:", "replicas:", "per-replica batch:", "steps per epoch:"):
+        for field in (
+            "strategy:",
+            "replicas:",
+            "per-replica batch:",
+            "steps per epoch:",
+            "input threads:",
+        ):
             assert field in plan
         assert re.search(r"precision: +(float32|mixed_bfloat16|mixed_float16) \(", plan)
 

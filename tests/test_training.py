@@ -1,6 +1,7 @@
 """fit(recipe) in-process on tiny models and in-memory data: schedule, weight decay, run dir."""
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -431,6 +432,15 @@ def test_tfrecord_root_in_a_recipe(tmp_path):
     recipe = write_tfrecords(tmp_path)
     data = training.recipe_data(recipe)
     assert data.steps_per_epoch == 3 and data.class_names == ("0", "1", "2")
+    train = data.train(start_epoch=0, batch_size=8)
+    assert train.options().threading.private_threadpool_size is None  # one per core
+    limited = training.recipe_data(
+        dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, threads=1))
+    )
+    assert (
+        limited.train(start_epoch=0, batch_size=8).options().threading.private_threadpool_size == 1
+    )
+    assert limited.val.options().threading.private_threadpool_size == 1
     val_labels = np.concatenate([y.numpy() for _, y in data.val])
     np.testing.assert_array_equal(np.sort(val_labels), np.sort(np.arange(8) % 3))
     without_classes = tiny_recipe(tmp_path, data={"root": f"tfrecord:{tmp_path}/train-*"})

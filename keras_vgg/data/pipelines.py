@@ -355,9 +355,13 @@ def _train_scales(train_scale) -> int | tuple[int, int]:
     return (smin, smax)
 
 
-def _options() -> tf.data.Options:
+def _options(threads: int | None = None) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
+    if threads is not None:
+        # tf.data's own threads for the map functions; the order, hence the batches, does
+        # not depend on it.
+        options.threading.private_threadpool_size = threads
     return options
 
 
@@ -407,6 +411,7 @@ def training_dataset(
     drop_remainder: bool = True,
     bad_files: BadFileLog | None = None,
     parallel_calls: int | None = None,
+    threads: int | None = None,
 ) -> tf.data.Dataset:
     """The training input of Sec. 3.1, repeating forever from epoch `start_epoch`.
 
@@ -436,8 +441,9 @@ def training_dataset(
         drop_remainder: Drop each epoch's last partial batch.
         bad_files: A `BadFileLog` to report into (to read counts afterwards); one is made
             from `bad_files_path` if not given.
-        parallel_calls: Images of a batch decoded at once (default: one per CPU core; two
-            batches are decoded at a time).
+        parallel_calls: Images of a batch decoded at once (default: `threads`, else one
+            per CPU core; two batches are decoded at a time).
+        threads: CPU threads the pipeline may use for its work (default: one per core).
 
     Returns:
         A dataset of (float32 images (batch, crop, crop, 3), int32 labels (batch,)).
@@ -480,13 +486,13 @@ def training_dataset(
             bad_files,
             batch_size=batch_size,
             drop_remainder=drop_remainder,
-            parallel_calls=parallel_calls,
+            parallel_calls=parallel_calls or threads,
         )
 
     ds = tf.data.Dataset.range(start_epoch, _EPOCHS).flat_map(epoch_dataset)
     # The groups already run ahead of the consumer (two at a time); one batch more covers
     # the start of the next epoch without holding several batches of memory.
-    return ds.prefetch(1).with_options(_options())
+    return ds.prefetch(1).with_options(_options(threads))
 
 
 def evaluation_dataset(
@@ -501,6 +507,7 @@ def evaluation_dataset(
     flip: bool = True,
     bad_files_path: str | os.PathLike | None = None,
     bad_files: BadFileLog | None = None,
+    threads: int | None = None,
 ) -> tf.data.Dataset:
     """One pass over a source, in its order, for validation and testing (Sec. 3.2).
 
@@ -523,6 +530,7 @@ def evaluation_dataset(
         flip: Add the flipped crops for "multi_crop".
         bad_files_path: Text file to which undecodable files are appended.
         bad_files: A `BadFileLog` to report into.
+        threads: CPU threads the pipeline may use for its work (default: one per core).
 
     Returns:
         A finite dataset of (float32 images, int32 labels).
@@ -556,7 +564,7 @@ def evaluation_dataset(
         ds = ds.map(lambda image, label: (image[None], label[None]))
     else:
         ds = ds.map(lambda crops, label: (crops, label[None]))
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
 
 
 def decoded_images(
