@@ -15,7 +15,10 @@ each in its own process (TensorFlow fixes its thread pools when it starts):
   runs on `--model-threads` cores (TensorFlow's intra- and inter-op pools, for `fit` and
   for `train_on_batch` alike), the input pipeline on the others (`data.threads`), as an
   accelerator computes while the host decodes. This ratio is the cost of the loop and of
-  waiting for input.
+  waiting for input. The threads that exist once `train_on_batch` has run are pinned to
+  the model's cores, every later one to the input's (`pin_threads`, Linux only).
+
+On a machine with a GPU use `--layout shared`: the model is on the device already.
 
     python benchmarks/fit_overhead.py                      # both layouts, for a 2-core CPU
     python benchmarks/fit_overhead.py --layout split --rounds 3
@@ -35,6 +38,7 @@ Prints the throughputs and their ratios.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -172,6 +176,8 @@ def measure(args) -> None:
     import tensorflow as tf
 
     if args.layout == "split":
+        if not hasattr(os, "sched_setaffinity"):
+            raise SystemExit("the split layout pins threads to cores, which needs Linux")
         if not 0 < args.model_threads < cores:
             raise SystemExit(
                 f"--model-threads must leave the input at least one of the {cores} cores"
@@ -224,7 +230,7 @@ def measure(args) -> None:
         recipe = recipe_lib.parse_recipe(raw, path="fit_overhead")
         steps = args.images // args.batch
         stamps: list[float] = []
-        runs = iter(range(1_000_000))
+        runs = itertools.count()
 
         def on_line(line: str) -> None:
             if line.startswith("epoch "):
