@@ -65,20 +65,17 @@ def write_jpegs(
         Image.fromarray(pixels).save(os.path.join(folder, f"{index:05d}.jpg"), quality=90)
 
 
-def in_memory_data(args, steps):
+def in_memory_data(x, y, classes, steps):
+    """`TrainingData` that repeats the one batch (x, y): the fit loop without a pipeline."""
     import tensorflow as tf
 
     from keras_vgg import training
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(0, 60, (args.batch, args.crop, args.crop, 3)).astype(np.float32)
-    y = rng.integers(0, args.classes, args.batch).astype(np.int32)
 
     def train(*, start_epoch, batch_size, num_shards=1, shard_index=0):
         del start_epoch, num_shards, shard_index
         return tf.data.Dataset.from_tensors((x[:batch_size], y[:batch_size])).repeat()
 
-    names = tuple(f"class{i:02d}" for i in range(args.classes))
+    names = tuple(f"class{i:02d}" for i in range(classes))
     return training.TrainingData(train, None, names, steps, (0.0, 0.0, 0.0))
 
 
@@ -214,7 +211,6 @@ def measure(args) -> None:
                 "root": os.path.join(tmp, "train"),
                 "train_scale": args.scale,
                 "crop_size": args.crop,
-                "threads": input_threads,
             },
             "optimizer": {"lr": args.lr},
             "schedule": {"epochs": args.epochs, "plateau_patience": 100},
@@ -225,8 +221,8 @@ def measure(args) -> None:
                 "runs_dir": os.path.join(tmp, "runs"),
             },
         }
-        if input_threads is None:
-            del raw["data"]["threads"]
+        if input_threads is not None:
+            raw["data"]["threads"] = input_threads
         recipe = recipe_lib.parse_recipe(raw, path="fit_overhead")
         steps = args.images // args.batch
         stamps: list[float] = []
@@ -273,7 +269,7 @@ def measure(args) -> None:
             fits.append(fit_ips())
             # The same loop and callbacks on one in-memory batch: separates the loop's cost
             # from the pipeline's.
-            memory.append(fit_ips(in_memory_data(args, steps)))
+            memory.append(fit_ips(in_memory_data(x, y, args.classes, steps)))
         tob.append(train_on_batch_ips())
 
     def rounds(values):

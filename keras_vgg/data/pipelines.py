@@ -117,7 +117,6 @@ def _batches_skipping_bad(
     seed: int,
     shuffle: bool,
     end_element,
-    parallel_calls: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of `load(element)` over one epoch, in order, without failed elements.
 
@@ -140,12 +139,11 @@ def _batches_skipping_bad(
         seed: The seed the elements were ordered with.
         shuffle: Whether they were shuffled.
         end_element: (payload, label) of a decodable element, used as end-of-epoch marker.
-        parallel_calls: Elements decoded at once (default: tf.data's autotuning).
 
     Returns:
         A dataset of batched `load` outputs (first dimension at most `batch_size`).
     """
-    parallel = parallel_calls or tf.data.AUTOTUNE
+    parallel = tf.data.AUTOTUNE
     end = tf.data.Dataset.from_tensors((end_element[0], end_element[1], tf.constant(_END)))
     ds = tf.data.Dataset.zip(draws, elements.concatenate(end))
 
