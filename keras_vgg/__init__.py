@@ -8,17 +8,29 @@ Public API::
     x = keras_vgg.preprocess_input(images)            # subtract the mean RGB
     keras_vgg.decode_predictions(model.predict(x))
 
-Names are imported lazily so that `kvgg --version` does not pay for importing Keras.
+Names are imported when first used, so that `kvgg --version` does not pay for importing
+Keras. Where Keras is already imported (`import keras` before `import keras_vgg`, the order
+isort gives), importing the package registers its Keras classes (`VGG`, `RecordLayer`,
+`LocalResponseNormalization`) at once, so `keras.saving.load_model` reads a saved VGG;
+otherwise any use of `keras_vgg.build`, `keras_vgg.VGG` or the loaders registers them.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 __version__ = "0.1.0"
 
+
 _EXPORTS = {
     "build": "keras_vgg.models",
+    "VGG": "keras_vgg.models",
+    "ModelRecord": "keras_vgg.record",
+    "RecordLayer": "keras_vgg.record",
+    "record_of": "keras_vgg.record",
+    "TrainScale": "keras_vgg.scales",
+    "model_from_weights": "keras_vgg.weights",
     "to_fully_convolutional": "keras_vgg.models",
     "CONFIGS": "keras_vgg.configs",
     "ALIASES": "keras_vgg.configs",
@@ -52,6 +64,11 @@ _EXPORTS = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
+
+if "keras" in sys.modules:
+    # Registration with Keras's serialisation: without it a saved VGG cannot be read.
+    importlib.import_module("keras_vgg.models")
 
 
 def __getattr__(name: str):

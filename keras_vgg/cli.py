@@ -387,11 +387,13 @@ def evaluate(
 @main.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", "model_path", default=None, help="A .keras file or run directory.")
-@click.option("--config", default=None, help="Configuration (A..E, vgg16) with --weights.")
-@click.option("--weights", default=None, help="Weights for --config (.weights.h5 / .keras).")
-@click.option("--classes", type=int, default=1000, show_default=True, help="With --config.")
-@click.option("--width", type=float, default=1.0, show_default=True, help="With --config.")
-@click.option("--fc-units", type=int, default=4096, show_default=True, help="With --config.")
+@click.option("--config", default=None, help="Configuration (A..E, vgg16) of --weights.")
+@click.option(
+    "--weights",
+    default=None,
+    help="Weights for --config: a pretrained name (imagenet, torchvision, torchvision_bn) or a "
+    "file (.weights.h5, .keras, Keras 2 .h5, .pth, .npz); the model is the one it fits.",
+)
 @click.option("--top", type=int, default=5, show_default=True, help="Classes per image.")
 @click.option("--dense", is_flag=True, help="Dense evaluation instead of the central crop.")
 @click.option("--multi-crop", is_flag=True, help="50 crops per scale instead of one.")
@@ -401,25 +403,35 @@ def evaluate(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @user_errors
 def predict(
-    images, model_path, config, weights, classes, width, fc_units, top, dense, multi_crop,
-    scales, no_flip, batch_size, as_json,
+    images, model_path, config, weights, top, dense, multi_crop, scales, no_flip, batch_size,
+    as_json,
 ):  # fmt: skip
     """Top-k classes of IMAGES (files or folders).
 
-    Names come from the class folders stored with a trained model, else from the bundled
-    ImageNet class index. Unreadable images are reported and skipped; the exit code is 1
-    if any was.
+    Images are preprocessed as the model's record says (the convention its weights
+    expect). Names come from the record's class names (the class folders a model was
+    trained on), else from the bundled ImageNet class index. Unreadable images are reported
+    and skipped; the exit code is 1 if any was.
     """
     import json
 
-    from keras_vgg import evaluation, models
+    from keras_vgg import evaluation
+    from keras_vgg import weights as weights_lib
 
     if (model_path is None) == (config is None):
-        raise UserError("give either --model FILE or --config NAME (with --weights)")
-    if config is not None:
-        model = models.build(
-            config, weights=weights, classes=classes, width=width, fc_units=fc_units
+        raise UserError("give either --model FILE or --config NAME with --weights")
+    if config is not None and weights is None:
+        raise UserError(
+            "--config needs --weights (a pretrained name or a file): a model with random "
+            "weights predicts nothing"
         )
+    if model_path is not None and weights is not None:
+        raise UserError("--weights goes with --config; --model files hold their own weights")
+    if config is not None:
+        try:
+            model = weights_lib.model_from_weights(weights, config)
+        except ImportError as exc:  # a .pth without the optional torch
+            raise UserError(str(exc)) from None
     else:
         model = evaluation.load_model(model_path)
     if dense and multi_crop:

@@ -41,7 +41,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_vgg import models  # noqa: F401 - registers VGG for keras.saving.load_model
 from keras_vgg.imagenet import PAPER, Preprocessing, class_index, preprocess_input
+from keras_vgg.record import ModelRecord, attach_record, has_record, record_of
+from keras_vgg.scales import TrainScale
 
 __all__ = [
     "DENSE_AVERAGES",
@@ -49,7 +52,6 @@ __all__ = [
     "TIES",
     "EvaluationResult",
     "LoadedModel",
-    "ModelInfo",
     "Row",
     "ScoreNet",
     "default_test_scales",
@@ -87,101 +89,22 @@ _MODEL_FILES = ("best.keras", "last.keras")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelInfo:
-    """What evaluation needs to know about a trained model (its run's `model_info.json`).
-
-    Attributes:
-        config: Configuration letter (Table 1), for display only.
-        class_names: The class of each output, in order (e.g. the training folder names), or
-            None when unknown.
-        preprocessing: What the model expects of its input.
-        train_scale: The training scale S (an int) or the jitter range (Smin, Smax), or None.
-        crop_size: Side of the training crops (224 in the paper).
-    """
-
-    config: str | None = None
-    class_names: tuple[str, ...] | None = None
-    preprocessing: Preprocessing = PAPER
-    train_scale: int | tuple[int, int] | None = None
-    crop_size: int = 224
-
-    @classmethod
-    def from_dict(cls, data: dict, *, source: str = "model_info.json") -> ModelInfo:
-        """Reads the dictionary of a run directory's `model_info.json`.
-
-        Args:
-            data: The parsed JSON.
-            source: How to name the file in errors.
-
-        Returns:
-            A `ModelInfo`.
-
-        Raises:
-            ValueError: naming the file and the field that is malformed.
-        """
-        if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        try:
-            prep = data.get("preprocessing") or {}
-            preprocessing = Preprocessing(
-                mean=tuple(float(v) for v in prep.get("mean", PAPER.mean)),
-                std=None if prep.get("std") is None else tuple(float(v) for v in prep["std"]),
-                scale=float(prep.get("scale", 1.0)),
-                channel_order=str(prep.get("channel_order", "rgb")),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{source}: field 'preprocessing' is malformed: {exc}") from None
-        train_scale = data.get("train_scale")
-        if train_scale is not None:
-            train_scale = _parse_train_scale(train_scale, source)
-        names = data.get("class_names")
-        if names is not None and (
-            not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-        ):
-            raise ValueError(f"{source}: field 'class_names' must be a list of strings")
-        crop_size = data.get("crop_size", 224)
-        if not isinstance(crop_size, int) or crop_size < 32:
-            raise ValueError(f"{source}: field 'crop_size' must be an integer >= 32")
-        return cls(
-            config=data.get("config"),
-            class_names=None if names is None else tuple(names),
-            preprocessing=preprocessing,
-            train_scale=train_scale,
-            crop_size=crop_size,
-        )
-
-
-def _parse_train_scale(value: Any, source: str) -> int | tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if (
-        isinstance(value, (list, tuple))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        and value[0] <= value[1]
-    ):
-        return (int(value[0]), int(value[1]))
-    raise ValueError(
-        f"{source}: field 'train_scale' must be an integer S or a range [Smin, Smax]. "
-        f"Received: train_scale={value!r}"
-    )
-
-
-@dataclasses.dataclass(frozen=True)
 class LoadedModel:
     """A model with its information and where it came from.
 
     Attributes:
         model: The Keras model (with its FC head, input size fixed).
-        info: Its `ModelInfo` (defaults when the model came without one).
+        info: Its `ModelRecord` (`keras_vgg.record_of(model)`).
         name: How tables name it (the run directory or file name, or the model's name).
         run_dir: The run directory it was loaded from, or None.
+        config: The configuration letter, where known (for tables).
     """
 
     model: keras.Model
-    info: ModelInfo
+    info: ModelRecord
     name: str
     run_dir: Path | None = None
+    config: str | None = None
 
     @property
     def classes(self) -> int:
@@ -193,29 +116,26 @@ class LoadedModel:
         """Name, configuration and training scale, as the paper's tables show a ConvNet."""
         parts = [self.name]
         details = []
-        if self.info.config:
-            details.append(str(self.info.config))
-        scale = self.info.train_scale
-        if isinstance(scale, tuple):
-            details.append(f"S=[{scale[0]};{scale[1]}]")
-        elif scale is not None:
-            details.append(f"S={scale}")
+        if self.config:
+            details.append(self.config)
+        if self.info.train_scale is not None:
+            details.append(str(self.info.train_scale))
         if details:
             parts.append(f"({', '.join(details)})")
         return " ".join(parts)
 
 
 def load_model(path: str | os.PathLike | keras.Model | LoadedModel) -> LoadedModel:
-    """Loads a model for evaluation: a `.keras` file, or a run directory of `kvgg train`.
+    """Loads a model for evaluation: a `.keras` file, or a run directory of `kvgg fit`.
 
-    A run directory holds `best.keras` (else `last.keras`) and `model_info.json` (classes,
-    preprocessing, training scale). A bare `.keras` file uses the information of a
-    `model_info.json` beside it if there is one, else the paper's preprocessing and no class
-    names.
+    A run directory holds `best.keras` (else `last.keras`). What the model expects (classes,
+    preprocessing, training scale) is its record, inside the model (`keras_vgg.record_of`).
+    A `.keras` file of a plain Keras model, which holds no record, takes it from a
+    `model_info.json` beside it if there is one, else the paper's convention.
 
     Args:
         path: The file or directory (an already built model, or a `LoadedModel`, is passed
-            through with default information).
+            through with its record).
 
     Returns:
         A `LoadedModel`.
@@ -226,7 +146,8 @@ def load_model(path: str | os.PathLike | keras.Model | LoadedModel) -> LoadedMod
     if isinstance(path, LoadedModel):
         return path
     if isinstance(path, keras.Model):
-        return LoadedModel(path, _info_from_model(path, ModelInfo()), path.name)
+        _check_evaluable(path)
+        return LoadedModel(path, record_of(path), path.name, config=getattr(path, "config", None))
     path = Path(path)
     run_dir = None
     if path.is_dir():
@@ -241,82 +162,47 @@ def load_model(path: str | os.PathLike | keras.Model | LoadedModel) -> LoadedMod
         name = path.stem if path.name not in _MODEL_FILES else path.parent.name
     else:
         raise ValueError(f"{path}: no such model file or run directory")
-    info_file = model_file.parent / "model_info.json"
-    info = ModelInfo()
-    if info_file.is_file():
-        try:
-            data = json.loads(info_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{info_file}: cannot read: {exc}") from None
-        info = ModelInfo.from_dict(data, source=str(info_file))
     try:
         model = keras.saving.load_model(model_file, compile=False)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise ValueError(f"{model_file}: cannot read the Keras model: {message}") from None
-    info = _info_from_model(model, info, source=str(info_file))
-    return LoadedModel(model, info, name, run_dir)
+    config = getattr(model, "config", None)
+    if not has_record(model):
+        info_file = model_file.parent / "model_info.json"
+        if info_file.is_file():
+            try:
+                data = json.loads(info_file.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{info_file}: cannot read: {exc}") from None
+            attach_record(
+                model, ModelRecord.from_dict(data, source=str(info_file)), source=str(info_file)
+            )
+            config = data.get("config") if isinstance(data.get("config"), str) else None
+    _check_evaluable(model)
+    return LoadedModel(model, record_of(model), name, run_dir, config)
 
 
-def _info_from_model(model: keras.Model, info: ModelInfo, source: str = "model") -> ModelInfo:
+def _check_evaluable(model: keras.Model) -> None:
     shape = tuple(model.inputs[0].shape[1:3])
     if None in shape or shape[0] != shape[1]:
         raise ValueError(
             f"{model.name}: evaluation needs a model with a square, fixed input size (its FC "
             f"head). Received: input shape {tuple(model.inputs[0].shape)}"
         )
-    if shape[0] != info.crop_size:
-        if source != "model" and info != ModelInfo():
-            raise ValueError(
-                f"{source}: crop_size {info.crop_size} differs from the model's input size "
-                f"{shape[0]}"
-            )
-        info = dataclasses.replace(info, crop_size=int(shape[0]))
-    classes = int(model.outputs[0].shape[-1])
-    if info.class_names is not None and len(info.class_names) != classes:
-        raise ValueError(
-            f"{source}: lists {len(info.class_names)} class_names but the model has {classes} "
-            "outputs"
-        )
-    return info
 
 
-def default_test_scales(train_scale: int | Sequence[int]) -> tuple[int, ...]:
+def default_test_scales(train_scale: Any) -> tuple[int, ...]:
     """The paper's multi-scale test scales Q for a training scale (Sec. 4.2).
 
-    Sec. 4.2: nets trained at a fixed S are tested at Q in {S - 32, S, S + 32}; nets trained
-    with S jittered in [Smin, Smax] at Q in {Smin, (Smin + Smax) / 2, Smax}.
-
-    Args:
-        train_scale: S, or the range (Smin, Smax).
-
-    Returns:
-        The three test scales, increasing.
-
-    Raises:
-        ValueError: for anything else.
+    `TrainScale.test_scales` of `train_scale` (an int S, a pair or a `TrainScale`).
     """
-    if isinstance(train_scale, int) and not isinstance(train_scale, bool):
-        return (train_scale - 32, train_scale, train_scale + 32)
-    scale = _parse_train_scale(train_scale, "train_scale")
-    if isinstance(scale, int):
-        return default_test_scales(scale)
-    low, high = scale
-    if low == high:
-        return default_test_scales(low)
-    return (low, (low + high) // 2, high)
+    return TrainScale.parse(train_scale).test_scales()
 
 
-def single_test_scale(train_scale: int | Sequence[int]) -> int:
-    """The single test scale of Table 3: Q = S, or Q = (Smin + Smax) / 2 when jittered.
-
-    Args:
-        train_scale: S, or the range (Smin, Smax).
-
-    Returns:
-        Q.
-    """
-    return default_test_scales(train_scale)[1]
+def single_test_scale(train_scale: Any) -> int:
+    """The single test scale of Table 3: Q = S, or Q = (Smin + Smax) / 2 when jittered."""
+    return TrainScale.parse(train_scale).single_test_scale()
 
 
 # === Numerics: soft-max, top-k error, fusion ===

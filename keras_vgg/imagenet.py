@@ -58,6 +58,30 @@ class Preprocessing:
             if value is not None and len(value) != 3:
                 raise ValueError(f"`{field}` must have 3 values. Received: {field}={value!r}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (the format of model records)."""
+        return {
+            "mean": list(self.mean),
+            "std": None if self.std is None else list(self.std),
+            "scale": self.scale,
+            "channel_order": self.channel_order,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """Reads `to_dict`'s format; missing fields take the paper's values.
+
+        Raises:
+            ValueError, TypeError: for a malformed field.
+        """
+        std = data.get("std")
+        return cls(
+            mean=tuple(float(v) for v in data.get("mean", PAPER.mean)),
+            std=None if std is None else tuple(float(v) for v in std),
+            scale=float(data.get("scale", 1.0)),
+            channel_order=str(data.get("channel_order", "rgb")),
+        )
+
 
 #: The paper's convention, used by every model this package trains: RGB, 0-255, mean RGB.
 PAPER = Preprocessing()

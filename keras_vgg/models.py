@@ -9,10 +9,136 @@ import keras
 
 from keras_vgg import configs as configs_lib
 from keras_vgg.layers import LocalResponseNormalization
+from keras_vgg.record import (
+    ModelRecord,
+    RecordLayer,
+    attach_record,
+    check_record,
+    fit_record,
+    read_h5_record,
+    record_of,
+    write_h5_record,
+)
 
-__all__ = ["build", "layer_table", "to_fully_convolutional"]
+__all__ = ["VGG", "build", "layer_table", "to_fully_convolutional"]
 
 _MIN_SIZE = 32  # five 2x2 poolings
+
+
+def _network(
+    key: str,
+    *,
+    include_top: bool,
+    input_tensor: Any,
+    input_shape: tuple[int | None, int | None, int] | None,
+    pooling: str | None,
+    classes: int,
+    classifier_activation: str | None,
+    dropout: float,
+    batch_norm: bool,
+    width: float,
+    fc_units: int,
+    kernel_initializer: Any,
+    kernel_regularizer: Any,
+    lrn_formula: str,
+    dtype: Any,
+    fully_convolutional: bool,
+    record: ModelRecord,
+):
+    """The layers of Table 1 for configuration `key`: (inputs, outputs) of the graph."""
+    input_shape = _resolve_input_shape(input_shape, input_tensor, include_top)
+    crop_size = input_shape[0] if include_top else None
+    if fully_convolutional:
+        input_shape = (None, None, input_shape[2])
+
+    # === Inputs ===
+    if input_tensor is None:
+        img_input = keras.Input(shape=input_shape, name="input_layer")
+        inputs = img_input
+    elif keras.backend.is_keras_tensor(input_tensor):
+        img_input = input_tensor
+        inputs = keras.utils.get_source_inputs(input_tensor)
+    else:
+        img_input = keras.Input(tensor=input_tensor, shape=input_shape)
+        inputs = img_input
+
+    # === The record (what the weights expect), carried by a pass-through layer ===
+    x = RecordLayer(record, name="model_record")(img_input)
+
+    # === Convolutional body (Table 1) ===
+    for block_index, block in enumerate(configs_lib.CONFIGS[key], start=1):
+        conv_index = 0
+        for spec in block:
+            if isinstance(spec, configs_lib.LRN):
+                x = LocalResponseNormalization(
+                    size=spec.size,
+                    alpha=spec.alpha,
+                    beta=spec.beta,
+                    k=spec.k,
+                    formula=lrn_formula,
+                    dtype=dtype,
+                    name=f"block{block_index}_lrn",
+                )(x)
+                continue
+            conv_index += 1
+            layer_name = f"block{block_index}_conv{conv_index}"
+            x = keras.layers.Conv2D(
+                max(1, round(spec.filters * width)),
+                spec.kernel_size,
+                padding="same",
+                activation=None if batch_norm else "relu",
+                kernel_initializer=_initializer(kernel_initializer),
+                kernel_regularizer=_regularizer(kernel_regularizer),
+                data_format="channels_last",
+                dtype=dtype,
+                name=layer_name,
+            )(x)
+            if batch_norm:
+                # torchvision's VGG-BN constants, so its weights import exactly.
+                x = keras.layers.BatchNormalization(
+                    momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"{layer_name}_bn"
+                )(x)
+                x = keras.layers.Activation("relu", dtype=dtype, name=f"{layer_name}_relu")(x)
+        x = keras.layers.MaxPooling2D(
+            2, strides=2, data_format="channels_last", dtype=dtype, name=f"block{block_index}_pool"
+        )(x)
+
+    # === Head ===
+    if include_top:
+        # The dense twin (Sec. 3.2): fc1 as a conv over the last pooling's training-time
+        # window (7x7 for 224 crops), fc2 and predictions as 1x1 convs, any input size.
+        window = None
+        if fully_convolutional:
+            window = (crop_size // 32, crop_size // 32)
+        else:
+            x = keras.layers.Flatten(dtype=dtype, name="flatten")(x)
+
+        def fully_connected(units, activation, name, kernel_size):
+            common = dict(
+                activation=activation,
+                kernel_initializer=_initializer(kernel_initializer),
+                kernel_regularizer=_regularizer(kernel_regularizer),
+                dtype=dtype,
+                name=name,
+            )
+            if window is None:
+                return keras.layers.Dense(units, **common)
+            return keras.layers.Conv2D(units, kernel_size, data_format="channels_last", **common)
+
+        for fc_name in ("fc1", "fc2"):
+            x = fully_connected(fc_units, "relu", fc_name, window if fc_name == "fc1" else 1)(x)
+            if dropout:
+                x = keras.layers.Dropout(dropout, dtype=dtype, name=f"{fc_name}_dropout")(x)
+        x = fully_connected(classes, None, "predictions", 1)(x)
+        x = keras.layers.Activation(
+            classifier_activation, dtype="float32", name="predictions_activation"
+        )(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(dtype=dtype, name="max_pool")(x)
+
+    return inputs, x
 
 
 def build(
@@ -34,7 +160,8 @@ def build(
     lrn_formula: str = "alexnet",
     dtype: Any = None,
     name: str | None = None,
-) -> keras.Model:
+    record: ModelRecord | None = None,
+) -> VGG:
     """Builds a VGG network of Table 1 as a Keras functional model.
 
     The arguments up to `classifier_activation` follow `keras.applications.VGG16`; layer
@@ -79,108 +206,206 @@ def build(
         dtype: Dtype policy of every layer, e.g. "mixed_bfloat16" (default: the global
             policy). The final activation is always float32.
         name: Model name (default `vgg_<config>`, e.g. `vgg_d`, `vgg_a_lrn_bn`).
+        record: The model's `ModelRecord` (what input its weights expect, training scale,
+            class names). Default: the paper's convention at the model's input size;
+            `weights=` replaces it with the record of the weights loaded.
 
     Returns:
-        A `keras.Model`.
+        A `VGG` model (a functional `keras.Model`) that carries its record: `model.record`.
 
     Raises:
         ValueError: for an invalid argument, naming it and the value received.
     """
-    key = configs_lib.canonical_name(config)
     _check_arguments(
         weights, include_top, pooling, classes, classifier_activation, dropout, width, fc_units
     )
-    input_shape = _resolve_input_shape(input_shape, input_tensor, include_top)
-
-    # === Inputs ===
-    if input_tensor is None:
-        img_input = keras.Input(shape=input_shape, name="input_layer")
-        inputs = img_input
-    elif keras.backend.is_keras_tensor(input_tensor):
-        img_input = input_tensor
-        inputs = keras.utils.get_source_inputs(input_tensor)
-    else:
-        img_input = keras.Input(tensor=input_tensor, shape=input_shape)
-        inputs = img_input
-
-    # === Convolutional body (Table 1) ===
-    x = img_input
-    for block_index, block in enumerate(configs_lib.CONFIGS[key], start=1):
-        conv_index = 0
-        for spec in block:
-            if isinstance(spec, configs_lib.LRN):
-                x = LocalResponseNormalization(
-                    size=spec.size,
-                    alpha=spec.alpha,
-                    beta=spec.beta,
-                    k=spec.k,
-                    formula=lrn_formula,
-                    dtype=dtype,
-                    name=f"block{block_index}_lrn",
-                )(x)
-                continue
-            conv_index += 1
-            layer_name = f"block{block_index}_conv{conv_index}"
-            x = keras.layers.Conv2D(
-                max(1, round(spec.filters * width)),
-                spec.kernel_size,
-                padding="same",
-                activation=None if batch_norm else "relu",
-                kernel_initializer=_initializer(kernel_initializer),
-                kernel_regularizer=_regularizer(kernel_regularizer),
-                data_format="channels_last",
-                dtype=dtype,
-                name=layer_name,
-            )(x)
-            if batch_norm:
-                # torchvision's VGG-BN constants, so its weights import exactly.
-                x = keras.layers.BatchNormalization(
-                    momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"{layer_name}_bn"
-                )(x)
-                x = keras.layers.Activation("relu", dtype=dtype, name=f"{layer_name}_relu")(x)
-        x = keras.layers.MaxPooling2D(
-            2, strides=2, data_format="channels_last", dtype=dtype, name=f"block{block_index}_pool"
-        )(x)
-
-    # === Head ===
-    if include_top:
-        x = keras.layers.Flatten(dtype=dtype, name="flatten")(x)
-        for fc_name in ("fc1", "fc2"):
-            x = keras.layers.Dense(
-                fc_units,
-                activation="relu",
-                kernel_initializer=_initializer(kernel_initializer),
-                kernel_regularizer=_regularizer(kernel_regularizer),
-                dtype=dtype,
-                name=fc_name,
-            )(x)
-            if dropout:
-                x = keras.layers.Dropout(dropout, dtype=dtype, name=f"{fc_name}_dropout")(x)
-        x = keras.layers.Dense(
-            classes,
-            kernel_initializer=_initializer(kernel_initializer),
-            kernel_regularizer=_regularizer(kernel_regularizer),
-            dtype=dtype,
-            name="predictions",
-        )(x)
-        x = keras.layers.Activation(
-            classifier_activation, dtype="float32", name="predictions_activation"
-        )(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(dtype=dtype, name="max_pool")(x)
-
-    # === Functional Model ===
-    if name is None:
-        name = "vgg_" + key.lower().replace("-", "_") + ("_bn" if batch_norm else "")
-    model = keras.Model(inputs, x, name=name)
-
+    model = VGG(
+        config,
+        include_top=include_top,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        dropout=dropout,
+        batch_norm=batch_norm,
+        width=width,
+        fc_units=fc_units,
+        kernel_initializer=kernel_initializer,
+        kernel_regularizer=kernel_regularizer,
+        lrn_formula=lrn_formula,
+        dtype=dtype,
+        name=name,
+        record=record,
+    )
     if weights is not None:
-        from keras_vgg import weights as weights_lib
+        from keras_vgg.weights import load_weights
 
-        weights_lib.load_weights(model, weights, config=key)
+        load_weights(model, weights, config=model.config)
     return model
+
+
+@keras.saving.register_keras_serializable(package="keras_vgg")
+class VGG(keras.Model):
+    """A VGG network of Table 1 that knows what it is and what input it expects.
+
+    A functional `keras.Model` whose `get_config` holds `build`'s arguments and the model's
+    `ModelRecord`, so `keras.saving.load_model`, `keras.models.clone_model` and
+    `from_config` give back the same architecture with the same record, and
+    `model.save_weights` keeps the record in the `.weights.h5` file. (The pattern of
+    keras-hub's backbones: the arguments of the constructor are the serialised form.) Use
+    `keras_vgg.build(...)`, which also loads weights; the constructor takes the same
+    arguments except `weights`, plus `fully_convolutional` (the dense twin of Sec. 3.2, see
+    `to_fully_convolutional`).
+
+    Attributes:
+        config: The configuration letter of Table 1 ("A", "A-LRN", ..., "E").
+        record: The `ModelRecord`; assigning it checks that it fits the model.
+    """
+
+    def __init__(
+        self,
+        config: str = "D",
+        *,
+        include_top: bool = True,
+        input_tensor: Any = None,
+        input_shape: tuple[int | None, int | None, int] | None = None,
+        pooling: str | None = None,
+        classes: int = 1000,
+        classifier_activation: str | None = "softmax",
+        dropout: float = 0.5,
+        batch_norm: bool = False,
+        width: float = 1.0,
+        fc_units: int = 4096,
+        kernel_initializer: Any = "glorot_uniform",
+        kernel_regularizer: Any = None,
+        lrn_formula: str = "alexnet",
+        fully_convolutional: bool = False,
+        dtype: Any = None,
+        name: str | None = None,
+        record: ModelRecord | dict | None = None,
+        **kwargs: Any,
+    ):
+        key = configs_lib.canonical_name(config)
+        _check_arguments(
+            None, include_top, pooling, classes, classifier_activation, dropout,
+            width, fc_units,
+        )  # fmt: skip
+        if fully_convolutional and not include_top:
+            raise ValueError(
+                "`fully_convolutional` needs the FC head. Received: fully_convolutional=True, "
+                "include_top=False"
+            )
+        if isinstance(kernel_initializer, dict):
+            kernel_initializer = keras.initializers.deserialize(kernel_initializer)
+        if isinstance(kernel_regularizer, dict):
+            kernel_regularizer = keras.regularizers.deserialize(kernel_regularizer)
+        if isinstance(record, dict):
+            record = ModelRecord.from_dict(record, source=f"config of model {name!r}")
+        resolved_shape = _resolve_input_shape(input_shape, input_tensor, include_top)
+        if record is None:
+            record = ModelRecord(crop_size=resolved_shape[0]) if include_top else ModelRecord()
+        if name is None:
+            name = "vgg_" + key.lower().replace("-", "_") + ("_bn" if batch_norm else "")
+            if fully_convolutional:
+                name += "_fully_convolutional"
+        inputs, outputs = _network(
+            key,
+            include_top=include_top,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            width=width,
+            fc_units=fc_units,
+            kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer,
+            lrn_formula=lrn_formula,
+            dtype=dtype,
+            fully_convolutional=fully_convolutional,
+            record=record,
+        )
+        super().__init__(inputs, outputs, name=name, **kwargs)
+        check_record(self, record, source=f"record of model {name!r}")
+        self.config = key
+        self._arguments = dict(
+            config=key,
+            include_top=include_top,
+            input_shape=resolved_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            width=width,
+            fc_units=fc_units,
+            kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer,
+            lrn_formula=lrn_formula,
+            fully_convolutional=fully_convolutional,
+            dtype=_policy_name(dtype),
+        )
+
+    @property
+    def record(self) -> ModelRecord:
+        """The model's `ModelRecord` (kept in its `model_record` layer)."""
+        return record_of(self)
+
+    @record.setter
+    def record(self, value: ModelRecord) -> None:
+        attach_record(self, value, source=f"record of model {self.name!r}")
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """`build`'s arguments that make this architecture (without weights or record)."""
+        return dict(self._arguments)
+
+    def get_config(self) -> dict[str, Any]:
+        config = dict(self._arguments)
+        config["kernel_initializer"] = keras.initializers.serialize(
+            keras.initializers.get(config["kernel_initializer"])
+        )
+        if config["kernel_regularizer"] is not None:
+            config["kernel_regularizer"] = keras.regularizers.serialize(
+                keras.regularizers.get(config["kernel_regularizer"])
+            )
+        if config["input_shape"] is not None:
+            config["input_shape"] = list(config["input_shape"])
+        config.update(name=self.name, trainable=self.trainable, record=self.record.to_dict())
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects=None) -> VGG:
+        config = dict(config)
+        if config.get("input_shape") is not None:
+            config["input_shape"] = tuple(config["input_shape"])
+        return cls(**config)
+
+    def save_weights(self, filepath, overwrite=True, **kwargs) -> None:
+        """`keras.Model.save_weights`, plus the record and build arguments in the file."""
+        super().save_weights(filepath, overwrite=overwrite, **kwargs)
+        if os.fspath(filepath).endswith(".weights.h5") and os.path.isfile(filepath):
+            build_kwargs = self.get_config()
+            for key in ("record", "name", "trainable"):
+                build_kwargs.pop(key)
+            write_h5_record(filepath, self.record, build_kwargs)
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs) -> None:
+        """`keras.Model.load_weights`; a `.weights.h5` file's record becomes the model's."""
+        super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        if os.fspath(filepath).endswith(".weights.h5"):
+            record, _ = read_h5_record(filepath)
+            if record is not None:
+                attach_record(self, fit_record(record, self), source=os.fspath(filepath))
+
+
+def _policy_name(dtype: Any) -> str | None:
+    if dtype is None:
+        return None
+    return keras.dtype_policies.get(dtype).name
 
 
 def _initializer(spec: Any):
@@ -285,11 +510,15 @@ def to_fully_convolutional(model: keras.Model) -> keras.Model:
         model: A model from `build(..., include_top=True)` (or one with the same layers).
 
     Returns:
-        A new `keras.Model` named `<model.name>_fully_convolutional`.
+        A new model named `<model.name>_fully_convolutional` with the same record: for a
+        `VGG`, a `VGG` built with `fully_convolutional=True` (it saves and loads like any
+        VGG); for another Keras model, a functional model. A twin is returned as it is.
 
     Raises:
         ValueError: if the model has no `flatten` layer followed by Dense layers.
     """
+    if isinstance(model, VGG) and model.arguments["fully_convolutional"]:
+        return model
     names = [layer.name for layer in model.layers]
     if "flatten" not in names or not any(
         isinstance(layer, keras.layers.Dense) for layer in model.layers
@@ -298,6 +527,15 @@ def to_fully_convolutional(model: keras.Model) -> keras.Model:
             "to_fully_convolutional needs a model built with include_top=True (a `flatten` "
             f"layer followed by Dense layers). Received: model {model.name!r} with layers {names}"
         )
+    if isinstance(model, VGG):
+        config = model.get_config()
+        config.update(fully_convolutional=True, name=f"{model.name}_fully_convolutional")
+        twin = VGG.from_config(config)
+        for layer in model.layers:
+            if layer.weights:
+                _copy_as_conv(layer, twin.get_layer(layer.name))
+        return twin
+    # Another Keras model with these layer names (e.g. keras.applications.VGG16).
     flatten_index = names.index("flatten")
     window = tuple(model.layers[flatten_index].input.shape[1:3])
     channels = model.inputs[0].shape[-1]
@@ -310,25 +548,33 @@ def to_fully_convolutional(model: keras.Model) -> keras.Model:
             continue
         if isinstance(layer, keras.layers.Dense):
             dense_config = layer.get_config()
-            kernel, bias = layer.get_weights()
-            kernel_size = window if first_dense else (1, 1)
-            first_dense = False
             conv = keras.layers.Conv2D(
                 dense_config["units"],
-                kernel_size,
+                window if first_dense else (1, 1),
                 activation=dense_config["activation"],
                 data_format="channels_last",
                 dtype=dense_config["dtype"],
                 name=layer.name,
             )
+            first_dense = False
             x = conv(x)
-            # Flatten is row-major over (height, width, channels): a plain reshape.
-            conv.set_weights([kernel.reshape(*kernel_size, -1, kernel.shape[-1]), bias])
         else:
-            clone = layer.__class__.from_config(layer.get_config())
-            x = clone(x)
-            clone.set_weights(layer.get_weights())
-    return keras.Model(inputs, x, name=f"{model.name}_fully_convolutional")
+            conv = layer.__class__.from_config(layer.get_config())
+            x = conv(x)
+        _copy_as_conv(layer, conv)
+    twin = keras.Model(inputs, x, name=f"{model.name}_fully_convolutional")
+    attach_record(twin, record_of(model))
+    return twin
+
+
+def _copy_as_conv(layer, target) -> None:
+    """Copies a layer's weights into its twin; a Dense kernel is reshaped into a conv's."""
+    values = layer.get_weights()
+    if isinstance(layer, keras.layers.Dense) and isinstance(target, keras.layers.Conv2D):
+        # Flatten is row-major over (height, width, channels): a plain reshape.
+        kernel, bias = values
+        values = [kernel.reshape(tuple(target.kernel.shape)), bias]
+    target.set_weights(values)
 
 
 def layer_table(model: keras.Model) -> list[tuple[str, str, str, int]]:

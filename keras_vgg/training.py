@@ -41,6 +41,9 @@ import tensorflow as tf
 
 from keras_vgg import distribute
 from keras_vgg import recipe as recipe_lib
+from keras_vgg.imagenet import Preprocessing
+from keras_vgg.record import ModelRecord, attach_record, describe, record_of
+from keras_vgg.scales import TrainScale
 
 __all__ = [
     "CheckpointError",
@@ -49,6 +52,7 @@ __all__ = [
     "Plateau",
     "TrainingData",
     "TrainingDiverged",
+    "adapt_first_conv",
     "fit",
     "plan_fit",
     "plateau_step",
@@ -446,7 +450,7 @@ def plan_fit(
 # === The model ===
 
 
-def _build_model(recipe, classes: int, precision: str) -> keras.Model:
+def _build_model(recipe, data: TrainingData, classes: int, precision: str) -> keras.Model:
     from keras_vgg import models
 
     m, o = recipe.model, recipe.optimizer
@@ -471,6 +475,7 @@ def _build_model(recipe, classes: int, precision: str) -> keras.Model:
         kernel_initializer=initializer,
         kernel_regularizer=regularizer,
         dtype=None if precision == "float32" else precision,
+        record=_run_record(recipe, data),
     )
 
 
@@ -498,23 +503,21 @@ def _initialize(
     When the source expects other input than this run feeds (RGB minus `mean`), e.g.
     Keras's VGG16 file (BGR minus the BGR mean) or torchvision's (RGB / 255, then mean and
     std), the copied first convolution is rewritten to take this run's input
-    (`_adapt_first_conv`).
+    (`adapt_first_conv`). The model keeps the record of this run: its input is this run's.
     """
-    from keras_vgg import models, weights
+    from keras_vgg import weights
 
     if source_path is None:
         return []
-    if recipe.model.weights is not None and not source_path.endswith((".keras", ".h5")):
-        try:
-            source = models.build(recipe.model.config, weights=source_path)
-        except NotImplementedError as exc:
-            raise ValueError(f"{recipe.path}: model.weights: {exc}") from None
-    else:
-        _check_init_source(recipe, source_path)
-        if source_path.endswith(".keras"):
-            source = keras.saving.load_model(source_path, compile=False)
-        else:
-            source = models.build(recipe.model.config, weights=source_path)
+    _check_init_source(recipe, source_path)
+    key = "model.weights" if recipe.model.weights is not None else "init.from_run"
+    try:
+        # The source's architecture comes from the file: a BN, narrower or other-headed
+        # source builds the model it fits; its record says what input it expects.
+        source = weights.model_from_weights(source_path, recipe.model.config)
+    except (ValueError, NotImplementedError) as exc:
+        raise ValueError(f"{recipe.path}: {key}: {exc}") from None
+    run_record = record_of(model)
     try:
         if recipe.init.mode == "a_layers":
             copied = weights.initialize_from_a(source, model)
@@ -526,29 +529,13 @@ def _initialize(
     except ValueError as exc:
         raise ValueError(f"{recipe.path}: init.mode = {recipe.init.mode!r}: {exc}") from None
     if "block1_conv1" in copied:
-        _adapt_first_conv(
-            model.get_layer("block1_conv1"), _source_preprocessing(source_path, source), mean
-        )
+        adapt_first_conv(model.get_layer("block1_conv1"), record_of(source).preprocessing, mean)
+    # The run feeds its own input (RGB minus `mean`) whatever the source expected.
+    attach_record(model, run_record)
     return copied
 
 
-def _source_preprocessing(source_path: str, source: keras.Model):
-    """What input the source's weights expect: its run's model_info.json, else its entry's."""
-    from keras_vgg import imagenet, weights
-
-    info = _read_json(os.path.join(os.path.dirname(source_path), "model_info.json"))
-    if source_path.endswith(".keras") and info and "preprocessing" in info:
-        p = info["preprocessing"]
-        return imagenet.Preprocessing(
-            mean=tuple(p["mean"]),
-            std=None if p.get("std") is None else tuple(p["std"]),
-            scale=float(p.get("scale", 1.0)),
-            channel_order=p.get("channel_order", "rgb"),
-        )
-    return weights.preprocessing_for(source)
-
-
-def _adapt_first_conv(layer, preprocessing, mean: tuple[float, float, float]) -> None:
+def adapt_first_conv(layer, preprocessing, mean: tuple[float, float, float]) -> None:
     """Rewrites a first convolution trained on `preprocessing` to take RGB minus `mean`.
 
     The source saw t_c = (scale * x_c - mu_c) / sd_c (channels in its own order); this run
@@ -1079,7 +1066,7 @@ def fit(
     resuming = plan.action == "resume" and os.path.isfile(state_path)
     keras.utils.set_random_seed(recipe.run.seed)
     with strategy.scope():
-        model = _build_model(recipe, classes, plan.precision.policy)
+        model = _build_model(recipe, data, classes, plan.precision.policy)
         # A resumed run takes every weight from its own state: the run it started from may
         # have been moved or deleted since.
         copied = [] if resuming else _initialize(model, recipe, plan.init_source, data.mean)
@@ -1112,7 +1099,7 @@ def fit(
         _atomic_text(os.path.join(run_dir, "recipe.toml"), recipe_text)
         _atomic_text(
             os.path.join(run_dir, "model_info.json"),
-            json.dumps(_model_info(recipe, data), indent=2) + "\n",
+            json.dumps(describe(model), indent=2) + "\n",
         )
 
     start_epoch = meta["epoch"]
@@ -1213,17 +1200,12 @@ def _train_dataset(strategy, dist, data: TrainingData, start_epoch: int):
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def _model_info(recipe, data: TrainingData) -> dict:
-    d = recipe.data
-    return {
-        "config": recipe.model.config,
-        "class_names": list(data.class_names),
-        "preprocessing": {
-            "mean": list(data.mean),
-            "std": None,
-            "scale": 1.0,
-            "channel_order": "rgb",
-        },
-        "train_scale": list(d.train_scale) if isinstance(d.train_scale, tuple) else d.train_scale,
-        "crop_size": d.crop_size,
-    }
+def _run_record(recipe, data: TrainingData) -> ModelRecord:
+    """What a model trained by this recipe expects: RGB minus the training set's mean."""
+    return ModelRecord(
+        preprocessing=Preprocessing(mean=tuple(data.mean)),
+        crop_size=recipe.data.crop_size,
+        train_scale=TrainScale.parse(recipe.data.train_scale),
+        class_names=tuple(data.class_names) if data.class_names else None,
+        weights=recipe.run_dir,
+    )

@@ -11,18 +11,18 @@ assigned (all or nothing):
 - `.npz` archives of arrays named `<layer>/<weight>` (`block1_conv1/kernel`, ...), the
   names Keras gives the variables (`variable.path`).
 
-Every load records the preprocessing the weights expect (`preprocessing_for(model)`), so
-`preprocess_input(x, preprocessing=preprocessing_for(model))` feeds each set of weights the
-convention it was trained with: Keras's files want BGR 0-255 minus the mean BGR,
-torchvision's RGB in [0, 1] standardised by mean/std, this package's own the paper's RGB
-0-255 minus the mean RGB (Sec. 2.1).
+Every load gives the model the record of its weights (`keras_vgg.record_of(model)`), above
+all the preprocessing they expect, so `preprocess_input(x, preprocessing=
+preprocessing_for(model))` (and every path of the package, which reads the record) feeds
+each set of weights the convention it was trained with: Keras's files want BGR 0-255 minus
+the mean BGR, torchvision's RGB in [0, 1] standardised by mean/std, this package's own the
+paper's RGB 0-255 minus the mean RGB (Sec. 2.1) of their training set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import re
@@ -36,6 +36,14 @@ import numpy as np
 
 from keras_vgg import configs as configs_lib
 from keras_vgg.imagenet import KERAS_CAFFE, PAPER, TORCHVISION, Preprocessing
+from keras_vgg.record import (
+    ModelRecord,
+    attach_record,
+    fit_record,
+    read_h5_record,
+    record_of,
+    write_h5_record,
+)
 
 __all__ = [
     "A_INIT_LAYERS",
@@ -46,7 +54,9 @@ __all__ = [
     "convert",
     "fetch_pretrained",
     "initialize_from_a",
+    "build_kwargs_from",
     "load_weights",
+    "model_from_weights",
     "preprocessing_for",
     "read_keras2_h5",
     "read_npz",
@@ -83,13 +93,8 @@ _WEIGHT_ORDER: tuple[str, ...] = (
     "moving_variance",
 )
 
-# Where the preprocessing of converted weights is kept in a `.weights.h5` file.
-_PREPROCESSING_ATTR = "keras_vgg_preprocessing"
-_BUILD_ATTR = "keras_vgg_build"
 # What each foreign layout's weights expect unless told otherwise.
 _LAYOUT_PREPROCESSING = {"keras2_h5": KERAS_CAFFE, "torchvision": TORCHVISION}
-# Set on a model by `load_weights`; read by `preprocessing_for`.
-_MODEL_ATTR = "_keras_vgg_preprocessing"
 
 LayerWeights = dict[str, list[np.ndarray]]
 
@@ -363,26 +368,31 @@ def load_weights(
         path = fetch_pretrained(entry, include_top=_has_top(model), cache_dir=cache_dir)
         found = _read_layout(entry.layout, path, entry.config, model)
         _assign(model, found, path)
-        _set_preprocessing(model, preprocessing or entry.preprocessing)
-        return
-    if not os.path.isfile(path):
-        raise ValueError(f"Weights file not found: {path}. Received: weights={path!r}")
-    layout = _layout_of(path)
-    if layout == "keras":
-        source = _read_keras_model(path)
-        transfer_weights(source, model, source_name=path)
-        recorded = PAPER
-    elif layout == "weights_h5":
-        recorded = _recorded_preprocessing(path)
-        _load_native_weights(model, path)
+        record = ModelRecord(preprocessing=entry.preprocessing, weights=entry.name)
     else:
-        _assign(model, _read_layout(layout, path, config, model), path)
-        recorded = _LAYOUT_PREPROCESSING.get(layout, PAPER)
-    _set_preprocessing(model, preprocessing or recorded)
+        if not os.path.isfile(path):
+            raise ValueError(f"Weights file not found: {path}. Received: weights={path!r}")
+        layout = _layout_of(path)
+        source_name = os.path.basename(path)
+        if layout == "keras":
+            source = _read_keras_model(path)
+            transfer_weights(source, model, source_name=path)
+            record = record_of(source)
+        elif layout == "weights_h5":
+            _load_native_weights(model, path)
+            record = read_h5_record(path)[0] or ModelRecord(weights=source_name)
+        else:
+            _assign(model, _read_layout(layout, path, config, model), path)
+            record = ModelRecord(
+                preprocessing=_LAYOUT_PREPROCESSING.get(layout, PAPER), weights=source_name
+            )
+    if preprocessing is not None:
+        record = record.replace(preprocessing=preprocessing)
+    attach_record(model, fit_record(record, model))
 
 
 def preprocessing_for(model: keras.Model) -> Preprocessing:
-    """The input convention of the weights a model holds, as recorded by `load_weights`.
+    """The input convention of the weights a model holds: `record_of(model).preprocessing`.
 
     Models whose weights came from no file (random, or trained here) follow the paper
     (Sec. 2.1: RGB in [0, 255] minus the mean RGB).
@@ -393,11 +403,7 @@ def preprocessing_for(model: keras.Model) -> Preprocessing:
     Returns:
         The `Preprocessing` to give `preprocess_input(x, preprocessing=...)`.
     """
-    return getattr(model, _MODEL_ATTR, PAPER)
-
-
-def _set_preprocessing(model: keras.Model, preprocessing: Preprocessing) -> None:
-    setattr(model, _MODEL_ATTR, preprocessing)
+    return record_of(model).preprocessing
 
 
 def _has_top(model: keras.Model) -> bool:
@@ -434,6 +440,8 @@ def _read_layout(layout: str, path: str, config: str | None, model: keras.Model)
 
 
 def _read_keras_model(path: str) -> keras.Model:
+    from keras_vgg import models  # noqa: F401 - registers VGG with Keras
+
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
@@ -494,23 +502,6 @@ def _check_same_arrays(model: keras.Model, path: str) -> None:
             f"{missing} that the file lacks, the file has {extra} that the model lacks "
             f"({sum(found.values())} arrays in the file, {len(model.weights)} in the model)"
         )
-
-
-def _recorded_preprocessing(path: str) -> Preprocessing:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get(_PREPROCESSING_ATTR)
-    except OSError as exc:
-        raise ValueError(f"{path}: not a readable HDF5 weights file ({exc})") from None
-    if raw is None:
-        return PAPER
-    fields = json.loads(raw)
-    for key in ("mean", "std"):
-        if fields.get(key) is not None:
-            fields[key] = tuple(fields[key])
-    return Preprocessing(**fields)
 
 
 def _assign(model: keras.Model, found: Mapping[str, list[np.ndarray]], source: str) -> None:
@@ -844,6 +835,88 @@ def _to_numpy(value: Any) -> np.ndarray:
 # === Conversion ===
 
 
+def model_from_weights(
+    weights: str | os.PathLike,
+    config: str | None = None,
+    *,
+    preprocessing: Preprocessing | None = None,
+    cache_dir: str | None = None,
+) -> keras.Model:
+    """The model a weights source makes, whatever it is: its architecture comes from the file.
+
+    This is how the package opens a model to start from (`kvgg fit` with `model.weights`,
+    `kvgg predict --weights`, `kvgg convert`): a BN file gives a BN model, a file of another
+    width, FC size or class count the model that fits it.
+
+    Args:
+        weights: A pretrained entry name of `REGISTRY` ("imagenet", "torchvision",
+            "torchvision_bn"); a whole `.keras` model; a `.weights.h5` file saved by this
+            package (it records its build arguments); or a foreign file (Keras 2 `.h5`,
+            torchvision `.pth`, `.npz`), whose batch normalisation, width, FC units, classes
+            and input size are read off its arrays.
+        config: The configuration letter (needed for entries and foreign files; a `.keras`
+            or `.weights.h5` file says its own).
+        preprocessing: Overrides what the weights expect (see `load_weights`).
+        cache_dir: As `load_weights`.
+
+    Returns:
+        The model, filled, with the record of its weights.
+
+    Raises:
+        ValueError: for a missing or unreadable file, or one that fits no model of `config`,
+            naming the file (and the layer and shapes).
+    """
+    from keras_vgg import models
+
+    path = os.fspath(weights)
+    key = None if config is None else configs_lib.canonical_name(config)
+    if not os.path.splitext(path)[1]:
+        if key is None:
+            raise ValueError(f"Pretrained weights {path!r} need a configuration (config=...)")
+        entry = REGISTRY.get((key, path))
+        batch_norm = entry.batch_norm if entry is not None else False
+        return _build_and_load(
+            models, key, path, {"batch_norm": batch_norm}, preprocessing, cache_dir
+        )
+    if not os.path.isfile(path):
+        raise ValueError(f"Weights file not found: {path}. Received: weights={path!r}")
+    layout = _layout_of(path)
+    if layout == "keras":
+        model = _read_keras_model(path)
+        if preprocessing is not None:
+            attach_record(model, record_of(model).replace(preprocessing=preprocessing))
+        return model
+    if layout == "weights_h5":
+        _, build_kwargs = read_h5_record(path)
+        if build_kwargs is None:
+            if key is None:
+                raise ValueError(
+                    f"{path}: records no build arguments (not saved by keras_vgg); give the "
+                    "configuration and build the model yourself, then load_weights()"
+                )
+            build_kwargs = {"config": key}
+        build_kwargs = dict(build_kwargs)
+        build_config = build_kwargs.pop("config", key)
+        try:
+            model = models.VGG.from_config({"config": build_config, **build_kwargs})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: its recorded build arguments are malformed: {exc}") from None
+        load_weights(model, path, preprocessing=preprocessing)
+        return model
+    if key is None:
+        raise ValueError(f"{path}: a {layout} file needs the configuration (config=...)")
+    found = {name: v for name, v in _read_layout(layout, path, key, None).items() if v}
+    return _build_and_load(
+        models, key, path, build_kwargs_from(found, key, path), preprocessing, cache_dir
+    )
+
+
+def _build_and_load(models, key, weights, build_kwargs, preprocessing, cache_dir):
+    model = models.build(key, **build_kwargs)
+    load_weights(model, weights, config=key, preprocessing=preprocessing, cache_dir=cache_dir)
+    return model
+
+
 def convert(
     source: str | os.PathLike,
     destination: str | os.PathLike,
@@ -854,9 +927,10 @@ def convert(
     """Writes a Keras 2 `.h5`, torchvision `.pth` or `.npz` file as this package's weights.
 
     The model is built from the shapes found in the file (batch normalisation, head, width,
-    FC units, classes and, with the head, the input size), filled, and saved with
-    `save_weights`; the preprocessing the weights expect is stored in the file, so loading
-    it later with `load_weights` records it again.
+    FC units, classes and, with the head, the input size; `model_from_weights`), filled,
+    and saved with `model.save_weights`, which keeps the model's record (the preprocessing
+    the weights expect) and its build arguments in the file: `load_weights` and
+    `model_from_weights` read them back.
 
     Args:
         source: The foreign file.
@@ -872,59 +946,63 @@ def convert(
         ValueError: for a file that does not fit `config` (naming the layer and shapes), or
             a destination not ending in `.weights.h5`.
     """
-    from keras_vgg import models
-
     source, destination = os.fspath(source), os.fspath(destination)
     key = configs_lib.canonical_name(config)
     if not destination.endswith(".weights.h5"):
         raise ValueError(f"The destination must end in .weights.h5. Received: {destination!r}")
     if not os.path.isfile(source):
         raise ValueError(f"Weights file not found: {source}")
-    layout = _layout_of(source)
-    if layout not in ("keras2_h5", "torchvision", "npz"):
+    if _layout_of(source) not in ("keras2_h5", "torchvision", "npz"):
         raise ValueError(
             f"kvgg convert reads Keras 2 .h5, torchvision .pth and .npz files. Received: {source}"
         )
-    found = {name: v for name, v in _read_layout(layout, source, key, None).items() if v}
-    build_kwargs = _build_kwargs_from(found, key, source)
-    model = models.build(key, **build_kwargs)
-    _assign(model, found, source)
-    chosen = preprocessing or _LAYOUT_PREPROCESSING.get(layout, PAPER)
-    _set_preprocessing(model, chosen)
-    save_weights(model, destination, build_kwargs={"config": key, **build_kwargs})
-    return {"config": key, **build_kwargs, "preprocessing": chosen}
+    model = model_from_weights(source, key, preprocessing=preprocessing)
+    model.save_weights(destination)
+    arguments = model.arguments
+    build_kwargs = {
+        name: arguments[name]
+        for name in ("batch_norm", "width", "include_top", "fc_units", "classes", "input_shape")
+        if name in arguments and (arguments["include_top"] or name not in ("fc_units", "classes"))
+    }
+    return {"config": key, **build_kwargs, "preprocessing": preprocessing_for(model)}
 
 
-def save_weights(
-    model: keras.Model, path: str | os.PathLike, *, build_kwargs: Mapping[str, Any] | None = None
-) -> None:
-    """`model.save_weights(path)`, keeping the record of the preprocessing the weights expect.
+def save_weights(model: keras.Model, path: str | os.PathLike) -> None:
+    """`model.save_weights(path)` with the model's record, for any Keras model.
 
-    A model filled from Keras's or torchvision's files and then fine-tuned still expects
-    their input convention; saved with this function, `load_weights` records it again.
-    (`model.save_weights` alone writes no record, and such files load as `PAPER`.)
+    A `keras_vgg.VGG` model's own `save_weights` already keeps its record (and build
+    arguments); this function does the same for another Keras model given a record by
+    `load_weights` (e.g. keras.applications' VGG16 filled from torchvision's file).
 
     Args:
         model: The model to save.
         path: A `.weights.h5` path.
-        build_kwargs: `build` arguments to note in the file, for people reading it.
 
     Raises:
         ValueError: if `path` does not end in `.weights.h5`.
     """
-    import h5py
-
     path = os.fspath(path)
     if not path.endswith(".weights.h5"):
         raise ValueError(f"Weights files must end in .weights.h5. Received: path={path!r}")
     model.save_weights(path)
-    with h5py.File(path, "a") as f:
-        f.attrs[_PREPROCESSING_ATTR] = json.dumps(dataclasses.asdict(preprocessing_for(model)))
-        if build_kwargs is not None:
-            f.attrs[_BUILD_ATTR] = json.dumps(dict(build_kwargs))
+    write_h5_record(path, record_of(model))
 
 
-def _build_kwargs_from(found: LayerWeights, config: str, source: str) -> dict[str, Any]:
+def build_kwargs_from(found: LayerWeights, config: str, source: str) -> dict[str, Any]:
+    """The `build` arguments of the model that a file's arrays fit.
+
+    Args:
+        found: The arrays of each layer, as the readers give them (`read_npz`, ...).
+        config: The configuration letter.
+        source: How to name the file in errors.
+
+    Returns:
+        `batch_norm`, `width`, `include_top`, `input_shape` and, with the head,
+        `fc_units` and `classes`.
+
+    Raises:
+        ValueError: naming the file and the layer when the arrays fit no model.
+    """
     if "block1_conv1" not in found:
         raise ValueError(f"{source}: has no weights for layer 'block1_conv1'")
     first = found["block1_conv1"][0]
@@ -957,6 +1035,9 @@ def transfer_weights(
     source_name: str | None = None,
 ) -> list[str]:
     """Copies the weights of layers with the same names from `source` to `target`.
+
+    The target's record takes the source's preprocessing when `block1_conv1` is copied, and
+    its class names when `predictions` is.
 
     Every shape is checked before anything is assigned, so a mismatch leaves `target`
     unchanged. The paper's initialisation of B to E from a trained A (Sec. 3.1) is
@@ -1000,7 +1081,18 @@ def transfer_weights(
         plan.append((target_layer, values))
     for layer, values in plan:
         layer.set_weights(values)
-    return [layer.name for layer, _ in plan]
+    copied = [layer.name for layer, _ in plan]
+    # The record follows the layers it describes: the input convention goes with the first
+    # convolution, the class names with the last layer.
+    theirs = record_of(source)
+    changes: dict[str, Any] = {}
+    if "block1_conv1" in copied:
+        changes.update(preprocessing=theirs.preprocessing, weights=theirs.weights or label)
+    if "predictions" in copied and theirs.class_names is not None:
+        changes["class_names"] = theirs.class_names
+    if changes:
+        attach_record(target, fit_record(record_of(target).replace(**changes), target))
+    return copied
 
 
 def initialize_from_a(a_model: keras.Model, model: keras.Model) -> list[str]:
