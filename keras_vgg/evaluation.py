@@ -41,7 +41,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_vgg import models  # noqa: F401 - registers VGG for keras.saving.load_model
+from keras_vgg import models as _models  # noqa: F401 - registers VGG with Keras
 from keras_vgg.imagenet import PAPER, Preprocessing, class_index, preprocess_input
 from keras_vgg.record import ModelRecord, attach_record, has_record, record_of
 from keras_vgg.scales import TrainScale

@@ -27,11 +27,10 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict")
     keras.utils.set_random_seed(5)
     model = build("D", width=1 / 16, fc_units=32, classes=4, input_shape=(224, 224, 3))
+    model.record = model.record.replace(class_names=CLASSES, train_scale=256)
     run = tmp / "run"
     run.mkdir()
     model.save(run / "last.keras")  # no best.keras: falls back to last.keras
-    info = {"config": "D", "class_names": CLASSES, "train_scale": 256, "crop_size": 224}
-    (run / "model_info.json").write_text(json.dumps(info))
     images = tmp / "images"
     write(str(images / "a.jpg"), jpeg(256, 300, seed=1))
     write(str(images / "nested" / "c.jpg"), jpeg(320, 256, seed=2))
@@ -94,8 +93,7 @@ def test_predict_cli_imagenet_names_with_config_and_weights(setup, tmp_path):
     model.save_weights(weights)
     path = setup["images"] / "a.jpg"
     result = kvgg(
-        "predict", str(path), "--config", "A", "--width", "0.0625", "--fc-units", "16",
-        "--weights", str(weights), "--top", "3", "--json",
+        "predict", str(path), "--config", "A", "--weights", str(weights), "--top", "3", "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (entry,) = json.loads(result.stdout)
@@ -114,7 +112,7 @@ def test_predict_cli_needs_one_model(setup):
     assert result.returncode == 2
     assert (
         result.stderr.strip()
-        == "kvgg: error: give either --model FILE or --config NAME (with --weights)"
+        == "kvgg: error: give either --model FILE or --config NAME with --weights"
     )
 
 
