@@ -135,6 +135,9 @@ class PretrainedWeights:
         preprocessing: What the weights expect of their input.
         top1_accuracy: Published ImageNet validation top-1 accuracy, percent.
         top5_accuracy: Published ImageNet validation top-5 accuracy, percent.
+        num_params: Published number of trainable parameters of the model with the FC
+            layers (torchvision's `num_params`, which leaves out the batch-normalisation
+            statistics; for Keras's files, the count of keras.applications' model).
         reference: Where the file, hash and accuracy are published.
     """
 
@@ -147,10 +150,11 @@ class PretrainedWeights:
     preprocessing: Preprocessing
     top1_accuracy: float
     top5_accuracy: float
+    num_params: int
     reference: str
 
 
-def _keras_entry(config, depth, top_md5, notop_md5, top1, top5) -> PretrainedWeights:
+def _keras_entry(config, depth, top_md5, notop_md5, top1, top5, num_params) -> PretrainedWeights:
     base = f"https://storage.googleapis.com/tensorflow/keras-applications/vgg{depth}/"
     stem = f"vgg{depth}_weights_tf_dim_ordering_tf_kernels"
     return PretrainedWeights(
@@ -163,14 +167,15 @@ def _keras_entry(config, depth, top_md5, notop_md5, top1, top5) -> PretrainedWei
         preprocessing=KERAS_CAFFE,
         top1_accuracy=top1,
         top5_accuracy=top5,
+        num_params=num_params,
         reference=(
             f"keras/src/applications/vgg{depth}.py (files, MD5); "
-            "https://keras.io/api/applications/ (accuracy)"
+            "https://keras.io/api/applications/ (accuracy, parameters)"
         ),
     )
 
 
-def _torchvision_entry(config, file_name, top1, top5) -> PretrainedWeights:
+def _torchvision_entry(config, file_name, top1, top5, num_params) -> PretrainedWeights:
     batch_norm = "_bn" in file_name
     return PretrainedWeights(
         config=config,
@@ -185,25 +190,38 @@ def _torchvision_entry(config, file_name, top1, top5) -> PretrainedWeights:
         preprocessing=TORCHVISION,
         top1_accuracy=top1,
         top5_accuracy=top5,
-        reference="torchvision/models/vgg.py (files, SHA-256 prefix, accuracy)",
+        num_params=num_params,
+        reference="torchvision/models/vgg.py (files, SHA-256 prefix, accuracy, parameters)",
     )
 
 
 _ENTRIES = (
     _keras_entry(
-        "D", 16, "64373286793e3c8b2b4e3219cbf3544b", "6d6bbae143d832006294945121d1f1fc", 71.3, 90.1
+        "D",
+        16,
+        "64373286793e3c8b2b4e3219cbf3544b",
+        "6d6bbae143d832006294945121d1f1fc",
+        71.3,
+        90.1,
+        138357544,
     ),
     _keras_entry(
-        "E", 19, "cbe5617147190e668d6c5d5026f83318", "253f8cb515780f3b799900260a226db6", 71.3, 90.0
+        "E",
+        19,
+        "cbe5617147190e668d6c5d5026f83318",
+        "253f8cb515780f3b799900260a226db6",
+        71.3,
+        90.0,
+        143667240,
     ),
-    _torchvision_entry("A", "vgg11-8a719046.pth", 69.020, 88.628),
-    _torchvision_entry("A", "vgg11_bn-6002323d.pth", 70.370, 89.810),
-    _torchvision_entry("B", "vgg13-19584684.pth", 69.928, 89.246),
-    _torchvision_entry("B", "vgg13_bn-abd245e5.pth", 71.586, 90.374),
-    _torchvision_entry("D", "vgg16-397923af.pth", 71.592, 90.382),
-    _torchvision_entry("D", "vgg16_bn-6c64b313.pth", 73.360, 91.516),
-    _torchvision_entry("E", "vgg19-dcbb9e9d.pth", 72.376, 90.876),
-    _torchvision_entry("E", "vgg19_bn-c79401a0.pth", 74.218, 91.842),
+    _torchvision_entry("A", "vgg11-8a719046.pth", 69.020, 88.628, 132863336),
+    _torchvision_entry("A", "vgg11_bn-6002323d.pth", 70.370, 89.810, 132868840),
+    _torchvision_entry("B", "vgg13-19584684.pth", 69.928, 89.246, 133047848),
+    _torchvision_entry("B", "vgg13_bn-abd245e5.pth", 71.586, 90.374, 133053736),
+    _torchvision_entry("D", "vgg16-397923af.pth", 71.592, 90.382, 138357544),
+    _torchvision_entry("D", "vgg16_bn-6c64b313.pth", 73.360, 91.516, 138365992),
+    _torchvision_entry("E", "vgg19-dcbb9e9d.pth", 72.376, 90.876, 143667240),
+    _torchvision_entry("E", "vgg19_bn-c79401a0.pth", 74.218, 91.842, 143678248),
 )
 
 #: Published ImageNet weights, keyed by (configuration letter, entry name): Keras's VGG16 /
@@ -226,16 +244,21 @@ def fetch_pretrained(
         entry: A `REGISTRY` entry.
         include_top: Whether the file must hold the FC layers (else the smaller "notop"
             file is fetched where one is published).
-        cache_dir: The cache root (default: `$KERAS_HOME` or `~/.keras`).
+        cache_dir: The cache root (default: `$KERAS_HOME` as it is set now, else Keras's
+            own default, `~/.keras`; Keras alone reads `$KERAS_HOME` once, at import).
 
     Returns:
         The path of the verified file.
 
     Raises:
         ValueError: if the download fails, or the file does not have the published hash
-            (the file is then deleted from the cache).
+            (the file is then deleted from the cache). A cached file with another hash is
+            deleted before the download, and the error names it.
     """
     published = entry.top if include_top or entry.notop is None else entry.notop
+    if cache_dir is None:
+        cache_dir = os.environ.get("KERAS_HOME") or None
+    stale = ""  # what became of a cached file with another hash, for the error below
     for force_download in (False, True):
         try:
             path = keras.utils.get_file(
@@ -247,13 +270,17 @@ def fetch_pretrained(
             )
         except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception on URL errors
             raise ValueError(
-                f"cannot download {published.url} ({exc}); offline, put the file at "
+                f"cannot download {published.url} ({exc}){stale}; offline, put the file at "
                 f"<KERAS_HOME or ~/.keras>/models/{published.file_name}"
             ) from None
         digest = _file_digest(path, published.file_hash)
         if digest.startswith(published.file_hash.lower()):
             return path
         os.remove(path)
+        stale = (
+            f" after deleting the cached {path}, whose hash {digest} is not the published "
+            f"{published.file_hash}"
+        )
     raise ValueError(
         f"{published.url}: the downloaded file has hash {digest}, not the published "
         f"{published.file_hash}; deleted it from the cache ({path})"

@@ -14,7 +14,7 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import kvgg  # noqa: E402
+from conftest import kvgg, write_keras2_h5  # noqa: E402
 
 import keras_vgg  # noqa: E402
 from keras_vgg import weights as weights_lib  # noqa: E402
@@ -62,30 +62,6 @@ def images(n=2, size=64, seed=1):
 
 
 # === Keras 2 legacy .h5 ===
-
-
-def write_keras2_h5(model, path, old_style_names=True, skip=(), whole_model=False):
-    """The keras.applications layout: root `layer_names`, per-layer `weight_names`.
-
-    Old files name arrays like `block1_conv1_W_1:0`; the reader must go by order, not name.
-    Keras 2's whole-model files (`model.save("x.h5")`) nest it under `model_weights`.
-    """
-    with h5py.File(path, "w") as root:
-        f = root.create_group("model_weights") if whole_model else root
-        names = [layer.name for layer in model.layers if layer.name not in skip]
-        f.attrs["layer_names"] = np.array([n.encode() for n in names])
-        f.attrs["backend"] = b"tensorflow"
-        f.attrs["keras_version"] = b"2.2.4"
-        for layer in model.layers:
-            if layer.name in skip:
-                continue
-            group = f.create_group(layer.name)
-            weight_names = []
-            for i, variable in enumerate(layer.weights):
-                name = f"{layer.name}_{'WbXY'[i]}_1:0" if old_style_names else f"{variable.path}:0"
-                weight_names.append(name.encode())
-                group.create_dataset(name, data=np.array(variable))
-            group.attrs["weight_names"] = np.array(weight_names, dtype="S")
 
 
 @pytest.mark.parametrize("config, batch_norm", [("D", False), ("E", False), ("B", True)])

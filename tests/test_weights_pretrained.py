@@ -1,7 +1,11 @@
-"""Pretrained entries: the registry against Keras's sources, downloads, `weights="imagenet"`.
+"""Pretrained entries: the registry against the published tables, downloads, `weights=`.
 
-No network: "published" files are served from a temporary directory, by `file://` URL or
-by an HTTP server on 127.0.0.1, into a temporary Keras cache.
+The published figures (file names, hashes, accuracies, parameter counts) are typed here by
+hand from torchvision's and Keras's sources, so a wrong registry entry cannot agree with
+them by construction. No network: "published" files are served from a temporary directory,
+by `file://` URL or by an HTTP server on 127.0.0.1, into a temporary Keras cache; the
+full-size end-to-end tests write files of the published layouts into that cache under the
+published names and point the entries at an unreachable URL.
 """
 
 import dataclasses
@@ -12,14 +16,15 @@ import inspect
 import os
 import re
 import threading
+from collections import OrderedDict
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import h5py  # noqa: E402
 import keras  # noqa: E402
-import keras.src.backend.config as keras_config  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import write_keras2_h5  # noqa: E402
 
 import keras_vgg  # noqa: E402
 from keras_vgg import weights as weights_lib  # noqa: E402
@@ -37,38 +42,122 @@ def sha256(path):
 
 # === The registry ===
 
+# torchvision/models/vgg.py, VGG{11,13,16,19}[_BN]_Weights.IMAGENET1K_V1 (the same figures as
+# https://pytorch.org/vision/stable/models.html): file name (its hash part is the first 8 hex
+# digits of the file's SHA-256), acc@1, acc@5 and num_params (trainable parameters; BN
+# running statistics are buffers, not counted).
+TORCHVISION_PUBLISHED = {
+    ("A", "torchvision"): ("vgg11-8a719046.pth", 69.020, 88.628, 132863336),
+    ("A", "torchvision_bn"): ("vgg11_bn-6002323d.pth", 70.370, 89.810, 132868840),
+    ("B", "torchvision"): ("vgg13-19584684.pth", 69.928, 89.246, 133047848),
+    ("B", "torchvision_bn"): ("vgg13_bn-abd245e5.pth", 71.586, 90.374, 133053736),
+    ("D", "torchvision"): ("vgg16-397923af.pth", 71.592, 90.382, 138357544),
+    ("D", "torchvision_bn"): ("vgg16_bn-6c64b313.pth", 73.360, 91.516, 138365992),
+    ("E", "torchvision"): ("vgg19-dcbb9e9d.pth", 72.376, 90.876, 143667240),
+    ("E", "torchvision_bn"): ("vgg19_bn-c79401a0.pth", 74.218, 91.842, 143678248),
+}
 
-@pytest.mark.parametrize("config, module", [("D", "vgg16"), ("E", "vgg19")])
-def test_keras_entries_are_the_files_and_hashes_of_keras_applications(config, module):
-    import importlib
+# keras/src/applications/vgg{16,19}.py: the file_hash (MD5) given to get_file for the file
+# with and without the FC layers; https://keras.io/api/applications/: top-1 / top-5 accuracy
+# (71.3 / 90.1 and 71.3 / 90.0); parameters 138.4M / 143.7M, 14.7M / 20.0M without the top,
+# exactly those of keras.applications' models.
+KERAS_PUBLISHED = {
+    ("D", "imagenet"): (
+        "vgg16",
+        "64373286793e3c8b2b4e3219cbf3544b",
+        "6d6bbae143d832006294945121d1f1fc",
+        71.3,
+        90.1,
+        138357544,
+        14714688,
+    ),
+    ("E", "imagenet"): (
+        "vgg19",
+        "cbe5617147190e668d6c5d5026f83318",
+        "253f8cb515780f3b799900260a226db6",
+        71.3,
+        90.0,
+        143667240,
+        20024384,
+    ),
+}
 
-    source_module = importlib.import_module(f"keras.src.applications.{module}")
-    top_hash, notop_hash = re.findall(
-        r'file_hash="([0-9a-f]{32})"', inspect.getsource(source_module)
-    )
-    entry = weights_lib.REGISTRY[(config, "imagenet")]
-    assert entry.top == WeightsFile(source_module.WEIGHTS_PATH, top_hash)
-    assert entry.notop == WeightsFile(source_module.WEIGHTS_PATH_NO_TOP, notop_hash)
-    assert entry.top.file_name == f"{module}_weights_tf_dim_ordering_tf_kernels.h5"
-    assert entry.preprocessing == KERAS_CAFFE
-    assert (entry.layout, entry.batch_norm, entry.top1_accuracy) == ("keras2_h5", False, 71.3)
+KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+TORCHVISION_URL = "https://download.pytorch.org/models/"
 
 
 def test_registry_lists_every_published_configuration():
-    assert sorted(weights_lib.REGISTRY) == sorted(
-        [("D", "imagenet"), ("E", "imagenet")]
-        + [(c, n) for c in "ABDE" for n in ("torchvision", "torchvision_bn")]
-    )
+    assert sorted(weights_lib.REGISTRY) == sorted([*TORCHVISION_PUBLISHED, *KERAS_PUBLISHED])
     for (config, name), entry in weights_lib.REGISTRY.items():
         assert (entry.config, entry.name) == (config, name)
-        assert entry.top.url.startswith("https://")
-        assert 0 < entry.top1_accuracy < entry.top5_accuracy < 100
-        if entry.layout == "torchvision":
-            assert entry.preprocessing == TORCHVISION
-            assert entry.batch_norm == (name == "torchvision_bn")
-            # torchvision's file names carry the first 8 hex digits of the SHA-256.
-            assert re.fullmatch(r"vgg1[1369](_bn)?-[0-9a-f]{8}\.pth", entry.top.file_name)
-            assert entry.top.file_name.endswith(f"-{entry.top.file_hash}.pth")
+
+
+@pytest.mark.parametrize("key", sorted(TORCHVISION_PUBLISHED), ids="-".join)
+def test_torchvision_entries_are_torchvision_published_table(key):
+    file_name, top1, top5, num_params = TORCHVISION_PUBLISHED[key]
+    sha256_prefix = re.fullmatch(r"vgg1[1369](?:_bn)?-([0-9a-f]{8})\.pth", file_name).group(1)
+    entry = weights_lib.REGISTRY[key]
+    assert entry.top == WeightsFile(TORCHVISION_URL + file_name, sha256_prefix)
+    assert entry.top.file_name == file_name
+    assert entry.notop is None  # torchvision publishes one file, with the classifier
+    assert (entry.top1_accuracy, entry.top5_accuracy) == (top1, top5)
+    assert entry.num_params == num_params
+    assert entry.batch_norm == ("_bn" in file_name) == (key[1] == "torchvision_bn")
+    assert (entry.layout, entry.preprocessing) == ("torchvision", TORCHVISION)
+
+
+@pytest.mark.parametrize("key", sorted(KERAS_PUBLISHED), ids="-".join)
+def test_keras_entries_are_keras_published_files(key):
+    module, top_md5, notop_md5, top1, top5, num_params, _ = KERAS_PUBLISHED[key]
+    stem = f"{module}_weights_tf_dim_ordering_tf_kernels"
+    entry = weights_lib.REGISTRY[key]
+    assert entry.top == WeightsFile(f"{KERAS_URL}{module}/{stem}.h5", top_md5)
+    assert entry.notop == WeightsFile(f"{KERAS_URL}{module}/{stem}_notop.h5", notop_md5)
+    assert (entry.top.file_name, entry.notop.file_name) == (f"{stem}.h5", f"{stem}_notop.h5")
+    assert (entry.top1_accuracy, entry.top5_accuracy) == (top1, top5)
+    assert entry.num_params == num_params
+    assert (entry.layout, entry.batch_norm, entry.preprocessing) == (
+        "keras2_h5",
+        False,
+        KERAS_CAFFE,
+    )
+
+
+@pytest.mark.parametrize("key", sorted(KERAS_PUBLISHED), ids="-".join)
+def test_keras_published_table_is_the_installed_keras_applications_source(key):
+    """The hand-typed table against the file names and hashes keras.applications uses."""
+    import importlib
+
+    module, top_md5, notop_md5, *_ = KERAS_PUBLISHED[key]
+    source_module = importlib.import_module(f"keras.src.applications.{module}")
+    source = inspect.getsource(source_module)
+    assert re.findall(r'file_hash="([0-9a-f]{32})"', source) == [top_md5, notop_md5]
+    stem = f"{module}_weights_tf_dim_ordering_tf_kernels"
+    assert source_module.WEIGHTS_PATH == f"{KERAS_URL}{module}/{stem}.h5"
+    assert source_module.WEIGHTS_PATH_NO_TOP == f"{KERAS_URL}{module}/{stem}_notop.h5"
+    assert f'"{stem}.h5"' in source and f'"{stem}_notop.h5"' in source
+
+
+def trainable_count(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(weights_lib.REGISTRY), ids="-".join)
+def test_model_built_for_each_entry_has_the_published_parameter_count(key):
+    """Full size: ~2 s per model. The published count, not the registry's, is the reference."""
+    entry = weights_lib.REGISTRY[key]
+    if key in KERAS_PUBLISHED:
+        *_, num_params, notop_params = KERAS_PUBLISHED[key]
+    else:
+        num_params, notop_params = TORCHVISION_PUBLISHED[key][3], None
+    model = keras_vgg.build(entry.config, batch_norm=entry.batch_norm)
+    assert trainable_count(model) == num_params == entry.num_params
+    if notop_params is not None:  # Keras's notop file: the model without the FC layers
+        assert trainable_count(keras_vgg.build(entry.config, include_top=False)) == notop_params
+        application = {"D": keras.applications.VGG16, "E": keras.applications.VGG19}
+        reference = application[entry.config](weights=None, include_top=False)
+        assert reference.count_params() == notop_params
 
 
 # === Downloads ===
@@ -95,6 +184,7 @@ def _entry(url, file_hash, notop=None):
         preprocessing=KERAS_CAFFE,
         top1_accuracy=1.0,
         top5_accuracy=2.0,
+        num_params=1,
         reference="test",
     )
 
@@ -177,7 +267,7 @@ def test_build_d_imagenet_without_top_downloads_and_loads_the_notop_file(publish
     from keras.src.legacy.saving import legacy_h5_format
 
     served, cache = published
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", cache)
+    monkeypatch.setenv("KERAS_HOME", cache)
     source = keras_vgg.build("D", include_top=False, input_shape=(32, 32, 3))
     rng = np.random.default_rng(0)
     for variable in source.weights:
@@ -211,7 +301,7 @@ def test_pretrained_weights_that_cannot_fit_fail_before_any_download(
     published, monkeypatch, kwargs, needle
 ):
     _, cache = published
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", cache)
+    monkeypatch.setenv("KERAS_HOME", cache)
     kwargs = dict(dict(weights="imagenet"), **kwargs)
     with pytest.raises(ValueError) as info:
         keras_vgg.build(kwargs.pop("config"), **kwargs)
@@ -276,3 +366,139 @@ def test_full_size_keras_applications_file_loads_into_build(tmp_path, config, ap
     assert keras_vgg.preprocessing_for(model) == KERAS_CAFFE
     assert np.std(expected) > 0.1  # logits, not near-uniform soft-max outputs
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-4)
+
+
+# === weights="imagenet" / "torchvision" end to end, from the Keras cache ===
+
+
+@pytest.fixture
+def keras_models_dir(tmp_path, monkeypatch):
+    """An empty Keras cache under tmp_path, found through $KERAS_HOME: its models/ folder."""
+    home = tmp_path / "keras_home"
+    (home / "models").mkdir(parents=True)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    return home / "models"
+
+
+def offline(entry, file_hash):
+    """The entry with `file_hash` for its file, whose URL no longer answers (same file name).
+
+    A download would fail, so a successful load proves the cached file was used.
+    """
+
+    def unreachable(published, digest):
+        return WeightsFile(f"file:///nonexistent/{published.file_name}", digest)
+
+    notop = entry.notop and unreachable(entry.notop, "0" * 32)
+    return dataclasses.replace(entry, top=unreachable(entry.top, file_hash), notop=notop)
+
+
+def rgb_images(n=2, seed=0):
+    """What users feed: RGB pixels in [0, 255], channels last."""
+    return np.random.default_rng(seed).uniform(0, 255, (n, 224, 224, 3)).astype("float32")
+
+
+@pytest.mark.slow
+def test_build_d_imagenet_reproduces_keras_applications_from_the_cached_file(keras_models_dir):
+    """D with top: Keras's published file name and layout, keras.applications' outputs."""
+    key = ("D", "imagenet")
+    source = keras.applications.VGG16(weights=None, classifier_activation=None)
+    path = keras_models_dir / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+    write_keras2_h5(source, path)
+    images = rgb_images()
+    # keras.applications' own preprocessing for its files ("caffe": BGR, mean BGR).
+    expected = source.predict(keras.applications.vgg16.preprocess_input(images.copy()), verbose=0)
+    assert np.std(expected) > 0.1  # logits, not near-uniform soft-max outputs
+    del source
+    entry = weights_lib.REGISTRY[key]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(weights_lib.REGISTRY, key, offline(entry, md5(path)))
+        model = keras_vgg.build("D", weights="imagenet", classifier_activation=None)
+
+    # Fed as the loaded weights say (a wrong channel order or mean in the entry shows here).
+    x = keras_vgg.preprocess_input(images, preprocessing=keras_vgg.preprocessing_for(model))
+    np.testing.assert_array_equal(model.predict(x, verbose=0), expected)
+    assert keras_vgg.preprocessing_for(model) == KERAS_CAFFE
+    assert os.listdir(keras_models_dir) == [path.name]
+
+    # A cached file whose hash is not the published one is deleted, and nothing loads.
+    written = md5(path)
+    wrong = hashlib.md5(b"the published weights").hexdigest()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(weights_lib.REGISTRY, key, offline(entry, wrong))
+        with pytest.raises(ValueError) as info:
+            keras_vgg.build("D", weights="imagenet")
+    assert f"hash {written} is not the published {wrong}" in str(info.value)
+    assert "cannot download file:///nonexistent/" + path.name in str(info.value)
+    assert not path.exists()
+
+
+def torchvision_vgg(torch, cfg):
+    """torchvision's VGG written out (make_layers + VGG): the state dict has its key names.
+
+    `features.N` counts Conv2d, ReLU and MaxPool2d modules; `classifier` is Linear, ReLU,
+    Dropout, Linear, ReLU, Dropout, Linear (indices 0, 3, 6).
+    """
+    nn = torch.nn
+    features, channels = [], 3
+    for v in cfg:
+        if v == "M":
+            features.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            features += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = v
+    return nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(*features),
+            avgpool=nn.AdaptiveAvgPool2d((7, 7)),
+            flatten=nn.Flatten(1),
+            classifier=nn.Sequential(
+                nn.Linear(512 * 7 * 7, 4096),
+                nn.ReLU(True),
+                nn.Dropout(),
+                nn.Linear(4096, 4096),
+                nn.ReLU(True),
+                nn.Dropout(),
+                nn.Linear(4096, 1000),
+            ),
+        )
+    )
+
+
+@pytest.mark.slow
+def test_build_a_torchvision_reproduces_torch_from_the_cached_file(keras_models_dir):
+    """A (vgg11): torchvision's published file name and state-dict layout, torch's outputs."""
+    torch = pytest.importorskip("torch")
+    key = ("A", "torchvision")
+    torch.manual_seed(0)
+    # torchvision's cfgs["A"].
+    source = torchvision_vgg(
+        torch, [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+    )
+    with torch.no_grad():
+        for module in source.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0, (2.0 / fan_in) ** 0.5)
+                module.bias.uniform_(-0.1, 0.1)
+    source.eval()
+    path = keras_models_dir / "vgg11-8a719046.pth"
+    torch.save(source.state_dict(), path)
+    images = rgb_images()
+    # torchvision's eval transform after the crop: ToTensor (/255), Normalize(mean, std).
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    nchw = ((images / 255.0 - mean) / std).astype("float32").transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        expected = source(torch.from_numpy(nchw.copy())).numpy()
+    assert np.std(expected) > 0.1
+    del source
+    entry = weights_lib.REGISTRY[key]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(weights_lib.REGISTRY, key, offline(entry, sha256(path)[:8]))
+        model = keras_vgg.build("A", weights="torchvision", classifier_activation=None)
+
+    x = keras_vgg.preprocess_input(images, preprocessing=keras_vgg.preprocessing_for(model))
+    got = model.predict(x, verbose=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-5 * np.abs(expected).max())
+    assert keras_vgg.preprocessing_for(model) == TORCHVISION
+    assert os.listdir(keras_models_dir) == [path.name]
