@@ -196,11 +196,9 @@ def recipe_data(
         # A fixed seeded subset makes one pipeline epoch exactly `steps_per_epoch` batches,
         # so Keras's epochs and the pipeline's stay aligned (and resuming stays exact).
         train_source = train_source.sample(r.steps_per_epoch * batch, seed=r.seed)
-    elif is_folder and num_workers > 1:
-        # Every worker must run the same number of steps: keep a multiple of the global
-        # batch, so the round-robin shards are equal.
-        train_source = train_source.sample(len(train_source) // batch * batch, seed=r.seed)
     if is_folder:
+        # Every worker orders all the files and takes its part of each of the epoch's full
+        # global batches (`pipelines.training_dataset`): the same steps as one process.
         count = len(train_source)
         steps = count // batch
     else:

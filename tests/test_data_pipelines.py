@@ -214,28 +214,38 @@ def test_file_order_is_shuffled_per_epoch(square):
     assert orders[0] != list(range(6)) or orders[1] != list(range(6))
 
 
-def test_sharding_gives_each_worker_its_own_files(square):
-    source, refs = square
-    seen = []
-    for index in range(2):
-        ds = pipelines.training_dataset(
-            source,
-            batch_size=3,
-            train_scale=32,
-            crop_size=32,
-            flip=False,
-            color_shift=None,
-            mean=(0, 0, 0),
-            num_shards=2,
-            shard_index=index,
+def test_workers_batches_together_are_the_one_process_batches(tmp_path):
+    """Sec. 3.3: worker w's batch k is positions w, w + 2, ... of one process's batch k.
+
+    Scale jittering, flips and colour shift on: each image keeps the random choices of its
+    place in the global order, so the pixels are equal, not only the files.
+    """
+    make_class_tree(tmp_path, classes=("a", "b", "c"), per_class=6)  # 18 files
+    source = sources.open_source(tmp_path)
+    common = dict(train_scale=(32, 44), crop_size=32, seed=4)
+    one = take(pipelines.training_dataset(source, batch_size=8, **common), 6)
+    workers = [
+        take(
+            pipelines.training_dataset(
+                source, batch_size=4, num_shards=2, shard_index=index, **common
+            ),
+            6,
         )
-        (x, _), (x_next, _) = take(ds, 2)
-        seen.append(sorted(identify(x, refs)))
-        assert sorted(identify(x_next, refs)) == seen[-1]  # the next epoch, same shard
-    assert seen == [[0, 2, 4], [1, 3, 5]]
-    assert pipelines.steps_per_epoch(source, 3, num_shards=2, shard_index=1) == 1
-    assert pipelines.steps_per_epoch(source, 4) == 1
-    assert pipelines.steps_per_epoch(source, 4, drop_remainder=False) == 2
+        for index in range(2)
+    ]
+    # 18 files: two global batches an epoch (the last 2 files dropped), three epochs.
+    for k, (x, y) in enumerate(one):
+        for index, worker in enumerate(workers):
+            np.testing.assert_array_equal(worker[k][0], x[index::2])
+            np.testing.assert_array_equal(worker[k][1], y[index::2])
+    # The two halves of a batch are different images with different random choices.
+    assert not np.allclose(workers[0][0][0], workers[1][0][0], atol=1.0)
+    assert pipelines.steps_per_epoch(source, 4, num_shards=2, shard_index=1) == 2
+    assert pipelines.steps_per_epoch(source, 8) == 2
+    # Without drop_remainder worker 1 has positions 1, 3, ..., 17: nine, in three batches.
+    assert (
+        pipelines.steps_per_epoch(source, 4, num_shards=2, shard_index=1, drop_remainder=False) == 3
+    )
 
 
 # === Training: bad files ===

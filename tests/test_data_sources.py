@@ -212,6 +212,30 @@ def test_tfrecord_sharding_and_offset_zero(shards):
     assert pipelines.steps_per_epoch(source, 4, num_shards=2, shard_index=0) == 1
 
 
+def test_tfrecord_workers_draw_their_own_random_choices(shards):
+    """Worker w's element m gets the random choices of position w + m * num_shards.
+
+    Not those of position m on every worker: then the two halves of each global batch
+    would be flipped (cropped, colour shifted) alike.
+    """
+    root, refs = shards
+    source = TFRecordSource.from_pattern(str(root / "train-*"))
+    options = dict(train_scale=32, crop_size=32, flip=True, color_shift=None, mean=(0, 0, 0))
+    flips = []
+    for index in range(2):
+        ds = pipelines.training_dataset(
+            source, batch_size=6, num_shards=2, shard_index=index, seed=2, **options
+        )
+        worker = []
+        for x, _ in take(ds, 2):
+            for image in x:
+                flipped = [np.allclose(image[:, ::-1], ref, atol=1e-3) for ref, _ in refs.values()]
+                worker.append(any(flipped))
+        flips.append(worker)
+    assert 0 < sum(flips[0]) < 12 and 0 < sum(flips[1]) < 12
+    assert flips[0] != flips[1]
+
+
 def test_tfrecord_bad_record_is_skipped_and_named(tmp_path):
     path = str(tmp_path / "bad-00000")
     with tf.io.TFRecordWriter(path) as writer:

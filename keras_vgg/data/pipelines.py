@@ -416,8 +416,11 @@ def training_dataset(
     Per image: isotropic rescale so the smaller side is S (fixed, or drawn per image from
     [Smin, Smax]: scale jittering), one random `crop_size` crop (only that window of a JPEG
     is decoded), random horizontal flip, AlexNet's PCA colour shift, mean RGB subtraction.
-    Files are shuffled per epoch from the seed; each worker of a multi-worker run reads its
-    own shard of the files; reads and decodes run in parallel; the result is prefetched.
+    Files are shuffled per epoch from the seed; reads and decodes run in parallel; the result
+    is prefetched. Each worker of a multi-worker run reads its share of the data: from an
+    image folder, every `num_shards`-th position of the epoch's global file order, so that
+    the workers' batches k together are batch k of one process with `batch_size *
+    num_shards` (the same images, the same random choices); from records, its own files.
 
     Args:
         source: An `ImageSource`, `TFRecordSource`, `TFDSSource` or a string for
@@ -455,10 +458,21 @@ def training_dataset(
         raise ValueError(f"`batch_size` must be positive. Received: batch_size={batch_size}")
     if start_epoch < 0:
         raise ValueError(f"`start_epoch` must be >= 0. Received: start_epoch={start_epoch}")
-    source = sources_lib.as_source(source).shard(num_shards, shard_index)
+    source = sources_lib.as_source(source)
+    # Sec. 3.3: the workers together must see what one device sees. An image folder is
+    # listed by every worker: each one orders all its files by the epoch's seed, keeps the
+    # epoch's full global batches and takes every `num_shards`-th position, so global batch k
+    # is the one-device batch k, each image with the random choices of its global position.
+    # Record sources are split by file (`source.shard`); there the workers' positions are
+    # interleaved over the random choices, so no two workers draw the same ones.
+    global_order = isinstance(source, sources_lib.ImageSource)
+    source.shard(num_shards, shard_index)  # checks the arguments
+    if not global_order:
+        source = source.shard(num_shards, shard_index)
     if bad_files is None:
         bad_files = BadFileLog(bad_files_path)
     mean = tuple(float(m) for m in mean)
+    global_batch = batch_size * num_shards
 
     def load(payload, label, draw):
         contents, label = source.read(payload, label)
@@ -477,9 +491,17 @@ def training_dataset(
         return transforms.add_per_channel(image, draw["offset"]), tf.cast(label, tf.int32)
 
     def epoch_dataset(epoch):
+        elements = source.elements(epoch, seed=seed, shuffle=True)
+        draws = _training_draws(seed, epoch, scales, flip, color_shift, mean)
+        if num_shards > 1:
+            if global_order:
+                if drop_remainder:
+                    elements = elements.take(len(source) // global_batch * global_batch)
+                elements = elements.shard(num_shards, shard_index)
+            draws = draws.shard(num_shards, shard_index)
         return _batches_of_groups(
-            source.elements(epoch, seed=seed, shuffle=True),
-            _training_draws(seed, epoch, scales, flip, color_shift, mean),
+            elements,
+            draws,
             load,
             bad_files,
             batch_size=batch_size,
@@ -644,7 +666,15 @@ def steps_per_epoch(
     Returns:
         Full batches per epoch (plus one partial batch if not `drop_remainder`).
     """
-    source = sources_lib.as_source(source).shard(num_shards, shard_index)
+    source = sources_lib.as_source(source)
+    if isinstance(source, sources_lib.ImageSource):
+        # Every num_shards-th position of the epoch's global order (see `training_dataset`).
+        source.shard(num_shards, shard_index)  # checks the arguments
+        if drop_remainder:
+            return len(source) // (batch_size * num_shards)
+        count = len(range(shard_index, len(source), num_shards))
+        return -(-count // batch_size)
+    source = source.shard(num_shards, shard_index)
     count = source.num_examples
     if count is None:
         count = source.count()
