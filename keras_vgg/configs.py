@@ -16,6 +16,7 @@ __all__ = [
     "LRN",
     "canonical_name",
     "get_config_spec",
+    "scaled_filters",
 ]
 
 
@@ -135,3 +136,19 @@ def weight_layers(config: str) -> int:
     """Number of weight layers (convs + 3 FC), the depth the paper names a net by."""
     convs = sum(isinstance(s, Conv) for block in get_config_spec(config) for s in block)
     return convs + 3
+
+
+def scaled_filters(filters: int, width: float) -> int:
+    """The number of channels of a conv layer of `filters` channels at a width factor.
+
+    `build(..., width=w)` gives each conv `max(1, round(filters * w))` channels (Python's
+    rounding, halves to even), so small widths still keep at least one channel.
+
+    Args:
+        filters: The layer's number of channels in Table 1 (width 1.0).
+        width: The width factor.
+
+    Returns:
+        The layer's number of channels at that width.
+    """
+    return max(1, round(filters * width))

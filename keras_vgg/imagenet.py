@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import sys
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -101,11 +103,16 @@ def preprocess_input(
 ):
     """Prepares RGB images in [0, 255] for a VGG model.
 
-    By default subtracts the ImageNet mean RGB (Sec. 2.1). Works on NumPy arrays (returns
-    NumPy) and on backend or `tf` tensors (returns the same kind), with channels last.
+    By default subtracts the ImageNet mean RGB (Sec. 2.1). Each kind of array is handled by
+    its own library, so the result is of the kind given, whatever the Keras backend:
+    NumPy arrays (and lists) give NumPy, `tf` tensors and variables `tf` tensors (eager or
+    inside `tf.data` / `tf.function`), JAX arrays JAX arrays (also under `jax.jit`), torch
+    tensors torch tensors on the same device; symbolic `keras.Input`s and any other tensor
+    go through `keras.ops` (giving the backend's tensors).
 
     Args:
-        x: Images or a batch of images, RGB, values in [0, 255], channels last.
+        x: Images or a batch of images, RGB, values in [0, 255], channels last; any
+            integer or float dtype.
         mean: Mean RGB to subtract instead of the ImageNet mean (e.g. your dataset's, as
             computed by `kvgg stats`). Cannot be combined with `preprocessing`.
         preprocessing: A full `Preprocessing` (channel order, scale, mean, std), e.g.
@@ -124,29 +131,53 @@ def preprocess_input(
         )
     if preprocessing is None:
         preprocessing = Preprocessing(mean=tuple(mean)) if mean is not None else PAPER
-    if isinstance(x, (list, tuple)) or isinstance(x, np.ndarray):
-        x = np.asarray(x, dtype=np.float32)
-    elif not _is_float32(x):
-        from keras import ops
-
-        x = ops.cast(x, "float32")
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)
     if x.shape[-1] != 3:
         raise ValueError(
             f"preprocess_input expects 3 channels last. Received: input with shape {x.shape}"
         )
+    cast, flip, constant = _array_ops(x)
+    x = cast(x)
     if preprocessing.channel_order == "bgr":
-        x = x[..., ::-1]
+        x = flip(x)
     if preprocessing.scale != 1.0:
-        x = x * np.float32(preprocessing.scale)
-    x = x - np.asarray(preprocessing.mean, dtype=np.float32)
+        x = x * constant(preprocessing.scale)
+    x = x - constant(preprocessing.mean)
     if preprocessing.std is not None:
-        x = x / np.asarray(preprocessing.std, dtype=np.float32)
+        x = x / constant(preprocessing.std)
     return x
 
 
-def _is_float32(x) -> bool:
-    dtype = getattr(x, "dtype", None)
-    return dtype is not None and str(getattr(dtype, "name", dtype)).endswith("float32")
+def _np_constant(value) -> np.ndarray:
+    return np.asarray(value, dtype=np.float32)
+
+
+def _array_ops(x) -> tuple[Callable, Callable, Callable]:
+    """(cast to float32, reverse the last axis, float32 constant) in the library of `x`.
+
+    Libraries are looked up in `sys.modules`: an array of a library means it is imported.
+    """
+    if isinstance(x, (np.ndarray, np.generic)):
+        return (lambda a: np.asarray(a, np.float32)), (lambda a: a[..., ::-1]), _np_constant
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        # torch has no negative-step slices; constants go to the images' device.
+        return (
+            lambda a: a.to(torch.float32),
+            lambda a: torch.flip(a, dims=(-1,)),
+            lambda v: torch.tensor(v, dtype=torch.float32, device=x.device),
+        )
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and tf.is_tensor(x):
+        return (lambda a: tf.cast(a, tf.float32)), (lambda a: tf.reverse(a, [-1])), _np_constant
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(x, jax.Array):
+        jnp = jax.numpy
+        return (lambda a: jnp.asarray(a, jnp.float32)), (lambda a: jnp.flip(a, -1)), _np_constant
+    from keras import ops
+
+    return (lambda a: ops.cast(a, "float32")), (lambda a: ops.flip(a, axis=-1)), _np_constant
 
 
 @functools.lru_cache(maxsize=1)

@@ -83,7 +83,7 @@ def _network(
             conv_index += 1
             layer_name = f"block{block_index}_conv{conv_index}"
             x = keras.layers.Conv2D(
-                max(1, round(spec.filters * width)),
+                configs_lib.scaled_filters(spec.filters, width),
                 spec.kernel_size,
                 padding="same",
                 activation=None if batch_norm else "relu",

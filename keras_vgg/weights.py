@@ -29,6 +29,7 @@ import re
 import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
+from fractions import Fraction
 from typing import Any
 
 import keras
@@ -959,6 +960,10 @@ def convert(
     the weights expect) and its build arguments in the file: `load_weights` and
     `model_from_weights` read them back.
 
+    The width is a factor that gives every conv layer of the file its number of channels
+    under `build`'s per-layer rounding (`configs.scaled_filters`), the plainest such (0.1,
+    0.3, 1/16, 1/3); any of them builds the same shapes.
+
     Args:
         source: The foreign file.
         destination: The `.weights.h5` file to write.
@@ -970,8 +975,10 @@ def convert(
         "preprocessing" added.
 
     Raises:
-        ValueError: for a file that does not fit `config` (naming the layer and shapes), or
-            a destination not ending in `.weights.h5`.
+        ValueError: for a file that does not fit `config` (naming the layer and shapes),
+            whose conv layers' channels no single width factor gives (naming the first
+            layer that no width fits together with those before it), or a destination not
+            ending in `.weights.h5`.
     """
     source, destination = os.fspath(source), os.fspath(destination)
     key = configs_lib.canonical_name(config)
@@ -1033,7 +1040,7 @@ def build_kwargs_from(found: LayerWeights, config: str, source: str) -> dict[str
     if "block1_conv1" not in found:
         raise ValueError(f"{source}: has no weights for layer 'block1_conv1'")
     first = found["block1_conv1"][0]
-    width = first.shape[-1] / configs_lib.CONFIGS[config][0][0].filters
+    width = _width_from(found, config, source)
     kwargs: dict[str, Any] = dict(
         batch_norm="block1_conv1_bn" in found, width=width, include_top="fc1" in found
     )
@@ -1052,6 +1059,56 @@ def build_kwargs_from(found: LayerWeights, config: str, source: str) -> dict[str
     else:
         kwargs["input_shape"] = (None, None, int(first.shape[2]))
     return kwargs
+
+
+def _width_from(found: LayerWeights, config: str, source: str) -> float:
+    """The width factor, from the channels of every conv layer of the file.
+
+    No foreign layout records the width, only each layer's channels, and `build` rounds per
+    layer (`configs.scaled_filters`), so block1 alone can mislead: at width 0.1 block1 has
+    6 channels, and 6 / 64 gives block2_conv1 12 channels where the file has 13. Every width
+    in the intersection of the layers' rounding intervals builds the same shapes; of those,
+    the one a person most likely typed is returned (`_plain_width`).
+    """
+    constraints: list[tuple[int, int]] = []
+    for name, spec in _conv_names(configs_lib.CONFIGS[config]):
+        if name not in found:
+            continue  # `_assign` names the missing layer.
+        channels = int(np.shape(found[name][0])[-1])
+        constraints.append((spec.filters, channels))
+        if _plain_width(constraints) is None:
+            earlier = ", ".join(str(c) for _, c in constraints[:-1])
+            raise ValueError(
+                f"{source}: no width factor gives layer {name!r} its {channels} channels "
+                f"(Table 1: {spec.filters} at width 1) and the conv layers before it theirs "
+                f"({earlier}) with build's per-layer rounding max(1, round(filters * "
+                f"width)) (a file for another configuration than {config}?)"
+            )
+    return _plain_width(constraints)
+
+
+def _plain_width(constraints: list[tuple[int, int]]) -> float | None:
+    """A width p / q with `scaled_filters(filters, p / q) == channels` for every pair, or None.
+
+    Candidates go from the plainest: decimals of at most two digits (0.1, 0.25), fractions
+    of denominator up to 32 (1/16, 1/3), longer decimals (0.123), then any fraction, each
+    denominator from the smallest numerator up. A pair (f, c) allows the widths of
+    [(2c - 1) / 2f, (2c + 1) / 2f] (ends in or out by Python's rounding of halves; any
+    small width for c = 1); the ends of the intersection have denominators dividing
+    2 * lcm(filters), so the search, up to twice that, finds a width whenever one exists.
+    Each candidate is checked with the builder's own float formula.
+    """
+    low = max(Fraction(2 * c - 1, 2 * f) if c > 1 else Fraction(0) for f, c in constraints)
+    high = min(Fraction(2 * c + 1, 2 * f) for f, c in constraints)
+    if low > high:
+        return None
+    last = 4 * math.lcm(*(f for f, _ in constraints))
+    plain = (1, 10, 100, *range(2, 33), 1000, 10_000, 100_000, 1_000_000)
+    for q in (*plain, *range(1, last + 1)):
+        for p in range(max(1, math.ceil(low * q)), math.floor(high * q) + 1):
+            if all(configs_lib.scaled_filters(f, p / q) == c for f, c in constraints):
+                return p / q
+    return None
 
 
 def transfer_weights(

@@ -138,3 +138,24 @@ def test_aliases_and_case(alias, canonical):
 def test_unknown_config_is_a_value_error(bad):
     with pytest.raises(ValueError, match=r"Received: config="):
         keras_vgg.build(bad)
+
+
+@pytest.mark.parametrize(
+    ("filters", "width", "channels"),
+    # Python rounds halves to even (64 * 0.3 = 19.2, 128 * 0.1 = 12.8, 512 / 1024 = 0.5);
+    # at least one channel whatever the width.
+    [
+        (64, 0.1, 6),
+        (128, 0.1, 13),
+        (256, 0.3, 77),
+        (64, 1 / 16, 4),
+        (512, 1 / 1024, 1),
+        (64, 1e-6, 1),
+        (256, 1 / 512 * 5, 2),
+    ],
+)
+def test_scaled_filters_is_what_build_gives_each_conv(filters, width, channels):
+    assert configs.scaled_filters(filters, width) == channels
+    block = {64: 1, 128: 2, 256: 3, 512: 4}[filters]
+    model = keras_vgg.build("A", width=width, include_top=False, input_shape=(32, 32, 3))
+    assert model.get_layer(f"block{block}_conv1").filters == channels

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import CONVENTIONS, preprocess_by_hand
 
 import keras_vgg
 from keras_vgg import imagenet
@@ -54,6 +55,53 @@ def test_torchvision_convention(rng):
     out = keras_vgg.preprocess_input(x, preprocessing=imagenet.TORCHVISION)
     expected = (x / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def _as_kind(x, kind):
+    """(array of that library, its type, back to NumPy)."""
+    if kind == "numpy":
+        return x, np.ndarray, np.asarray
+    if kind == "tf":
+        return tf.constant(x), tf.Tensor, np.asarray
+    if kind == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+        import jax
+
+        return jnp.asarray(x), jax.Array, np.asarray
+    torch = pytest.importorskip("torch")
+    return torch.from_numpy(x.copy()), torch.Tensor, lambda t: t.numpy()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+@pytest.mark.parametrize("kind", ["numpy", "tf", "jax", "torch"])
+@pytest.mark.parametrize("convention", sorted(CONVENTIONS))
+def test_every_convention_on_every_array_kind_gives_that_kind(rng, convention, kind, dtype):
+    # The Keras backend here is TensorFlow: a torch or JAX array must still come back as
+    # itself (torch has no x[..., ::-1]), computed by its own library.
+    x = rng.uniform(0, 255, (2, 3, 4, 3)).astype(dtype)
+    x[0, 0, 0] = (255, 0, 7)  # distinct channels: a missing or wrong swap shows
+    given, kind_type, to_numpy = _as_kind(x, kind)
+    out = keras_vgg.preprocess_input(given, preprocessing=getattr(keras_vgg, convention))
+    assert isinstance(out, kind_type), type(out)
+    assert "float32" in str(out.dtype)
+    # To an ulp: XLA may divide by std as a multiplication by its reciprocal.
+    np.testing.assert_allclose(
+        to_numpy(out), preprocess_by_hand(x, convention), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_array_equal(to_numpy(given), x)  # the input is left as it was
+
+
+def test_inside_jax_jit_and_in_a_keras_model(rng):
+    jax = pytest.importorskip("jax")
+    x = rng.uniform(0, 255, (2, 3, 4, 3)).astype("float32")
+    caffe = keras_vgg.KERAS_CAFFE
+    jitted = jax.jit(lambda a: keras_vgg.preprocess_input(a, preprocessing=caffe))
+    np.testing.assert_array_equal(np.asarray(jitted(x)), preprocess_by_hand(x, "KERAS_CAFFE"))
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras_vgg.preprocess_input(inputs, preprocessing=caffe))
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), preprocess_by_hand(x, "KERAS_CAFFE"), rtol=1e-6
+    )
 
 
 def test_preprocess_errors():

@@ -426,3 +426,88 @@ def test_kvgg_convert_bad_input_is_one_line_exit_2(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("kvgg: error:")]
     assert len(errors) == 1 and src in errors[0] and "features." in errors[0]
     assert not os.path.exists(tmp_path / "out.weights.h5")
+
+
+def torchvision_state_dict(model, config):
+    """The state dict torchvision's VGG would hold with `model`'s weights, written by hand.
+
+    Kernels (h, w, in, out) -> (out, in, h, w); FC matrices transposed, fc1's columns from
+    our (k, k, C) flatten order to torchvision's (C, k, k); BN gamma / beta / moving
+    statistics -> weight / bias / running_mean / running_var.
+    """
+    names = weights_lib.torchvision_layer_map(config, batch_norm=False)
+    state = {}
+    for layer in model.layers:
+        if layer.name not in names:
+            continue
+        prefix, values = names[layer.name], [np.array(v) for v in layer.weights]
+        kernel, bias = values
+        if kernel.ndim == 4:
+            kernel = kernel.transpose(3, 2, 0, 1)
+        elif layer.name == "fc1":
+            channels = model.get_layer("block5_pool").output.shape[-1]
+            side = int(np.sqrt(kernel.shape[0] // channels))
+            kernel = kernel.reshape(side, side, channels, -1).transpose(3, 2, 0, 1)
+            kernel = kernel.reshape(kernel.shape[0], -1)
+        else:
+            kernel = kernel.T
+        state[f"{prefix}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel))
+        state[f"{prefix}.bias"] = torch.from_numpy(bias)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("config", "width", "include_top", "layout", "size"),
+    [
+        ("A", 0.1, True, "npz", 32),
+        ("D", 0.1, True, "pth", 64),
+        ("D", 0.3, False, "npz", 32),
+        ("A", 0.25, True, "npz", 32),
+        ("D", 1 / 16, False, "pth", 32),
+    ],
+)
+def test_kvgg_convert_round_trip_at_widths_that_round_differently_per_layer(
+    tmp_path, config, width, include_top, layout, size
+):
+    # At width 0.1 block1 has 6 channels (6 / 64 = 0.09375) but block2 has 13, not 12:
+    # the width must fit every conv layer, not block1 alone.
+    from click.testing import CliRunner
+
+    from keras_vgg.cli import main
+
+    kwargs = dict(width=width, include_top=include_top, fc_units=16, classes=5)
+    kwargs["input_shape"] = (size, size, 3) if include_top else (None, None, 3)
+    source = randomize(keras_vgg.build(config, **kwargs), seed=7)
+    src = str(tmp_path / f"source.{layout}")
+    if layout == "npz":
+        np.savez(src, **{v.path: np.array(v) for v in source.weights})
+    else:
+        torch.save(torchvision_state_dict(source, config), src)
+    dest = str(tmp_path / "converted.weights.h5")
+
+    result = CliRunner().invoke(main, ["convert", src, dest, "--config", config])
+    assert result.exit_code == 0, result.output
+    assert f"width={width!r}," in result.output
+    (load_line,) = [line for line in result.output.splitlines() if "Load it with:" in line]
+    model = eval(load_line.split("Load it with: ", 1)[1], {"keras_vgg": keras_vgg})
+
+    x = images(size=size, seed=3) * 127.0
+    expected = source.predict(x, verbose=0)
+    assert np.ptp(expected) > 1e-3
+    np.testing.assert_array_equal(model.predict(x, verbose=0), expected)
+
+
+def test_convert_names_the_first_layer_no_width_fits(tmp_path):
+    source = randomize(keras_vgg.build("A", width=0.1, include_top=False), seed=7)
+    arrays = {v.path: np.array(v) for v in source.weights}
+    # 20 channels in block2_conv1 after block1's 6: no width gives both.
+    arrays["block2_conv1/kernel"] = np.zeros((3, 3, 6, 20), "float32")
+    arrays["block2_conv1/bias"] = np.zeros(20, "float32")
+    src = str(tmp_path / "bad.npz")
+    np.savez(src, **arrays)
+    dest = tmp_path / "out.weights.h5"
+    with pytest.raises(ValueError, match="no width factor") as info:
+        weights_lib.convert(src, dest, "A")
+    message = str(info.value)
+    assert message.startswith(f"{src}: ") and "'block2_conv1' its 20 channels" in message
+    assert not dest.exists()
