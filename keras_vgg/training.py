@@ -53,10 +53,16 @@ __all__ = [
     "TrainingData",
     "TrainingDiverged",
     "adapt_first_conv",
+    "build_model",
+    "compile_model",
     "fit",
+    "initialize",
+    "make_optimizer",
     "plan_fit",
     "plateau_step",
     "recipe_data",
+    "split_source",
+    "write_state",
 ]
 
 STATE_FILE = "state.npz"
@@ -181,7 +187,7 @@ def recipe_data(
     elif d.val_split > 0:
         if not is_folder:
             raise ValueError(f"{recipe.path}: data.val_split: needs a folder data.root")
-        train_source, val_source = _split_source(sources, train_source, d.val_split, r.seed)
+        train_source, val_source = split_source(sources, train_source, d.val_split, r.seed)
     else:
         val_source = None
     if d.stats is None:
@@ -282,7 +288,7 @@ def _open_source(recipe, key, root, labels_file):
         raise ValueError(f"{recipe.path}: {key}: {exc}") from None
 
 
-def _split_source(sources, source, fraction, seed):
+def split_source(sources, source, fraction, seed):
     """A seeded split of one source into (train, validation), stratified by class."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(source.labels)
@@ -448,7 +454,20 @@ def plan_fit(
 # === The model ===
 
 
-def _build_model(recipe, data: TrainingData, classes: int, precision: str) -> keras.Model:
+def build_model(
+    recipe, classes: int, precision: str, *, record: ModelRecord | None = None
+) -> keras.Model:
+    """The recipe's model (Sec. 3.1: its initialiser and weight decay), before initialisation.
+
+    Args:
+        recipe: The recipe.
+        classes: Number of classes.
+        precision: "float32" or a mixed policy name.
+        record: The model's record (default: the paper's convention at the crop size).
+
+    Returns:
+        A `keras_vgg.VGG`.
+    """
     from keras_vgg import models
 
     m, o = recipe.model, recipe.optimizer
@@ -473,7 +492,7 @@ def _build_model(recipe, data: TrainingData, classes: int, precision: str) -> ke
         kernel_initializer=initializer,
         kernel_regularizer=regularizer,
         dtype=None if precision == "float32" else precision,
-        record=_run_record(recipe, data),
+        record=record,
     )
 
 
@@ -493,7 +512,7 @@ def _check_init_source(recipe, source_path: str | None) -> None:
     raise ValueError(f"{recipe.path}: {key}: {source_path} is not there yet{hint}")
 
 
-def _initialize(
+def initialize(
     model: keras.Model, recipe, source_path: str | None, mean: tuple[float, float, float]
 ) -> list[str]:
     """Sec. 3.1: B-E from A's first four conv and three FC layers; S = 384 from S = 256.
@@ -555,7 +574,8 @@ def adapt_first_conv(layer, preprocessing, mean: tuple[float, float, float]) -> 
     layer.set_weights([new_kernel.astype(np.float32), new_bias.astype(np.float32)])
 
 
-def _optimizer(recipe, precision: str) -> keras.optimizers.Optimizer:
+def make_optimizer(recipe, precision: str) -> keras.optimizers.Optimizer:
+    """The recipe's SGD with momentum (Sec. 3.1), loss-scaled under mixed float16."""
     o = recipe.optimizer
     decoupled = o.weight_decay_mode == "decoupled" and o.weight_decay > 0
     optimizer = keras.optimizers.SGD(
@@ -570,7 +590,8 @@ def _optimizer(recipe, precision: str) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def _compile(model: keras.Model, optimizer, classes: int) -> None:
+def compile_model(model: keras.Model, optimizer, classes: int) -> None:
+    """Compiles for training: cross-entropy, top-1 and top-5 (top-5 with > 5 classes)."""
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -615,7 +636,7 @@ def save_state(path: str, model: keras.Model, meta: dict[str, Any]) -> None:
         model: A compiled model whose optimizer is built.
         meta: JSON-ready run state (epoch, learning rate, plateau state, history).
     """
-    _write_state(path, _state_arrays(model), meta)
+    write_state(path, _state_arrays(model), meta)
 
 
 def _state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
@@ -626,7 +647,8 @@ def _state_arrays(model: keras.Model) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _write_state(path: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+def write_state(path: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Writes a resumable state (`state.npz`) atomically: arrays plus the JSON `meta`."""
     arrays = {**arrays, "meta": np.asarray(json.dumps(meta))}
 
     def write(tmp):
@@ -828,7 +850,7 @@ class _RunKeeper(keras.callbacks.Callback):
             _atomic_write(
                 os.path.join(run_dir, "best.keras"), lambda tmp: shutil.copyfile(last, tmp)
             )
-        _write_state(os.path.join(run_dir, STATE_FILE), arrays, meta)
+        write_state(os.path.join(run_dir, STATE_FILE), arrays, meta)
         history = meta["history"]
         _atomic_text(os.path.join(run_dir, "history.csv"), _history_csv(history))
         _atomic_text(
@@ -1064,11 +1086,13 @@ def fit(
     resuming = plan.action == "resume" and os.path.isfile(state_path)
     keras.utils.set_random_seed(recipe.run.seed)
     with strategy.scope():
-        model = _build_model(recipe, data, classes, plan.precision.policy)
+        model = build_model(
+            recipe, classes, plan.precision.policy, record=_run_record(recipe, data)
+        )
         # A resumed run takes every weight from its own state: the run it started from may
         # have been moved or deleted since.
-        copied = [] if resuming else _initialize(model, recipe, plan.init_source, data.mean)
-        _compile(model, _optimizer(recipe, plan.precision.policy), classes)
+        copied = [] if resuming else initialize(model, recipe, plan.init_source, data.mean)
+        compile_model(model, make_optimizer(recipe, plan.precision.policy), classes)
         model.optimizer.build(model.trainable_variables)
         if dist.kind == "multi_worker":
             _multi_worker_workarounds(model, recipe.data.crop_size)

@@ -98,7 +98,9 @@ def test_full_size_parameter_counts_are_exact(config):
 def test_layer_names_are_keras_names():
     model = keras_vgg.build("E", input_shape=(64, 64, 3), **SMALL)
     names = [layer.name for layer in model.layers]
-    assert names[:4] == ["input_layer", "block1_conv1", "block1_conv2", "block1_pool"]
+    assert names[:5] == [
+        "input_layer", "model_record", "block1_conv1", "block1_conv2", "block1_pool"
+    ]  # fmt: skip
     assert "block5_conv4" in names and "block5_pool" in names
     assert names[names.index("flatten") :] == [
         "flatten",

@@ -118,12 +118,12 @@ def one_step(tmp_path, mode, x, y):
         optimizer={"lr": 0.1, "momentum": 0.0, "weight_decay": 0.05, "weight_decay_mode": mode},
     )
     keras.utils.set_random_seed(3)
-    model = training._build_model(recipe, CLASSES, "float32")
+    model = training.build_model(recipe, CLASSES, "float32")
     before = [v.numpy().copy() for v in model.trainable_variables]
     with tf.GradientTape() as tape:
         ce = keras.losses.SparseCategoricalCrossentropy()(y, model(x, training=True))
     grads = [g.numpy() for g in tape.gradient(ce, model.trainable_variables)]
-    training._compile(model, training._optimizer(recipe, "float32"), CLASSES)
+    training.compile_model(model, training.make_optimizer(recipe, "float32"), CLASSES)
     model.train_on_batch(x, y)
     after = [v.numpy() for v in model.trainable_variables]
     return model, before, grads, after
@@ -274,14 +274,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_a_failed_checkpoint_write_is_one_error_and_keeps_the_epoch_before(tmp_path, monkeypatch):
     # The epoch files are written off the training thread; a full disk while writing the
     # second epoch's state must stop the run with one line and leave epoch 1's files whole.
-    write_state = training._write_state
+    write_state = training.write_state
 
     def full_disk(path, arrays, meta):
         if meta["epoch"] == 2:
             raise OSError(28, "No space left on device", path)
         write_state(path, arrays, meta)
 
-    monkeypatch.setattr(training, "_write_state", full_disk)
+    monkeypatch.setattr(training, "write_state", full_disk)
     recipe = tiny_recipe(tmp_path, schedule={"epochs": 4})
     run = tmp_path / "runs" / "tiny"
     with pytest.raises(training.CheckpointError) as info:
@@ -294,7 +294,7 @@ def test_a_failed_checkpoint_write_is_one_error_and_keeps_the_epoch_before(tmp_p
         assert json.loads(str(state["meta"]))["epoch"] == 1
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
     # The same command resumes after epoch 1 once the disk has room again.
-    monkeypatch.setattr(training, "_write_state", write_state)
+    monkeypatch.setattr(training, "write_state", write_state)
     lines = []
     result = training.fit(recipe, data=tiny_data(), print_fn=lines.append, verbose=0)
     assert any("after epoch 1" in line for line in lines)
@@ -318,8 +318,8 @@ def test_init_from_a_run_copies_the_papers_layers(tmp_path):
     lines = []
     best_a = keras.saving.load_model(tmp_path / "runs" / "a_tiny" / "best.keras", compile=False)
     keras.utils.set_random_seed(0)
-    b_model = training._build_model(b, CLASSES, "float32")
-    copied = training._initialize(
+    b_model = training.build_model(b, CLASSES, "float32")
+    copied = training.initialize(
         b_model, b, str(tmp_path / "runs" / "a_tiny" / "best.keras"), (1.0, 2.0, 3.0)
     )
     assert copied == [
@@ -344,7 +344,7 @@ def test_init_from_a_run_copies_the_papers_layers(tmp_path):
 def test_normal_init_has_std_1e_2_and_zero_biases(tmp_path):
     recipe = tiny_recipe(tmp_path, model={"init": "normal", "fc_units": 256})
     keras.utils.set_random_seed(0)
-    model = training._build_model(recipe, CLASSES, "float32")
+    model = training.build_model(recipe, CLASSES, "float32")
     kernel, bias = model.get_layer("fc1").weights
     assert np.std(kernel.numpy()) == pytest.approx(1e-2, rel=0.05)
     assert not np.any(bias.numpy())
@@ -353,13 +353,13 @@ def test_normal_init_has_std_1e_2_and_zero_biases(tmp_path):
 
 def test_model_follows_the_recipe(tmp_path):
     recipe = tiny_recipe(tmp_path, model={"config": "C", "batch_norm": True, "dropout": 0.3})
-    model = training._build_model(recipe, 7, "float32")
+    model = training.build_model(recipe, 7, "float32")
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 7)
     assert model.get_layer("block1_conv1").filters == 4 and model.get_layer("fc1").units == 32
     assert model.get_layer("fc1_dropout").rate == 0.3
     assert model.get_layer("block3_conv3").kernel_size == (1, 1)
     assert model.get_layer("block1_conv1_bn") is not None
-    mixed = training._build_model(recipe, 7, "mixed_bfloat16")
+    mixed = training.build_model(recipe, 7, "mixed_bfloat16")
     assert mixed.get_layer("fc1").compute_dtype == "bfloat16"
     assert mixed.output.dtype == "float32"
 
@@ -371,14 +371,14 @@ def test_val_split_is_stratified_seeded_and_disjoint():
     source = sources.ImageSource(
         tuple(f"/x/{i}.png" for i in range(len(labels))), labels, ("a", "b", "c")
     )
-    train, val = training._split_source(sources, source, 0.2, seed=0)
+    train, val = training.split_source(sources, source, 0.2, seed=0)
     assert sorted(val.labels) == [0, 0, 0, 0, 1, 1, 2]
     assert set(train.files) | set(val.files) == set(source.files)
     assert not set(train.files) & set(val.files)
     assert train.class_names == val.class_names == ("a", "b", "c")
-    again = training._split_source(sources, source, 0.2, seed=0)[1]
+    again = training.split_source(sources, source, 0.2, seed=0)[1]
     assert again.files == val.files
-    assert training._split_source(sources, source, 0.2, seed=1)[1].files != val.files
+    assert training.split_source(sources, source, 0.2, seed=1)[1].files != val.files
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
@@ -458,7 +458,7 @@ def test_finetune_from_weights_keeps_all_but_the_head(tmp_path):
     """finetune_folder.toml's mode: every layer but `predictions` from a 10-class net."""
     source_recipe = tiny_recipe(tmp_path)
     keras.utils.set_random_seed(5)
-    source = training._build_model(source_recipe, 10, "float32")
+    source = training.build_model(source_recipe, 10, "float32")
     source.save(tmp_path / "source.keras")
     recipe = tiny_recipe(
         tmp_path,
@@ -467,8 +467,8 @@ def test_finetune_from_weights_keeps_all_but_the_head(tmp_path):
         init={"mode": "all_but_head"},
     )
     keras.utils.set_random_seed(0)
-    model = training._build_model(recipe, CLASSES, "float32")
-    copied = training._initialize(model, recipe, str(tmp_path / "source.keras"), IMAGENET_MEAN)
+    model = training.build_model(recipe, CLASSES, "float32")
+    copied = training.initialize(model, recipe, str(tmp_path / "source.keras"), IMAGENET_MEAN)
     assert "predictions" not in copied and {"block1_conv1", "fc1", "fc2"} <= set(copied)
     assert len(copied) == len([layer for layer in model.layers if layer.weights]) - 1
     for name in copied:
@@ -479,7 +479,7 @@ def test_finetune_from_weights_keeps_all_but_the_head(tmp_path):
         tmp_path, model={"weights": str(tmp_path / "source.keras")}, init={"mode": "all"}
     )
     with pytest.raises(ValueError, match=r"init.mode = 'all': .*'predictions'.*shapes"):
-        training._initialize(model, everything, str(tmp_path / "source.keras"), IMAGENET_MEAN)
+        training.initialize(model, everything, str(tmp_path / "source.keras"), IMAGENET_MEAN)
 
 
 @pytest.mark.parametrize("preprocessing", [KERAS_CAFFE, TORCHVISION], ids=["caffe", "torch"])
@@ -495,7 +495,7 @@ def test_first_conv_is_rewritten_for_this_runs_input(preprocessing):
     target_model = keras.Model(inputs, target(inputs))
     target.set_weights(source.get_weights())
     mean = (120.0, 110.0, 100.0)
-    training._adapt_first_conv(target, preprocessing, mean)
+    training.adapt_first_conv(target, preprocessing, mean)
     x = rng.uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
     expected = source_model.predict_on_batch(preprocess_input(x, preprocessing=preprocessing))
     got = target_model.predict_on_batch(x - np.asarray(mean, np.float32))
@@ -505,7 +505,7 @@ def test_first_conv_is_rewritten_for_this_runs_input(preprocessing):
         # With the ImageNet mean, Keras's BGR weights need only a channel reorder: exact
         # everywhere, borders included.
         target.set_weights(source.get_weights())
-        training._adapt_first_conv(target, KERAS_CAFFE, IMAGENET_MEAN)
+        training.adapt_first_conv(target, KERAS_CAFFE, IMAGENET_MEAN)
         got = target_model.predict_on_batch(x - np.asarray(IMAGENET_MEAN, np.float32))
         expected = source_model.predict_on_batch(preprocess_input(x, preprocessing=KERAS_CAFFE))
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
