@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_vgg
 from keras_vgg import recipe as recipe_lib
 from keras_vgg import training
 from keras_vgg.imagenet import IMAGENET_MEAN, KERAS_CAFFE, TORCHVISION, preprocess_input
@@ -509,3 +510,60 @@ def test_first_conv_is_rewritten_for_this_runs_input(preprocessing):
         got = target_model.predict_on_batch(x - np.asarray(IMAGENET_MEAN, np.float32))
         expected = source_model.predict_on_batch(preprocess_input(x, preprocessing=KERAS_CAFFE))
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def _fine_tune_sources(tmp_path):
+    """Three sources whose architecture differs from the recipe's defaults, as users have."""
+    import torch
+    from test_weights_foreign import torch_model
+
+    # torchvision-layout VGG-BN file: config A at width 1/16, BN, 5 classes.
+    torch.save(torch_model("A", True).state_dict(), tmp_path / "vgg11_bn.pth")
+    # A width-0.25 .weights.h5 of this package (its build arguments travel in the file).
+    keras.utils.set_random_seed(1)
+    narrow = keras_vgg.build("A", width=0.25, fc_units=24, classes=7, input_shape=(32, 32, 3))
+    narrow.save_weights(tmp_path / "narrow.weights.h5")
+    # A 10-class whole model.
+    keras.utils.set_random_seed(2)
+    ten = keras_vgg.build("A", width=1 / 16, fc_units=32, classes=10, input_shape=(32, 32, 3))
+    ten.save(tmp_path / "ten.keras")
+    return {
+        "vgg11_bn.pth": ({"batch_norm": True, "fc_units": 64}, TORCHVISION),
+        "narrow.weights.h5": ({"width": 0.25, "fc_units": 24}, None),
+        "ten.keras": ({}, None),
+    }
+
+
+def test_fine_tune_from_sources_of_another_architecture(tmp_path):
+    """`model.weights` builds the model the file fits (BN, width, FC size, classes), not the
+    default one, and the first conv is adapted to this run's input."""
+    for name, (model_keys, convention) in _fine_tune_sources(tmp_path).items():
+        source_path = str(tmp_path / name)
+        recipe = tiny_recipe(
+            tmp_path,
+            name=name,
+            model={"weights": source_path, **model_keys},
+            init={"mode": "all_but_head"},
+        )
+        source = keras_vgg.model_from_weights(source_path, "A")
+        model = training.build_model(recipe, CLASSES, "float32")
+        run_record = model.record
+        copied = training.initialize(model, recipe, source_path, IMAGENET_MEAN)
+        assert "predictions" not in copied and {"block1_conv1", "fc1", "fc2"} <= set(copied)
+        for layer_name in copied:
+            if layer_name == "block1_conv1":
+                continue
+            for a, b in zip(
+                model.get_layer(layer_name).weights,
+                source.get_layer(layer_name).weights,
+                strict=True,
+            ):
+                np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
+        kernel = model.get_layer("block1_conv1").kernel.numpy()
+        expected_kernel = source.get_layer("block1_conv1").kernel.numpy()
+        if convention is TORCHVISION:
+            # (x / 255 - m) / s: the kernel is scaled by 1 / (255 s) per input channel.
+            scale = 1 / (255 * np.asarray(TORCHVISION.std))
+            expected_kernel = expected_kernel * scale[None, None, :, None]
+        np.testing.assert_allclose(kernel, expected_kernel, rtol=1e-5, err_msg=name)
+        assert model.record == run_record, name
