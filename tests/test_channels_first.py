@@ -210,3 +210,10 @@ def test_dense_twin_channels_first_equals_channels_last(config):
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)  # soft-max over classes
     assert np.ptp(expected) > 1e-2
     np.testing.assert_allclose(to_nhwc(scores), expected, rtol=1e-4, atol=1e-6)
+    # On the training size, the single cell is the channels-first model itself.
+    crop = to_nchw(x[:, :64, :64])
+    cell = dense_first.predict(crop, verbose=0)
+    assert cell.shape == (2, 5, 1, 1)
+    np.testing.assert_allclose(
+        cell[:, :, 0, 0], first.predict(crop, verbose=0), rtol=1e-4, atol=1e-6
+    )
