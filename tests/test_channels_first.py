@@ -162,7 +162,9 @@ def test_channels_first_keras_file_loads_under_channels_last(tmp_path):
         loaded = keras.saving.load_model(path)
     assert loaded.get_layer("block1_lrn").data_format == "channels_first"
     x = to_nchw(images())
-    np.testing.assert_allclose(loaded(x), first(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), first.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 # === LocalResponseNormalization ===
