@@ -212,6 +212,10 @@ def test_dense_twin_channels_first_equals_channels_last(config):
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)  # soft-max over classes
     assert np.ptp(expected) > 1e-2
     np.testing.assert_allclose(to_nhwc(scores), expected, rtol=1e-4, atol=1e-6)
+    # A plain functional model with the same layers takes the generic conversion path.
+    plain = keras.Model(first.inputs, first.outputs, name="plain")
+    generic = keras_vgg.to_fully_convolutional(plain).predict(to_nchw(x), verbose=0)
+    np.testing.assert_allclose(generic, scores, rtol=1e-5, atol=1e-6)
     # On the training size, the single cell is the channels-first model itself.
     crop = to_nchw(x[:, :64, :64])
     cell = dense_first.predict(crop, verbose=0)
@@ -219,3 +223,14 @@ def test_dense_twin_channels_first_equals_channels_last(config):
     np.testing.assert_allclose(
         cell[:, :, 0, 0], first.predict(crop, verbose=0), rtol=1e-4, atol=1e-6
     )
+
+
+def test_vgg_config_without_data_format_is_channels_last():
+    # A model saved before `data_format` existed was channels-last, whatever the global.
+    with image_data_format("channels_last"):
+        config = keras_vgg.build("A", include_top=False, width=1 / 16).get_config()
+    del config["data_format"]
+    with image_data_format("channels_first"):
+        model = keras_vgg.VGG.from_config(config)
+    assert tuple(model.input.shape) == (None, None, None, 3)
+    assert model.get_layer("block1_conv1").data_format == "channels_last"
