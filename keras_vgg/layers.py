@@ -8,6 +8,7 @@ from keras import ops
 __all__ = ["LocalResponseNormalization"]
 
 _FORMULAS = ("alexnet", "caffe")
+_DATA_FORMATS = ("channels_last", "channels_first")
 
 
 @keras.saving.register_keras_serializable(package="keras_vgg")
@@ -33,6 +34,9 @@ class LocalResponseNormalization(keras.layers.Layer):
         beta: Exponent.
         k: Additive bias.
         formula: "alexnet" or "caffe", see above.
+        data_format: "channels_last" (channels on the last axis) or "channels_first"
+            (channels on axis 1); None (default) takes `keras.config.image_data_format()`.
+            A config saved before this argument existed loads as "channels_last".
         **kwargs: Standard layer arguments (name, dtype, ...).
     """
 
@@ -43,6 +47,7 @@ class LocalResponseNormalization(keras.layers.Layer):
         beta: float = 0.75,
         k: float = 2.0,
         formula: str = "alexnet",
+        data_format: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -55,19 +60,36 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.beta = float(beta)
         self.k = float(k)
         self.formula = formula
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        if data_format not in _DATA_FORMATS:
+            raise ValueError(
+                f"`data_format` must be one of {_DATA_FORMATS} or None. "
+                f"Received: data_format={data_format!r}"
+            )
+        self.data_format = data_format
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
-        channels = x.shape[-1]
+        rank = len(x.shape)
+        axis = 1 if self.data_format == "channels_first" else rank - 1
+        channels = x.shape[axis]
         radius = self.size // 2
         squares = ops.square(x)
-        rank = len(x.shape)
-        padded = ops.pad(squares, [[0, 0]] * (rank - 1) + [[radius, radius]])
+        padding = [[0, 0]] * rank
+        padding[axis] = [radius, radius]
+        padded = ops.pad(squares, padding)
+
+        def channel_slice(start):
+            index = [slice(None)] * rank
+            index[axis] = slice(start, start + channels)
+            return padded[tuple(index)]
+
         # A sum of `size` shifted slices costs `size` adds per value; a banded 1x1 conv
         # would cost `channels` multiply-adds.
-        window_sum = padded[..., 0:channels]
+        window_sum = channel_slice(0)
         for offset in range(1, self.size):
-            window_sum = window_sum + padded[..., offset : offset + channels]
+            window_sum = window_sum + channel_slice(offset)
         scale = self.alpha / self.size if self.formula == "caffe" else self.alpha
         outputs = x / ops.power(self.k + scale * window_sum, self.beta)
         return ops.cast(outputs, self.compute_dtype)
@@ -78,6 +100,19 @@ class LocalResponseNormalization(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            size=self.size, alpha=self.alpha, beta=self.beta, k=self.k, formula=self.formula
+            size=self.size,
+            alpha=self.alpha,
+            beta=self.beta,
+            k=self.k,
+            formula=self.formula,
+            data_format=self.data_format,
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Configs written before `data_format` existed were all channels-last; without
+        # this they would follow whatever the global image data format is at load time.
+        config = dict(config)
+        config.setdefault("data_format", "channels_last")
+        return super().from_config(config)

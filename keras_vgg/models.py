@@ -44,12 +44,15 @@ def _network(
     dtype: Any,
     fully_convolutional: bool,
     record: ModelRecord,
+    data_format: str,
 ):
     """The layers of Table 1 for configuration `key`: (inputs, outputs) of the graph."""
-    input_shape = _resolve_input_shape(input_shape, input_tensor, include_top)
-    crop_size = input_shape[0] if include_top else None
+    channels_first = data_format == "channels_first"
+    input_shape = _resolve_input_shape(input_shape, input_tensor, include_top, data_format)
+    channels = input_shape[0] if channels_first else input_shape[2]
+    spatial = input_shape[1:] if channels_first else input_shape[:2]
     if fully_convolutional:
-        input_shape = (None, None, input_shape[2])
+        input_shape = (channels, None, None) if channels_first else (None, None, channels)
 
     # === Inputs ===
     if input_tensor is None:
@@ -76,6 +79,7 @@ def _network(
                     beta=spec.beta,
                     k=spec.k,
                     formula=lrn_formula,
+                    data_format=data_format,
                     dtype=dtype,
                     name=f"block{block_index}_lrn",
                 )(x)
@@ -89,18 +93,22 @@ def _network(
                 activation=None if batch_norm else "relu",
                 kernel_initializer=_initializer(kernel_initializer),
                 kernel_regularizer=_regularizer(kernel_regularizer),
-                data_format="channels_last",
+                data_format=data_format,
                 dtype=dtype,
                 name=layer_name,
             )(x)
             if batch_norm:
                 # torchvision's VGG-BN constants, so its weights import exactly.
                 x = keras.layers.BatchNormalization(
-                    momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"{layer_name}_bn"
+                    axis=1 if channels_first else -1,
+                    momentum=0.9,
+                    epsilon=1e-5,
+                    dtype=dtype,
+                    name=f"{layer_name}_bn",
                 )(x)
                 x = keras.layers.Activation("relu", dtype=dtype, name=f"{layer_name}_relu")(x)
         x = keras.layers.MaxPooling2D(
-            2, strides=2, data_format="channels_last", dtype=dtype, name=f"block{block_index}_pool"
+            2, strides=2, data_format=data_format, dtype=dtype, name=f"block{block_index}_pool"
         )(x)
 
     # === Head ===
@@ -109,9 +117,12 @@ def _network(
         # window (7x7 for 224 crops), fc2 and predictions as 1x1 convs, any input size.
         window = None
         if fully_convolutional:
-            window = (crop_size // 32, crop_size // 32)
+            window = (spatial[0] // 32, spatial[1] // 32)
         else:
-            x = keras.layers.Flatten(dtype=dtype, name="flatten")(x)
+            # Flatten(data_format="channels_first") moves the channels last before
+            # flattening: fc1's rows are in (height, width, channels) order under both
+            # layouts, so its kernel (Keras's files, torchvision's converted) fits both.
+            x = keras.layers.Flatten(data_format=data_format, dtype=dtype, name="flatten")(x)
 
         def fully_connected(units, activation, name, kernel_size):
             common = dict(
@@ -123,20 +134,30 @@ def _network(
             )
             if window is None:
                 return keras.layers.Dense(units, **common)
-            return keras.layers.Conv2D(units, kernel_size, data_format="channels_last", **common)
+            return keras.layers.Conv2D(units, kernel_size, data_format=data_format, **common)
 
         for fc_name in ("fc1", "fc2"):
             x = fully_connected(fc_units, "relu", fc_name, window if fc_name == "fc1" else 1)(x)
             if dropout:
                 x = keras.layers.Dropout(dropout, dtype=dtype, name=f"{fc_name}_dropout")(x)
         x = fully_connected(classes, None, "predictions", 1)(x)
+        twin_channels_first = window is not None and channels_first
+        if twin_channels_first:
+            # The activation (soft-max) works on the last axis: give it the classes there.
+            x = keras.layers.Permute((2, 3, 1), dtype=dtype, name="predictions_to_last")(x)
         x = keras.layers.Activation(
             classifier_activation, dtype="float32", name="predictions_activation"
         )(x)
+        if twin_channels_first:
+            x = keras.layers.Permute((3, 1, 2), dtype="float32", name="predictions_to_first")(x)
     elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(
+            data_format=data_format, dtype=dtype, name="avg_pool"
+        )(x)
     elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(dtype=dtype, name="max_pool")(x)
+        x = keras.layers.GlobalMaxPooling2D(data_format=data_format, dtype=dtype, name="max_pool")(
+            x
+        )
 
     return inputs, x
 
@@ -147,7 +168,7 @@ def build(
     weights: str | os.PathLike | None = None,
     include_top: bool = True,
     input_tensor: Any = None,
-    input_shape: tuple[int | None, int | None, int] | None = None,
+    input_shape: tuple[int | None, ...] | None = None,
     pooling: str | None = None,
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
@@ -170,6 +191,15 @@ def build(
     final activation is a separate float32 layer, `predictions_activation`, so that under
     mixed precision the soft-max is computed in float32.
 
+    Like keras.applications, the model follows `keras.config.image_data_format()` at build
+    time: under "channels_first" it takes (batch, 3, height, width) images, and its convs,
+    poolings, batch normalisation and LRN work on that layout. The weights are the same
+    arrays under both layouts (Keras's conv kernels are (h, w, in, out) either way, and
+    `flatten` flattens in channels-last order under both), so a weights file saved from one
+    fills the other, and Keras's and torchvision's files load into both. With the
+    TensorFlow backend on a CPU, channels_first convolutions need TensorFlow's oneDNN
+    kernels (on by default on x86; Keras transposes only for pooling).
+
     Args:
         config: "A", "A-LRN", "B", "C", "D", "E" (case-insensitive) or "vgg11", "vgg13",
             "vgg16", "vgg19".
@@ -184,11 +214,12 @@ def build(
             `keras_vgg.preprocessing_for(model)` says what input the weights expect.
         include_top: Whether to include the three fully connected layers (Sec. 2.1).
         input_tensor: Optional tensor to use as the image input.
-        input_shape: (height, width, channels). With `include_top` it must be fixed and
-            defaults to (224, 224, 3); without it, it defaults to (None, None, 3), any size
-            of at least 32x32.
-        pooling: With `include_top=False`: None (4-D feature map), "avg" or "max" (global
-            pooling to a vector).
+        input_shape: (height, width, channels), or (channels, height, width) under
+            "channels_first". With `include_top` it must be fixed and defaults to
+            (224, 224, 3) / (3, 224, 224); without it, it defaults to (None, None, 3) /
+            (3, None, None), any size of at least 32x32.
+        pooling: With `include_top=False`: None (4-D feature map, in the image data
+            format), "avg" or "max" (global pooling to a vector).
         classes: Number of classes of the last FC layer.
         classifier_activation: Activation of the last layer ("softmax", None for logits).
         dropout: Dropout rate after fc1 and fc2 (Sec. 3.1: 0.5); 0 removes the layers.
@@ -237,6 +268,7 @@ def build(
         dtype=dtype,
         name=name,
         record=record,
+        data_format=keras.config.image_data_format(),
     )
     if weights is not None:
         from keras_vgg.weights import load_weights
@@ -256,7 +288,8 @@ class VGG(keras.Model):
     keras-hub's backbones: the arguments of the constructor are the serialised form.) Use
     `keras_vgg.build(...)`, which also loads weights; the constructor takes the same
     arguments except `weights`, plus `fully_convolutional` (the dense twin of Sec. 3.2, see
-    `to_fully_convolutional`).
+    `to_fully_convolutional`), and `data_format` ("channels_last" or "channels_first"; None
+    takes `keras.config.image_data_format()`, a config without it is "channels_last").
 
     Attributes:
         config: The configuration letter of Table 1 ("A", "A-LRN", ..., "E").
@@ -269,7 +302,7 @@ class VGG(keras.Model):
         *,
         include_top: bool = True,
         input_tensor: Any = None,
-        input_shape: tuple[int | None, int | None, int] | None = None,
+        input_shape: tuple[int | None, ...] | None = None,
         pooling: str | None = None,
         classes: int = 1000,
         classifier_activation: str | None = "softmax",
@@ -284,9 +317,17 @@ class VGG(keras.Model):
         dtype: Any = None,
         name: str | None = None,
         record: ModelRecord | dict | None = None,
+        data_format: str | None = None,
         **kwargs: Any,
     ):
         key = configs_lib.canonical_name(config)
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                "`data_format` must be 'channels_last', 'channels_first' or None. "
+                f"Received: data_format={data_format!r}"
+            )
         _check_arguments(
             None, include_top, pooling, classes, classifier_activation, dropout,
             width, fc_units,
@@ -302,9 +343,10 @@ class VGG(keras.Model):
             kernel_regularizer = keras.regularizers.deserialize(kernel_regularizer)
         if isinstance(record, dict):
             record = ModelRecord.from_dict(record, source=f"config of model {name!r}")
-        resolved_shape = _resolve_input_shape(input_shape, input_tensor, include_top)
+        resolved_shape = _resolve_input_shape(input_shape, input_tensor, include_top, data_format)
         if record is None:
-            record = ModelRecord(crop_size=resolved_shape[0]) if include_top else ModelRecord()
+            side = resolved_shape[1 if data_format == "channels_first" else 0]
+            record = ModelRecord(crop_size=side) if include_top else ModelRecord()
         if name is None:
             name = "vgg_" + key.lower().replace("-", "_") + ("_bn" if batch_norm else "")
             if fully_convolutional:
@@ -327,6 +369,7 @@ class VGG(keras.Model):
             dtype=dtype,
             fully_convolutional=fully_convolutional,
             record=record,
+            data_format=data_format,
         )
         super().__init__(inputs, outputs, name=name, **kwargs)
         check_record(self, record, source=f"record of model {name!r}")
@@ -347,6 +390,7 @@ class VGG(keras.Model):
             lrn_formula=lrn_formula,
             fully_convolutional=fully_convolutional,
             dtype=_policy_name(dtype),
+            data_format=data_format,
         )
 
     @property
@@ -380,6 +424,8 @@ class VGG(keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects=None) -> VGG:
         config = dict(config)
+        # Models saved before `data_format` existed were all channels-last.
+        config.setdefault("data_format", "channels_last")
         if config.get("input_shape") is not None:
             config["input_shape"] = tuple(config["input_shape"])
         return cls(**config)
@@ -464,33 +510,47 @@ def _is_pretrained_name(weights) -> bool:
     return isinstance(weights, str) and not os.path.splitext(weights)[1]
 
 
-def _resolve_input_shape(input_shape, input_tensor, include_top):
+def _layout(data_format: str) -> str:
+    if data_format == "channels_first":
+        return "(channels, height, width) (channels_first, keras.config.image_data_format())"
+    return "(height, width, channels) (channels_last, keras.config.image_data_format())"
+
+
+def _resolve_input_shape(input_shape, input_tensor, include_top, data_format):
+    channels_first = data_format == "channels_first"
     if input_shape is None and input_tensor is not None:
         input_shape = tuple(input_tensor.shape[1:])
     if input_shape is None:
-        return (224, 224, 3) if include_top else (None, None, 3)
+        spatial = (224, 224) if include_top else (None, None)
+        return (3, *spatial) if channels_first else (*spatial, 3)
     try:
         input_shape = tuple(None if d is None else int(d) for d in input_shape)
     except (TypeError, ValueError):
         raise ValueError(
-            f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}"
+            f"`input_shape` must be {_layout(data_format)}. Received: input_shape={input_shape!r}"
         ) from None
-    if len(input_shape) != 3 or input_shape[2] is None or input_shape[2] < 1:
+    if len(input_shape) != 3:
         raise ValueError(
-            "`input_shape` must be (height, width, channels) with a known number of channels "
-            f"(channels last). Received: input_shape={input_shape!r}"
+            f"`input_shape` must be {_layout(data_format)}. Received: input_shape={input_shape!r}"
         )
-    if include_top and (input_shape[0] is None or input_shape[1] is None):
+    channels = input_shape[0] if channels_first else input_shape[2]
+    spatial = input_shape[1:] if channels_first else input_shape[:2]
+    if channels is None or channels < 1:
+        raise ValueError(
+            f"`input_shape` must be {_layout(data_format)} with a known number of channels. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    if include_top and None in spatial:
         raise ValueError(
             "With `include_top=True` the height and width must be fixed (the FC layers need a "
             "fixed size; use to_fully_convolutional() for any size). "
             f"Received: input_shape={input_shape!r}"
         )
-    for d in input_shape[:2]:
+    for d in spatial:
         if d is not None and d < _MIN_SIZE:
             raise ValueError(
                 f"`input_shape` height and width must be at least {_MIN_SIZE} (five 2x2 "
-                f"poolings). Received: input_shape={input_shape!r}"
+                f"poolings; expected {_layout(data_format)}). Received: input_shape={input_shape!r}"
             )
     return input_shape
 
@@ -505,6 +565,10 @@ def to_fully_convolutional(model: keras.Model) -> keras.Model:
     with the model's final activation applied at each location. Location (i, j) equals the
     FC head applied to the 7x7 window at (i, j) of the last pooling layer's output on the
     whole image.
+
+    The twin keeps the model's data format: for a model built under "channels_first" it
+    takes (batch, channels, H, W) images and returns (batch, classes, floor(H/32) - 6,
+    floor(W/32) - 6), the final activation (the soft-max) taken over the class axis.
 
     Args:
         model: A model from `build(..., include_top=True)` (or one with the same layers).
@@ -537,14 +601,19 @@ def to_fully_convolutional(model: keras.Model) -> keras.Model:
         return twin
     # Another Keras model with these layer names (e.g. keras.applications.VGG16).
     flatten_index = names.index("flatten")
-    window = tuple(model.layers[flatten_index].input.shape[1:3])
-    channels = model.inputs[0].shape[-1]
+    flatten = model.layers[flatten_index]
+    data_format = flatten.data_format
+    channels_first = data_format == "channels_first"
+    pool5_shape = tuple(flatten.input.shape[1:])
+    window = pool5_shape[1:3] if channels_first else pool5_shape[0:2]
+    channels = model.inputs[0].shape[1 if channels_first else -1]
 
-    inputs = keras.Input(shape=(None, None, channels), name="input_layer")
+    input_shape = (channels, None, None) if channels_first else (None, None, channels)
+    inputs = keras.Input(shape=input_shape, name="input_layer")
     x = inputs
     first_dense = True
-    for layer in model.layers[1:]:
-        if layer is model.layers[flatten_index]:
+    for index, layer in enumerate(model.layers[1:], start=1):
+        if layer is flatten:
             continue
         if isinstance(layer, keras.layers.Dense):
             dense_config = layer.get_config()
@@ -552,12 +621,20 @@ def to_fully_convolutional(model: keras.Model) -> keras.Model:
                 dense_config["units"],
                 window if first_dense else (1, 1),
                 activation=dense_config["activation"],
-                data_format="channels_last",
+                data_format=data_format,
                 dtype=dense_config["dtype"],
                 name=layer.name,
             )
             first_dense = False
             x = conv(x)
+        elif (
+            channels_first and index > flatten_index and isinstance(layer, keras.layers.Activation)
+        ):
+            # An activation over the last axis (soft-max) must see the classes there.
+            conv = layer.__class__.from_config(layer.get_config())
+            x = keras.layers.Permute((2, 3, 1), name=f"{layer.name}_to_last")(x)
+            x = conv(x)
+            x = keras.layers.Permute((3, 1, 2), dtype="float32", name=f"{layer.name}_to_first")(x)
         else:
             conv = layer.__class__.from_config(layer.get_config())
             x = conv(x)
@@ -571,7 +648,8 @@ def _copy_as_conv(layer, target) -> None:
     """Copies a layer's weights into its twin; a Dense kernel is reshaped into a conv's."""
     values = layer.get_weights()
     if isinstance(layer, keras.layers.Dense) and isinstance(target, keras.layers.Conv2D):
-        # Flatten is row-major over (height, width, channels): a plain reshape.
+        # Flatten is row-major over (height, width, channels) under both data formats, and
+        # a Conv2D kernel is (height, width, in, out) under both: a plain reshape.
         kernel, bias = values
         values = [kernel.reshape(tuple(target.kernel.shape)), bias]
     target.set_weights(values)

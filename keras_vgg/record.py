@@ -264,7 +264,7 @@ def fit_record(record: ModelRecord, model: Any) -> ModelRecord:
     if _has_classifier(model) and side is not None:
         changes["crop_size"] = side
     if record.class_names is not None and (
-        not _has_classifier(model) or len(record.class_names) != int(model.outputs[0].shape[-1])
+        not _has_classifier(model) or len(record.class_names) != _classes(model)
     ):
         changes["class_names"] = None
     return record.replace(**changes) if changes else record
@@ -283,7 +283,7 @@ def check_record(model: Any, record: ModelRecord, *, source: str = "record") -> 
             f"model {getattr(model, 'name', model)!r}"
         )
     if record.class_names is not None and _has_classifier(model):
-        classes = int(model.outputs[0].shape[-1])
+        classes = _classes(model)
         if len(record.class_names) != classes:
             raise ValueError(
                 f"{source}: lists {len(record.class_names)} class_names but model "
@@ -300,6 +300,12 @@ def _fixed_side(model: Any) -> int | None:
     if None in spatial or len(set(spatial)) != 1:
         return None
     return int(spatial[0])
+
+
+def _classes(model: Any) -> int:
+    # Not the output's last axis: a channels-first dense twin returns (batch, classes, h, w).
+    layer = model.get_layer("predictions")
+    return int(getattr(layer, "units", None) or layer.filters)
 
 
 def _has_classifier(model: Any) -> bool:

@@ -11,6 +11,10 @@ assigned (all or nothing):
 - `.npz` archives of arrays named `<layer>/<weight>` (`block1_conv1/kernel`, ...), the
   names Keras gives the variables (`variable.path`).
 
+Every array has the same shape and meaning under both image data formats (Keras's conv
+kernels are (h, w, in, out) either way, and `build`'s `flatten` flattens in (h, w, C) order
+under channels_first too), so all of these load into channels-first models unchanged.
+
 Every load gives the model the record of its weights (`keras_vgg.record_of(model)`), above
 all the preprocessing they expect, so `preprocess_input(x, preprocessing=
 preprocessing_for(model))` (and every path of the package, which reads the record) feeds
@@ -311,7 +315,8 @@ def _check_fits_pretrained(model: keras.Model, entry: PretrainedWeights) -> None
             f"Received: a model with batch_norm={has_bn}"
         )
     input_shape = tuple(model.inputs[0].shape[1:])
-    if input_shape[-1] != 3:
+    channels_first = model.get_layer("block1_conv1").data_format == "channels_first"
+    if input_shape[0 if channels_first else -1] != 3:
         raise ValueError(f"{label} need 3 input channels. Received: input_shape={input_shape}")
     first = tuple(model.get_layer("block1_conv1").kernel.shape)
     if first != (3, 3, 3, 64):
@@ -320,9 +325,10 @@ def _check_fits_pretrained(model: keras.Model, entry: PretrainedWeights) -> None
             f"Received: a model whose block1_conv1 kernel is {first}"
         )
     if "fc1" in names:
-        if input_shape != (224, 224, 3):
+        expected = (3, 224, 224) if channels_first else (224, 224, 3)
+        if input_shape != expected:
             raise ValueError(
-                f"{label} with include_top=True need input_shape=(224, 224, 3) (or use "
+                f"{label} with include_top=True need input_shape={expected} (or use "
                 f"include_top=False for other sizes). Received: input_shape={input_shape}"
             )
         units = (model.get_layer("fc1").units, model.get_layer("predictions").units)
@@ -832,7 +838,7 @@ def _fc1_to_channels_last(weight: np.ndarray, channels: int, source: str) -> np.
             f"{weight.shape}, expected (units, {channels} * k * k) after a {channels}-channel "
             "pool5"
         )
-    # torchvision flattens (C, k, k); Flatten here flattens (k, k, C).
+    # torchvision flattens (C, k, k); Flatten here flattens (k, k, C), under both formats.
     return weight.reshape(units, channels, side, side).transpose(2, 3, 1, 0).reshape(-1, units)
 
 
@@ -1054,10 +1060,15 @@ def build_kwargs_from(found: LayerWeights, config: str, source: str) -> dict[str
         kwargs.update(
             fc_units=int(found["fc1"][0].shape[-1]),
             classes=int(found["predictions"][0].shape[-1]),
-            input_shape=(32 * side, 32 * side, int(first.shape[2])),
+            input_shape=(32 * side, 32 * side),
         )
     else:
-        kwargs["input_shape"] = (None, None, int(first.shape[2]))
+        kwargs["input_shape"] = (None, None)
+    # The arrays fit both layouts; the model is built in the global image data format.
+    if keras.config.image_data_format() == "channels_first":
+        kwargs["input_shape"] = (int(first.shape[2]), *kwargs["input_shape"])
+    else:
+        kwargs["input_shape"] = (*kwargs["input_shape"], int(first.shape[2]))
     return kwargs
 
 

@@ -511,3 +511,66 @@ def test_convert_names_the_first_layer_no_width_fits(tmp_path):
     message = str(info.value)
     assert message.startswith(f"{src}: ") and "'block2_conv1' its 20 channels" in message
     assert not dest.exists()
+
+
+# === channels_first models (keras.config.image_data_format()) ===
+
+
+@pytest.fixture
+def channels_first():
+    """Builds under "channels_first" inside the test; the global format is restored after."""
+    before = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        yield
+    finally:
+        keras.config.set_image_data_format(before)
+
+
+@pytest.mark.parametrize("config, batch_norm", [("A", False), ("D", True)])
+def test_torchvision_state_dict_reproduces_torch_channels_first(
+    tmp_path, channels_first, config, batch_norm
+):
+    # torch is channels-first itself: the same NCHW images go to both, no transposes.
+    source = torch_model(config, batch_norm, seed=5)
+    path = str(tmp_path / "vgg.pth")
+    torch.save(source.state_dict(), path)
+    model = keras_twin(config, batch_norm, input_shape=(3, 224, 224))
+    keras_vgg.load_weights(model, path)
+    x = images(size=224).transpose(0, 3, 1, 2).copy()
+    with torch.no_grad():
+        expected = source(torch.from_numpy(x)).numpy()
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-4)
+
+
+def test_keras2_h5_of_a_channels_last_model_fills_a_channels_first_one(tmp_path):
+    source = randomize(small("D"), seed=6)
+    path = str(tmp_path / "legacy.h5")
+    write_keras2_h5(source, path)
+    before = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        model = small("D", input_shape=(3, 64, 64))
+    finally:
+        keras.config.set_image_data_format(before)
+    keras_vgg.load_weights(model, path)
+    x = images()
+    np.testing.assert_allclose(
+        model.predict(x.transpose(0, 3, 1, 2), verbose=0), source.predict(x, verbose=0), atol=1e-5
+    )
+
+
+def test_convert_under_channels_first_builds_a_channels_first_model(tmp_path, channels_first):
+    source = torch_model("B", False, seed=7)
+    src = str(tmp_path / "vgg13.pth")
+    torch.save(source.state_dict(), src)
+    dest = str(tmp_path / "vgg13.weights.h5")
+    kwargs = weights_lib.convert(src, dest, "B")
+    assert kwargs["input_shape"] == (3, 224, 224)
+    model = keras_twin("B", False, input_shape=(3, 224, 224))
+    keras_vgg.load_weights(model, dest)
+    x = images(size=224).transpose(0, 3, 1, 2).copy()
+    with torch.no_grad():
+        expected = source(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-4)
