@@ -527,22 +527,25 @@ def _fine_tune_sources(tmp_path):
     keras.utils.set_random_seed(2)
     ten = keras_vgg.build("A", width=1 / 16, fc_units=32, classes=10, input_shape=(32, 32, 3))
     ten.save(tmp_path / "ten.keras")
+    # torchvision's fc1 sees a 7x7 grid: 224 crops.
+    crops_224 = {"train_scale": 256, "crop_size": 224}
     return {
-        "vgg11_bn.pth": ({"batch_norm": True, "fc_units": 64}, TORCHVISION),
-        "narrow.weights.h5": ({"width": 0.25, "fc_units": 24}, None),
-        "ten.keras": ({}, None),
+        "vgg11_bn.pth": ({"batch_norm": True}, crops_224, TORCHVISION),
+        "narrow.weights.h5": ({"width": 0.25, "fc_units": 24}, {}, None),
+        "ten.keras": ({}, {}, None),
     }
 
 
 def test_fine_tune_from_sources_of_another_architecture(tmp_path):
     """`model.weights` builds the model the file fits (BN, width, FC size, classes), not the
     default one, and the first conv is adapted to this run's input."""
-    for name, (model_keys, convention) in _fine_tune_sources(tmp_path).items():
+    for name, (model_keys, data_keys, convention) in _fine_tune_sources(tmp_path).items():
         source_path = str(tmp_path / name)
         recipe = tiny_recipe(
             tmp_path,
             name=name,
             model={"weights": source_path, **model_keys},
+            data=data_keys,
             init={"mode": "all_but_head"},
         )
         source = keras_vgg.model_from_weights(source_path, "A")
