@@ -3,6 +3,7 @@
 import logging
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,9 +19,11 @@ from data_images import (
 )
 from PIL import Image
 
+from keras_vgg import build, evaluation, to_fully_convolutional
 from keras_vgg.data import pipelines, sources
 from keras_vgg.data import transforms as T
 from keras_vgg.data.stats import IMAGENET_STATS
+from keras_vgg.imagenet import preprocess_input
 
 SMALL = dict(train_scale=(36, 48), crop_size=32)
 # S = crop and no augmentation: each training image is its whole (square) file, resized.
@@ -410,32 +413,59 @@ def test_evaluation_center_crops_in_source_order(png_tree):
         np.testing.assert_allclose(image, big[top : top + 32, left : left + 32] - mean, atol=1e-3)
 
 
-def test_evaluation_whole_image_batches_of_one(png_tree):
-    source, pixels = png_tree
-    batches = take(
-        pipelines.evaluation_dataset(source, batch_size=8, scale=36, mode="whole", mean=(0, 0, 0)),
-        10,
-    )
-    assert len(batches) == 5
-    for (x, y), pix, label in zip(batches, pixels, source.labels, strict=True):
-        expected = reference_rescale(pix, 36)
-        assert x.shape == (1, *expected.shape) and min(x.shape[1:3]) == 36
-        np.testing.assert_allclose(x[0], expected, atol=1e-3)
-        assert y.tolist() == [label]
+@pytest.fixture(scope="module")
+def small_net():
+    """A net on 32x32 crops for the two classes of `png_tree` (its pool5 is 1x1)."""
+    keras.utils.set_random_seed(5)
+    return build("A", width=1 / 16, fc_units=16, classes=2, input_shape=(32, 32, 3))
 
 
-def test_evaluation_multi_crop(png_tree):
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_evaluate_dense_reads_rescales_and_scores_whole_images_in_source_order(png_tree, small_net):
+    # The real Sec. 3.2 path: `evaluation.evaluate` reads the source through the pipeline.
     source, pixels = png_tree
-    batches = take(
-        pipelines.evaluation_dataset(
-            source, batch_size=1, scale=40, crop_size=32, mode="multi_crop", mean=(0, 0, 0)
-        ),
-        2,
+    result = evaluation.evaluate(
+        small_net, source, protocols=["dense"], scales=[36, 64], keep_posteriors=True
     )
-    for (x, y), pix, label in zip(batches, pixels, source.labels, strict=False):
-        assert x.shape == (50, 32, 32, 3) and y.tolist() == [label]
-        expected = T.multi_crops(reference_rescale(pix, 40), 32).numpy()
-        np.testing.assert_allclose(x, expected, atol=1e-3)
+    assert result.images == len(pixels) and result.skipped == ()
+    # By hand: the whole image rescaled by TensorFlow's resize (and its flip), the class score
+    # map of the fully convolutional twin averaged spatially, then the soft-max.
+    dense = to_fully_convolutional(small_net)
+    scores = keras.Model(dense.inputs, dense.get_layer("predictions").output)
+    for q in (36, 64):
+        expected = []
+        for pix in pixels:
+            big = reference_rescale(pix, q)
+            assert min(big.shape[:2]) == q
+            views = [big, big[:, ::-1]]
+            maps = [scores.predict(preprocess_input(v[None]), verbose=0)[0] for v in views]
+            expected.append(np.mean([softmax(m.astype(np.float64).mean((0, 1))) for m in maps], 0))
+        row = result.row("dense", scales=[q])
+        np.testing.assert_allclose(result.posteriors[row.key], expected, rtol=0, atol=1e-6)
+        assert row.top1 == pytest.approx(
+            evaluation.top_k_error(np.array(expected), np.array(source.labels), 1)
+        )
+
+
+def test_evaluate_multi_crop_takes_the_50_crops_of_each_rescaled_image(png_tree, small_net):
+    source, pixels = png_tree
+    result = evaluation.evaluate(
+        small_net, source, protocols=["multi_crop"], scales=[40], keep_posteriors=True
+    )
+    expected = []
+    for pix in pixels:
+        crops = T.multi_crops(reference_rescale(pix, 40), 32).numpy()
+        assert crops.shape == (50, 32, 32, 3)
+        expected.append(small_net.predict(preprocess_input(crops), verbose=0).mean(0))
+    row = result.row("multi_crop")
+    np.testing.assert_allclose(result.posteriors[row.key], expected, rtol=0, atol=1e-6)
+    assert row.top1 == pytest.approx(
+        evaluation.top_k_error(np.array(expected), np.array(source.labels), 1)
+    )
 
 
 def test_evaluation_skips_bad_files(tmp_path):

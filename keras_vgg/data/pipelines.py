@@ -46,7 +46,7 @@ __all__ = [
 
 logger = logging.getLogger("keras_vgg.data")
 
-EVALUATION_MODES = ("center", "whole", "multi_crop")
+EVALUATION_MODES = ("center",)
 # Far more epochs than any run: the training dataset repeats "forever".
 _EPOCHS = 2**62
 
@@ -523,31 +523,25 @@ def evaluation_dataset(
     crop_size: int = 224,
     mode: str = "center",
     mean: Sequence[float] = IMAGENET_MEAN,
-    grid: int = 5,
-    flip: bool = True,
     bad_files_path: str | os.PathLike | None = None,
     bad_files: BadFileLog | None = None,
     threads: int | None = None,
 ) -> tf.data.Dataset:
-    """One pass over a source, in its order, for validation and testing (Sec. 3.2).
+    """One pass over a source, in its order, for validation during training (Sec. 3.2).
 
-    Every image is rescaled isotropically so its smaller side is Q = `scale`, then:
-    - "center": its central crop; batches (batch_size, crop, crop, 3) and labels (batch_size,).
-    - "whole": the whole rescaled image for dense evaluation; batches of ONE image
-      (1, H, W, 3) of varying H, W and labels (1,); `batch_size` is not used.
-    - "multi_crop": the `grid` x `grid` crops then their flips (50 crops for Sec. 3.2's
-      multi-crop evaluation) of ONE image, (50, crop, crop, 3), and its label (1,).
-    The mean RGB is subtracted. Undecodable files are skipped and reported like in training.
+    Every image is rescaled isotropically so its smaller side is Q = `scale`, then its
+    central crop is taken ("center"); batches (batch_size, crop, crop, 3) and labels
+    (batch_size,). The mean RGB is subtracted. Undecodable files are skipped and reported
+    like in training. The dense and multi-crop protocols (and multi-scale, fusion) are
+    `keras_vgg.evaluation`'s, which reads images with `decoded_images`.
 
     Args:
         source: Anything `training_dataset` takes.
-        batch_size: Images per batch ("center").
+        batch_size: Images per batch.
         scale: Test scale Q.
-        crop_size: Crop side ("center", "multi_crop").
-        mode: "center", "whole" or "multi_crop".
+        crop_size: Crop side.
+        mode: "center" (the only one, `EVALUATION_MODES`).
         mean: Mean RGB (0-255) to subtract.
-        grid: Crops per side for "multi_crop".
-        flip: Add the flipped crops for "multi_crop".
         bad_files_path: Text file to which undecodable files are appended.
         bad_files: A `BadFileLog` to report into.
         threads: CPU threads the pipeline may use for its work (default: one per core).
@@ -562,28 +556,18 @@ def evaluation_dataset(
         raise ValueError(f"`mode` must be one of {EVALUATION_MODES}. Received: mode={mode!r}")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be positive. Received: batch_size={batch_size}")
-    if mode != "whole":
-        _check_sizes(crop_size, [scale], "scale")
+    _check_sizes(crop_size, [scale], "scale")
     mean = tuple(float(m) for m in mean)
 
     def finish(image):
         image = transforms.rescale_isotropic(image, scale)
-        if mode == "center":
-            image = transforms.center_crop(image, crop_size)
-            image.set_shape([crop_size, crop_size, 3])
-        elif mode == "multi_crop":
-            image = transforms.multi_crops(image, crop_size, grid=grid, flip=flip)
+        image = transforms.center_crop(image, crop_size)
+        image.set_shape([crop_size, crop_size, 3])
         return transforms.subtract_mean(image, mean)
 
     ds = decoded_images(
         source, finish, with_labels=True, bad_files=bad_files, bad_files_path=bad_files_path
-    )
-    if mode == "center":
-        ds = ds.batch(batch_size)
-    elif mode == "whole":
-        ds = ds.map(lambda image, label: (image[None], label[None]))
-    else:
-        ds = ds.map(lambda crops, label: (crops, label[None]))
+    ).batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
 
 

@@ -1,0 +1,206 @@
+"""Prediction: class posteriors of images, and the top-k classes of image files (what
+`kvgg predict` runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_vgg.data import check, transforms
+from keras_vgg.data.sources import IMAGE_EXTENSIONS
+from keras_vgg.evaluation.loading import load_models
+from keras_vgg.evaluation.loop import chunks
+from keras_vgg.evaluation.metrics import fuse
+from keras_vgg.evaluation.protocols import check_protocol, resolve_scales, single_test_scale
+from keras_vgg.evaluation.scoring import score_nets
+from keras_vgg.imagenet import decode_predictions
+
+__all__ = ["Prediction", "image_files", "predict", "predict_images"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The top-k classes of one image, or why it could not be read.
+
+    Attributes:
+        path: The image file.
+        top: (class id, class name, probability) tuples, best first; empty on error. For
+            ImageNet the id is the WordNet id; for a model's own classes, the class name.
+        error: Why the image was skipped, or None.
+    """
+
+    path: str
+    top: tuple[tuple[str, str, float], ...] = ()
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary."""
+        return {
+            "path": self.path,
+            "predictions": [
+                {"class_id": cid, "name": name, "probability": prob} for cid, name, prob in self.top
+            ],
+            "error": self.error,
+        }
+
+
+def predict_images(
+    models: Sequence[Any] | Any,
+    images: Iterable[Any],
+    *,
+    protocol: str = "center",
+    scales: Sequence[int] | None = None,
+    flip: bool = True,
+    dense_average: str = "logits",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Class posteriors of images under one protocol, averaged over scales (and nets).
+
+    Args:
+        models: One or several models (as `evaluate_images`); several are fused.
+        images: (height, width, 3) RGB images in [0, 255], any size.
+        protocol: One of `PROTOCOLS` or "dense+multi_crop".
+        scales: Test scales Q; default the single test scale of Table 3 (`single_test_scale`
+            of the first model's training scale), or 256 for a model without one.
+        flip: As `evaluate_images`.
+        dense_average: As `evaluate_images`.
+        batch_size: As `evaluate_images`.
+
+    Returns:
+        float64 (images, classes) posteriors.
+
+    Raises:
+        ValueError: for a bad protocol, a scale below the crop size, or a bad image.
+    """
+    loaded = load_models(models)
+    check_protocol(protocol)
+    if scales is None:
+        train_scale = loaded[0].info.train_scale
+        scales = (256,) if train_scale is None else (single_test_scale(train_scale),)
+    scales = resolve_scales(scales, loaded)
+    nets = score_nets(loaded, batch_size, dense_average)
+    out = []
+    for chunk, _ in chunks(((image, 0) for image in images), batch_size, None):
+        # Sec. 4.4: fusion averages the nets' posteriors.
+        out.append(
+            fuse([net.predict(chunk, protocol=protocol, scales=scales, flip=flip) for net in nets])
+        )
+    if not out:
+        return np.zeros((0, nets[0].classes))
+    return np.concatenate(out)
+
+
+def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """The image files named, and those under the folders named (recursively, sorted).
+
+    Files named explicitly are kept whatever their extension (an unreadable one is
+    reported by `predict`); in folders, only names with an image extension count.
+
+    Args:
+        paths: Files and folders.
+
+    Returns:
+        The file paths, in the order given, each folder's files sorted.
+
+    Raises:
+        ValueError: for a path that does not exist.
+    """
+    files = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            found = [
+                os.path.join(folder, name)
+                for folder, _, names in os.walk(path)
+                for name in names
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+            files.extend(sorted(found))
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            raise ValueError(f"{path}: no such image file or folder")
+    return files
+
+
+def predict(
+    model: Any,
+    paths: Iterable[str | os.PathLike],
+    *,
+    top: int = 5,
+    protocol: str = "center",
+    scales: Sequence[int] | None = None,
+    flip: bool = True,
+    dense_average: str = "logits",
+    batch_size: int = 32,
+) -> list[Prediction]:
+    """Top-k classes of image files: what `kvgg predict` runs.
+
+    Class names come from the model's `model_info.json` (the class folders it was trained
+    on), else, for 1000 classes, from the bundled ImageNet class index.
+
+    Args:
+        model: A `.keras` file, run directory or model (or several, fused).
+        paths: Image files and folders (see `image_files`).
+        top: How many classes per image.
+        protocol: As `predict_images` (default: the central crop at one scale).
+        scales: As `predict_images`.
+        flip: As `predict_images`.
+        dense_average: As `predict_images`.
+        batch_size: As `predict_images`.
+
+    Returns:
+        One `Prediction` per file, in order; unreadable files have `error` set.
+
+    Raises:
+        ValueError: for a missing path, an unreadable model or a bad argument.
+    """
+    loaded = load_models(model)
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise ValueError(f"`top` must be a positive integer. Received: top={top!r}")
+    files = image_files(paths)
+    readable: list[str] = []
+    errors: dict[str, str] = {}
+
+    def decoded():
+        # Lazily, so that a large folder is never held in memory at once.
+        for path in files:
+            try:
+                image = transforms.decode_image(tf.io.read_file(path)).numpy()
+            except (tf.errors.OpError, OSError):
+                # The data checker says why in words (truncated JPEG, not an image, ...).
+                problems = check.inspect_file(path).problems
+                errors[path] = "; ".join(problems) if problems else "cannot be decoded"
+                continue
+            readable.append(path)
+            yield image
+
+    posteriors = predict_images(
+        loaded,
+        decoded(),
+        protocol=protocol,
+        scales=scales,
+        flip=flip,
+        dense_average=dense_average,
+        batch_size=batch_size,
+    )
+    names = loaded[0].info.class_names
+    if names is None and loaded[0].classes != 1000:
+        names = tuple(str(i) for i in range(loaded[0].classes))
+    tops = (
+        decode_predictions(posteriors, top=min(top, loaded[0].classes), class_names=names)
+        if len(posteriors)
+        else []
+    )
+    by_path = dict(zip(readable, tops, strict=True))
+    return [
+        Prediction(path, tuple(by_path[path]))
+        if path in by_path
+        else Prediction(path, error=errors[path])
+        for path in files
+    ]

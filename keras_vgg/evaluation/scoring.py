@@ -1,0 +1,297 @@
+"""The score net: a model's fully convolutional twin, compiled once for every input size.
+
+`ScoreNet` turns images into class scores and posteriors: score maps, the mean posterior of
+groups of crops (center, multi-crop) and the spatially pooled posterior of whole images
+(dense). The protocols that use it are in `keras_vgg.evaluation.protocols`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_vgg.data import transforms
+from keras_vgg.evaluation.loading import LoadedModel
+from keras_vgg.evaluation.metrics import fuse, softmax
+from keras_vgg.evaluation.protocols import as_image, check_protocol, posteriors_per_scale
+from keras_vgg.imagenet import PAPER, Preprocessing, preprocess_input
+from keras_vgg.models import to_fully_convolutional
+
+__all__ = ["DENSE_AVERAGES", "ScoreNet", "polymorphic_forward", "score_nets"]
+
+#: Where the dense score map is averaged: before ("logits") or after ("softmax") the soft-max.
+DENSE_AVERAGES: tuple[str, ...] = ("logits", "softmax")
+
+
+class ScoreNet:
+    """A model's fully convolutional twin, returning class scores for any input size.
+
+    Sec. 3.2: the FC layers become convolutions (fc1 a 7x7 conv, fc2 and predictions 1x1
+    convs), so the net runs on crops (a 1x1 score map) and on whole images alike. The net
+    stops before the final soft-max: dense evaluation may average scores before it.
+
+    Args:
+        model: A model from `keras_vgg.build(..., include_top=True)` (or loaded from a
+            `.keras` file saved from one): a linear `predictions` layer whose soft-max is a
+            separate final layer.
+        preprocessing: What the model expects of its input; applied by this class to RGB
+            images in [0, 255].
+        batch_size: Crops per forward pass for center and multi-crop evaluation, and the
+            most images (with their flips) per forward pass in dense evaluation.
+        dense_average: One of `DENSE_AVERAGES` (default "logits", see the module docstring).
+
+    Raises:
+        ValueError: for a model without that head, or a bad argument.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        preprocessing: Preprocessing = PAPER,
+        batch_size: int = 32,
+        dense_average: str = "logits",
+    ):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
+        if dense_average not in DENSE_AVERAGES:
+            raise ValueError(
+                f"`dense_average` must be one of {DENSE_AVERAGES}. "
+                f"Received: dense_average={dense_average!r}"
+            )
+        shape = tuple(model.inputs[0].shape[1:3])
+        if None in shape:
+            raise ValueError(
+                f"{model.name}: needs the model with its FC head and fixed input size. "
+                f"Received: input shape {tuple(model.inputs[0].shape)}"
+            )
+        fully_conv = to_fully_convolutional(model)
+        try:
+            head = fully_conv.get_layer("predictions")
+        except ValueError:
+            head = None
+        if head is None or keras.activations.serialize(head.activation) != "linear":
+            raise ValueError(
+                f"{model.name}: evaluation needs the class scores before the soft-max: a "
+                "`predictions` layer without activation followed by the soft-max layer, as "
+                "keras_vgg.build makes"
+            )
+        self.crop_size = int(shape[0])
+        self.classes = int(head.output.shape[-1])
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+        self.dense_average = dense_average
+        self.network = keras.Model(fully_conv.inputs, head.output, name=f"{model.name}_scores")
+        self._forward, self._compiled = polymorphic_forward(self.network)
+
+    @property
+    def trace_count(self) -> int | None:
+        """How many times the network was traced (TensorFlow backend; None elsewhere).
+
+        Stays at 1 whatever the image sizes: the compiled signature leaves them unknown.
+        """
+        if self._compiled is None:
+            return None
+        return int(self._compiled.experimental_get_tracing_count())
+
+    def score_maps(self, images: np.ndarray) -> np.ndarray:
+        """Class score maps (logits) of a batch of images of one size, preprocessed here.
+
+        Args:
+            images: (batch, height, width, 3) RGB in [0, 255], height and width at least
+                the crop size.
+
+        Returns:
+            float32 (batch, floor(height/32) - 6, floor(width/32) - 6, classes) for a
+            224 crop size (Sec. 3.2).
+        """
+        batch = preprocess_input(
+            np.asarray(images, dtype=np.float32), preprocessing=self.preprocessing
+        )
+        return self._forward(batch)
+
+    def crop_posteriors(self, crops: Iterable[tuple[Any, np.ndarray]]) -> dict[Any, np.ndarray]:
+        """Mean soft-max posterior of groups of crops, run in batches of `batch_size` crops.
+
+        Crops of successive groups share forward passes, so that the 50 crops of an image
+        and those of the next image fill large batches (Sec. 3.2, multi-crop).
+
+        Args:
+            crops: (key, crops) pairs; crops (n, crop_size, crop_size, 3) RGB in [0, 255].
+
+        Returns:
+            key -> float64 (classes,) mean posterior over the group's crops.
+        """
+        sums: dict[Any, np.ndarray] = {}
+        counts: dict[Any, int] = {}
+        pending: list[np.ndarray] = []
+        owners: list[Any] = []
+
+        def flush(limit: int) -> None:
+            while len(owners) >= limit and owners:
+                batch = np.concatenate(pending, axis=0) if len(pending) > 1 else pending[0]
+                take = min(self.batch_size, len(owners))
+                scores = self.score_maps(batch[:take]).reshape(take, -1)
+                if scores.shape[1] != self.classes:
+                    raise ValueError(
+                        f"crops must be {self.crop_size}x{self.crop_size}. Received: crops "
+                        f"with shape {batch.shape}"
+                    )
+                posteriors = softmax(scores)
+                for owner, posterior in zip(owners[:take], posteriors, strict=True):
+                    sums[owner] = sums.get(owner, 0.0) + posterior
+                    counts[owner] = counts.get(owner, 0) + 1
+                pending[:] = [batch[take:]] if take < len(owners) else []
+                del owners[:take]
+
+        for key, group in crops:
+            group = np.asarray(group, dtype=np.float32)
+            pending.append(group)
+            owners.extend([key] * len(group))
+            flush(self.batch_size)
+        flush(1)
+        return {key: sums[key] / counts[key] for key in sums}
+
+    def dense_posteriors(self, images: Sequence[np.ndarray], flip: bool = True) -> np.ndarray:
+        """Dense evaluation (Sec. 3.2) of images already rescaled to the test scale Q.
+
+        The score map of the whole image is averaged spatially (before or after the
+        soft-max, `dense_average`); with `flip`, the posteriors of the image and of its
+        horizontal flip are averaged. Images of the same size share forward passes (no
+        padding: results are those of evaluating each image alone).
+
+        Args:
+            images: (height, width, 3) RGB images in [0, 255], each side at least the crop
+                size; sizes may differ.
+            flip: Also evaluate the horizontal flips.
+
+        Returns:
+            float64 (len(images), classes) posteriors.
+
+        Raises:
+            ValueError: for an image smaller than the crop size.
+        """
+        images = [np.asarray(image, dtype=np.float32) for image in images]
+        out = np.zeros((len(images), self.classes), dtype=np.float64)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            if image.ndim != 3 or min(image.shape[:2]) < self.crop_size:
+                raise ValueError(
+                    f"dense evaluation needs images of at least {self.crop_size}x"
+                    f"{self.crop_size}. Received: image {index} with shape {image.shape}"
+                )
+            by_size.setdefault(image.shape, []).append(index)
+        views = 2 if flip else 1
+        per_pass = max(1, self.batch_size // views)
+        for indices in by_size.values():
+            for start in range(0, len(indices), per_pass):
+                chunk = indices[start : start + per_pass]
+                batch = np.stack([images[i] for i in chunk])
+                if flip:
+                    batch = np.concatenate([batch, batch[:, :, ::-1]], axis=0)
+                posteriors = self._pool(self.score_maps(batch))
+                posteriors = posteriors.reshape(views, len(chunk), -1).mean(axis=0)
+                out[chunk] = posteriors
+        return out
+
+    def predict(
+        self,
+        images: Sequence[Any],
+        *,
+        protocol: str = "center",
+        scales: Sequence[int] = (256,),
+        flip: bool = True,
+    ) -> np.ndarray:
+        """Posteriors of raw images under one protocol, averaged over the test scales.
+
+        Each image is rescaled isotropically to every Q (Sec. 3.2); "dense+multi_crop"
+        averages the two protocols' multi-scale posteriors (Sec. 4.3).
+
+        Args:
+            images: (height, width, 3) RGB images in [0, 255], any size.
+            protocol: One of `PROTOCOLS` or "dense+multi_crop".
+            scales: Test scales Q, each at least the crop size.
+            flip: Average with horizontal flips (dense and multi-crop).
+
+        Returns:
+            float64 (len(images), classes) posteriors.
+
+        Raises:
+            ValueError: for a bad protocol or scale, or a bad image.
+        """
+        check_protocol(protocol)
+        scales = tuple(int(q) for q in scales)
+        low = [q for q in scales if q < self.crop_size]
+        if low or not scales:
+            raise ValueError(
+                f"test scales must be at least the crop size {self.crop_size}. "
+                f"Received: scales={list(scales)}"
+            )
+        protocols = ("dense", "multi_crop") if protocol == "dense+multi_crop" else (protocol,)
+        views = [
+            tuple(transforms.rescale_isotropic(as_image(image), q) for q in scales)
+            for image in images
+        ]
+        if not views:
+            return np.zeros((0, self.classes))
+        per_scale = posteriors_per_scale(self, views, protocols, scales, flip)
+        return fuse([fuse([per_scale[(p, q)] for q in scales]) for p in protocols])
+
+    def _pool(self, maps: np.ndarray) -> np.ndarray:
+        # Sec. 3.2: the class score map is spatially averaged (sum-pooled).
+        if self.dense_average == "logits":
+            return softmax(maps.astype(np.float64).mean(axis=(1, 2)))
+        return softmax(maps).mean(axis=(1, 2))
+
+
+def polymorphic_forward(network: keras.Model) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
+    """Compiles `network` once for every batch size, height and width.
+
+    `ScoreNet` runs its network through this function (looked up in this module when a
+    `ScoreNet` is made, so a test may wrap it to see every batch the network receives).
+
+    Args:
+        network: A Keras model whose input is (batch, height, width, channels).
+
+    Returns:
+        (forward, compiled): `forward(batch)` maps a float32 NumPy batch to the network's
+        output as a NumPy array; `compiled` is the `tf.function` on TensorFlow (whose
+        tracing count `ScoreNet.trace_count` reports), None on other backends.
+    """
+    channels = network.inputs[0].shape[-1]
+    if keras.backend.backend() == "tensorflow":
+        # None dimensions: one trace serves every image size (no retracing per shape).
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)])
+        def forward(batch):
+            return network(batch, training=False)
+
+        return (lambda batch: forward(tf.convert_to_tensor(batch)).numpy()), forward
+    return (lambda batch: keras.ops.convert_to_numpy(network(batch, training=False))), None
+
+
+def score_nets(
+    loaded: Sequence[LoadedModel], batch_size: int, dense_average: str
+) -> list[ScoreNet]:
+    """A `ScoreNet` for each loaded net, fed with the preprocessing of its record.
+
+    Args:
+        loaded: The nets.
+        batch_size: As `ScoreNet`.
+        dense_average: As `ScoreNet`.
+
+    Returns:
+        The score nets, in order.
+    """
+    return [
+        ScoreNet(
+            m.model,
+            preprocessing=m.info.preprocessing,
+            batch_size=batch_size,
+            dense_average=dense_average,
+        )
+        for m in loaded
+    ]
