@@ -244,7 +244,9 @@ def measure(args) -> None:
 
         keras.utils.set_random_seed(0)
         model = training.build_model(recipe, args.classes, recipe.run.precision)
-        training.compile_model(model, training.make_optimizer(recipe, recipe.run.precision), args.classes)
+        training.compile_model(
+            model, training.make_optimizer(recipe, recipe.run.precision), args.classes
+        )
         rng = np.random.default_rng(0)
         x = rng.normal(0, 60, (args.batch, args.crop, args.crop, 3)).astype(np.float32)
         y = rng.integers(0, args.classes, args.batch).astype(np.int32)
