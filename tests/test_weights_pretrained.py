@@ -336,7 +336,7 @@ def test_preprocess_input_follows_the_loaded_weights():
         [10 - 123.68, 20 - 116.779, 30 - 103.939],
         rtol=1e-6,
     )
-    weights_lib._set_preprocessing(model, KERAS_CAFFE)
+    model.record = model.record.replace(preprocessing=KERAS_CAFFE)
     np.testing.assert_allclose(
         keras_vgg.preprocess_input(x, preprocessing=keras_vgg.preprocessing_for(model))[0, 0, 0],
         [30 - 103.939, 20 - 116.779, 10 - 123.68],
