@@ -112,7 +112,7 @@ def test_layer_names_are_keras_names():
         "predictions_activation",
     ]
     lrn = keras_vgg.build("A-LRN", input_shape=(64, 64, 3), **SMALL)
-    assert [layer.name for layer in lrn.layers][1:4] == [
+    assert [layer.name for layer in lrn.layers][2:5] == [
         "block1_conv1",
         "block1_lrn",
         "block1_pool",
