@@ -29,6 +29,7 @@ from conftest import write_keras2_h5  # noqa: E402
 import keras_vgg  # noqa: E402
 from keras_vgg import weights as weights_lib  # noqa: E402
 from keras_vgg.imagenet import KERAS_CAFFE, TORCHVISION  # noqa: E402
+from keras_vgg.record import attach_record, record_of  # noqa: E402
 from keras_vgg.weights import PretrainedWeights, WeightsFile  # noqa: E402
 
 
@@ -336,7 +337,7 @@ def test_preprocess_input_follows_the_loaded_weights():
         [10 - 123.68, 20 - 116.779, 30 - 103.939],
         rtol=1e-6,
     )
-    weights_lib._set_preprocessing(model, KERAS_CAFFE)
+    attach_record(model, record_of(model).replace(preprocessing=KERAS_CAFFE))
     np.testing.assert_allclose(
         keras_vgg.preprocess_input(x, preprocessing=keras_vgg.preprocessing_for(model))[0, 0, 0],
         [30 - 103.939, 20 - 116.779, 10 - 123.68],
