@@ -19,6 +19,7 @@ from keras_vgg.record import (
     record_of,
     write_h5_record,
 )
+from keras_vgg.weights.load import load_weights
 
 __all__ = ["VGG", "build", "layer_table", "to_fully_convolutional"]
 
@@ -271,8 +272,6 @@ def build(
         data_format=keras.config.image_data_format(),
     )
     if weights is not None:
-        from keras_vgg.weights import load_weights
-
         load_weights(model, weights, config=model.config)
     return model
 

@@ -221,7 +221,7 @@ def test_torchvision_fc1_rows_really_need_the_permutation(tmp_path):
     found = weights_lib.read_torchvision(state, "A")
     model = keras_twin("A", False)
     naive = dict(found, fc1=[state["classifier.0.weight"].numpy().T, found["fc1"][1]])
-    weights_lib._assign(model, naive, "naive")
+    weights_lib.assign_weights(model, naive, "naive")
     x = images(size=224)
     assert np.abs(model.predict(x, verbose=0) - torch_forward(source, x)).max() > 1e-2
 
