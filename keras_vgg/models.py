@@ -26,28 +26,34 @@ __all__ = ["VGG", "build", "layer_table", "to_fully_convolutional"]
 _MIN_SIZE = 32  # five 2x2 poolings
 
 
-def _network(
-    key: str,
-    *,
-    include_top: bool,
-    input_tensor: Any,
-    input_shape: tuple[int | None, int | None, int] | None,
-    pooling: str | None,
-    classes: int,
-    classifier_activation: str | None,
-    dropout: float,
-    batch_norm: bool,
-    width: float,
-    fc_units: int,
-    kernel_initializer: Any,
-    kernel_regularizer: Any,
-    lrn_formula: str,
-    dtype: Any,
-    fully_convolutional: bool,
-    record: ModelRecord,
-    data_format: str,
-):
-    """The layers of Table 1 for configuration `key`: (inputs, outputs) of the graph."""
+# `build`'s architecture arguments, in the order `VGG.get_config` lists them.
+_ARGUMENTS = (
+    "config",
+    "include_top",
+    "input_shape",
+    "pooling",
+    "classes",
+    "classifier_activation",
+    "dropout",
+    "batch_norm",
+    "width",
+    "fc_units",
+    "kernel_initializer",
+    "kernel_regularizer",
+    "lrn_formula",
+    "fully_convolutional",
+    "dtype",
+    "data_format",
+)
+
+
+def _network(arguments: dict[str, Any], *, input_tensor: Any, record: ModelRecord):
+    """The layers of Table 1 for `arguments` (`_ARGUMENTS`): (inputs, outputs) of the graph."""
+    (
+        key, include_top, input_shape, pooling, classes, classifier_activation, dropout,
+        batch_norm, width, fc_units, kernel_initializer, kernel_regularizer, lrn_formula,
+        fully_convolutional, dtype, data_format,
+    ) = (arguments[name] for name in _ARGUMENTS)  # fmt: skip
     channels_first = data_format == "channels_first"
     input_shape = _resolve_input_shape(input_shape, input_tensor, include_top, data_format)
     channels = input_shape[0] if channels_first else input_shape[2]
@@ -350,30 +356,7 @@ class VGG(keras.Model):
             name = "vgg_" + key.lower().replace("-", "_") + ("_bn" if batch_norm else "")
             if fully_convolutional:
                 name += "_fully_convolutional"
-        inputs, outputs = _network(
-            key,
-            include_top=include_top,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            dropout=dropout,
-            batch_norm=batch_norm,
-            width=width,
-            fc_units=fc_units,
-            kernel_initializer=kernel_initializer,
-            kernel_regularizer=kernel_regularizer,
-            lrn_formula=lrn_formula,
-            dtype=dtype,
-            fully_convolutional=fully_convolutional,
-            record=record,
-            data_format=data_format,
-        )
-        super().__init__(inputs, outputs, name=name, **kwargs)
-        check_record(self, record, source=f"record of model {name!r}")
-        self.config = key
-        self._arguments = dict(
+        arguments = dict(
             config=key,
             include_top=include_top,
             input_shape=resolved_shape,
@@ -391,6 +374,11 @@ class VGG(keras.Model):
             dtype=_policy_name(dtype),
             data_format=data_format,
         )
+        inputs, outputs = _network(arguments, input_tensor=input_tensor, record=record)
+        super().__init__(inputs, outputs, name=name, **kwargs)
+        check_record(self, record, source=f"record of model {name!r}")
+        self.config = key
+        self._arguments = arguments
 
     @property
     def record(self) -> ModelRecord:
