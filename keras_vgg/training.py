@@ -869,7 +869,9 @@ class _RunKeeper(keras.callbacks.Callback):
         """
         if self._twin is None:
             with tf.device("/cpu:0"):
-                self._twin = keras.models.clone_model(self.model)
+                # from_config, not clone_model: clone_model rebuilds a VGG as a plain
+                # functional model, and the checkpoints are to load as VGG models.
+                self._twin = type(self.model).from_config(self.model.get_config())
         variables = self._twin.variables
         if len(variables) != len(self.model.variables):
             raise RuntimeError("the model's CPU twin has different variables")

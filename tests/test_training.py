@@ -184,8 +184,13 @@ def test_fit_writes_the_run_directory(tmp_path):
         ), tag
     saved = recipe_lib.load_recipe(run / "recipe.toml")
     assert recipe_lib.recipe_to_dict(saved) == recipe_lib.recipe_to_dict(recipe)
-    assert json.loads((run / "model_info.json").read_text()) == {
+    info = {
         "config": "A",
+        "batch_norm": False,
+        "width": 1 / 16,
+        "fc_units": 32,
+        "classes": 4,
+        "include_top": True,
         "class_names": ["class_0", "class_1", "class_2", "class_3"],
         "preprocessing": {
             "mean": [1.0, 2.0, 3.0],
@@ -195,7 +200,13 @@ def test_fit_writes_the_run_directory(tmp_path):
         },
         "train_scale": 32,
         "crop_size": 32,
+        "weights": str(run),
     }
+    assert json.loads((run / "model_info.json").read_text()) == info
+    # The checkpoints carry the same record themselves: the file is a copy.
+    for name in ("best.keras", "last.keras"):
+        saved_model = keras.saving.load_model(run / name)
+        assert keras_vgg.record.describe(saved_model) == info, name
     with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
