@@ -184,14 +184,19 @@ _labels_option = click.option(
 )
 
 
-@main.command()
+@main.group()
+def data():
+    """Inspect datasets."""
+
+
+@data.command("stats")
 @click.argument("root")
 @_labels_option
 @click.option("--sample", type=int, default=None, help="Use a seeded sample of N images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
 @click.option("-o", "--output", default=None, help="Write the statistics as JSON here.")
 @user_errors
-def stats(root, labels_file, sample, seed, output):
+def data_stats(root, labels_file, sample, seed, output):
     """Mean RGB and RGB covariance PCA of the images under ROOT (Sec. 2.1, 3.1).
 
     The eigenvalues are on the 0-1 pixel scale, like AlexNet's published ImageNet values.
@@ -220,9 +225,17 @@ def stats(root, labels_file, sample, seed, output):
         click.echo(f"wrote {output}")
 
 
-@main.group()
-def data():
-    """Inspect datasets."""
+# The old spelling `kvgg stats`: the same command under its old name, out of `kvgg --help`.
+main.add_command(
+    click.Command(
+        "stats",
+        callback=data_stats.callback,
+        params=data_stats.params,
+        help="Old name of `kvgg data stats` (same options, same output).",
+        short_help="Old name of `kvgg data stats`.",
+        hidden=True,
+    )
+)
 
 
 @data.command("check")
@@ -245,11 +258,9 @@ def data_check(root, labels_file, workers, min_side, output):
     source = sources.open_source(root, labels_file)
     with _progress_bar(len(source), "files") as bar:
         report = check.check_source(source, workers=workers, min_side=min_side, progress=bar.update)
-    text = report.to_text()
-    click.echo(text)
+    click.echo(report.to_text())
     if output:
-        with open(output, "w") as f:
-            f.write(text + "\n")
+        report.write(output)
     if report.unreadable:
         sys.exit(1)
 
@@ -341,9 +352,6 @@ def evaluate(
     --dense and --multi-crop also give their combination (Table 5). The Markdown table is
     also written to evaluation.md (and the JSON to evaluation.json) in each run directory.
     """
-    import json
-    from pathlib import Path
-
     from keras_vgg import evaluation
 
     if batch_size < 1:
@@ -373,14 +381,7 @@ def evaluate(
     click.echo(f"{result.images} images in {result.seconds:.1f} s ({rate:.2f} images/s)")
     if result.skipped:  # each was reported by the data pipeline as it was met
         click.echo(f"{len(result.skipped)} unreadable images skipped", err=True)
-    targets = [(Path(output), None)] if output else []
-    targets += [(Path(markdown), "md")] if markdown else []
-    for m in loaded:
-        if m.run_dir is not None:
-            targets += [(m.run_dir / "evaluation.json", None), (m.run_dir / "evaluation.md", "md")]
-    for path, kind in targets:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(result.to_markdown() if kind else json.dumps(result.to_dict(), indent=2))
+    for path in evaluation.write_results(result, loaded, output=output, markdown=markdown):
         click.echo(f"wrote {path}")
 
 
@@ -529,74 +530,21 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
 @user_errors
 def demo(recipe_path, data_root, prepare_only, overwrite):
     """Train recipes/demo.toml on scikit-learn's digits, then classify held-out images."""
-    import json
-
     from keras_vgg import demo as demo_lib
-    from keras_vgg import recipe as recipe_lib
     from keras_vgg import training
 
     try:
-        counts = demo_lib.write_digits(data_root)
-    except ModuleNotFoundError as exc:
-        raise UserError(
-            f"kvgg demo needs scikit-learn for its data ({exc}): pip install 'keras-vgg[demo]'"
-        ) from None
-    stats_path = os.path.join(data_root, "stats.json")
-    if not os.path.isfile(stats_path):
-        from keras_vgg.data import sources
-        from keras_vgg.data import stats as stats_lib
-
-        stats_lib.compute_stats(sources.open_source(os.path.join(data_root, "train"))).to_json(
-            stats_path
+        demo_lib.run_demo(
+            recipe_path,
+            data_root,
+            prepare_only=prepare_only,
+            overwrite=overwrite,
+            print_fn=click.echo,
         )
-    click.echo(f"digits: {counts} images under {data_root} (statistics: {stats_path})")
-    if prepare_only:
-        return
-    recipe = recipe_lib.load_recipe(
-        recipe_path,
-        [
-            f"data.root={os.path.join(data_root, 'train')}",
-            f"data.val_root={os.path.join(data_root, 'val')}",
-            f"data.stats={stats_path}",
-        ],
-    )
-    metrics_path = os.path.join(recipe.run_dir, "metrics.json")
-    if training.run_status(recipe.run_dir, overwrite)[0] == "finished":
-        click.echo(f"{recipe.run_dir} has finished already (kvgg demo --overwrite trains again)")
-    else:
-        try:
-            training.fit(recipe, overwrite=overwrite, print_fn=click.echo)
-        except (training.TrainingDiverged, training.CheckpointError) as exc:
-            raise RunFailed(str(exc)) from None
-    with open(metrics_path, encoding="utf-8") as f:
-        metrics = json.load(f)
-    click.echo(
-        f"validation (centre crop, Q = {recipe.data.resolved_val_scale}): top-1 error "
-        f"{100 * metrics['best_val_top1_error']:.2f} %, top-5 error "
-        f"{100 * metrics['best_val_top5_error']:.2f} % (best epoch {metrics['best_epoch']} "
-        f"of {metrics['epochs']}, {metrics['train_seconds']:.0f} s)"
-    )
-    # The same library calls as `kvgg evaluate RUN --data DIR --center-crop --scales Q` and
-    # `kvgg predict --model RUN IMAGES`, on the held-out test digits. (Dense evaluation is
-    # not shown: on 36-pixel images the five floor-rounding poolings keep the top-left 32
-    # pixels, a different view from the centre crop the net was validated on.)
-    from keras_vgg import evaluation
-
-    test_root = os.path.join(data_root, "test")
-    model = evaluation.load_model(recipe.run_dir)
-    q = recipe.data.resolved_val_scale
-    result = evaluation.evaluate(model, test_root, protocols=["center"], scales=[q])
-    click.echo(f"held-out test images ({counts['test']}), Q = {q}:")
-    click.echo(result.format_table(), nl=False)
-    examples = demo_lib.sample_images(test_root, count=8)
-    for prediction in evaluation.predict(model, examples, top=1):
-        truth = os.path.basename(os.path.dirname(prediction.path))
-        _, name, probability = prediction.top[0]
-        mark = "ok" if name == truth else "WRONG"
-        click.echo(
-            f"  {prediction.path}: true {truth}, predicted {name} ({probability:.2f}) {mark}"
-        )
-    click.echo(f"run directory: {recipe.run_dir}")
+    except ModuleNotFoundError as exc:  # scikit-learn, the digits' source
+        raise UserError(str(exc)) from None
+    except (training.TrainingDiverged, training.CheckpointError) as exc:
+        raise RunFailed(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,5 @@
-"""`kvgg data check` and `kvgg stats` as real subprocesses: output and exit codes."""
+"""`kvgg data check` and `kvgg data stats` (old name `kvgg stats`) as real subprocesses:
+output, written files and exit codes."""
 
 import json
 import os
@@ -36,8 +37,31 @@ def test_data_check_reports_and_exits_1_on_unreadable(bad_tree, tmp_path):
     assert sorted(lines[:-1]) == sorted(v.format(bad[k]) for k, v in expected.items())
     total = 4 + len(DECODABLE) + len(UNDECODABLE)
     assert lines[-1] == f"{total} files: 4 ok, {len(DECODABLE)} unusual, 3 unreadable"
-    assert report_path.read_text().strip() == result.stdout.strip()
+    assert report_path.read_text() == result.stdout.strip() + "\n"
+    assert os.listdir(tmp_path) == ["report.txt"]  # written atomically: no temporary left
     assert "Traceback" not in result.stderr
+
+
+def test_check_report_write_replaces_the_file_atomically(bad_tree, tmp_path, monkeypatch):
+    from keras_vgg.data import check
+
+    root, _ = bad_tree
+    report = check.check_source(root, workers=2)
+    path = tmp_path / "report.txt"
+    path.write_text("old report\n")
+    assert report.write(path) == str(path)
+    assert path.read_text() == report.to_text() + "\n"
+    assert os.listdir(tmp_path) == ["report.txt"]
+
+    # A write that fails before the rename keeps the old file whole and leaves no temporary.
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left"):
+        check.CheckReport(files=0, reports=()).write(path)
+    assert path.read_text() == report.to_text() + "\n"
+    assert os.listdir(tmp_path) == ["report.txt"]
 
 
 def test_data_check_clean_folder_exits_0_and_min_side(tmp_path):
@@ -69,6 +93,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path):
             f"{tmp_path / 'labels.txt'}: 1 labels for 2 images",
         )
     )
+    cases.append((("data", "stats", *cases[-1][0][1:]), cases[-1][1]))
     for args, message in cases:
         result = kvgg(*args)
         assert result.returncode == 2, (args, result.stderr)
@@ -90,3 +115,26 @@ def test_stats_writes_json_equal_to_the_library(bad_tree, tmp_path):
     assert f"images: {expected.images}" in result.stdout
     assert "mean (0-255): " + " ".join(f"{v:.3f}" for v in expected.mean) in result.stdout
     assert json.loads(out.read_text())["scales"]["mean"] == "0-255 pixel values"
+
+
+def test_data_stats_and_its_old_name_stats_give_the_same_output(bad_tree, tmp_path):
+    root, _ = bad_tree
+    new = kvgg("data", "stats", root, "--sample", 5, "--seed", 1, "-o", tmp_path / "new.json")
+    old = kvgg("stats", root, "--sample", 5, "--seed", 1, "-o", tmp_path / "old.json")
+    assert new.returncode == old.returncode == 0, (new.stderr, old.stderr)
+    assert new.stdout.startswith("images: ")
+    assert new.stdout.replace("new.json", "X") == old.stdout.replace("old.json", "X")
+    assert f"wrote {tmp_path / 'new.json'}" in new.stdout.splitlines()
+    assert (tmp_path / "new.json").read_text() == (tmp_path / "old.json").read_text()
+    # The same options under both names.
+    new_help, old_help = kvgg("data", "stats", "--help"), kvgg("stats", "--help")
+    options = [line.split()[0] for line in new_help.stdout.splitlines() if line.startswith("  -")]
+    assert options == ["--labels", "--sample", "--seed", "-o,", "-h,"]
+    assert options == [
+        line.split()[0] for line in old_help.stdout.splitlines() if line.startswith("  -")
+    ]
+    # The old name says it is one, and is out of the command list; the new one is in `data`.
+    assert "Old name of `kvgg data stats`" in old_help.stdout
+    commands = kvgg("--help").stdout.split("Commands:")[1].split()
+    assert "stats" not in commands and "data" in commands
+    assert "stats" in kvgg("data", "--help").stdout.split("Commands:")[1].split()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 
 import keras
@@ -104,6 +106,12 @@ def test_evaluate_cli_matches_the_library_and_a_hand_computation(setup):
     markdown = (setup["run"] / "evaluation.md").read_text()
     assert markdown.startswith("| ConvNet | evaluation method | test scale Q |")
     assert json.loads((setup["run"] / "evaluation.json").read_text())["rows"] == data["rows"]
+    wrote = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    assert wrote == [
+        f"wrote {output}",
+        f"wrote {setup['run'] / 'evaluation.json'}",
+        f"wrote {setup['run'] / 'evaluation.md'}",
+    ]
 
 
 def test_evaluate_cli_default_scales_limit_and_skipped_files(setup, tmp_path):
@@ -125,6 +133,48 @@ def test_evaluate_cli_default_scales_limit_and_skipped_files(setup, tmp_path):
     assert report["skipped_files"] == [broken]
     assert "0_broken.jpg" in result.stderr
     assert "5 images in" in result.stdout and "images/s" in result.stdout
+
+
+def test_write_results_writes_each_file_atomically(setup, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(setup["run"], run)
+    (run / "evaluation.json").write_text("an older evaluation")
+    loaded = [evaluation.load_model(run), evaluation.load_model(setup["other"])]
+    row = evaluation.Row(("run",), "center", (256,), top1=50.0, top5=0.0, images=6)
+    result = evaluation.EvaluationResult(
+        rows=(row,), images=6, settings={"flip": False}, seconds=2.0
+    )
+    written = evaluation.write_results(
+        result, loaded, output=tmp_path / "new" / "r.json", markdown=tmp_path / "t.md"
+    )
+    # --output, --markdown, then the run directory's two files; the net without one: none.
+    assert written == [
+        tmp_path / "new" / "r.json",
+        tmp_path / "t.md",
+        run / "evaluation.json",
+        run / "evaluation.md",
+    ]
+    for path in written:
+        text = path.read_text()
+        if path.suffix == ".json":
+            assert json.loads(text) == result.to_dict() and text == result.to_json()
+        else:
+            assert text == result.to_markdown() and "| run | center crop | 256 | 50.0 |" in text
+    assert sorted(os.listdir(run)) == ["best.keras", "evaluation.json", "evaluation.md"]
+    assert evaluation.write_results(result, loaded[1:]) == []
+    with pytest.raises(ValueError, match="Received: fmt='xml'"):
+        result.write(tmp_path / "r.xml", "xml")
+
+    # A write that fails before the rename keeps the old file whole and leaves no temporary.
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    other = dataclasses.replace(result, images=7)
+    with pytest.raises(OSError, match="No space left"):
+        other.write(run / "evaluation.json")
+    assert (run / "evaluation.json").read_text() == result.to_json()
+    assert sorted(os.listdir(run)) == ["best.keras", "evaluation.json", "evaluation.md"]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The demo: scikit-learn's digits as an image folder, and (slow) the whole `kvgg demo`."""
+"""The demo: scikit-learn's digits as an image folder, `demo.run_demo` (the library function
+behind `kvgg demo`) on a one-epoch recipe, and (slow) the whole `kvgg demo`."""
 
 import json
 import os
@@ -10,9 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import kvgg
 from PIL import Image
 
-from keras_vgg import demo
+from keras_vgg import demo, evaluation
+from keras_vgg.data import sources, stats
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -44,6 +47,77 @@ def test_write_digits_is_an_imagenet_style_folder(tmp_path):
     # No image is in two splits.
     names = [p.name for p in tmp_path.glob("*/*/*.png")]
     assert len(names) == len(set(names)) == 1797
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digits and their statistics, prepared once by `run_demo(prepare_only=True)`."""
+    root = tmp_path_factory.mktemp("demo") / "digits"
+    lines = []
+    result = demo.run_demo(data_root=root, prepare_only=True, print_fn=lines.append)
+    return root, result, lines
+
+
+def test_run_demo_prepare_only_writes_digits_and_statistics(digits):
+    root, result, lines = digits
+    counts = {"train": 1258, "val": 269, "test": 270}
+    stats_path = os.path.join(root, "stats.json")
+    assert result == demo.DemoResult(str(root), counts, stats_path)
+    assert lines == [f"digits: {counts} images under {root} (statistics: {stats_path})"]
+    # The statistics are those of the training images only.
+    written = stats.DatasetStats.from_json(stats_path)
+    expected = stats.compute_stats(sources.open_source(root / "train"))
+    assert written.images == expected.images == counts["train"]
+    np.testing.assert_allclose(written.mean, expected.mean, rtol=1e-12)
+    np.testing.assert_allclose(written.eigenvalues, expected.eigenvalues, rtol=1e-9)
+    # `kvgg demo --prepare-only` is the same call: the same line, nothing trained.
+    cli = kvgg("demo", "--prepare-only", "--data", root)
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.splitlines() == lines
+    assert not os.path.exists(root.parent / "runs")
+
+
+def test_run_demo_trains_evaluates_predicts_then_finds_the_run_finished(digits, tmp_path):
+    root, prepared, _ = digits
+    # recipes/demo.toml for one epoch, its run directory under tmp_path.
+    recipe = (ROOT / "recipes" / "demo.toml").read_text()
+    recipe = recipe.replace("epochs = 20", "epochs = 1").replace(
+        'name = "demo"', f'name = "demo"\nruns_dir = "{tmp_path / "runs"}"'
+    )
+    recipe_path = tmp_path / "demo.toml"
+    recipe_path.write_text(recipe)
+    lines = []
+    result = demo.run_demo(recipe_path, root, print_fn=lines.append)
+    run_dir = str(tmp_path / "runs" / "demo")
+    assert result.run_dir == run_dir and result.trained
+    assert result.counts == prepared.counts and result.stats_path == prepared.stats_path
+    metrics = json.loads((tmp_path / "runs" / "demo" / "metrics.json").read_text())
+    assert result.metrics == metrics and metrics["epochs"] == 1
+    # The held-out test images: the library's evaluation of the run, centre crop at Q = 36.
+    direct = evaluation.evaluate(run_dir, root / "test", protocols=["center"], scales=[36])
+    assert result.test_result.rows == direct.rows and result.test_result.images == 270
+    assert [p.path for p in result.predictions] == demo.sample_images(root / "test", count=8)
+    assert all(len(p.top) == 1 and p.error is None for p in result.predictions)
+    # What it prints, in order, after training's own lines.
+    start = lines.index("held-out test images (270), Q = 36:")
+    assert lines[0] == f"digits: {prepared.counts} images under {root} (statistics: " + (
+        f"{prepared.stats_path})"
+    )
+    assert lines[start - 1].startswith("validation (centre crop, Q = 36): top-1 error ")
+    assert lines[start + 1] == direct.format_table().rstrip("\n")
+    for line, p in zip(lines[start + 2 : start + 10], result.predictions, strict=True):
+        truth, (_, name, probability) = os.path.basename(os.path.dirname(p.path)), p.top[0]
+        mark = "ok" if name == truth else "WRONG"
+        assert line == f"  {p.path}: true {truth}, predicted {name} ({probability:.2f}) {mark}"
+    assert lines[start + 10 :] == [f"run directory: {run_dir}"]
+
+    # Again: the run has finished, so nothing is trained; the same report.
+    again_lines = []
+    again = demo.run_demo(recipe_path, root, print_fn=again_lines.append)
+    assert not again.trained and again.metrics == metrics
+    assert again.test_result.rows == result.test_result.rows
+    assert again_lines[1] == f"{run_dir} has finished already (kvgg demo --overwrite trains again)"
+    assert again_lines[2:] == lines[start - 1 :]
 
 
 @pytest.mark.slow

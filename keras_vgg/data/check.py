@@ -66,6 +66,32 @@ class CheckReport:
         )
         return "\n".join(lines)
 
+    def write(self, path: str | os.PathLike) -> str:
+        """Writes `to_text()` to a file (`kvgg data check --output`), atomically.
+
+        The text goes to a temporary file in the same folder, which then replaces `path`.
+
+        Args:
+            path: The file to write.
+
+        Returns:
+            The path written.
+        """
+        path = os.fspath(path)
+        tmp = os.path.join(
+            os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.partial"
+        )
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(self.to_text() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
 
 def _pil_info(data: bytes):
     """(format, mode, (w, h), frames, error) as Pillow sees the file."""

@@ -35,7 +35,8 @@ Where things live (each module one job; each imports only those listed above it)
 - `protocols`: `PROTOCOLS`, the test scales Q, what each protocol computes at one scale
   with a `ScoreNet`, and the averages over scales, protocols and nets.
 - `scoring`: `ScoreNet`, the fully convolutional score net, compiled once for all sizes.
-- `results`: `Row` and `EvaluationResult`: tables like the paper's (Markdown, text), JSON.
+- `results`: `Row` and `EvaluationResult`: tables like the paper's (Markdown, text), JSON,
+  and `write_results` (the files `kvgg evaluate` writes, each written atomically).
 - `loop`: `evaluate` and `evaluate_images`: images or a data set through the protocols of
   every net, in chunks, into an `EvaluationResult` (`kvgg evaluate`).
 - `prediction`: `predict_images` (posteriors) and `predict` (top-k of files, `kvgg predict`).
@@ -48,12 +49,13 @@ from keras_vgg.evaluation.loop import evaluate, evaluate_images
 from keras_vgg.evaluation.metrics import TIES, fuse, softmax, top_k_credit, top_k_error
 from keras_vgg.evaluation.prediction import Prediction, image_files, predict, predict_images
 from keras_vgg.evaluation.protocols import PROTOCOLS, default_test_scales, single_test_scale
-from keras_vgg.evaluation.results import EvaluationResult, Row
+from keras_vgg.evaluation.results import RUN_DIR_FILES, EvaluationResult, Row, write_results
 from keras_vgg.evaluation.scoring import DENSE_AVERAGES, ScoreNet
 
 __all__ = [
     "DENSE_AVERAGES",
     "PROTOCOLS",
+    "RUN_DIR_FILES",
     "TIES",
     "EvaluationResult",
     "LoadedModel",
@@ -73,4 +75,5 @@ __all__ = [
     "softmax",
     "top_k_credit",
     "top_k_error",
+    "write_results",
 ]

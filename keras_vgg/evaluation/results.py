@@ -1,13 +1,24 @@
 """Evaluation results: rows of top-1 / top-5 errors, as tables shaped like the paper's
-Tables 3-6 (Markdown, plain text) and as JSON."""
+Tables 3-6 (Markdown, plain text) and as JSON, and the files they are written to."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["EvaluationResult", "Row"]
+if TYPE_CHECKING:
+    from keras_vgg.evaluation.loading import LoadedModel
+
+__all__ = ["RUN_DIR_FILES", "EvaluationResult", "Row", "write_results"]
+
+#: What `write_results` writes into the run directory of each evaluated net: name -> format.
+RUN_DIR_FILES = {"evaluation.json": "json", "evaluation.md": "markdown"}
+
+_FORMATS = ("json", "markdown")
 
 _PROTOCOL_TITLES = {
     "center": "center crop",
@@ -103,6 +114,30 @@ class EvaluationResult:
         """The results as indented JSON."""
         return json.dumps(self.to_dict(), indent=2)
 
+    def write(self, path: str | os.PathLike, fmt: str = "json") -> Path:
+        """Writes the results to one file, atomically, creating its folder.
+
+        The text goes to a temporary file in the same folder, which then replaces `path`:
+        a reader never sees a half-written file, and an interrupted write leaves the old one.
+
+        Args:
+            path: The file to write.
+            fmt: "json" (`to_json`) or "markdown" (`to_markdown`).
+
+        Returns:
+            The path written.
+
+        Raises:
+            ValueError: if `fmt` is neither.
+        """
+        if fmt not in _FORMATS:
+            raise ValueError(f"`fmt` must be one of {_FORMATS}. Received: fmt={fmt!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = self.to_json() if fmt == "json" else self.to_markdown()
+        _write_text_atomically(path, text)
+        return path
+
     def _table(self) -> tuple[list[str], list[list[str]]]:
         header = [
             "ConvNet",
@@ -154,3 +189,43 @@ class EvaluationResult:
                 ).rstrip()
             )
         return "\n".join(lines) + "\n"
+
+
+def write_results(
+    result: EvaluationResult,
+    loaded_models: Iterable[LoadedModel] = (),
+    output: str | os.PathLike | None = None,
+    markdown: str | os.PathLike | None = None,
+) -> list[Path]:
+    """Writes the results where `kvgg evaluate` writes them, each file atomically.
+
+    Args:
+        result: The results.
+        loaded_models: The evaluated nets; into the run directory of each that has one go
+            `evaluation.json` and `evaluation.md` (`RUN_DIR_FILES`).
+        output: Also write the JSON here.
+        markdown: Also write the Markdown table here.
+
+    Returns:
+        The files written, in order: `output`, `markdown`, then each run directory's.
+    """
+    targets = [(Path(output), "json")] if output else []
+    targets += [(Path(markdown), "markdown")] if markdown else []
+    for loaded in loaded_models:
+        if loaded.run_dir is not None:
+            targets += [(Path(loaded.run_dir) / name, fmt) for name, fmt in RUN_DIR_FILES.items()]
+    return [result.write(path, fmt) for path, fmt in targets]
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    """Writes through a temporary file in the same folder, then renames (atomic on POSIX)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
