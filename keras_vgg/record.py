@@ -296,7 +296,11 @@ def _fixed_side(model: Any) -> int | None:
     if not inputs:
         return None
     shape = tuple(inputs[0].shape[1:])
-    spatial = shape[1:3] if len(shape) == 3 and shape[0] == 3 and shape[-1] != 3 else shape[:2]
+    try:
+        channels_first = model.get_layer("block1_conv1").data_format == "channels_first"
+    except (ValueError, AttributeError):
+        channels_first = False
+    spatial = shape[1:3] if channels_first else shape[:2]
     if None in spatial or len(set(spatial)) != 1:
         return None
     return int(spatial[0])
