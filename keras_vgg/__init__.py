@@ -25,13 +25,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "build": "keras_vgg.models",
-    "VGG": "keras_vgg.models",
+    "VGG": "keras_vgg.network",
     "ModelRecord": "keras_vgg.record",
     "RecordLayer": "keras_vgg.record",
     "record_of": "keras_vgg.record",
     "TrainScale": "keras_vgg.scales",
     "model_from_weights": "keras_vgg.weights.conversion",
-    "to_fully_convolutional": "keras_vgg.models",
+    "to_fully_convolutional": "keras_vgg.network",
     "CONFIGS": "keras_vgg.configs",
     "ALIASES": "keras_vgg.configs",
     "canonical_name": "keras_vgg.configs",
@@ -68,7 +68,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 if "keras" in sys.modules:
     # Registration with Keras's serialisation: without it a saved VGG cannot be read.
-    importlib.import_module("keras_vgg.models")
+    importlib.import_module("keras_vgg.network")
 
 
 def __getattr__(name: str):

@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from keras_vgg import models as _models  # noqa: F401 - registers VGG with Keras
+from keras_vgg import network as _network  # noqa: F401 - registers VGG with Keras
 from keras_vgg.imagenet import class_index
 from keras_vgg.record import ModelRecord, attach_record, has_record, record_of
 

@@ -19,7 +19,7 @@ from keras_vgg.evaluation.loading import LoadedModel
 from keras_vgg.evaluation.metrics import fuse, softmax
 from keras_vgg.evaluation.protocols import as_image, check_protocol, posteriors_per_scale
 from keras_vgg.imagenet import PAPER, Preprocessing, preprocess_input
-from keras_vgg.models import to_fully_convolutional
+from keras_vgg.network import to_fully_convolutional
 
 __all__ = ["DENSE_AVERAGES", "ScoreNet", "polymorphic_forward", "score_nets"]
 

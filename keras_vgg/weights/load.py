@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from keras_vgg import configs as configs_lib
+from keras_vgg import network as _network  # noqa: F401 - registers VGG with Keras
 from keras_vgg.imagenet import KERAS_CAFFE, PAPER, TORCHVISION, Preprocessing
 from keras_vgg.record import ModelRecord, attach_record, fit_record, read_h5_record, record_of
 from keras_vgg.weights.names import HEAD_LAYERS, infer_config
@@ -187,12 +188,6 @@ def read_keras_model(path: str) -> keras.Model:
     Raises:
         ValueError: when Keras cannot read the file.
     """
-    # Not a hidden import cycle but Keras's class registry: a saved VGG deserialises only
-    # once `keras_vgg.models` has registered the class. That module imports this one at
-    # its top, so by the time a VGG exists it is imported; this covers a file read into a
-    # model that is not a VGG (keras.applications') before any VGG was built.
-    from keras_vgg import models  # noqa: F401
-
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
