@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from keras_vgg import configs as configs_lib
+from keras_vgg.scales import TrainScale
 
 try:
     import tomllib
@@ -94,8 +95,9 @@ class DataSection:
             the bundled ILSVRC-2012 validation labels).
         label_offset: Subtracted from TFRecord labels (1 for converters that store 1..1000).
         val_split: Fraction of `root` held out for validation when there is no `val_root`.
-        train_scale: S, the smallest side of the rescaled training image: an int
-            (single-scale) or [Smin, Smax] (scale jittering, Sec. 3.1).
+        train_scale: S, the smallest side of the rescaled training image: written as an
+            int (single-scale) or [Smin, Smax] (scale jittering, Sec. 3.1), held as a
+            `TrainScale`.
         val_scale: Q of the validation centre crop; None means S, or (Smin + Smax) / 2.
         crop_size: The fixed training crop (224 in the paper).
         stats: Path to a JSON of dataset statistics (mean RGB and RGB PCA); None means
@@ -112,7 +114,7 @@ class DataSection:
     labels_file: str | None = None
     label_offset: int = 0
     val_split: float = 0.0
-    train_scale: int | tuple[int, int] = 256
+    train_scale: TrainScale = TrainScale(256, 256)
     val_scale: int | None = None
     crop_size: int = 224
     stats: str | None = None
@@ -123,16 +125,14 @@ class DataSection:
     @property
     def scale_jitter(self) -> bool:
         """Whether S is drawn per image from [Smin, Smax] (Sec. 3.1, multi-scale training)."""
-        return isinstance(self.train_scale, tuple)
+        return self.train_scale.jittered
 
     @property
     def resolved_val_scale(self) -> int:
         """Q for validation: `val_scale`, else S, else (Smin + Smax) / 2 (Sec. 3.2)."""
         if self.val_scale is not None:
             return self.val_scale
-        if isinstance(self.train_scale, tuple):
-            return (self.train_scale[0] + self.train_scale[1]) // 2
-        return self.train_scale
+        return self.train_scale.single_test_scale()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,7 +346,10 @@ def _build_section(cls: type, section: str, values: Mapping[str, Any], path: str
 
 
 def _coerce(value: Any, hint: Any, where: str):
-    """Checks `value` against a field's type (int, float, bool, str, optional, int pair)."""
+    """Checks `value` against a field's type (int, float, bool, str, optional, TrainScale)."""
+    if hint is TrainScale:
+        # The one reading of S or [Smin, Smax]; its errors name `where` (file and key).
+        return TrainScale.parse(value, where=where)
     options = (
         typing.get_args(hint)
         if typing.get_origin(hint) in (typing.Union, types.UnionType)
@@ -372,19 +375,10 @@ def _convert(value: Any, option: Any) -> tuple[bool, Any]:
         return ok and math.isfinite(value), float(value) if ok else value
     if option is str:
         return isinstance(value, str), value
-    if typing.get_origin(option) is tuple:
-        ok = (
-            isinstance(value, (list, tuple))
-            and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        )
-        return ok, tuple(value) if ok else value
     return False, value
 
 
 def _type_name(option: Any) -> str:
-    if typing.get_origin(option) is tuple:
-        return "[int, int]"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[option]
 
 
@@ -434,13 +428,11 @@ def _check(recipe: Recipe, path: str) -> None:
         fail("data.val_split", f"must be in [0, 1), got {d.val_split}")
     if d.crop_size < 32:
         fail("data.crop_size", f"must be >= 32 (five 2x2 poolings), got {d.crop_size}")
-    scales = d.train_scale if isinstance(d.train_scale, tuple) else (d.train_scale,)
-    if isinstance(d.train_scale, tuple) and d.train_scale[0] > d.train_scale[1]:
-        fail("data.train_scale", f"Smin {d.train_scale[0]} > Smax {d.train_scale[1]}")
-    if min(scales) < d.crop_size:
+    if d.train_scale.smin < d.crop_size:
         fail(
             "data.crop_size",
-            f"crop {d.crop_size} is larger than the smallest training scale S = {min(scales)}",
+            f"crop {d.crop_size} is larger than the smallest training scale "
+            f"S = {d.train_scale.smin}",
         )
     if d.val_scale is not None and d.val_scale < d.crop_size:
         fail("data.val_scale", f"Q = {d.val_scale} is smaller than the crop {d.crop_size}")
@@ -490,14 +482,19 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
         recipe: A parsed recipe.
 
     Returns:
-        Nested dictionaries; pairs such as `train_scale` become lists.
+        Nested dictionaries; `train_scale` as written in a recipe (`TrainScale.to_json`: S
+        or [Smin, Smax]).
     """
     out = {}
     for section in _SECTIONS:
-        values = dataclasses.asdict(getattr(recipe, section))
-        out[section] = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None
-        }
+        values = getattr(recipe, section)
+        out[section] = {}
+        for field in dataclasses.fields(values):
+            value = getattr(values, field.name)
+            if isinstance(value, TrainScale):
+                value = value.to_json()
+            if value is not None:
+                out[section][field.name] = value
     return out
 
 

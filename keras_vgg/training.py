@@ -43,7 +43,6 @@ from keras_vgg import distribute
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.imagenet import Preprocessing
 from keras_vgg.record import ModelRecord, attach_record, describe, record_of
-from keras_vgg.scales import TrainScale
 
 __all__ = [
     "CheckpointError",
@@ -238,7 +237,7 @@ def recipe_data(
         return pipelines.training_dataset(
             train_source,
             batch_size=batch_size,
-            train_scale=d.train_scale,
+            train_scale=d.train_scale.to_json(),
             crop_size=d.crop_size,
             flip=d.flip,
             color_shift=stats if d.color_shift else None,
@@ -1229,7 +1228,7 @@ def _run_record(recipe, data: TrainingData) -> ModelRecord:
     return ModelRecord(
         preprocessing=Preprocessing(mean=tuple(data.mean)),
         crop_size=recipe.data.crop_size,
-        train_scale=TrainScale.parse(recipe.data.train_scale),
+        train_scale=recipe.data.train_scale,
         class_names=tuple(data.class_names) if data.class_names else None,
         weights=recipe.run_dir,
     )

@@ -10,23 +10,25 @@ import conftest
 import pytest
 
 from keras_vgg import recipe as recipe_lib
+from keras_vgg.scales import TrainScale
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
 
-# Table 3 of the paper: recipe -> (config, train S, test Q, top-1, top-5, from_run, mode, lr).
+# Table 3 of the paper: recipe -> (config, train (Smin, Smax), test Q, top-1, top-5, from_run,
+# mode, lr).
 TABLE_3 = {
-    "a_256": ("A", 256, 256, "29.6", "10.4", None, None, 1e-2),
-    "a_lrn_256": ("A-LRN", 256, 256, "29.7", "10.5", None, None, 1e-2),
-    "b_256": ("B", 256, 256, "28.7", "9.9", "a_256", "a_layers", 1e-2),
-    "c_256": ("C", 256, 256, "28.1", "9.4", "a_256", "a_layers", 1e-2),
-    "c_384": ("C", 384, 384, "28.1", "9.3", "c_256", "all", 1e-3),
+    "a_256": ("A", (256, 256), 256, "29.6", "10.4", None, None, 1e-2),
+    "a_lrn_256": ("A-LRN", (256, 256), 256, "29.7", "10.5", None, None, 1e-2),
+    "b_256": ("B", (256, 256), 256, "28.7", "9.9", "a_256", "a_layers", 1e-2),
+    "c_256": ("C", (256, 256), 256, "28.1", "9.4", "a_256", "a_layers", 1e-2),
+    "c_384": ("C", (384, 384), 384, "28.1", "9.3", "c_256", "all", 1e-3),
     "c_jitter": ("C", (256, 512), 384, "27.3", "8.8", "c_384", "all", 1e-3),
-    "d_256": ("D", 256, 256, "27.0", "8.8", "a_256", "a_layers", 1e-2),
-    "d_384": ("D", 384, 384, "26.8", "8.7", "d_256", "all", 1e-3),
+    "d_256": ("D", (256, 256), 256, "27.0", "8.8", "a_256", "a_layers", 1e-2),
+    "d_384": ("D", (384, 384), 384, "26.8", "8.7", "d_256", "all", 1e-3),
     "d_jitter": ("D", (256, 512), 384, "25.6", "8.1", "d_384", "all", 1e-3),
-    "e_256": ("E", 256, 256, "27.3", "9.0", "a_256", "a_layers", 1e-2),
-    "e_384": ("E", 384, 384, "26.9", "8.7", "e_256", "all", 1e-3),
+    "e_256": ("E", (256, 256), 256, "27.3", "9.0", "a_256", "a_layers", 1e-2),
+    "e_384": ("E", (384, 384), 384, "26.9", "8.7", "e_256", "all", 1e-3),
     "e_jitter": ("E", (256, 512), 384, "25.5", "8.0", "e_384", "all", 1e-3),
 }
 
@@ -65,14 +67,18 @@ def test_defaults_are_the_papers(tmp_path):
     assert (r.optimizer.lr, r.optimizer.momentum, r.optimizer.weight_decay) == (1e-2, 0.9, 5e-4)
     assert r.optimizer.weight_decay_mode == "l2"
     assert (r.schedule.epochs, r.schedule.factor, r.schedule.max_reductions) == (74, 0.1, 3)
-    assert (r.run.batch_size, r.data.train_scale, r.data.crop_size) == (256, 256, 224)
+    assert (r.run.batch_size, r.data.train_scale, r.data.crop_size) == (
+        256,
+        TrainScale(256, 256),
+        224,
+    )
     assert r.run.name == "exp" and r.run_dir == os.path.join("runs", "exp")
 
 
 def test_parse_canonicalises_and_freezes(tmp_path):
     r = recipe_lib.load_recipe(write(tmp_path, GOOD))
     assert r.model.config == "D"
-    assert r.data.train_scale == (256, 512) and r.data.scale_jitter
+    assert r.data.train_scale == TrainScale(256, 512) and r.data.scale_jitter
     assert r.data.resolved_val_scale == 384
     assert isinstance(r.model.width, float) and r.model.width == 0.5
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -94,7 +100,7 @@ def test_set_overrides_any_key_with_toml_or_bare_values(tmp_path):
     )
     assert r.data.root == "/data/imagenet"
     assert r.optimizer.lr == 0.001
-    assert r.data.train_scale == 384 and not r.data.scale_jitter
+    assert r.data.train_scale == TrainScale(384, 384) and not r.data.scale_jitter
     assert r.data.flip is False
     assert r.run.name == "other" and r.schedule.epochs == 3
     assert r.init.from_run == "runs/x"
@@ -106,8 +112,13 @@ def test_set_overrides_any_key_with_toml_or_bare_values(tmp_path):
 def test_resolved_toml_round_trips(tmp_path):
     r = recipe_lib.load_recipe(write(tmp_path, GOOD), ['data.val_root=/v "q"'])
     text = recipe_lib.recipe_to_toml(r)
+    assert "\ntrain_scale = [256, 512]\n" in text
     again = recipe_lib.load_recipe(write(tmp_path, text, "exp.toml"))
     assert recipe_lib.recipe_to_dict(again) == recipe_lib.recipe_to_dict(r)
+    assert again.data.train_scale == TrainScale(256, 512)
+    fixed = recipe_lib.load_recipe(write(tmp_path, GOOD), ["data.train_scale=384"])
+    assert recipe_lib.recipe_to_dict(fixed)["data"]["train_scale"] == 384
+    assert "\ntrain_scale = 384\n" in recipe_lib.recipe_to_toml(fixed)
     assert again.data.val_root == '/v "q"'
 
 
@@ -119,8 +130,10 @@ BAD = [
     ("[model]\nwidth = true\n", [], "model.width", "expected a number, got true"),
     ('[optimizer]\nlr = "fast"\n', [], "optimizer.lr", "expected a number, got 'fast'"),
     ("[run]\nbatch_size = 2.5\n", [], "run.batch_size", "expected an integer, got 2.5"),
-    ("[data]\ntrain_scale = [512, 256]\n", [], "data.train_scale", "Smin 512 > Smax 256"),
-    ("[data]\ntrain_scale = [256]\n", [], "data.train_scale", "expected an integer or [int, int]"),
+    ("[data]\ntrain_scale = [512, 256]\n", [], "data.train_scale", "needs Smin <= Smax"),
+    ("[data]\ntrain_scale = [256]\n", [], "data.train_scale", "an integer S or a range [Smin"),
+    ("[data]\ntrain_scale = 0\n", [], "data.train_scale", "must be positive integers"),
+    ("", ["data.train_scale=big"], "data.train_scale", "Received: train_scale='big'"),
     ("[data]\ncrop_size = 300\n", [], "data.crop_size", "larger than the smallest training"),
     ("[data]\ntrain_scale = [200, 512]\n", [], "data.crop_size", "S = 200"),
     ("", ["data.root="], "data.root", "missing"),
@@ -155,7 +168,8 @@ def test_cli_error_is_one_line_exit_2_no_traceback(tmp_path):
     result = kvgg("fit", path, "--dry-run")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"kvgg: error: {path}: data.train_scale: Smin 512 > Smax 256"
+        f"kvgg: error: {path}: data.train_scale: The training scale needs Smin <= Smax. "
+        "Received: train_scale=[512, 256]"
     ), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     missing = kvgg("fit", str(tmp_path / "nope.toml"), "--dry-run")
@@ -197,7 +211,7 @@ def test_table_3_recipes(name):
     path = ROOT / "recipes" / f"{name}.toml"
     r = recipe_lib.load_recipe(path)
     assert r.run.name == name
-    assert r.model.config == config and r.data.train_scale == scale
+    assert r.model.config == config and r.data.train_scale.bounds == scale
     assert r.data.resolved_val_scale == q and r.data.crop_size == 224
     assert r.init.from_run == from_run
     if mode is not None:
@@ -214,7 +228,7 @@ def test_table_3_recipes(name):
 def test_demo_and_finetune_recipes():
     demo = recipe_lib.load_recipe(ROOT / "recipes" / "demo.toml")
     assert demo.run.name == "demo" and demo.data.root == "runs/digits/train"
-    assert demo.data.crop_size <= min(demo.data.train_scale)
+    assert demo.data.crop_size <= demo.data.train_scale.smin
     fine = recipe_lib.load_recipe(ROOT / "recipes" / "finetune_folder.toml")
     assert (fine.model.config, fine.init.mode, fine.model.weights) == (
         "D",
