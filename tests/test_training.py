@@ -14,9 +14,10 @@ import tensorflow as tf
 
 import keras_vgg
 from keras_vgg import recipe as recipe_lib
-from keras_vgg import training
+from keras_vgg import runs, training
 from keras_vgg.imagenet import IMAGENET_MEAN, KERAS_CAFFE, TORCHVISION, preprocess_input
 from keras_vgg.training import Plateau, plateau_step
+from keras_vgg.weights import transfer
 
 CLASSES = 4
 
@@ -210,7 +211,7 @@ def test_fit_writes_the_run_directory(tmp_path):
     with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert list(rows[0]) == list(training.HISTORY_COLUMNS)
+    assert list(rows[0]) == list(runs.HISTORY_COLUMNS)
     for row, kept in zip(rows, result.history, strict=True):
         assert float(row["val_top1_error"]) == pytest.approx(kept["val_top1_error"])
     metrics = json.loads((run / "metrics.json").read_text())
@@ -286,14 +287,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_a_failed_checkpoint_write_is_one_error_and_keeps_the_epoch_before(tmp_path, monkeypatch):
     # The epoch files are written off the training thread; a full disk while writing the
     # second epoch's state must stop the run with one line and leave epoch 1's files whole.
-    write_state = training.write_state
+    # (The keeper looks `write_state` up in `keras_vgg.runs`, its home: patch it there.)
+    write_state = runs.write_state
 
     def full_disk(path, arrays, meta):
         if meta["epoch"] == 2:
             raise OSError(28, "No space left on device", path)
         write_state(path, arrays, meta)
 
-    monkeypatch.setattr(training, "write_state", full_disk)
+    monkeypatch.setattr(runs, "write_state", full_disk)
     recipe = tiny_recipe(tmp_path, schedule={"epochs": 4})
     run = tmp_path / "runs" / "tiny"
     with pytest.raises(training.CheckpointError) as info:
@@ -306,7 +308,7 @@ def test_a_failed_checkpoint_write_is_one_error_and_keeps_the_epoch_before(tmp_p
         assert json.loads(str(state["meta"]))["epoch"] == 1
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
     # The same command resumes after epoch 1 once the disk has room again.
-    monkeypatch.setattr(training, "write_state", write_state)
+    monkeypatch.setattr(runs, "write_state", write_state)
     lines = []
     result = training.fit(recipe, data=tiny_data(), print_fn=lines.append, verbose=0)
     assert any("after epoch 1" in line for line in lines)
@@ -507,7 +509,8 @@ def test_first_conv_is_rewritten_for_this_runs_input(preprocessing):
     target_model = keras.Model(inputs, target(inputs))
     target.set_weights(source.get_weights())
     mean = (120.0, 110.0, 100.0)
-    training.adapt_first_conv(target, preprocessing, mean)
+    assert training.adapt_first_conv is transfer.adapt_first_conv  # still importable there
+    transfer.adapt_first_conv(target, preprocessing, mean)
     x = rng.uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
     expected = source_model.predict_on_batch(preprocess_input(x, preprocessing=preprocessing))
     got = target_model.predict_on_batch(x - np.asarray(mean, np.float32))
@@ -517,7 +520,7 @@ def test_first_conv_is_rewritten_for_this_runs_input(preprocessing):
         # With the ImageNet mean, Keras's BGR weights need only a channel reorder: exact
         # everywhere, borders included.
         target.set_weights(source.get_weights())
-        training.adapt_first_conv(target, KERAS_CAFFE, IMAGENET_MEAN)
+        transfer.adapt_first_conv(target, KERAS_CAFFE, IMAGENET_MEAN)
         got = target_model.predict_on_batch(x - np.asarray(IMAGENET_MEAN, np.float32))
         expected = source_model.predict_on_batch(preprocess_input(x, preprocessing=KERAS_CAFFE))
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)

@@ -4,7 +4,6 @@ other and against a data set's classes."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,12 +12,11 @@ from typing import Any
 import keras
 
 from keras_vgg import network as _network  # noqa: F401 - registers VGG with Keras
+from keras_vgg import runs
 from keras_vgg.imagenet import class_index
 from keras_vgg.record import ModelRecord, attach_record, has_record, record_of
 
 __all__ = ["LoadedModel", "check_classes", "load_model", "load_models"]
-
-_MODEL_FILES = ("best.keras", "last.keras")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,14 +83,15 @@ def load_model(path: str | os.PathLike | keras.Model | LoadedModel) -> LoadedMod
     run_dir = None
     if path.is_dir():
         run_dir = path
-        candidates = [path / f for f in _MODEL_FILES if (path / f).is_file()]
-        if not candidates:
-            raise ValueError(f"{path}: run directory holds neither {' nor '.join(_MODEL_FILES)}")
-        model_file = candidates[0]
+        model_file = runs.model_file(path)
+        if model_file is None:
+            raise ValueError(
+                f"{path}: run directory holds neither {' nor '.join(runs.MODEL_FILES)}"
+            )
         name = path.name
     elif path.is_file():
         model_file = path
-        name = path.stem if path.name not in _MODEL_FILES else path.parent.name
+        name = path.stem if path.name not in runs.MODEL_FILES else path.parent.name
     else:
         raise ValueError(f"{path}: no such model file or run directory")
     try:
@@ -102,12 +101,9 @@ def load_model(path: str | os.PathLike | keras.Model | LoadedModel) -> LoadedMod
         raise ValueError(f"{model_file}: cannot read the Keras model: {message}") from None
     config = getattr(model, "config", None)
     if not has_record(model):
-        info_file = model_file.parent / "model_info.json"
+        info_file = model_file.parent / runs.MODEL_INFO
         if info_file.is_file():
-            try:
-                data = json.loads(info_file.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{info_file}: cannot read: {exc}") from None
+            data = runs.read_model_info(info_file)
             attach_record(
                 model, ModelRecord.from_dict(data, source=str(info_file)), source=str(info_file)
             )

@@ -4,6 +4,8 @@
 shapes checked before anything is assigned, and carries over the parts of the record those
 layers describe (the input convention with the first convolution, the class names with the
 last layer). `initialize_from_a` is Sec. 3.1's initialisation of B to E from a trained A.
+`adapt_first_conv` rewrites a copied first convolution to take another input convention
+(e.g. Keras's BGR VGG16 weights in a run fed RGB minus its own mean).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import keras
+import numpy as np
 
+from keras_vgg.imagenet import Preprocessing
 from keras_vgg.record import attach_record, fit_record, record_of
 
-__all__ = ["A_INIT_LAYERS", "initialize_from_a", "transfer_weights"]
+__all__ = ["A_INIT_LAYERS", "adapt_first_conv", "initialize_from_a", "transfer_weights"]
 
 # Sec. 3.1: deeper nets take "the first four convolutional layers and the last three
 # fully-connected layers" from a trained net A. A's first four conv layers carry these names,
@@ -116,3 +120,33 @@ def initialize_from_a(a_model: keras.Model, model: keras.Model) -> list[str]:
         ValueError: naming the layer and shapes when the two models do not fit.
     """
     return transfer_weights(a_model, model, A_INIT_LAYERS)
+
+
+def adapt_first_conv(
+    layer: keras.layers.Layer, preprocessing: Preprocessing, mean: tuple[float, float, float]
+) -> None:
+    """Rewrites a first convolution trained on `preprocessing` to take RGB minus `mean`.
+
+    The source saw t_c = (scale * x_c - mu_c) / sd_c (channels in its own order); this run
+    feeds u_c = x_c - m_c, so t_c = (scale / sd_c) * u_c + (scale * m_c - mu_c) / sd_c: the
+    kernel is scaled per input channel (and reordered from BGR), and the constant term goes
+    into the bias. Exact wherever the 3x3 window lies inside the image; at the border the
+    zero padding stands for a slightly different value (none for a pure channel reorder
+    with the same mean, e.g. Keras's VGG16 weights with the ImageNet mean).
+
+    Args:
+        layer: The first convolution (`block1_conv1`), holding the source's weights; its
+            kernel and bias are replaced.
+        preprocessing: The input convention the source was trained on (its record's).
+        mean: The mean RGB this run subtracts from its RGB input.
+    """
+    kernel, bias = (np.asarray(w, dtype=np.float64) for w in layer.get_weights())
+    mu = np.asarray(preprocessing.mean, np.float64)
+    sd = np.ones(3) if preprocessing.std is None else np.asarray(preprocessing.std, np.float64)
+    if preprocessing.channel_order == "bgr":
+        kernel, mu, sd = kernel[:, :, ::-1, :], mu[::-1], sd[::-1]
+    factor = preprocessing.scale / sd
+    offset = (preprocessing.scale * np.asarray(mean, np.float64) - mu) / sd
+    new_kernel = kernel * factor[None, None, :, None]
+    new_bias = bias + np.einsum("hwco,c->o", kernel, offset)
+    layer.set_weights([new_kernel.astype(np.float32), new_bias.astype(np.float32)])

@@ -1,0 +1,397 @@
+"""The run directory `runs/<name>/`: every file's name and format, and atomic writes.
+
+A run directory holds:
+
+- `recipe.toml`: the resolved recipe (`write_recipe`, `saved_recipe`).
+- `model_info.json`: a readable copy of the model's record (`write_model_info`,
+  `read_model_info`; the checkpoints carry the record themselves).
+- `history.csv`: one row per epoch, columns `HISTORY_COLUMNS` (`write_history`).
+- `logs/`: TensorBoard scalars, `logs/train` and `logs/validation`.
+- `best.keras`, `last.keras`: the model of the best validation epoch, and the latest;
+  a run directory is loaded from the first of `MODEL_FILES` that exists (`model_file`).
+- `metrics.json`: the run's status and summary (`run_metrics`, `write_metrics`,
+  `read_metrics`).
+- `curves.png`: loss, errors and learning rate by epoch, for people.
+- `bad_files.txt`: the images the pipeline had to skip (`start_bad_files`).
+- `state.npz`: the resumable state, every model and optimizer variable plus the JSON run
+  state (`save_state`, `write_state`, `load_state`); `run_status` reads it.
+- `evaluation.json`, `evaluation.md`: the results of `kvgg evaluate` (`write_evaluation`).
+
+Every file is written through a temporary file in the same folder and renamed
+(`atomic_write`), so a kill while writing leaves the previous version whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keras_vgg import recipe as recipe_lib
+from keras_vgg.record import describe
+
+__all__ = [
+    "BAD_FILES",
+    "BEST_MODEL",
+    "CURVES",
+    "EVALUATION_JSON",
+    "EVALUATION_MD",
+    "HISTORY",
+    "HISTORY_COLUMNS",
+    "LAST_MODEL",
+    "LOGS",
+    "METRICS",
+    "MODEL_FILES",
+    "MODEL_INFO",
+    "RECIPE",
+    "STATE",
+    "atomic_text",
+    "atomic_write",
+    "history_csv",
+    "load_state",
+    "model_file",
+    "read_metrics",
+    "read_model_info",
+    "run_metrics",
+    "run_status",
+    "save_state",
+    "saved_recipe",
+    "start_bad_files",
+    "state_arrays",
+    "write_evaluation",
+    "write_history",
+    "write_metrics",
+    "write_model_info",
+    "write_recipe",
+    "write_state",
+]
+
+# === The names ===
+
+RECIPE = "recipe.toml"
+MODEL_INFO = "model_info.json"
+HISTORY = "history.csv"
+LOGS = "logs"
+BEST_MODEL = "best.keras"
+LAST_MODEL = "last.keras"
+METRICS = "metrics.json"
+CURVES = "curves.png"
+BAD_FILES = "bad_files.txt"
+STATE = "state.npz"
+EVALUATION_JSON = "evaluation.json"
+EVALUATION_MD = "evaluation.md"
+
+# The model a run directory is loaded from: the best epoch's, else the latest.
+MODEL_FILES = (BEST_MODEL, LAST_MODEL)
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "lr",
+    "loss",
+    "top1_error",
+    "top5_error",
+    "val_loss",
+    "val_top1_error",
+    "val_top5_error",
+    "seconds",
+)
+
+
+# === Atomic writes ===
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Writes a file through a temporary file in the same folder, then renames it.
+
+    The rename is atomic on POSIX, so readers (and a resumed run) see the previous file or
+    the new one, never a partial one.
+
+    Args:
+        path: The file to write.
+        write: Called with the temporary path (`.<stem>.partial<ext>`, same extension, so
+            writers that check it, such as `keras.Model.save`, accept it); writes the file.
+    """
+    directory, name = os.path.split(os.fspath(path))
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(directory, f".{stem}.partial{ext}")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_text(path: str | os.PathLike, text: str) -> None:
+    """Writes UTF-8 text atomically (`atomic_write`)."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+def _read_json(path: str | os.PathLike):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# === recipe.toml, model_info.json, bad_files.txt ===
+
+
+def write_recipe(run_dir: str | os.PathLike, recipe: recipe_lib.Recipe) -> None:
+    """Writes the resolved recipe to `recipe.toml` (`recipe.recipe_to_toml`)."""
+    atomic_text(os.path.join(run_dir, RECIPE), recipe_lib.recipe_to_toml(recipe))
+
+
+def saved_recipe(run_dir: str | os.PathLike) -> recipe_lib.Recipe | None:
+    """The recipe a run directory was trained with, or None if it holds no `recipe.toml`.
+
+    Raises:
+        ValueError: if the file is there but is not a valid recipe.
+    """
+    path = os.path.join(run_dir, RECIPE)
+    return recipe_lib.load_recipe(path) if os.path.isfile(path) else None
+
+
+def write_model_info(run_dir: str | os.PathLike, model: Any) -> None:
+    """Writes `model_info.json`: the model's record as readable JSON (`record.describe`)."""
+    atomic_text(os.path.join(run_dir, MODEL_INFO), json.dumps(describe(model), indent=2) + "\n")
+
+
+def read_model_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a `model_info.json` file.
+
+    Args:
+        path: The file (in a run directory or beside a model file).
+
+    Returns:
+        Its JSON data.
+
+    Raises:
+        ValueError: naming the file, if it cannot be read or is not JSON.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read: {exc}") from None
+
+
+def start_bad_files(run_dir: str | os.PathLike) -> str:
+    """Creates `bad_files.txt` if it is missing and returns its path.
+
+    The pipeline appends the images it had to skip; an empty file means none.
+    """
+    path = os.path.join(run_dir, BAD_FILES)
+    open(path, "a").close()
+    return path
+
+
+# === history.csv and metrics.json ===
+
+
+def history_csv(history: list[dict]) -> str:
+    """The text of `history.csv`: a header of `HISTORY_COLUMNS`, one row per epoch."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row[k] for k in HISTORY_COLUMNS})
+    return out.getvalue()
+
+
+def write_history(run_dir: str | os.PathLike, history: list[dict]) -> None:
+    """Writes `history.csv` atomically."""
+    atomic_text(os.path.join(run_dir, HISTORY), history_csv(history))
+
+
+def run_metrics(meta: dict[str, Any], status: str) -> dict[str, Any]:
+    """The content of `metrics.json`: a run's status and the figures of its best and last epochs.
+
+    Args:
+        meta: The run state (as in `state.npz`: epoch, lr, plateau, history, stop_reason).
+        status: "running", "finished" or "nan".
+
+    Returns:
+        JSON-ready data: status, epochs, stop_reason, reductions, final_lr, and, once an
+        epoch has finished, `best_*` and `last_*` figures (None where not finite) and
+        train_seconds. The best epoch is the one of lowest validation top-1 error (training
+        top-1 error without validation).
+    """
+    history = meta["history"]
+    out = {
+        "status": status,
+        "epochs": meta["epoch"],
+        "stop_reason": meta.get("stop_reason"),
+        "reductions": meta["plateau"]["reductions"],
+        "final_lr": meta["lr"],
+    }
+    if history:
+        best = max(
+            history,
+            key=lambda r: (
+                -r["val_top1_error"] if math.isfinite(r["val_top1_error"]) else -r["top1_error"]
+            ),
+        )
+        last = history[-1]
+        for prefix, row in (("best", best), ("last", last)):
+            out[f"{prefix}_epoch"] = row["epoch"]
+            for key in ("val_top1_error", "val_top5_error", "val_loss", "top1_error", "loss"):
+                value = row[key]
+                out[f"{prefix}_{key}"] = value if math.isfinite(value) else None
+        out["train_seconds"] = sum(r["seconds"] for r in history)
+    return out
+
+
+def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
+    """Writes `metrics.json` atomically (`run_metrics` gives its content)."""
+    atomic_text(os.path.join(run_dir, METRICS), json.dumps(metrics, indent=2) + "\n")
+
+
+def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's `metrics.json`, or None if it is missing or unreadable."""
+    return _read_json(os.path.join(run_dir, METRICS))
+
+
+# === state.npz ===
+
+
+def state_arrays(model: Any) -> dict[str, np.ndarray]:
+    """Copies of every model and optimizer variable, keyed as `state.npz` stores them.
+
+    Args:
+        model: A compiled Keras model whose optimizer is built.
+
+    Returns:
+        {"model/<i>": array, "optimizer/<i>": array} in variable order.
+    """
+    arrays = {f"model/{i}": np.array(v.numpy()) for i, v in enumerate(model.variables)}
+    for i, v in enumerate(model.optimizer.variables):
+        arrays[f"optimizer/{i}"] = np.array(v.numpy())
+    return arrays
+
+
+def write_state(
+    path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]
+) -> None:
+    """Writes a resumable state (`state.npz`) atomically: arrays plus the JSON `meta`.
+
+    Args:
+        path: The `.npz` file.
+        arrays: `state_arrays` of the model.
+        meta: JSON-ready run state (epoch, learning rate, plateau state, history).
+    """
+    arrays = {**arrays, "meta": np.asarray(json.dumps(meta))}
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def save_state(path: str | os.PathLike, model: Any, meta: dict[str, Any]) -> None:
+    """Writes the resumable state atomically: every model and optimizer variable + `meta`.
+
+    Args:
+        path: The `.npz` file (written through a temporary file, then renamed).
+        model: A compiled model whose optimizer is built.
+        meta: JSON-ready run state (epoch, learning rate, plateau state, history).
+    """
+    write_state(path, state_arrays(model), meta)
+
+
+def load_state(path: str | os.PathLike, model: Any) -> dict[str, Any]:
+    """Restores what `save_state` wrote into a model built and compiled the same way.
+
+    Args:
+        path: The `.npz` file.
+        model: The model to fill (weights, dropout seed states and optimizer variables).
+
+    Returns:
+        The `meta` dictionary that was saved.
+
+    Raises:
+        ValueError: if the file holds another number of variables than the model.
+    """
+    with np.load(path) as state:
+        model_vars, opt_vars = model.variables, list(model.optimizer.variables)
+        n_model = sum(k.startswith("model/") for k in state.files)
+        n_opt = sum(k.startswith("optimizer/") for k in state.files)
+        if (n_model, n_opt) != (len(model_vars), len(opt_vars)):
+            raise ValueError(
+                f"{path}: holds {n_model} model and {n_opt} optimizer variables, the model has "
+                f"{len(model_vars)} and {len(opt_vars)} (was the recipe changed?)"
+            )
+        for i, v in enumerate(model_vars):
+            v.assign(state[f"model/{i}"])
+        for i, v in enumerate(opt_vars):
+            v.assign(state[f"optimizer/{i}"])
+        return json.loads(str(state["meta"]))
+
+
+def run_status(run_dir: str | os.PathLike, overwrite: bool = False) -> tuple[str, int]:
+    """What `fit` would do with a run directory, and the epochs it has completed.
+
+    Args:
+        run_dir: The run directory (`runs/<name>`).
+        overwrite: Whether `fit` is allowed to replace a finished or started run.
+
+    Returns:
+        ("start" | "resume" | "overwrite" | "finished", completed epochs).
+    """
+    metrics = read_metrics(run_dir)
+    if metrics and metrics.get("status") == "finished":
+        return ("overwrite" if overwrite else "finished"), metrics.get("epochs", 0)
+    state_path = os.path.join(run_dir, STATE)
+    if os.path.isfile(state_path):
+        if overwrite:
+            return "overwrite", 0
+        with np.load(state_path) as state:
+            meta = json.loads(str(state["meta"]))
+        return "resume", meta["epoch"]
+    return "start", 0
+
+
+# === Models and evaluations ===
+
+
+def model_file(run_dir: str | os.PathLike) -> Path | None:
+    """The model file a run directory is loaded from: `best.keras`, else `last.keras`.
+
+    Returns:
+        Its path, or None if the directory holds neither.
+    """
+    for name in MODEL_FILES:
+        path = Path(run_dir) / name
+        if path.is_file():
+            return path
+    return None
+
+
+def write_evaluation(run_dir: str | os.PathLike, result: Any) -> tuple[Path, Path]:
+    """Writes evaluation results into a run directory: `evaluation.json` and `evaluation.md`.
+
+    Args:
+        run_dir: The run directory of the evaluated net.
+        result: A `keras_vgg.evaluation.EvaluationResult` (written as its `to_json()` and
+            `to_markdown()`).
+
+    Returns:
+        The paths written: (evaluation.json, evaluation.md).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = run_dir / EVALUATION_JSON, run_dir / EVALUATION_MD
+    atomic_text(json_path, result.to_json())
+    atomic_text(md_path, result.to_markdown())
+    return json_path, md_path

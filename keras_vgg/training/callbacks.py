@@ -1,0 +1,307 @@
+"""The per-epoch keeper: the schedule, the NaN guard and the run directory's files.
+
+`RunKeeper` is the one Keras callback of `fit`. At the end of every epoch it steps the
+learning-rate schedule (`schedule.plateau_step`), prints the summary line, and writes the
+epoch's files (`last.keras`, `best.keras`, `state.npz`, `history.csv`, `metrics.json`,
+TensorBoard scalars, `curves.png`) through `keras_vgg.runs`, off the training thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_vgg import runs
+from keras_vgg.training.schedule import Plateau, plateau_step
+
+__all__ = ["CheckpointError", "RunKeeper", "summary_line", "write_curves"]
+
+
+class CheckpointError(RuntimeError):
+    """An epoch's files could not be written (e.g. a full disk); the previous ones are kept."""
+
+
+class RunKeeper(keras.callbacks.Callback):
+    """Schedule (Sec. 3.1), NaN guard, per-epoch checkpoint, history, logs, summary line.
+
+    The per-epoch files are written off the training thread, so the next epoch does not
+    wait for the disk: at the end of an epoch the variables are copied (a memory copy, the
+    only part that must see a consistent model), and a single background thread writes
+    `last.keras` (from a CPU twin of the model holding the copies), `best.keras`,
+    `state.npz`, `history.csv`, `metrics.json` and the TensorBoard scalars, each
+    atomically, one epoch after the other. At most one epoch's writes are pending, and
+    `close()` waits for them. `state.npz` is what a resumed run reads, so a kill while an
+    epoch's files are being written resumes from the epoch before, as it should.
+    `curves.png` is for people: it is redrawn at most every `curves_every` seconds, and at
+    the end.
+
+    Args:
+        recipe: The recipe (its schedule).
+        run_dir: The run directory.
+        meta: The run state to continue (epoch, lr, plateau, history, stop_reason,
+            best_epoch); updated in place at the end of every epoch.
+        is_chief: Whether this process writes the run directory.
+        print_fn: Where the one-line epoch summaries go.
+        curves_every: Seconds between redraws of `curves.png`.
+
+    Attributes:
+        meta: The run state after the last finished epoch.
+        diverged: (epoch, batch) where the loss became NaN (batch 0: at the epoch's end),
+            or None.
+        epoch_lr: The learning rate of the epoch being trained.
+    """
+
+    # Keras may run the per-batch NaN check off the training thread (it only sets flags),
+    # so the loop never waits on it for the step's loss.
+    async_safe = True
+
+    def __init__(self, recipe, run_dir, meta, is_chief, print_fn, curves_every: float = 30.0):
+        super().__init__()
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.meta = meta
+        self.is_chief = is_chief
+        self.print_fn = print_fn
+        self.curves_every = curves_every
+        self.diverged: tuple[int, int] | None = None
+        self.epoch_lr = math.nan
+        self._start = 0.0
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._pending: tuple[int, concurrent.futures.Future] | None = None
+        self._twin: keras.Model | None = None
+        self._summaries: dict[str, Any] = {}
+        self._curves_drawn = -math.inf
+        self._curves_stale = False
+
+    def close(self) -> None:
+        """Waits for the pending writes, draws the final curves.png, stops the thread."""
+        try:
+            self._wait()
+            if self._curves_stale and self.is_chief:
+                write_curves(os.path.join(self.run_dir, runs.CURVES), self.meta["history"])
+        finally:
+            self._writer.shutdown()
+            for writer in self._summaries.values():
+                writer.close()
+
+    def _wait(self) -> None:
+        if self._pending is None:
+            return
+        (epoch, pending), self._pending = self._pending, None
+        try:
+            pending.result()
+        except OSError as exc:
+            where = exc.filename or self.run_dir
+            kept = (
+                f"the resumable state of epoch {epoch - 1} is kept"
+                if epoch > 1
+                else "no epoch's state had been written yet"
+            )
+            raise CheckpointError(
+                f"could not write the files of epoch {epoch} ({where}: {exc.strerror or exc}); "
+                f"{kept} in {self.run_dir}: fix this and run the same command again"
+            ) from None
+
+    def _lr(self) -> float:
+        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self.epoch_lr = self._lr()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.diverged = (self.meta["epoch"] + 1, batch + 1)
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.diverged is not None:
+            return
+        logs = logs or {}
+        seconds = time.perf_counter() - self._start
+        row = {
+            "epoch": epoch + 1,
+            "lr": self.epoch_lr,
+            "loss": float(logs.get("loss", math.nan)),
+            "top1_error": 1.0 - float(logs.get("top1", math.nan)),
+            "top5_error": 1.0 - float(logs.get("top5", math.nan)),
+            "val_loss": float(logs.get("val_loss", math.nan)),
+            "val_top1_error": 1.0 - float(logs.get("val_top1", math.nan)),
+            "val_top5_error": 1.0 - float(logs.get("val_top5", math.nan)),
+            "seconds": seconds,
+        }
+        if not math.isfinite(row["loss"]):
+            self.diverged = (epoch + 1, 0)
+            self.model.stop_training = True
+            return
+        s = self.recipe.schedule
+        # Without validation data the schedule watches training accuracy.
+        accuracy = logs.get("val_top1", logs.get("top1"))
+        plateau = Plateau(**self.meta["plateau"])
+        plateau, action = plateau_step(
+            plateau,
+            float(accuracy),
+            patience=s.plateau_patience,
+            min_delta=s.min_delta,
+            max_reductions=s.max_reductions,
+        )
+        if action == "reduce":
+            self.model.optimizer.learning_rate.assign(self.epoch_lr * s.factor)
+        stop_reason = None
+        if action == "stop":
+            stop_reason = f"validation top-1 plateau after {plateau.reductions} reductions"
+        elif epoch + 1 >= s.epochs:
+            stop_reason = f"reached {s.epochs} epochs"
+        if stop_reason:
+            self.model.stop_training = True
+        self.meta.update(
+            epoch=epoch + 1,
+            lr=self._lr(),
+            plateau=dataclasses.asdict(plateau),
+            history=[*self.meta["history"], row],
+            stop_reason=stop_reason,
+        )
+        if action == "improved":
+            self.meta["best_epoch"] = epoch + 1
+        if self.is_chief:
+            self._write(action == "improved")
+        self.print_fn(summary_line(row, s.epochs, plateau, action))
+
+    def _write(self, improved: bool) -> None:
+        # Everything the thread needs is copied here, on the training thread.
+        arrays = runs.state_arrays(self.model)
+        meta = json.loads(json.dumps(self.meta))
+        curves = time.monotonic() - self._curves_drawn >= self.curves_every
+        if curves:
+            self._curves_drawn = time.monotonic()
+        self._curves_stale = not curves
+        self._wait()
+        future = self._writer.submit(self._write_files, arrays, meta, improved, curves)
+        self._pending = (meta["epoch"], future)
+
+    def _write_files(self, arrays, meta, improved: bool, curves: bool) -> None:
+        run_dir = self.run_dir
+        last = os.path.join(run_dir, runs.LAST_MODEL)
+        runs.atomic_write(last, self._twin_with(arrays).save)
+        if improved:
+            # The same model as last.keras: copy the file rather than serialise twice.
+            runs.atomic_write(
+                os.path.join(run_dir, runs.BEST_MODEL), lambda tmp: shutil.copyfile(last, tmp)
+            )
+        runs.write_state(os.path.join(run_dir, runs.STATE), arrays, meta)
+        history = meta["history"]
+        runs.write_history(run_dir, history)
+        runs.write_metrics(run_dir, runs.run_metrics(meta, "running"))
+        self._log_scalars(history[-1])
+        if curves:
+            write_curves(os.path.join(run_dir, runs.CURVES), history)
+
+    def _twin_with(self, arrays) -> keras.Model:
+        """A copy of the model on the CPU, outside any distribution strategy, holding `arrays`.
+
+        Built once, in the writer thread (strategy scopes are per thread), from the model's
+        own config, so its `.keras` file is the model's.
+        """
+        if self._twin is None:
+            with tf.device("/cpu:0"):
+                # from_config, not clone_model: clone_model rebuilds a VGG as a plain
+                # functional model, and the checkpoints are to load as VGG models.
+                self._twin = type(self.model).from_config(self.model.get_config())
+        variables = self._twin.variables
+        if len(variables) != len(self.model.variables):
+            raise RuntimeError("the model's CPU twin has different variables")
+        for i, variable in enumerate(variables):
+            variable.assign(arrays[f"model/{i}"])
+        return self._twin
+
+    def _log_scalars(self, row: dict) -> None:
+        """The epoch's figures as TensorBoard scalars in logs/train and logs/validation."""
+        for split, prefix in (("train", ""), ("validation", "val_")):
+            if split not in self._summaries:
+                path = os.path.join(self.run_dir, runs.LOGS, split)
+                self._summaries[split] = tf.summary.create_file_writer(path)
+            with self._summaries[split].as_default(step=row["epoch"]):
+                for key in ("loss", "top1_error", "top5_error"):
+                    value = row[prefix + key]
+                    if math.isfinite(value):
+                        tf.summary.scalar(f"epoch_{key}", value)
+                if split == "train":
+                    tf.summary.scalar("epoch_learning_rate", row["lr"])
+            self._summaries[split].flush()
+
+
+def summary_line(row: dict, epochs: int, plateau: Plateau, action: str) -> str:
+    """The one line printed at the end of an epoch.
+
+    Args:
+        row: The epoch's history row (`runs.HISTORY_COLUMNS`).
+        epochs: The recipe's epoch limit.
+        plateau: The schedule's state after the epoch.
+        action: The schedule's action ("improved" marks the line, "reduce" and "stop" say
+            so).
+
+    Returns:
+        Learning rate, training and validation loss and errors, seconds, reductions.
+    """
+
+    def pct(v):
+        return f"{100 * v:5.2f}%" if math.isfinite(v) else "  n/a "
+
+    note = {"reduce": "  -> lr / 10", "stop": "  -> stop (plateau)", "improved": "  *"}.get(
+        action, ""
+    )
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.1e}  loss {row['loss']:.4f}  "
+        f"top-1 err {pct(row['top1_error'])}  top-5 err {pct(row['top5_error'])}  |  "
+        f"val loss {row['val_loss']:.4f}  top-1 err {pct(row['val_top1_error'])}  "
+        f"top-5 err {pct(row['val_top5_error'])}  |  {row['seconds']:.1f} s  "
+        f"reductions {plateau.reductions}{note}"
+    )
+
+
+def write_curves(path: str, history: list[dict]) -> None:
+    """Draws `curves.png` atomically: loss, top-1 and top-5 error, learning rate by epoch.
+
+    Uses matplotlib's object API (no pyplot state), so it can run in a background thread.
+
+    Args:
+        path: The PNG file.
+        history: The history rows (`runs.HISTORY_COLUMNS`).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(16, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4)
+    panels = (
+        ("loss", "loss", "val_loss"),
+        ("top-1 error", "top1_error", "val_top1_error"),
+        ("top-5 error", "top5_error", "val_top5_error"),
+    )
+    for ax, (title, train_key, val_key) in zip(axes, panels, strict=False):
+        ax.plot(epochs, [r[train_key] for r in history], "o-", label="training")
+        ax.plot(epochs, [r[val_key] for r in history], "o-", label="validation")
+        ax.set_title(title)
+        ax.legend()
+    axes[3].semilogy(epochs, [r["lr"] for r in history], "o-")
+    axes[3].set_title("learning rate")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+
+    def write(tmp):
+        fig.savefig(tmp, format="png", dpi=80)
+
+    runs.atomic_write(path, write)

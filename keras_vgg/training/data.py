@@ -1,0 +1,202 @@
+"""Data from a recipe: its training and validation pipelines (Sec. 3.1), opened sources.
+
+`recipe_data` turns a recipe's `[data]` and `[run]` sections into a `TrainingData`: the
+training set as a function of the first epoch (so a resumed run sees the batches an
+uninterrupted one would), the validation set, the class names and the steps per epoch.
+Every error names the recipe key whose folder or file is missing or unusable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from keras_vgg import recipe as recipe_lib
+from keras_vgg.data import pipelines, sources
+from keras_vgg.data import stats as stats_lib
+
+__all__ = ["TrainingData", "recipe_data", "split_source"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """What `fit` trains and validates on.
+
+    Attributes:
+        train: `train(start_epoch=, batch_size=, num_shards=, shard_index=)` returns an
+            infinite dataset of (images, labels) batches whose epoch `start_epoch` comes
+            first, so a resumed run sees the batches of an uninterrupted one.
+        val: A finite dataset of (images, labels) batches, a function that makes one (so
+            that it is made after the strategy, as MultiWorkerMirroredStrategy needs), or
+            None.
+        class_names: One name per class.
+        steps_per_epoch: Batches per epoch.
+        mean: The mean RGB subtracted from the images (for `model_info.json`).
+    """
+
+    train: Callable[..., tf.data.Dataset]
+    val: tf.data.Dataset | Callable[[], tf.data.Dataset] | None
+    class_names: tuple[str, ...]
+    steps_per_epoch: int
+    mean: tuple[float, float, float]
+
+
+def recipe_data(
+    recipe: recipe_lib.Recipe, *, bad_files_path: str | None = None, num_workers: int = 1
+) -> TrainingData:
+    """Builds the training and validation pipelines of a recipe (Sec. 3.1).
+
+    Args:
+        recipe: The recipe.
+        bad_files_path: Where the pipeline lists images it had to skip.
+        num_workers: Worker processes reading shards of the training set.
+
+    Returns:
+        A `TrainingData`.
+
+    Raises:
+        ValueError: naming the recipe key whose folder or file is missing or unusable.
+    """
+    d, r = recipe.data, recipe.run
+    train_source = _open_source(recipe, "data.root", d.root, None)
+    is_folder = isinstance(train_source, sources.ImageSource)
+    if d.val_root is not None:
+        val_source = _open_source(recipe, "data.val_root", d.val_root, d.labels_file)
+    elif d.val_split > 0:
+        if not is_folder:
+            raise ValueError(f"{recipe.path}: data.val_split: needs a folder data.root")
+        train_source, val_source = split_source(sources, train_source, d.val_split, r.seed)
+    else:
+        val_source = None
+    if d.stats is None:
+        stats = stats_lib.IMAGENET_STATS
+    else:
+        if not os.path.isfile(d.stats):
+            raise ValueError(f"{recipe.path}: data.stats: file not found: {d.stats}")
+        stats = stats_lib.DatasetStats.from_json(d.stats)
+    mean = tuple(float(v) for v in stats.mean)
+    batch = r.batch_size
+    if is_folder and r.steps_per_epoch is not None:
+        # A fixed seeded subset makes one pipeline epoch exactly `steps_per_epoch` batches,
+        # so Keras's epochs and the pipeline's stay aligned (and resuming stays exact).
+        train_source = train_source.sample(r.steps_per_epoch * batch, seed=r.seed)
+    if is_folder:
+        # Every worker orders all the files and takes its part of each of the epoch's full
+        # global batches (`pipelines.training_dataset`): the same steps as one process.
+        count = len(train_source)
+        steps = count // batch
+    else:
+        # Shards of records: each worker reads whole files, so the fewest batches any worker
+        # has in an epoch is the number of steps all of them run.
+        count = None
+        per_worker = batch // num_workers
+        steps = min(
+            pipelines.steps_per_epoch(
+                train_source, per_worker, num_shards=num_workers, shard_index=index
+            )
+            for index in range(num_workers)
+        )
+        if r.steps_per_epoch is not None:
+            steps = min(steps, r.steps_per_epoch)
+    if steps < 1:
+        raise ValueError(
+            f"{recipe.path}: run.batch_size: {batch} is larger than the "
+            f"{count if count is not None else 'available'} training images of {d.root}"
+        )
+    class_names = getattr(train_source, "class_names", None)
+    if not class_names:
+        if recipe.model.classes is None:
+            raise ValueError(
+                f"{recipe.path}: model.classes: {d.root} does not name its classes; give "
+                "their number"
+            )
+        class_names = tuple(str(i) for i in range(recipe.model.classes))
+
+    def train(*, start_epoch: int, batch_size: int, num_shards: int = 1, shard_index: int = 0):
+        return pipelines.training_dataset(
+            train_source,
+            batch_size=batch_size,
+            # The pipeline takes S as an int or (Smin, Smax).
+            train_scale=d.train_scale.to_json(),
+            crop_size=d.crop_size,
+            flip=d.flip,
+            color_shift=stats if d.color_shift else None,
+            mean=mean,
+            seed=r.seed,
+            start_epoch=start_epoch,
+            num_shards=num_shards,
+            shard_index=shard_index,
+            bad_files_path=bad_files_path,
+            threads=d.threads,
+        )
+
+    val = None
+    if val_source is not None:
+        val = pipelines.evaluation_dataset(
+            val_source,
+            batch_size=r.batch_size,
+            scale=d.resolved_val_scale,
+            crop_size=d.crop_size,
+            mode="center",
+            mean=mean,
+            threads=d.threads,
+        )
+        if r.val_steps is not None:
+            val = val.take(r.val_steps)
+    return TrainingData(train, val, tuple(class_names), steps, mean)
+
+
+def _open_source(recipe, key, root, labels_file):
+    """A folder tree, a flat folder with labels, "tfrecord:PATTERN" or "tfds:NAME[:SPLIT]"."""
+    prefixed = root.startswith(("tfrecord:", "tfds:"))
+    if not prefixed and not os.path.isdir(root):
+        raise ValueError(f"{recipe.path}: {key}: folder not found: {root}")
+    if (
+        labels_file is not None
+        and labels_file != sources.IMAGENET_VAL_LABELS
+        and not os.path.isfile(labels_file)
+    ):
+        raise ValueError(f"{recipe.path}: data.labels_file: file not found: {labels_file}")
+    try:
+        if prefixed:
+            return sources.as_source(root, label_offset=recipe.data.label_offset)
+        return sources.open_source(root, labels_file=labels_file)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"{recipe.path}: {key}: {exc}") from None
+
+
+def split_source(sources, source, fraction, seed):
+    """A seeded split of one source into (train, validation), stratified by class.
+
+    Args:
+        sources: The `keras_vgg.data.sources` module (its `ImageSource` makes the parts).
+        source: An `ImageSource` (files, labels, class names).
+        fraction: The fraction of each class held out for validation (at least one image).
+        seed: Seed of the choice.
+
+    Returns:
+        (train, validation) `ImageSource`s, disjoint, with the source's class names.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(source.labels)
+    val_index = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = max(1, round(len(members) * fraction))
+        val_index.extend(rng.permutation(members)[:count].tolist())
+    is_val = np.zeros(len(labels), bool)
+    is_val[val_index] = True
+    files = list(source.files)
+
+    def pick(mask):
+        return sources.ImageSource(
+            tuple(f for f, m in zip(files, mask, strict=True) if m),
+            tuple(int(v) for v in labels[mask]),
+            tuple(source.class_names),
+        )
+
+    return pick(~is_val), pick(is_val)

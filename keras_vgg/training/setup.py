@@ -1,0 +1,220 @@
+"""The model of a run: built from the recipe, initialised (Sec. 3.1), its optimizer, compiled.
+
+`build_model` gives the recipe's net with the paper's initialiser and weight decay;
+`initialize` copies layers from a trained net (B-E from A, S = 384 from S = 256,
+fine-tuning) and adapts its first convolution to this run's input; `make_optimizer` and
+`compile_model` are SGD with momentum and the top-1 / top-5 metrics; `run_record` is what
+the trained model expects. `multi_worker_workarounds` patches a model for
+MultiWorkerMirroredStrategy.
+
+Weight decay. The paper's 5e-4 is Caffe's: the loss gets 0.5 * 5e-4 * ||w||^2, so each
+gradient gets + 5e-4 * w *before* momentum. Keras's `L2(l)` adds l * sum(w^2), so the paper's
+decay is `kernel_regularizer=L2(5e-4 / 2)` on every conv and FC kernel (biases are not
+decayed, as in Caffe's VGG/AlexNet prototxts with `decay_mult: 0` on biases). The other
+reading, `weight_decay_mode = "decoupled"`, is Keras's optimizer `weight_decay`
+(w -= lr * 5e-4 * w after the momentum step).
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_vgg import models
+from keras_vgg import recipe as recipe_lib
+from keras_vgg.imagenet import Preprocessing
+from keras_vgg.record import ModelRecord, attach_record, record_of
+from keras_vgg.training.data import TrainingData
+from keras_vgg.weights.conversion import model_from_weights
+from keras_vgg.weights.transfer import adapt_first_conv, initialize_from_a, transfer_weights
+
+__all__ = [
+    "build_model",
+    "check_init_source",
+    "compile_model",
+    "initialize",
+    "make_optimizer",
+    "multi_worker_workarounds",
+    "run_record",
+]
+
+
+def build_model(
+    recipe, classes: int, precision: str, *, record: ModelRecord | None = None
+) -> keras.Model:
+    """The recipe's model (Sec. 3.1: its initialiser and weight decay), before initialisation.
+
+    Args:
+        recipe: The recipe.
+        classes: Number of classes.
+        precision: "float32" or a mixed policy name.
+        record: The model's record (default: the paper's convention at the crop size).
+
+    Returns:
+        A `keras_vgg.VGG`.
+    """
+    m, o = recipe.model, recipe.optimizer
+    initializer = (
+        keras.initializers.RandomNormal(stddev=1e-2) if m.init == "normal" else "glorot_uniform"
+    )
+    # Caffe's decay d is a loss term 0.5 * d * ||w||^2; Keras's L2(l) is l * ||w||^2.
+    regularizer = (
+        keras.regularizers.L2(o.weight_decay / 2)
+        if o.weight_decay_mode == "l2" and o.weight_decay > 0
+        else None
+    )
+    crop = recipe.data.crop_size
+    return models.build(
+        m.config,
+        input_shape=(crop, crop, 3),
+        classes=classes,
+        dropout=m.dropout,
+        batch_norm=m.batch_norm,
+        width=m.width,
+        fc_units=m.fc_units,
+        kernel_initializer=initializer,
+        kernel_regularizer=regularizer,
+        dtype=None if precision == "float32" else precision,
+        record=record,
+    )
+
+
+def check_init_source(recipe: recipe_lib.Recipe, source_path: str | None) -> None:
+    """Checks that the model file a recipe starts from is there, before anything is written.
+
+    Args:
+        recipe: The recipe.
+        source_path: Its initial weights (`FitPlan.init_source`), or None.
+
+    Raises:
+        ValueError: one line naming the key (`init.from_run` or `model.weights`), the
+            missing file and, for a run, the command that trains it.
+    """
+    if source_path is None or not source_path.endswith((".keras", ".h5")):
+        return
+    if os.path.isfile(source_path):
+        return
+    key = "model.weights" if recipe.model.weights is not None else "init.from_run"
+    hint = ""
+    if recipe.init.from_run is not None:
+        hint = (
+            f": train run {recipe.init.from_run!r} first "
+            f"(kvgg fit recipes/{os.path.basename(recipe.init.from_run)}.toml)"
+        )
+    raise ValueError(f"{recipe.path}: {key}: {source_path} is not there yet{hint}")
+
+
+def initialize(
+    model: keras.Model, recipe, source_path: str | None, mean: tuple[float, float, float]
+) -> list[str]:
+    """Sec. 3.1: B-E from A's first four conv and three FC layers; S = 384 from S = 256.
+
+    When the source expects other input than this run feeds (RGB minus `mean`), e.g.
+    Keras's VGG16 file (BGR minus the BGR mean) or torchvision's (RGB / 255, then mean and
+    std), the copied first convolution is rewritten to take this run's input
+    (`adapt_first_conv`). The model keeps the record of this run: its input is this run's.
+    """
+    if source_path is None:
+        return []
+    check_init_source(recipe, source_path)
+    key = "model.weights" if recipe.model.weights is not None else "init.from_run"
+    try:
+        # The source's architecture comes from the file: a BN, narrower or other-headed
+        # source builds the model it fits; its record says what input it expects.
+        source = model_from_weights(source_path, recipe.model.config)
+    except (ValueError, NotImplementedError) as exc:
+        raise ValueError(f"{recipe.path}: {key}: {exc}") from None
+    run_record = record_of(model)
+    try:
+        if recipe.init.mode == "a_layers":
+            copied = initialize_from_a(source, model)
+        else:
+            names = [layer.name for layer in model.layers if layer.weights]
+            if recipe.init.mode == "all_but_head":
+                names = [n for n in names if n != "predictions"]
+            copied = transfer_weights(source, model, names, source_name=source_path)
+    except ValueError as exc:
+        raise ValueError(f"{recipe.path}: init.mode = {recipe.init.mode!r}: {exc}") from None
+    if "block1_conv1" in copied:
+        adapt_first_conv(model.get_layer("block1_conv1"), record_of(source).preprocessing, mean)
+    # The run feeds its own input (RGB minus `mean`) whatever the source expected.
+    attach_record(model, run_record)
+    return copied
+
+
+def make_optimizer(recipe, precision: str) -> keras.optimizers.Optimizer:
+    """The recipe's SGD with momentum (Sec. 3.1), loss-scaled under mixed float16."""
+    o = recipe.optimizer
+    decoupled = o.weight_decay_mode == "decoupled" and o.weight_decay > 0
+    optimizer = keras.optimizers.SGD(
+        learning_rate=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay if decoupled else None,
+    )
+    if decoupled:
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def compile_model(model: keras.Model, optimizer, classes: int) -> None:
+    """Compiles for training: cross-entropy, top-1 and top-5 (top-5 with > 5 classes)."""
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="top1"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, classes), name="top5"),
+        ],
+    )
+
+
+def multi_worker_workarounds(model: keras.Model, crop: int) -> None:
+    """Works around keras-team/keras#20585 (Keras 3 + MultiWorkerMirroredStrategy, 3.15).
+
+    Keras 3's `fit` learns the input shapes by reducing the first distributed batch across
+    replicas (`_maybe_symbolic_build`), which fails under MultiWorkerMirroredStrategy
+    ("Attempt to convert a value (PerReplica...)"). The model, loss and metrics are built here
+    from local symbolic shapes instead, and that probe is switched off for this model. Only
+    used under MultiWorkerMirroredStrategy.
+    """
+    batch = (np.zeros((1, crop, crop, 3), np.float32), np.zeros((1,), np.int32))
+    model._symbolic_build(data_batch=batch)
+
+    def no_probe(iterator=None, data_batch=None):
+        del iterator, data_batch
+
+    model._maybe_symbolic_build = no_probe
+    # Keras reduces the per-step logs with strategy.reduce("MEAN", value, axis=0), which
+    # fails on scalars across workers: the steps return each value as a [1] vector, whose
+    # mean over axis 0 and all replicas is the mean over replicas, a scalar again.
+    train_step, test_step = model.train_step, model.test_step
+
+    def as_vectors(logs):
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+    model.train_step = lambda data: as_vectors(train_step(data))
+    model.test_step = lambda data: as_vectors(test_step(data))
+
+
+def run_record(recipe: recipe_lib.Recipe, data: TrainingData) -> ModelRecord:
+    """The record of a model trained by a recipe: RGB minus the training set's mean.
+
+    Args:
+        recipe: The recipe (crop size, training scale, run directory).
+        data: Its data (mean RGB, class names).
+
+    Returns:
+        A `ModelRecord` that `build_model` attaches to the model.
+    """
+    return ModelRecord(
+        preprocessing=Preprocessing(mean=tuple(data.mean)),
+        crop_size=recipe.data.crop_size,
+        train_scale=recipe.data.train_scale,
+        class_names=tuple(data.class_names) if data.class_names else None,
+        weights=recipe.run_dir,
+    )
