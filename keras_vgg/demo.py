@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from keras_vgg import evaluation, training
+from keras_vgg import evaluation, runs, training
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.data import sources, stats
 
@@ -177,13 +177,14 @@ def run_demo(
             f"data.stats={stats_path}",
         ],
     )
-    trained = training.run_status(recipe.run_dir, overwrite)[0] != "finished"
+    trained = runs.run_status(recipe.run_dir, overwrite)[0] != "finished"
     if trained:
         training.fit(recipe, overwrite=overwrite, print_fn=print_fn)
     else:
         print_fn(f"{recipe.run_dir} has finished already (kvgg demo --overwrite trains again)")
-    with open(os.path.join(recipe.run_dir, "metrics.json"), encoding="utf-8") as f:
-        metrics = json.load(f)
+    metrics = runs.read_metrics(recipe.run_dir)
+    if metrics is None:
+        raise ValueError(f"{recipe.run_dir}: {runs.METRICS} is missing or unreadable")
     q = recipe.data.resolved_val_scale
     print_fn(
         f"validation (centre crop, Q = {q}): top-1 error "

@@ -28,13 +28,13 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from keras_vgg import recipe as recipe_lib
+from keras_vgg.files import atomic_text, atomic_write  # noqa: F401 - part of this API
 from keras_vgg.record import describe
 
 __all__ = [
@@ -102,39 +102,6 @@ HISTORY_COLUMNS = (
     "val_top5_error",
     "seconds",
 )
-
-
-# === Atomic writes ===
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Writes a file through a temporary file in the same folder, then renames it.
-
-    The rename is atomic on POSIX, so readers (and a resumed run) see the previous file or
-    the new one, never a partial one.
-
-    Args:
-        path: The file to write.
-        write: Called with the temporary path (`.<stem>.partial<ext>`, same extension, so
-            writers that check it, such as `keras.Model.save`, accept it); writes the file.
-    """
-    directory, name = os.path.split(os.fspath(path))
-    stem, ext = os.path.splitext(name)
-    tmp = os.path.join(directory, f".{stem}.partial{ext}")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_text(path: str | os.PathLike, text: str) -> None:
-    """Writes UTF-8 text atomically (`atomic_write`)."""
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
 
 
 def _read_json(path: str | os.PathLike):

@@ -16,6 +16,8 @@ import io
 import os
 from collections.abc import Callable
 
+from keras_vgg.files import atomic_text
+
 __all__ = ["CheckReport", "FileReport", "check_source", "inspect_file"]
 
 _EXTENSION_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF"}
@@ -78,18 +80,7 @@ class CheckReport:
             The path written.
         """
         path = os.fspath(path)
-        tmp = os.path.join(
-            os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.partial"
-        )
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(self.to_text() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_text(path, self.to_text() + "\n")
         return path
 
 

@@ -49,13 +49,12 @@ from keras_vgg.evaluation.loop import evaluate, evaluate_images
 from keras_vgg.evaluation.metrics import TIES, fuse, softmax, top_k_credit, top_k_error
 from keras_vgg.evaluation.prediction import Prediction, image_files, predict, predict_images
 from keras_vgg.evaluation.protocols import PROTOCOLS, default_test_scales, single_test_scale
-from keras_vgg.evaluation.results import RUN_DIR_FILES, EvaluationResult, Row, write_results
+from keras_vgg.evaluation.results import EvaluationResult, Row, write_results
 from keras_vgg.evaluation.scoring import DENSE_AVERAGES, ScoreNet
 
 __all__ = [
     "DENSE_AVERAGES",
     "PROTOCOLS",
-    "RUN_DIR_FILES",
     "TIES",
     "EvaluationResult",
     "LoadedModel",

@@ -10,13 +10,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from keras_vgg import runs
+from keras_vgg.files import atomic_text
+
 if TYPE_CHECKING:
     from keras_vgg.evaluation.loading import LoadedModel
 
-__all__ = ["RUN_DIR_FILES", "EvaluationResult", "Row", "write_results"]
-
-#: What `write_results` writes into the run directory of each evaluated net: name -> format.
-RUN_DIR_FILES = {"evaluation.json": "json", "evaluation.md": "markdown"}
+__all__ = ["EvaluationResult", "Row", "write_results"]
 
 _FORMATS = ("json", "markdown")
 
@@ -135,7 +135,7 @@ class EvaluationResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = self.to_json() if fmt == "json" else self.to_markdown()
-        _write_text_atomically(path, text)
+        atomic_text(path, text)
         return path
 
     def _table(self) -> tuple[list[str], list[list[str]]]:
@@ -202,30 +202,16 @@ def write_results(
     Args:
         result: The results.
         loaded_models: The evaluated nets; into the run directory of each that has one go
-            `evaluation.json` and `evaluation.md` (`RUN_DIR_FILES`).
+            `evaluation.json` and `evaluation.md` (`keras_vgg.runs.write_evaluation`).
         output: Also write the JSON here.
         markdown: Also write the Markdown table here.
 
     Returns:
         The files written, in order: `output`, `markdown`, then each run directory's.
     """
-    targets = [(Path(output), "json")] if output else []
-    targets += [(Path(markdown), "markdown")] if markdown else []
+    written = [result.write(output, "json")] if output else []
+    written += [result.write(markdown, "markdown")] if markdown else []
     for loaded in loaded_models:
         if loaded.run_dir is not None:
-            targets += [(Path(loaded.run_dir) / name, fmt) for name, fmt in RUN_DIR_FILES.items()]
-    return [result.write(path, fmt) for path, fmt in targets]
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    """Writes through a temporary file in the same folder, then renames (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            written += runs.write_evaluation(loaded.run_dir, result)
+    return written
