@@ -35,6 +35,7 @@ from photos import make_photos  # noqa: E402
 from keras_vgg.data import pipelines, sources  # noqa: E402
 from keras_vgg.data import transforms as T  # noqa: E402
 from keras_vgg.data.stats import IMAGENET_STATS  # noqa: E402
+from keras_vgg.scales import TrainScale  # noqa: E402
 
 # The references decode with one call per core: tf.data's autotuning sometimes settles on
 # one call for a whole short pass, which would halve a reference at random.
@@ -59,11 +60,24 @@ def bare_decode(files: tuple[str, ...], epochs: int = 1, count_per: int = 64) ->
 def window_decode(
     files: tuple[str, ...], epochs: int = 1, count_per: int = 64, seed: int = 0
 ) -> tf.data.Dataset:
-    """Only the crop-window decode and resize to 224 (the issue's "decode_and_crop")."""
-    ds = tf.data.Dataset.from_tensor_slices(list(files)).repeat(epochs).enumerate()
+    """Only the crop-window decode and resize to 224 (the issue's "decode_and_crop").
+
+    The windows are the training pipeline's own (`transforms.random_draws`, S in
+    [256, 512], then `transforms.crop_window`); no flip, colour shift or mean.
+    """
+    draws = T.random_draws(
+        T.draws_seed(seed, 0, 0), len(files) * epochs, TrainScale(256, 512), flip=False
+    )
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(list(files) * epochs), draws["scale"], draws["top"], draws["left"])
+    )
     ds = ds.map(
-        lambda i, f: T.decode_and_random_crop(
-            tf.io.read_file(f), tf.stack([tf.cast(seed, tf.int64), i]), (256, 512), 224
+        lambda f, scale, top, left: T.resize_crop(
+            T.decode_window(
+                tf.io.read_file(f),
+                lambda h, w: T.crop_window(h, w, scale, 224, top, left),
+            ),
+            224,
         )[0, 0, 0],
         num_parallel_calls=PARALLEL,
     )
@@ -175,7 +189,7 @@ def main() -> None:
 
         def training():
             return pipelines.training_dataset(
-                source, batch_size=args.batch_size, train_scale=(256, 512), crop_size=224
+                source, batch_size=args.batch_size, train_scale=TrainScale(256, 512), crop_size=224
             ).take(steps * epochs)
 
         rates, cores = measure(

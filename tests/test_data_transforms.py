@@ -10,6 +10,7 @@ from PIL import Image
 
 from keras_vgg.data import transforms as T
 from keras_vgg.data.stats import IMAGENET_STATS
+from keras_vgg.scales import TrainScale
 
 MODES = ["eager", "map"]
 
@@ -132,7 +133,18 @@ def test_multi_crops_fifty_per_scale():
     assert T.multi_crops(tf.zeros([256, 300, 3]), 224).shape == (50, 224, 224, 3)
 
 
-# === Seeds and the random window ===
+# === Training (Sec. 3.1): the random choices ===
+
+
+def one_draw(scale, top, left, flip=False, offset=(0.0, 0.0, 0.0)):
+    """One image's random choices, as `training_crop` takes them."""
+    return {
+        "scale": tf.constant(scale, tf.int32),
+        "top": tf.constant(top, tf.float32),
+        "left": tf.constant(left, tf.float32),
+        "flip": tf.constant(flip),
+        "offset": tf.constant(offset, tf.float32),
+    }
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -153,7 +165,11 @@ def test_random_draws_ranges_and_distributions(mode):
 
     def draw(seed):
         return T.random_draws(
-            seed, 4000, (36, 48), eigenvalues=stats.eigenvalues, eigenvectors=stats.eigenvectors
+            seed,
+            4000,
+            TrainScale(36, 48),
+            eigenvalues=stats.eigenvalues,
+            eigenvectors=stats.eigenvectors,
         )
 
     d = run(mode, draw, tf.constant([3, 1], tf.int64))
@@ -170,32 +186,63 @@ def test_random_draws_ranges_and_distributions(mode):
     np.testing.assert_allclose(alpha.std(axis=0), 0.1, rtol=0.1)
     np.testing.assert_allclose(alpha.mean(axis=0), 0.0, atol=0.01)
     again = draw(tf.constant([3, 1], tf.int64))
-    np.testing.assert_array_equal(again["color"].numpy(), d["color"])  # eager == map
+    for key, value in again.items():
+        np.testing.assert_array_equal(value.numpy(), d[key])  # eager == map, seeded
     other = draw(tf.constant([3, 2], tf.int64))
     assert not np.array_equal(other["scale"].numpy(), d["scale"])
 
 
-def test_random_draws_fixed_scale_no_flip_no_colour():
-    d = T.random_draws(tf.constant([0, 0], tf.int64), 5, 40, flip=False)
+@pytest.mark.parametrize("train_scale", [TrainScale(40, 40), 40, (40, 40), "40"])
+def test_random_draws_fixed_scale_no_flip_no_colour(train_scale):
+    d = T.random_draws(tf.constant([0, 0], tf.int64), 5, train_scale, flip=False)
     assert d["scale"].numpy().tolist() == [40] * 5
     assert not d["flip"].numpy().any()
     np.testing.assert_array_equal(d["color"].numpy(), np.zeros((5, 3), np.float32))
 
 
-def test_sample_scale_range_is_inclusive():
-    draws = [int(T.sample_scale(tf.constant([i, 3]), (36, 48))) for i in range(400)]
-    assert min(draws) == 36 and max(draws) == 48  # both ends included
-    assert len(set(draws)) == 13
+@pytest.mark.parametrize("mode", MODES)
+def test_random_draws_jittered_scale_seeded_and_anything_parse_reads(mode):
+    seed = tf.constant([1, 3], tf.int64)
+    scales = run(mode, lambda s: T.random_draws(s, 400, TrainScale(36, 48))["scale"], seed)
+    assert min(scales) == 36 and max(scales) == 48  # both ends included
+    for same in [(36, 48), [36, 48], "36,48"]:
+        np.testing.assert_array_equal(T.random_draws(seed, 400, same)["scale"].numpy(), scales)
+    other = T.random_draws(tf.constant([2, 3], tf.int64), 400, TrainScale(36, 48))["scale"]
+    assert not np.array_equal(other.numpy(), scales)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_sample_scale_fixed_and_jittered(mode):
-    assert run(mode, lambda s: T.sample_scale(s, 40), tf.constant([1, 2])) == 40
-    draws = [
-        run(mode, lambda s: T.sample_scale(s, (36, 48)), tf.constant([i, 3])) for i in range(8)
-    ]
-    eager = [int(T.sample_scale(tf.constant([i, 3]), (36, 48))) for i in range(8)]
-    assert draws == eager and len(set(draws)) > 2
+def test_random_draws_colour_shift_against_numpy(mode):
+    seed = tf.constant([7, 8], tf.int64)
+    stats = IMAGENET_STATS
+    color = run(
+        mode,
+        lambda s: T.random_draws(
+            s, 6, 40, eigenvalues=stats.eigenvalues, eigenvectors=stats.eigenvectors
+        )["color"],
+        seed,
+    )
+    # alpha is drawn from the fourth of the four seeds split from `seed` (scale, position,
+    # flip, colour): the same numbers for the same seed in every release.
+    color_seed = tf.random.experimental.stateless_split(seed, 4)[3]
+    alpha = tf.random.stateless_normal([6, 3], seed=color_seed, stddev=0.1).numpy()
+    # AlexNet: I += [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T on the 0-1 scale, times 255 here.
+    shift = (alpha * np.asarray(stats.eigenvalues)) @ np.asarray(stats.eigenvectors).T * 255.0
+    np.testing.assert_allclose(color, shift, rtol=1e-5, atol=1e-3)
+    assert np.abs(shift).max() > 0.1  # the shift is visible on the 0-255 scale
+
+
+def test_random_draws_colour_shift_magnitude_is_on_the_0_255_scale():
+    # The largest eigenvalue 0.2175 on the 0-1 scale with alpha ~ N(0, 0.1): the shift along
+    # p1 has std 0.02175 * 255 = 5.5 levels on 0-255 pixels.
+    shifts = T.random_draws(
+        tf.constant([0, 0]), 400, 40, eigenvalues=(0.2175, 0.0, 0.0), eigenvectors=np.eye(3)
+    )["color"].numpy()
+    assert np.abs(shifts[:, 1:]).max() == 0
+    assert 4.5 < shifts[:, 0].std() < 6.5
+
+
+# === Training (Sec. 3.1): the crop ===
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -211,99 +258,96 @@ def test_crop_window_exact(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_random_crop_window_in_bounds_and_seeded(mode):
-    windows = [
-        run(mode, lambda s: T.random_crop_window(s, 50, 70, (36, 48), 32), tf.constant([i, 9]))
-        for i in range(30)
-    ]
-    for top, left, h, w in windows:
+def test_random_windows_in_bounds_and_seeded(mode):
+    def windows(seed):
+        d = T.random_draws(seed, 30, TrainScale(36, 48))
+        return tf.transpose(T.crop_window(50, 70, d["scale"], 32, d["top"], d["left"]))
+
+    out = run(mode, windows, tf.constant([0, 9], tf.int64))
+    for top, left, h, w in out:
         assert h == w and round(32 * 50 / 48) <= h <= round(32 * 50 / 36)
         assert 0 <= top <= 50 - h and 0 <= left <= 70 - w
-    assert len({tuple(w) for w in windows}) > 20
-    again = T.random_crop_window(tf.constant([0, 9]), 50, 70, (36, 48), 32).numpy()
-    np.testing.assert_array_equal(again, windows[0])
+    assert len({tuple(w) for w in out}) > 20
+    np.testing.assert_array_equal(windows(tf.constant([0, 9], tf.int64)).numpy(), out)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_decode_and_random_crop_equals_full_decode_then_crop(mode):
+@pytest.mark.parametrize("place", [(0.0, 0.0), (0.3, 0.8), (1.0, 0.5)])
+def test_training_crop_is_the_resized_window(mode, place):
     data = jpeg(60, 76, 4)
-    seed = tf.constant([5, 6], tf.int64)
-    out = run(mode, lambda c, s: T.decode_and_random_crop(c, s, (36, 48), 32), data, seed)
-    top, left, h, w = T.random_crop_window(seed, 60, 76, (36, 48), 32).numpy()
-    full = tf.io.decode_jpeg(data, channels=3)[top : top + h, left : left + w]
-    ref = tf.image.resize(tf.cast(full, tf.float32), [32, 32], antialias=False).numpy()
+    top_frac, left_frac = place
+    out = run(mode, lambda c: T.training_crop(c, one_draw(40, *place), 32, flip=False), data)
+    top, left, h, w = T.crop_window(60, 76, 40, 32, top_frac, left_frac).numpy()
     assert out.shape == (32, 32, 3) and out.dtype == np.float32
-    np.testing.assert_array_equal(out, ref)
+
+    def resized(window):
+        return tf.image.resize(tf.cast(window, tf.float32), [32, 32], antialias=False).numpy()
+
+    # Only the window of the JPEG is decoded: exactly its pixels, resized.
+    window = tf.image.decode_and_crop_jpeg(data, [top, left, h, w], channels=3)
+    np.testing.assert_array_equal(out, resized(window))
+    # The same crop as decoding the whole file (chroma upsampling at the window's edges may
+    # differ by a few levels).
+    full = tf.io.decode_jpeg(data, channels=3)[top : top + h, left : left + w]
+    assert np.abs(out - resized(full)).max() <= 8
+    assert np.abs(out - resized(full)).mean() < 0.5
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_decode_and_random_crop_png_same_window_as_jpeg_path(mode):
+def test_training_crop_png_same_window_as_jpeg_path(mode):
     pic = photo(50, 66, 8)
-    seed = tf.constant([1, 1], tf.int64)
-    out = run(mode, lambda c, s: T.decode_and_random_crop(c, s, 40, 32), encode(pic, "PNG"), seed)
-    top, left, h, w = T.random_crop_window(seed, 50, 66, 40, 32).numpy()
+    out = run(mode, lambda c: T.training_crop(c, one_draw(40, 0.7, 0.2), 32), encode(pic, "PNG"))
+    top, left, h, w = T.crop_window(50, 66, 40, 32, 0.7, 0.2).numpy()
     ref = tf.image.resize(pic[top : top + h, left : left + w].astype(np.float32), [32, 32])
     np.testing.assert_array_equal(out, ref.numpy())
 
 
-def test_decode_and_random_crop_scale_equal_crop_is_rescale():
+def test_training_crop_scale_equal_crop_is_rescale():
     # S = crop on a square image: the crop is the whole image rescaled to S.
     pic = photo(48, 48, 2)
-    out = T.decode_and_random_crop(tf.constant(encode(pic, "PNG")), tf.constant([0, 0]), 32, 32)
+    out = T.training_crop(tf.constant(encode(pic, "PNG")), one_draw(32, 0.4, 0.9), 32)
     np.testing.assert_allclose(out.numpy(), T.rescale_isotropic(pic, 32).numpy(), atol=1e-4)
 
 
-def test_decode_and_random_crop_truncated_jpeg_fails_whatever_the_window():
-    data = truncated_jpeg(64, 64)
-    for i in range(4):  # windows near the top would decode from a window-only read
+def test_training_crop_truncated_jpeg_fails_whatever_the_window():
+    data = tf.constant(truncated_jpeg(256, 256))
+    # Small windows (S = 256) near the top would decode from a window-only read.
+    for scale, top in [(256, 0.0), (256, 0.2), (40, 0.0), (40, 1.0)]:
         with pytest.raises(tf.errors.InvalidArgumentError):
-            T.decode_and_random_crop(tf.constant(data), tf.constant([i, 0]), 40, 32)
-
-
-# === Flip, colour shift, mean ===
+            T.training_crop(data, one_draw(scale, top, 0.5), 32)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_random_flip(mode):
+def test_training_crop_flip_and_offset(mode):
+    data = jpeg(50, 64, 7)
+    offset = (5.5, -120.25, 3.0)
+
+    def crop(flip, offset, apply_flip=True):
+        return run(
+            mode,
+            lambda c: T.training_crop(
+                c, one_draw(44, 0.5, 0.25, flip, offset), 32, flip=apply_flip
+            ),
+            data,
+        )
+
+    plain = crop(False, (0.0, 0.0, 0.0))
+    assert not np.array_equal(plain, plain[:, ::-1])
+    np.testing.assert_array_equal(crop(True, (0.0, 0.0, 0.0)), plain[:, ::-1])
+    np.testing.assert_array_equal(crop(True, (0.0, 0.0, 0.0), apply_flip=False), plain)
+    # The offset (colour shift - mean) is added to every pixel.
+    np.testing.assert_array_equal(crop(False, offset), plain + np.float32(offset))
+    np.testing.assert_array_equal(crop(True, offset), plain[:, ::-1] + np.float32(offset))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flip_if(mode):
     image = photo(20, 24, 1).astype(np.float32)
-    outs = [run(mode, T.random_flip, image, tf.constant([i, 4])) for i in range(40)]
-    flipped = [bool(np.array_equal(o, image[:, ::-1])) for o in outs]
-    assert all(f or np.array_equal(o, image) for f, o in zip(flipped, outs, strict=True))
-    assert 8 < sum(flipped) < 32
-    again = T.random_flip(image, tf.constant([3, 4])).numpy()
-    np.testing.assert_array_equal(again, outs[3])
+    np.testing.assert_array_equal(run(mode, T.flip_if, image, True), image[:, ::-1])
+    np.testing.assert_array_equal(run(mode, T.flip_if, image, False), image)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_color_shift_against_numpy(mode):
-    image = photo(12, 10, 6).astype(np.float32)
-    seed = tf.constant([7, 8], tf.int64)
-    stats = IMAGENET_STATS
-    out = run(
-        mode,
-        lambda x, s: T.color_shift(x, s, stats.eigenvalues, stats.eigenvectors),
-        image,
-        seed,
-    )
-    alpha = tf.random.stateless_normal([3], seed=seed, stddev=0.1).numpy()
-    # AlexNet: I += [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T on the 0-1 scale, times 255 here.
-    shift = np.asarray(stats.eigenvectors) @ (alpha * np.asarray(stats.eigenvalues)) * 255.0
-    np.testing.assert_allclose(out, image + shift, rtol=1e-5, atol=1e-3)
-    assert np.abs(shift).max() > 0.1  # the shift is visible on the 0-255 scale
-
-
-def test_color_shift_magnitude_is_on_the_0_255_scale():
-    # The largest eigenvalue 0.2175 on the 0-1 scale with alpha ~ N(0, 0.1): the shift along
-    # p1 has std 0.02175 * 255 = 5.5 levels on 0-255 pixels.
-    zeros = tf.zeros([1, 1, 3])
-    shifts = np.stack(
-        [
-            T.color_shift(zeros, tf.constant([i, 0]), (0.2175, 0.0, 0.0), np.eye(3)).numpy()
-            for i in range(400)
-        ]
-    ).reshape(-1, 3)
-    assert np.abs(shifts[:, 1:]).max() == 0
-    assert 4.5 < shifts[:, 0].std() < 6.5
+# === Mean, rescale, resize, windows, per-channel add ===
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -332,16 +376,6 @@ def test_resize_crop_equals_resizing_the_uint8_window(mode, size):
     expected = tf.image.resize(window, [32, 32], antialias=False).numpy()
     assert out.dtype == np.float32 and out.shape == (32, 32, 3)
     np.testing.assert_array_equal(out, expected)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_decode_random_window_is_the_uint8_window(mode):
-    data = jpeg(50, 64, 7)
-    seed = tf.constant([2, 3], tf.int64)
-    out = run(mode, lambda c, s: T.decode_random_window(c, s, (36, 48), 32), data, seed)
-    top, left, h, w = T.random_crop_window(seed, 50, 64, (36, 48), 32).numpy()
-    assert out.dtype == np.uint8
-    np.testing.assert_array_equal(out, tf.io.decode_jpeg(data)[top : top + h, left : left + w])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -385,15 +419,3 @@ def test_add_per_channel_equals_broadcast(mode, shape):
         ],
     )
     np.testing.assert_array_equal(unknown(image, offset).numpy(), expected)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_color_shift_offset_is_what_color_shift_adds(mode):
-    seed = tf.constant([4, 4], tf.int64)
-    stats = IMAGENET_STATS
-    offset = run(
-        mode, lambda s: T.color_shift_offset(s, stats.eigenvalues, stats.eigenvectors), seed
-    )
-    shifted = T.color_shift(tf.zeros([2, 2, 3]), seed, stats.eigenvalues, stats.eigenvectors)
-    np.testing.assert_array_equal(shifted.numpy()[1, 1], offset)
-    assert offset.shape == (3,)

@@ -3,36 +3,39 @@
 Every function here works eagerly and inside `tf.data.Dataset.map`. Images are channels
 last; pixel values are on the 0-255 scale unless a docstring says otherwise. Random ops take
 a `seed`: an int32/int64 tensor of shape [2], as for `tf.random.stateless_*`.
+
+Training (Sec. 3.1) has one path: `random_draws` draws the random choices of a block of
+images at once (from `draws_seed`), and `training_crop` turns one encoded image and its
+choices into the network's input (`crop_window`, `decode_window`, `resize_crop`, `flip_if`,
+`add_per_channel`). Evaluation (Sec. 3.2) uses `decode_image`, `rescale_isotropic`,
+`center_crop`, `multi_crops` and `subtract_mean`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
+from keras_vgg.scales import TrainScale
+
 __all__ = [
+    "ALPHA_STD",
     "add_per_channel",
     "center_crop",
-    "color_shift",
-    "color_shift_offset",
     "crop_window",
-    "decode_and_random_crop",
     "decode_image",
-    "decode_random_window",
     "decode_window",
     "draws_seed",
     "flip_if",
     "grid_crop_offsets",
     "isotropic_size",
     "multi_crops",
-    "random_crop_window",
     "random_draws",
-    "random_flip",
     "resize_crop",
     "rescale_isotropic",
-    "sample_scale",
     "subtract_mean",
+    "training_crop",
 ]
 
 # AlexNet's lighting noise: alpha_i ~ N(0, 0.1) (Krizhevsky et al. 2012, Sec. 4.1).
@@ -184,7 +187,7 @@ def multi_crops(image: tf.Tensor, size: int = 224, grid: int = 5, flip: bool = T
     return crops
 
 
-# === Random training ops (Sec. 3.1), all stateless ===
+# === Training (Sec. 3.1): the random choices (all stateless) and the crop ===
 
 
 def draws_seed(seed, epoch, block) -> tf.Tensor:
@@ -211,7 +214,7 @@ def draws_seed(seed, epoch, block) -> tf.Tensor:
 def random_draws(
     seed: tf.Tensor,
     count: int,
-    train_scale: int | tuple[int, int],
+    train_scale: TrainScale | int | tuple[int, int],
     *,
     flip: bool = True,
     eigenvalues: Sequence[float] | None = None,
@@ -222,29 +225,46 @@ def random_draws(
     """Sec. 3.1's random choices for `count` images at once, in a few vectorised ops.
 
     Drawing them together costs next to nothing per image, where drawing them image by
-    image inside `Dataset.map` costs several small ops each. Each image gets: its scale S
-    (`sample_scale`'s distribution), where its crop sits (`crop_window`'s fractions),
-    whether it is flipped (probability 1/2) and its colour shift (`color_shift_offset`).
+    image inside `Dataset.map` costs several small ops each. Each image gets:
+
+    - its scale S: the fixed S, or ("scale jittering") drawn uniformly from [Smin, Smax],
+      both ends included (Sec. 3.1: 256 or 384; [256, 512]);
+    - where its crop sits: two fractions uniform in [0, 1) (see `crop_window`);
+    - whether it is flipped horizontally, with probability 1/2;
+    - AlexNet's PCA colour shift ("lighting" noise), one RGB offset for the whole image:
+      `eigenvectors @ (alpha * eigenvalues) * eigen_scale`, alpha ~ N(0, alpha_std). The
+      product alpha_i * l_i is taken on the pixel scale the eigenvalues were computed on (the
+      0-1 scale for AlexNet's published values and for `kvgg stats`); `eigen_scale` (255)
+      makes it an offset for 0-255 pixels. It is not clipped, as in AlexNet.
 
     Args:
         seed: Shape [2] stateless seed (e.g. `draws_seed`).
         count: Number of images.
-        train_scale: A fixed S or (Smin, Smax), both ends included.
+        train_scale: The training scale, a `TrainScale` (or an int S or a pair (Smin, Smax),
+            read by `TrainScale.parse`).
         flip: Whether flips are drawn (else "flip" is all False).
-        eigenvalues: PCA eigenvalues for the colour shift (0-1 scale), or None for none.
-        eigenvectors: 3x3 PCA eigenvectors (columns).
+        eigenvalues: The 3 PCA eigenvalues for the colour shift (0-1 scale), or None for
+            none.
+        eigenvectors: 3x3 PCA eigenvectors (the columns).
         alpha_std: Standard deviation of AlexNet's alpha.
         eigen_scale: Size of one unit of the eigenvalues' scale in image units.
 
     Returns:
         A dict of tensors with first dimension `count`: "scale" (int32), "top" and "left"
-        (float32 in [0, 1)), "flip" (bool) and "color" (float32 (count, 3), zeros without
-        eigenvalues).
+        (float32 in [0, 1)), "flip" (bool) and "color" (float32 (count, 3), the colour
+        shift on the 0-255 scale; zeros without eigenvalues).
     """
+    train_scale = TrainScale.parse(train_scale)
     scale_seed, position_seed, flip_seed, color_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 4)
     )
-    scale = sample_scale(scale_seed, train_scale, count=count)
+    if train_scale.jittered:
+        smin, smax = train_scale.bounds
+        scale = tf.random.stateless_uniform(
+            [count], seed=scale_seed, minval=smin, maxval=smax + 1, dtype=tf.int32
+        )
+    else:
+        scale = tf.fill([count], tf.constant(train_scale.smin, tf.int32))
     fractions = tf.random.stateless_uniform([count, 2], seed=position_seed)
     if flip:
         flips = tf.random.stateless_uniform([count], seed=flip_seed) < 0.5
@@ -253,9 +273,10 @@ def random_draws(
     if eigenvalues is None:
         color = tf.zeros([count, 3], tf.float32)
     else:
-        color = color_shift_offset(
-            color_seed, eigenvalues, eigenvectors, alpha_std, eigen_scale, count=count
-        )
+        alpha = tf.random.stateless_normal([count, 3], seed=color_seed, stddev=alpha_std)
+        vectors = tf.constant(eigenvectors, tf.float32)
+        values = tf.constant(eigenvalues, tf.float32)
+        color = tf.linalg.matvec(vectors, alpha * values) * eigen_scale
     return {
         "scale": scale,
         "top": fractions[:, 0],
@@ -263,31 +284,6 @@ def random_draws(
         "flip": flips,
         "color": color,
     }
-
-
-def sample_scale(
-    seed: tf.Tensor, train_scale: int | tuple[int, int], count: int | None = None
-) -> tf.Tensor:
-    """The training scale S of one image (or of `count` images).
-
-    Sec. 3.1: single-scale training uses a fixed S (256 or 384); multi-scale training
-    ("scale jittering") draws S per image uniformly from [Smin, Smax] (256, 512).
-
-    Args:
-        seed: Shape [2] stateless seed.
-        train_scale: A fixed S, or (Smin, Smax) with both ends included.
-        count: If given, the scales of `count` images at once, shape (count,).
-
-    Returns:
-        An int32 tensor S: a scalar, or (count,).
-    """
-    shape = [] if count is None else [count]
-    if isinstance(train_scale, int):
-        return tf.fill(shape, tf.constant(train_scale, tf.int32))
-    smin, smax = train_scale
-    return tf.random.stateless_uniform(
-        shape, seed=seed, minval=int(smin), maxval=int(smax) + 1, dtype=tf.int32
-    )
 
 
 def crop_window(height, width, scale, crop_size: int, top_frac, left_frac) -> tf.Tensor:
@@ -319,88 +315,22 @@ def crop_window(height, width, scale, crop_size: int, top_frac, left_frac) -> tf
     return tf.stack([top, left, side, side])
 
 
-def random_crop_window(
-    seed: tf.Tensor, height, width, train_scale: int | tuple[int, int], crop_size: int = 224
-) -> tf.Tensor:
-    """A random crop window for Sec. 3.1's "one random 224x224 crop of the image at scale S".
-
-    S is drawn with `sample_scale`, the crop position uniformly over every crop of the
-    rescaled image. Both come from `seed`.
-
-    Args:
-        seed: Shape [2] stateless seed.
-        height: Original image height.
-        width: Original image width.
-        train_scale: A fixed S or (Smin, Smax).
-        crop_size: Crop side in the rescaled image.
-
-    Returns:
-        An int32 tensor [top, left, side, side] in original pixels (see `crop_window`).
-    """
-    scale_seed, pos_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    scale = sample_scale(scale_seed, train_scale)
-    frac = tf.random.stateless_uniform([2], seed=pos_seed)
-    return crop_window(height, width, scale, crop_size, frac[0], frac[1])
-
-
-def decode_and_random_crop(
-    contents: tf.Tensor,
-    seed: tf.Tensor,
-    train_scale: int | tuple[int, int] = 256,
-    crop_size: int = 224,
-) -> tf.Tensor:
-    """Decodes an image and takes Sec. 3.1's random crop at scale S, as float32 0-255.
-
-    The window of `decode_random_window`, resized (bilinear) to `crop_size`.
-
-    Args:
-        contents: Scalar string tensor, the encoded image.
-        seed: Shape [2] stateless seed.
-        train_scale: A fixed S or (Smin, Smax).
-        crop_size: Output side.
-
-    Returns:
-        A float32 tensor (crop_size, crop_size, 3).
-    """
-    window = decode_random_window(contents, seed, train_scale, crop_size)
-    return resize_crop(window, crop_size)
-
-
 def resize_crop(window: tf.Tensor, crop_size: int = 224) -> tf.Tensor:
     """Resizes a decoded window (bilinear, no antialiasing) to the float32 crop.
 
     The window is cast to float32 first: the same numbers as resizing the uint8 window
     (the kernel converts each pixel to float either way), about 30% faster on CPU.
+
+    Args:
+        window: A 3-D image (h, w, C), any numeric dtype (the output of `decode_window`).
+        crop_size: Output side.
+
+    Returns:
+        A float32 tensor (crop_size, crop_size, C).
     """
     image = tf.image.resize(tf.cast(window, tf.float32), [crop_size, crop_size], antialias=False)
     image.set_shape([crop_size, crop_size, window.shape[-1]])
     return image
-
-
-def decode_random_window(
-    contents: tf.Tensor,
-    seed: tf.Tensor,
-    train_scale: int | tuple[int, int] = 256,
-    crop_size: int = 224,
-) -> tf.Tensor:
-    """Decodes the window of an image that becomes Sec. 3.1's random crop at scale S.
-
-    Only that window of a JPEG is decoded and no full-size rescale to S is ever made (see
-    `decode_window` for other formats and truncated files).
-
-    Args:
-        contents: Scalar string tensor, the encoded image.
-        seed: Shape [2] stateless seed.
-        train_scale: A fixed S or (Smin, Smax).
-        crop_size: Output side.
-
-    Returns:
-        The uint8 window (side, side, 3) in original pixels (see `random_crop_window`);
-        resizing it to `crop_size` gives the crop.
-    """
-    return decode_window(
-        contents, lambda h, w: random_crop_window(seed, h, w, train_scale, crop_size)
-    )
 
 
 def decode_window(contents: tf.Tensor, window_fn: Callable) -> tf.Tensor:
@@ -438,81 +368,53 @@ def decode_window(contents: tf.Tensor, window_fn: Callable) -> tf.Tensor:
     return patch
 
 
-def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Flips an image (H, W, C) horizontally with probability 1/2 (Sec. 3.1).
-
-    Args:
-        image: A 3-D image.
-        seed: Shape [2] stateless seed.
-
-    Returns:
-        The image, mirrored left-right or not.
-    """
-    return flip_if(image, tf.random.stateless_uniform([], seed=seed) < 0.5)
-
-
 def flip_if(image: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
     """The image (H, W, C) mirrored left-right if the scalar bool `flip` is true."""
     return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
-def color_shift_offset(
-    seed: tf.Tensor,
-    eigenvalues: Sequence[float],
-    eigenvectors: Sequence[Sequence[float]],
-    alpha_std: float = ALPHA_STD,
-    eigen_scale: float = 255.0,
-    count: int | None = None,
+def training_crop(
+    contents: tf.Tensor,
+    draw: Mapping[str, tf.Tensor],
+    crop_size: int = 224,
+    *,
+    flip: bool = True,
 ) -> tf.Tensor:
-    """The RGB offset that `color_shift` adds to every pixel (float32 (3,), 0-255 scale).
+    """Sec. 3.1's training input from one encoded image and its random choices.
+
+    One random `crop_size` crop of the image isotropically rescaled to S, flipped or not,
+    plus its colour shift minus the mean RGB. The crop is taken as the equivalent window of
+    the original image (`crop_window`; for a JPEG only that window is decoded,
+    `decode_window`), resized to `crop_size` (`resize_crop`). Everything after the decode is
+    done on this one image while it is in the CPU's cache: resize, flip, then colour shift
+    and mean in one add (image + (shift - mean)); done on whole batches instead, the add
+    alone costs several times more.
 
     Args:
-        seed: Shape [2] stateless seed.
-        eigenvalues: The 3 eigenvalues, on the 0-1 pixel scale.
-        eigenvectors: 3x3, the columns are the eigenvectors.
-        alpha_std: Standard deviation of the a_i.
-        eigen_scale: Size of one unit of the eigenvalues' scale in image units.
-        count: If given, the offsets of `count` images at once, shape (count, 3).
+        contents: Scalar string tensor, the encoded image.
+        draw: One image's random choices: "scale", "top", "left" and "flip" as one row of
+            `random_draws`, and "offset" (float32 (3,)): its colour shift minus the mean RGB,
+            added to every pixel (zeros for neither).
+        crop_size: Output side.
+        flip: Whether to apply `draw["flip"]` (False skips the flip altogether).
 
     Returns:
-        `eigenvectors @ (alpha * eigenvalues) * eigen_scale`, alpha ~ N(0, alpha_std).
+        A float32 tensor (crop_size, crop_size, 3).
+
+    Raises:
+        tf.errors.InvalidArgumentError: if the bytes are not a decodable image (a truncated
+            JPEG fails whatever its window; see `decode_window`).
     """
-    shape = [3] if count is None else [count, 3]
-    alpha = tf.random.stateless_normal(shape, seed=seed, stddev=alpha_std)
-    vectors = tf.constant(eigenvectors, tf.float32)
-    values = tf.constant(eigenvalues, tf.float32)
-    return tf.linalg.matvec(vectors, alpha * values) * eigen_scale
-
-
-def color_shift(
-    image: tf.Tensor,
-    seed: tf.Tensor,
-    eigenvalues: Sequence[float],
-    eigenvectors: Sequence[Sequence[float]],
-    alpha_std: float = ALPHA_STD,
-    eigen_scale: float = 255.0,
-) -> tf.Tensor:
-    """AlexNet's PCA colour shift ("lighting" noise), Sec. 3.1's random RGB colour shift.
-
-    Adds `[p1 p2 p3] [a1 l1, a2 l2, a3 l3]^T` to every pixel, with a_i ~ N(0, alpha_std),
-    p_i the eigenvectors (columns) and l_i the eigenvalues of the 3x3 covariance of RGB
-    pixel values. The product a_i * l_i is taken on the pixel scale the eigenvalues were
-    computed on (the 0-1 scale for AlexNet's published values and for `kvgg stats`); the
-    resulting shift is then multiplied by `eigen_scale` (255) to apply it to 0-255 pixels.
-
-    Args:
-        image: Float RGB image (..., 3) on the 0-255 scale.
-        seed: Shape [2] stateless seed.
-        eigenvalues: The 3 eigenvalues, on the 0-1 pixel scale.
-        eigenvectors: 3x3, the columns are the eigenvectors.
-        alpha_std: Standard deviation of the a_i.
-        eigen_scale: Size of one unit of the eigenvalues' scale in image units.
-
-    Returns:
-        The shifted float32 image (not clipped, as in AlexNet).
-    """
-    shift = color_shift_offset(seed, eigenvalues, eigenvectors, alpha_std, eigen_scale)
-    return add_per_channel(image, shift)
+    window = decode_window(
+        contents,
+        lambda height, width: crop_window(
+            height, width, draw["scale"], crop_size, draw["top"], draw["left"]
+        ),
+    )
+    image = resize_crop(window, crop_size)
+    if flip:
+        image = flip_if(image, draw["flip"])
+    return add_per_channel(image, draw["offset"])
 
 
 def subtract_mean(image: tf.Tensor, mean: Sequence[float]) -> tf.Tensor:
