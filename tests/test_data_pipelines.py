@@ -1,7 +1,11 @@
 """Training and evaluation pipelines: content, determinism, resuming, sharding, bad files."""
 
+import ast
 import logging
 import os
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -19,8 +23,9 @@ from data_images import (
 )
 from PIL import Image
 
-from keras_vgg import build, evaluation, to_fully_convolutional
-from keras_vgg.data import pipelines, sources
+import keras_vgg.data
+from keras_vgg import TrainScale, build, evaluation, to_fully_convolutional
+from keras_vgg.data import decoding, pipelines, sources
 from keras_vgg.data import transforms as T
 from keras_vgg.data.stats import IMAGENET_STATS
 from keras_vgg.imagenet import preprocess_input
@@ -152,6 +157,21 @@ def test_training_scale_jitter_changes_the_crop_size(tmp_path):
     assert max(spans(96)) < 95
     jittered = spans((32, 96), 20)
     assert max(jittered) - min(jittered) > 60
+
+
+def test_training_takes_a_train_scale_or_anything_parse_reads(tree):
+    kwargs = dict(batch_size=4, seed=6, crop_size=32)
+    reference = take(pipelines.training_dataset(tree, train_scale=TrainScale(36, 48), **kwargs), 3)
+    for same in [(36, 48), [36, 48], "36,48"]:
+        batches = take(pipelines.training_dataset(tree, train_scale=same, **kwargs), 3)
+        for (x1, y1), (x2, y2) in zip(reference, batches, strict=True):
+            np.testing.assert_array_equal(x1, x2)
+            np.testing.assert_array_equal(y1, y2)
+    fixed = take(pipelines.training_dataset(tree, train_scale=TrainScale(40, 40), **kwargs), 3)
+    by_int = take(pipelines.training_dataset(tree, train_scale=40, **kwargs), 3)
+    for (x1, _), (x2, _) in zip(fixed, by_int, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+    assert not np.allclose(reference[0][0], fixed[0][0])
 
 
 # === Training: determinism ===
@@ -478,6 +498,76 @@ def test_evaluation_skips_bad_files(tmp_path):
     assert sorted(log.names) == sorted(bad[n] for n in UNDECODABLE)
 
 
+def test_evaluation_names_bad_files_in_source_order(tmp_path):
+    # Groups are decoded in parallel; the files are still named in the source's order.
+    for i in range(12):
+        write(tmp_path / "a" / f"{i:02d}.jpg", jpeg(40, 44, i) if i % 3 == 0 else b"")
+    source = sources.open_source(tmp_path)
+    bad = [f for i, f in enumerate(source.files) if i % 3]
+    for batch_size in (1, 2, 5):
+        log = pipelines.BadFileLog()
+        ds = pipelines.evaluation_dataset(
+            source, batch_size=batch_size, scale=36, crop_size=32, bad_files=log
+        )
+        assert sum(len(y) for _, y in ds) == 4
+        assert log.names == bad and log.skipped == 8
+        log = pipelines.BadFileLog()
+        assert len(list(pipelines.decoded_images(source, bad_files=log))) == 4
+        assert log.names == bad
+
+
+def test_decoded_images_groups_give_the_same_images_in_the_same_order(tmp_path):
+    make_class_tree(tmp_path, classes=("a", "b"), per_class=4)
+    bad = make_bad_files(tmp_path / "b")
+    source = sources.open_source(tmp_path)
+
+    def crop(image):
+        out = T.center_crop(T.rescale_isotropic(image, 36), 32)
+        out.set_shape([32, 32, 3])
+        return out
+
+    one_log, group_log = pipelines.BadFileLog(), pipelines.BadFileLog()
+    ones = list(pipelines.decoded_images(source, crop, with_labels=True, bad_files=one_log))
+    groups = list(
+        pipelines.decoded_images(source, crop, with_labels=True, bad_files=group_log, group_size=3)
+    )
+    assert len(ones) == len(groups) == 8 + len(DECODABLE)
+    for (x1, y1), (x2, y2) in zip(ones, groups, strict=True):
+        np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+        assert int(y1) == int(y2)
+    assert (
+        one_log.names
+        == group_log.names
+        == [f for f in source.files if f in {bad[n] for n in UNDECODABLE}]
+    )
+    # Whole images differ in size: they cannot be decoded in groups.
+    with pytest.raises(ValueError, match="group_size"):
+        pipelines.decoded_images(source, group_size=2)
+    with pytest.raises(ValueError, match="group_size"):
+        pipelines.decoded_images(source, crop, group_size=0)
+
+
+def test_decode_groups_keeps_short_and_empty_groups_in_place(tmp_path):
+    # Groups of 3: a full one, one short of a bad file, one with no good file at all, and
+    # the epoch's last, short group. The bad files are named in order.
+    contents = [jpeg(40, 40, 1), jpeg(40, 40, 2), jpeg(40, 40, 3), jpeg(40, 40, 4), b""]
+    contents += [jpeg(40, 40, 5), b"", b"x", b"", jpeg(40, 40, 6)]
+    names = [write(tmp_path / f"{i}.jpg", c) for i, c in enumerate(contents)]
+    elements = tf.data.Dataset.from_tensor_slices((names, list(range(10)), names))
+    draws = tf.data.Dataset.counter().map(lambda position: {"position": position})
+
+    def load(path, label, draw):
+        image = T.decode_image(tf.io.read_file(path))
+        return T.resize_crop(image, 8), label, draw["position"]
+
+    log = pipelines.BadFileLog()
+    ds = decoding.decode_groups(elements, draws, load, log, group_size=3, parallel_calls=2)
+    batches = [tuple(t.numpy() for t in batch) for batch in ds]
+    assert [b[1].tolist() for b in batches] == [[0, 1, 2], [3, 5], [], [9]]
+    assert [b[2].tolist() for b in batches] == [[0, 1, 2], [3, 5], [], [9]]
+    assert log.names == [names[4], names[6], names[7], names[8]]
+
+
 # === Arguments ===
 
 
@@ -509,3 +599,39 @@ def test_training_from_a_folder_string(tree):
     root = os.path.dirname(os.path.dirname(tree.files[0]))
     ((x, y),) = take(pipelines.training_dataset(root, batch_size=2, **SMALL), 1)
     assert x.shape == (2, 32, 32, 3)
+
+
+# === Layout ===
+
+
+def test_no_function_level_imports_of_the_package_in_keras_vgg_data():
+    # A `from keras_vgg ... import` inside a function hides an import cycle: the modules of
+    # keras_vgg.data import each other at module level, one way (sources, transforms ->
+    # check -> decoding -> stats -> pipelines).
+    folder = pathlib.Path(keras_vgg.data.__file__).parent
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith(
+                        "keras_vgg"
+                    ):
+                        found.append(f"{path.name}:{inner.lineno}")
+                    if isinstance(inner, ast.Import) and any(
+                        a.name.startswith("keras_vgg") for a in inner.names
+                    ):
+                        found.append(f"{path.name}:{inner.lineno}")
+    assert found == []
+
+
+def test_every_data_module_imports_first():
+    # Each module imported first, alone, in a fresh interpreter: a cycle would fail here.
+    modules = ["sources", "transforms", "check", "decoding", "stats", "pipelines"]
+    code = "; ".join(
+        f"import subprocess, sys; r = subprocess.run([sys.executable, '-c', "
+        f"'import keras_vgg.data.{m}']).returncode; assert r == 0, {m!r}"
+        for m in modules
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})

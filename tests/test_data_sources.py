@@ -10,9 +10,10 @@ from data_images import encode, jpeg, make_class_tree, photo, write
 
 from keras_vgg import imagenet
 from keras_vgg.data import pipelines, sources
-from keras_vgg.data.sources import ImageSource, TFDSSource, TFRecordSource
+from keras_vgg.data.sources import DataSource, ImageSource, TFDSSource, TFRecordSource
 
 SMALL = dict(train_scale=(36, 48), crop_size=32)
+SMALL_EVAL = dict(scale=36, crop_size=32)
 
 
 def take(ds, n):
@@ -37,7 +38,7 @@ def test_from_folder_sorted_classes_any_extension_case(tmp_path):
         os.path.join("n01", n) for n in ("y.JPG", "z.jpeg")
     ] + [os.path.join("n02", n) for n in ("a.jpg", "b.JPEG", "c.Png", "d.BMP", "e.gif")]
     assert source.labels == (0, 0, 1, 1, 1, 1, 1)
-    assert len(source) == 7
+    assert len(source) == 7 and source.count() == 7 and source.num_examples == 7
     assert sources.open_source(tmp_path) == source
 
 
@@ -94,7 +95,8 @@ def test_bundled_imagenet_val_labels_and_class_names(tmp_path):
     assert source.class_names == tuple(wnid for wnid, _ in imagenet.class_index())
     assert source.files[0].endswith("ILSVRC2012_val_00000001.JPEG")
     # The bundled file's path works the same as the keyword.
-    bundled = sources._bundled_val_labels_path()
+    bundled = sources.bundled_val_labels_path()
+    assert bundled.endswith("imagenet_val_labels.txt")
     assert sources.open_source(folder, bundled).class_names[0] == "n01440764"
 
 
@@ -307,7 +309,8 @@ def test_tfds_source(tmp_path):
 
     KvggTinyImages(data_dir=str(tmp_path)).download_and_prepare()
     source = TFDSSource("kvgg_tiny_images", data_dir=str(tmp_path))
-    assert source.num_examples == 6 and len(source) == 6
+    assert isinstance(source, DataSource) and isinstance(source.shard(2, 1), DataSource)
+    assert source.num_examples == 6 and len(source) == 6 and source.count() == 6
     assert source.class_names == ("x", "y", "z")
     refs = {
         i: tf.image.resize(photo(40, 40, i).astype(np.float32), [32, 32]).numpy() for i in range(6)
@@ -369,3 +372,94 @@ def test_tfrecord_record_shuffle_is_seeded_per_epoch_and_graph_safe(shards):
         lambda epoch: source.elements(epoch, seed=3, shuffle=True)
     )
     assert [n.decode() for _, _, n in in_graph.as_numpy_iterator()] == order(1)
+
+
+# === The declared interface ===
+
+
+def test_every_source_kind_is_a_data_source(tmp_path, shards):
+    root, _ = shards
+    make_class_tree(tmp_path / "tree", classes=("a", "b"), per_class=2)
+    folder = sources.open_source(tmp_path / "tree")
+    records = sources.as_source("tfrecord:" + str(root / "train-*"))
+    for source in (folder, folder.shard(2, 1), records, records.shard(2, 0)):
+        assert isinstance(source, DataSource)
+        assert sources.as_source(source) is source
+    # TFDSSource: see test_tfds_source (checking it reads the prepared data set's metadata).
+
+
+class _Wrapped:
+    """A source of another kind: an image folder behind the `DataSource` interface."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.num_examples = inner.num_examples
+        self.class_names = inner.class_names
+
+    def __len__(self):
+        return len(self.inner)
+
+    def count(self):
+        return self.inner.count()
+
+    def shard(self, num_shards, shard_index):
+        return _Wrapped(self.inner.shard(num_shards, shard_index))
+
+    def elements(self, epoch=0, seed=0, shuffle=False):
+        return self.inner.elements(epoch, seed=seed, shuffle=shuffle)
+
+    def read(self, payload, label):
+        return self.inner.read(payload, label)
+
+    def names_at(self, epoch, seed, start, stop, shuffle):
+        return self.inner.names_at(epoch, seed, start, stop, shuffle)
+
+
+class _NoRead(_Wrapped):
+    read = None  # a protocol method set to None is missing
+
+
+class _NoNames:
+    """Every member but `names_at`."""
+
+    num_examples = 0
+    class_names = None
+
+    def __len__(self):
+        return 0
+
+    def count(self):
+        return 0
+
+    def shard(self, num_shards, shard_index):
+        return self
+
+    def elements(self, epoch=0, seed=0, shuffle=False):
+        return None
+
+    def read(self, payload, label):
+        return payload, label
+
+
+def test_any_object_with_the_interface_feeds_the_pipelines(tmp_path):
+    make_class_tree(tmp_path, classes=("a", "b"), per_class=3)
+    folder = sources.open_source(tmp_path)
+    wrapped = _Wrapped(folder)
+    assert isinstance(wrapped, DataSource)
+    assert sources.as_source(wrapped) is wrapped
+    ((x1, y1),) = take(pipelines.evaluation_dataset(folder, batch_size=6, **SMALL_EVAL), 1)
+    ((x2, y2),) = take(pipelines.evaluation_dataset(wrapped, batch_size=6, **SMALL_EVAL), 1)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert pipelines.steps_per_epoch(wrapped, 2) == 3
+    ((x, y),) = take(pipelines.training_dataset(wrapped, batch_size=6, **SMALL), 1)
+    assert x.shape == (6, 32, 32, 3) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("cls", [_NoRead, _NoNames])
+def test_an_object_missing_a_member_is_not_a_data_source(tmp_path, cls):
+    make_class_tree(tmp_path, classes=("a",), per_class=1)
+    source = cls(sources.open_source(tmp_path)) if cls is _NoRead else cls()
+    assert not isinstance(source, DataSource)
+    with pytest.raises(TypeError):
+        sources.as_source(source)

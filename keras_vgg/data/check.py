@@ -16,6 +16,9 @@ import io
 import os
 from collections.abc import Callable
 
+import tensorflow as tf
+
+from keras_vgg.data import sources, transforms
 from keras_vgg.files import atomic_text
 
 __all__ = ["CheckReport", "FileReport", "check_source", "inspect_file"]
@@ -107,10 +110,6 @@ def inspect_file(path: str | os.PathLike, min_side: int = 0) -> FileReport:
     Returns:
         A `FileReport`.
     """
-    import tensorflow as tf
-
-    from keras_vgg.data import transforms
-
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -173,8 +172,6 @@ def check_source(
     Raises:
         ValueError: if the source is not made of files (TFRecord, TFDS) or cannot be opened.
     """
-    from keras_vgg.data import sources
-
     source = sources.as_source(source)
     if not isinstance(source, sources.ImageSource):
         raise ValueError(f"{source!r}: data check scans image folders only")

@@ -1,9 +1,11 @@
 """Where training and evaluation images come from: folders, TFRecord shards, TFDS.
 
-Every source yields, for one epoch, a `tf.data.Dataset` of (payload, label, name): a
-string payload that the source's `read` turns into encoded image bytes and a label, the
-label (or -1 until `read` parses it) and a name used in bad-file reports. Sharding for
-several workers happens on whole files (`shard`), shuffling per epoch from a seed.
+What the pipelines need of a source is declared once, in `DataSource`: for one epoch, a
+`tf.data.Dataset` of (payload, label, name), where `read` turns the string payload into
+encoded image bytes and a label, the label is -1 until `read` parses it, and the name is
+used in bad-file reports. Sharding for several workers happens on whole files (`shard`),
+shuffling per epoch from a seed. `ImageSource`, `TFRecordSource` and `TFDSSource` are the
+three kinds; any other object with the same interface feeds the pipelines too.
 """
 
 from __future__ import annotations
@@ -12,16 +14,24 @@ import dataclasses
 import glob
 import os
 from importlib import resources
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+from keras_vgg import imagenet
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGENET_VAL_LABELS",
+    "DataSource",
     "ImageSource",
     "TFDSSource",
     "TFRecordSource",
     "as_source",
+    "bundled_val_labels_path",
     "open_source",
 ]
 
@@ -35,8 +45,71 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _bundled_val_labels_path() -> str:
+def bundled_val_labels_path() -> str:
+    """Path of the bundled ILSVRC-2012 validation labels (what "imagenet-val" stands for).
+
+    One class index per line (in `keras_vgg.imagenet.class_index` order) for
+    ILSVRC2012_val_00000001.JPEG to ILSVRC2012_val_00050000.JPEG; giving this path as a
+    labels file is the same as giving `IMAGENET_VAL_LABELS`.
+
+    Returns:
+        The file's path inside the installed package.
+    """
     return str(resources.files("keras_vgg").joinpath("_data/imagenet_val_labels.txt"))
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """What the pipelines, the statistics and training use of a source of images.
+
+    Satisfied by `ImageSource`, `TFRecordSource` and `TFDSSource`, and by any other object
+    with these members (`isinstance(obj, DataSource)` checks that they exist; on Python
+    before 3.12 that also evaluates properties such as `TFDSSource.num_examples`).
+
+    Attributes:
+        num_examples: Number of elements, or None when unknown without reading them all
+            (`count` reads them).
+        class_names: Name of each class index, or None when the source does not name them.
+    """
+
+    @property
+    def num_examples(self) -> int | None: ...
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None: ...
+
+    def __len__(self) -> int:
+        """Number of elements (TypeError if unknown: see `count`)."""
+        ...
+
+    def count(self) -> int:
+        """Number of elements, reading them all if need be."""
+        ...
+
+    def shard(self, num_shards: int, shard_index: int) -> DataSource:
+        """Worker `shard_index`'s part of the source, of whole files (Sec. 3.3).
+
+        Raises:
+            ValueError: if `shard_index` is not in [0, num_shards) or there are fewer files
+                than workers.
+        """
+        ...
+
+    def elements(self, epoch=0, seed: int = 0, shuffle: bool = False) -> tf.data.Dataset:
+        """One epoch of (payload, label, name): scalar string, int32 (-1 until `read`), string.
+
+        With `shuffle`, in an order drawn from (seed, epoch) alone (`epoch` may be a tensor),
+        different every epoch; without, in the source's own order.
+        """
+        ...
+
+    def read(self, payload: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(payload, label) of an element -> (encoded image bytes, int32 label); in-graph."""
+        ...
+
+    def names_at(self, epoch: int, seed: int, start: int, stop: int, shuffle: bool) -> list[str]:
+        """Names of the elements at positions [start, stop) of `elements(epoch, seed, shuffle)`."""
+        ...
 
 
 def _epoch_seed(seed, epoch):
@@ -109,6 +182,11 @@ class ImageSource:
 
     @property
     def num_examples(self) -> int:
+        """Number of files."""
+        return len(self.files)
+
+    def count(self) -> int:
+        """Number of files."""
         return len(self.files)
 
     @classmethod
@@ -154,22 +232,20 @@ class ImageSource:
             ValueError: naming the path if root or the labels file is missing, root holds no
                 image, a line is not an integer, or the label count differs from the file count.
         """
-        from keras_vgg import imagenet
-
         root = os.fspath(root)
         labels_file = os.fspath(labels_file)
         if not os.path.isdir(root):
             raise ValueError(f"{root}: no such directory")
         bundled = labels_file == IMAGENET_VAL_LABELS or (
             os.path.exists(labels_file)
-            and os.path.realpath(labels_file) == os.path.realpath(_bundled_val_labels_path())
+            and os.path.realpath(labels_file) == os.path.realpath(bundled_val_labels_path())
         )
         names = sorted(e.name for e in os.scandir(root) if e.is_file() and _is_image_name(e.name))
         if not names:
             raise ValueError(f"{root}: no image files (.jpg/.jpeg/.png/.bmp/.gif)")
         if bundled:
             labels = list(imagenet.val_labels())
-            labels_file = _bundled_val_labels_path()
+            labels_file = bundled_val_labels_path()
         else:
             if not os.path.isfile(labels_file):
                 raise ValueError(f"{labels_file}: no such labels file")
@@ -406,14 +482,20 @@ class TFDSSource:
 
     @property
     def num_examples(self) -> int:
+        """Number of records in this worker's part of the split (from the TFDS metadata)."""
         tfds, builder = self._builder()
         return builder.info.splits[self._split(tfds)].num_examples
 
     def __len__(self) -> int:
         return self.num_examples
 
+    def count(self) -> int:
+        """Number of records (from the TFDS metadata: nothing is read)."""
+        return self.num_examples
+
     @property
     def class_names(self) -> tuple[str, ...] | None:
+        """The label feature's names, or None if it has none."""
         _, builder = self._builder()
         feature = builder.info.features[self.label_key]
         return tuple(feature.names) if hasattr(feature, "names") else None
@@ -446,6 +528,7 @@ class TFDSSource:
 
     @staticmethod
     def read(payload, label):
+        """(encoded image, label) -> the same: TFDS already parsed the record."""
         return payload, label
 
     def names_at(self, epoch: int, seed: int, start: int, stop: int, shuffle: bool) -> list[str]:
@@ -457,34 +540,6 @@ def _names_at(source, epoch, seed, start, stop, shuffle) -> list[str]:
     """Replays one epoch's deterministic element order to name positions [start, stop)."""
     ds = source.elements(epoch, seed=seed, shuffle=shuffle).skip(start).take(stop - start)
     return [name.decode("utf-8", "replace") for _, _, name in ds.as_numpy_iterator()]
-
-
-def first_decodable(source, tries: int = 64):
-    """(payload, label) of the first element among the first `tries` that decodes.
-
-    Raises:
-        ValueError: naming the source if none of them decodes.
-    """
-    import tensorflow as tf
-
-    from keras_vgg.data import transforms
-
-    for payload, label, _ in source.elements().take(tries):
-        try:
-            contents, _ = source.read(payload, label)
-            transforms.decode_image(contents)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
-            continue
-        return payload, label
-    raise ValueError(f"{_describe(source)}: none of the first {tries} images can be decoded")
-
-
-def _describe(source) -> str:
-    if isinstance(source, ImageSource):
-        return os.path.commonpath(source.files) if source.files else "ImageSource"
-    if isinstance(source, TFRecordSource):
-        return source.files[0] if source.files else "TFRecordSource"
-    return f"tfds:{source.name}"
 
 
 def open_source(
@@ -509,17 +564,33 @@ def open_source(
     return ImageSource.from_folder(root)
 
 
-def as_source(spec, labels_file=None, *, label_offset: int = 0):
+def as_source(
+    spec: DataSource | str | os.PathLike,
+    labels_file: str | os.PathLike | None = None,
+    *,
+    label_offset: int = 0,
+) -> DataSource:
     """Any source from a source object or a string.
 
     Strings: "tfds:NAME[:SPLIT]" -> `TFDSSource`; "tfrecord:PATTERN", or a pattern whose
     files are TFRecords (contains "tfrecord" or a glob "*"), -> `TFRecordSource`; a folder ->
     `open_source`.
 
+    Args:
+        spec: A `DataSource` (returned as it is) or a string or path.
+        labels_file: For a flat folder: its labels file (see `open_source`).
+        label_offset: For TFRecords: subtracted from the stored labels.
+
+    Returns:
+        A `DataSource`.
+
     Raises:
         ValueError: naming the path or name when it cannot be opened.
     """
-    if isinstance(spec, (ImageSource, TFRecordSource, TFDSSource)):
+    # The three known kinds first: checking the protocol evaluates properties (Python < 3.12).
+    if isinstance(spec, (ImageSource, TFRecordSource, TFDSSource)) or (
+        not isinstance(spec, (str, os.PathLike)) and isinstance(spec, DataSource)
+    ):
         return spec
     spec = os.fspath(spec)
     if spec.startswith("tfds:"):

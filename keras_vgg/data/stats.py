@@ -6,7 +6,7 @@ values on the 0-1 scale (pixel / 255), the scale of AlexNet's published values, 
 computed by `kvgg stats` compare directly with `IMAGENET_STATS`. The colour shift draws
 alpha_i ~ N(0, 0.1), takes `eigenvectors @ (alpha * eigenvalues)` on that 0-1 scale and
 multiplies the shift by 255 before adding it to 0-255 pixels (see
-`keras_vgg.data.transforms.color_shift`).
+`keras_vgg.data.transforms.random_draws`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ import os
 from collections.abc import Callable
 
 import numpy as np
+import tensorflow as tf
 
+from keras_vgg.data import sources
+from keras_vgg.data.decoding import decoded_images
+from keras_vgg.data.sources import DataSource
 from keras_vgg.imagenet import IMAGENET_MEAN
 
 __all__ = ["IMAGENET_STATS", "DatasetStats", "compute_stats"]
@@ -177,7 +181,7 @@ def stats_from_moments(count: int, pixel_sum: np.ndarray, outer_sum: np.ndarray,
 
 
 def compute_stats(
-    source,
+    source: DataSource | str | os.PathLike,
     sample: int | None = None,
     seed: int = 0,
     *,
@@ -190,8 +194,8 @@ def compute_stats(
     be decoded are skipped and logged like in training.
 
     Args:
-        source: An `ImageSource`, `TFRecordSource`, `TFDSSource` or a string for
-            `keras_vgg.data.sources.as_source`.
+        source: A `DataSource` (`ImageSource`, `TFRecordSource`, `TFDSSource`) or a string
+            for `keras_vgg.data.sources.as_source`.
         sample: Use a seeded random sample of this many images instead of all of them (for
             record sources: the first ones of a seeded shuffle).
         seed: Seed of the sample.
@@ -204,14 +208,12 @@ def compute_stats(
     Raises:
         ValueError: if `sample` is not positive or no image could be decoded.
     """
-    import tensorflow as tf
-
-    from keras_vgg.data import pipelines, sources
-
     source = sources.as_source(source)
     if sample is not None and sample < 1:
         raise ValueError(f"`sample` must be a positive integer. Received: sample={sample!r}")
-    moments = pipelines.decoded_images(source, map_fn=_moments, sample=sample, seed=seed)
+    moments = decoded_images(
+        source, map_fn=_moments, sample=sample, seed=seed, group_size=batch_images
+    )
     count = 0
     pixel_sum = np.zeros(3, np.float64)
     outer_sum = np.zeros((3, 3), np.float64)
@@ -227,8 +229,6 @@ def compute_stats(
 
 
 def _moments(image):
-    import tensorflow as tf
-
     # float64 sums: 1e9 pixels of 255^2 overflow float32's precision long before its range.
     pixels = tf.cast(tf.reshape(image, [-1, 3]), tf.float64)
     return (
