@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_vgg.data import pipelines, sources, transforms
+from keras_vgg.data import decoding, sources, transforms
 from keras_vgg.evaluation.loading import LoadedModel, check_classes, load_models
 from keras_vgg.evaluation.metrics import TIES, top_k_credit
 from keras_vgg.evaluation.protocols import (
@@ -119,7 +119,7 @@ def evaluate(
 ) -> EvaluationResult:
     """Evaluates nets on a labelled data set: what `kvgg evaluate` runs.
 
-    Images are read and decoded by the data pipeline (`keras_vgg.data.pipelines.
+    Images are read and decoded by the data pipeline (`keras_vgg.data.decoding.
     decoded_images`, which skips and reports undecodable files) and rescaled to every test
     scale there, in parallel; the protocols then run as in `evaluate_images`.
 
@@ -160,8 +160,8 @@ def evaluate(
         raise ValueError(f"{label}: the data set is empty (no images)")
     if limit is not None and total is not None:
         total = min(total, limit)
-    bad_files = pipelines.BadFileLog()
-    dataset = pipelines.decoded_images(
+    bad_files = decoding.BadFileLog()
+    dataset = decoding.decoded_images(
         source,
         lambda image: tuple(transforms.rescale_isotropic(image, q) for q in scales),
         with_labels=True,

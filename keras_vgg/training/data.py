@@ -121,7 +121,7 @@ def recipe_data(
             train_source,
             batch_size=batch_size,
             # The pipeline takes S as an int or (Smin, Smax).
-            train_scale=d.train_scale.to_json(),
+            train_scale=d.train_scale,
             crop_size=d.crop_size,
             flip=d.flip,
             color_shift=stats if d.color_shift else None,
