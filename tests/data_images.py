@@ -82,3 +82,14 @@ def make_bad_files(folder, size=(48, 56)) -> dict[str, str]:
         "text.jpg": b"this is not an image, just a stray note\n",
     }
     return {name: write(os.path.join(folder, name), data) for name, data in contents.items()}
+
+
+def write_class_folders(root, classes: int = 3, per_class: int = 16, size: int = 40) -> None:
+    """Class folders of PNG files: a bright square whose place depends on the class."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        os.makedirs(os.path.join(root, f"class{c}"))
+        for i in range(per_class):
+            image = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+            image[4 + 10 * c : 14 + 10 * c, 8:30] = 230
+            Image.fromarray(image).save(os.path.join(root, f"class{c}", f"{i:03d}.png"))

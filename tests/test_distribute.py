@@ -15,6 +15,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from data_images import write_class_folders
 
 from keras_vgg import distribute
 
@@ -301,19 +302,6 @@ runs_dir = "{root}/runs"
 """
 
 
-def write_folder(root, classes=3, per_class=6, size=40):
-    """Class folders of PNGs (18 files: two global batches of 8 an epoch, 2 left over)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            image = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-            image[4 + 10 * c : 14 + 10 * c, 8:30] = 230
-            Image.fromarray(image).save(root / f"class{c}" / f"{i:03d}.png")
-
-
 def state_arrays(run_dir):
     """The model and optimizer variables of a run's `state.npz`, by name."""
     with np.load(run_dir / "state.npz") as f:
@@ -340,7 +328,7 @@ def test_two_workers_train_as_one_process_on_a_folder(tmp_path):
     instead of in one pass (measured: at most about 1e-7 after 4 steps, while a worker seeing
     the wrong images or summing instead of averaging moves some weights by 0.1 or more).
     """
-    write_folder(tmp_path / "train")
+    write_class_folders(tmp_path / "train", per_class=6)
     (tmp_path / "exp.toml").write_text(FOLDER_RECIPE.format(root=tmp_path))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     fit = [sys.executable, "-m", "keras_vgg.cli", "fit", str(tmp_path / "exp.toml"), "--set"]

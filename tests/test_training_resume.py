@@ -12,21 +12,10 @@ import time
 import keras
 import numpy as np
 import pytest
-from PIL import Image
+from data_images import write_class_folders
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 6
-
-
-def write_folder(root: pathlib.Path, classes=3, per_class=16, size=40):
-    """Class folders of PNG files: a bright square whose place depends on the class."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            image = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-            image[4 + 10 * c : 14 + 10 * c, 8:30] = 230
-            Image.fromarray(image).save(root / f"class{c}" / f"{i:03d}.png")
 
 
 RECIPE = """
@@ -64,8 +53,8 @@ runs_dir = "{root}/runs"
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    write_folder(root / "train")
-    write_folder(root / "val", per_class=4)
+    write_class_folders(root / "train")
+    write_class_folders(root / "val", per_class=4)
     (root / "exp.toml").write_text(RECIPE.format(root=root, epochs=EPOCHS))
     return root
 
