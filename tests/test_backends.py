@@ -29,6 +29,24 @@ for config in ("A-LRN", "C"):
 """
 
 
+def run_under(backend: str, script: str, tmp_path) -> None:
+    """Runs `script BACKEND TMP_PATH` in a fresh Python whose Keras uses `backend`, on CPU."""
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "PYTHONPATH": str(ROOT),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script, backend, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_same_outputs_on_other_backends(backend, tmp_path, rng):
     if importlib.util.find_spec(backend) is None:
@@ -43,21 +61,7 @@ def test_same_outputs_on_other_backends(backend, tmp_path, rng):
         model.save_weights(tmp_path / f"{config}.weights.h5")
         expected[config] = model(x).numpy()
         expected[config + "_dense"] = keras_vgg.to_fully_convolutional(model)(big).numpy()
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": backend,
-        "PYTHONPATH": str(ROOT),
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    script = SCRIPT.format(**SMALL)
-    result = subprocess.run(
-        [sys.executable, "-c", script, backend, str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_under(backend, SCRIPT.format(**SMALL), tmp_path)
     for config in ("A-LRN", "C"):
         np.testing.assert_allclose(
             np.load(tmp_path / f"{config}_{backend}.npy"), expected[config], rtol=1e-4, atol=1e-6
@@ -102,16 +106,7 @@ def test_preprocess_input_on_other_backends(backend, tmp_path, rng):
     x = rng.integers(0, 256, (2, 5, 4, 3)).astype("float32")
     x[0, 0, 0] = (255, 0, 7)
     np.save(tmp_path / "x.npy", x)
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    result = subprocess.run(
-        [sys.executable, "-c", PREPROCESS_SCRIPT, backend, str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_under(backend, PREPROCESS_SCRIPT, tmp_path)
     for name in CONVENTIONS:
         expected = preprocess_by_hand(x, name)
         outputs = [
