@@ -168,7 +168,14 @@ def test_nan_loss_exits_with_one_line(workdir):
 
 
 def test_ctrl_c_says_how_to_resume(workdir):
-    command, env = kvgg_fit(workdir, "--set", "run.name=interrupted")
+    # Long enough that the interrupt lands mid-run: on a loaded machine six tiny epochs
+    # could all finish before it is delivered, and the run then ends normally (exit 0).
+    command, env = kvgg_fit(
+        workdir,
+        "--set", "run.name=interrupted",
+        "--set", "schedule.epochs=400",
+        "--set", "schedule.plateau_patience=400",
+    )  # fmt: skip
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
