@@ -4,8 +4,6 @@ import ast
 import logging
 import os
 import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -624,14 +622,3 @@ def test_no_function_level_imports_of_the_package_in_keras_vgg_data():
                     ):
                         found.append(f"{path.name}:{inner.lineno}")
     assert found == []
-
-
-def test_every_data_module_imports_first():
-    # Each module imported first, alone, in a fresh interpreter: a cycle would fail here.
-    modules = ["sources", "transforms", "check", "decoding", "stats", "pipelines"]
-    code = "; ".join(
-        f"import subprocess, sys; r = subprocess.run([sys.executable, '-c', "
-        f"'import keras_vgg.data.{m}']).returncode; assert r == 0, {m!r}"
-        for m in modules
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})

@@ -1,0 +1,102 @@
+"""The package's layout rules, read from its source: imports go one way, none are hidden."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "keras_vgg"
+# The command line imports the library inside each command, so `kvgg --version` and
+# `--help` start without Keras: not a hidden cycle.
+LAZY_BY_DESIGN = {"keras_vgg.cli"}
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def _targets(node: ast.AST, module: str, modules) -> list[str]:
+    """The package modules an import statement loads (a package's `__init__` included)."""
+    names = []
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    out = []
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if prefix in modules and prefix != "keras_vgg" and prefix != module:
+                out.append(prefix)
+    return out
+
+
+def _imports(modules):
+    """(module-level edges, function-level package imports) of every module."""
+    edges, hidden = {}, []
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text())
+        edges[module] = set()
+        for node in tree.body:
+            if isinstance(node, ast.If):  # `if TYPE_CHECKING:` imports never run
+                continue
+            for inner in ast.walk(node) if not isinstance(node, ast.FunctionDef) else ():
+                edges[module].update(_targets(inner, module, modules))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if _targets(inner, module, modules):
+                        hidden.append(f"{module}:{inner.lineno}")
+    return edges, hidden
+
+
+def _cycle(edges) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        state[node] = 2
+        stack.pop()
+        return None
+
+    for node in sorted(edges):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_module_level_imports_have_no_cycle():
+    edges, _ = _imports(_modules())
+    # A package's own __init__ re-exporting its submodules is not a cycle with them.
+    edges = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in edges.items()}
+    assert _cycle(edges) is None, " -> ".join(_cycle(edges))
+
+
+def test_no_function_level_package_import_hides_a_cycle():
+    _, hidden = _imports(_modules())
+    hidden = [h for h in hidden if h.split(":")[0] not in LAZY_BY_DESIGN]
+    assert hidden == []
+
+
+def test_the_checks_see_a_cycle_and_a_hidden_import():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    tree = {"keras_vgg.x": None, "keras_vgg.y": None}
+    node = ast.parse("from keras_vgg import y").body[0]
+    assert _targets(node, "keras_vgg.x", tree) == ["keras_vgg.y"]
