@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from data_images import write_class_folders
 
+import keras_vgg  # noqa: F401 - imported after keras: registers VGG for keras.saving.load_model
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 6
 
@@ -176,8 +178,16 @@ def test_ctrl_c_says_how_to_resume(workdir):
         "--set", "schedule.epochs=400",
         "--set", "schedule.plateau_patience=400",
     )  # fmt: skip
+    # A terminal's Ctrl-C reaches a process whose SIGINT is at its default; a child
+    # inherits an ignored SIGINT from its parent (and Python then installs no handler), so
+    # the test does not depend on what the test process's other tests did to it.
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         for line in process.stdout:
