@@ -56,18 +56,36 @@ class UserError(click.ClickException):
         click.echo(f"kvgg: error: {self.format_message()}", err=True, file=file)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
 def user_errors(func):
-    """Starts TensorFlow quietly; turns ValueError / FileNotFoundError into one-line errors."""
+    """Starts TensorFlow quietly; turns the library's errors into one line, no traceback.
+
+    Exit code 2 (the user's input): ValueError, FileNotFoundError, `runs.RunInUse` (another
+    process holds the run directory). Exit code 1 (the machine): any other OSError, such as
+    `files.WriteError` from a full disk, a read-only folder or a missing permission; its
+    line names the file and says what was kept.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         _start_tensorflow_quietly()
         try:
             return func(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as exc:
-            raise UserError(
-                str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            ) from None
+        except (ValueError, OSError, RuntimeError) as exc:
+            from keras_vgg import runs
+
+            if isinstance(exc, (ValueError, FileNotFoundError, runs.RunInUse)):
+                raise UserError(_first_line(exc)) from None
+            if isinstance(exc, runs.WriteError):
+                raise RunFailed(_first_line(exc)) from None
+            if isinstance(exc, OSError):
+                where = f"{exc.filename}: " if exc.filename else ""
+                raise RunFailed(f"{where}{exc.strerror or _first_line(exc)}") from None
+            raise
 
     return wrapper
 
@@ -482,7 +500,12 @@ class RunFailed(click.ClickException):
     metavar="KEY=VALUE",
     help="Override a recipe key, e.g. --set data.root=/data/imagenet --set optimizer.lr=0.001.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the resolved recipe and the plan, then exit.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the resolved recipe and the plan, make every check the run makes before its "
+    "first step, then exit (2 if a check fails).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a finished run of the same name.")
 @user_errors
 def fit(recipe_paths, overrides, dry_run, overwrite):
@@ -498,6 +521,7 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
         raise UserError("give one RECIPE.toml (several only with --dry-run)")
     recipes = [recipe_lib.load_recipe(path, overrides) for path in recipe_paths]
     if dry_run:
+        problems = []
         for path, recipe in zip(recipe_paths, recipes, strict=True):
             plan = training.plan_fit(recipe, overwrite=overwrite)
             click.echo(f"# resolved recipe ({path})")
@@ -505,6 +529,12 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
             click.echo(f"# plan ({path})")
             click.echo(plan.describe())
             click.echo()
+            if plan.problem:
+                problems.append(plan.problem)
+        for problem in problems[:-1]:
+            click.echo(f"kvgg: error: {problem}", err=True)
+        if problems:
+            raise UserError(problems[-1])
         return
     recipe = recipes[0]
     try:
