@@ -12,7 +12,9 @@ import click
 
 from keras_vgg import __version__
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# ERROR lines of TensorFlow's C++ runtime too: its decoders log what a failed decode (which
+# the command reports in its own words) met, e.g. "Premature end of JPEG data".
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Lines TensorFlow's C++ runtime prints while it starts, before absl logging is initialised
 # (so no environment variable silences them): informational on a command line.
