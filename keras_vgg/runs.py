@@ -159,7 +159,8 @@ def lock_run(run_dir: str | os.PathLike) -> Iterator[str]:
     kernel's own release on exit is what recognises a dead holder, with no pid guessing
     (a pid can be reused). The file names the holder (pid, host, command) for the message
     a second process gets. A file system that has no locks (some network mounts) runs
-    unlocked, with a warning.
+    unlocked, with a warning. A run directory this call created and that holds nothing but
+    the lock when it is released (a run refused by a check) is removed.
 
     Args:
         run_dir: The run directory.
@@ -171,23 +172,10 @@ def lock_run(run_dir: str | os.PathLike) -> Iterator[str]:
         RunInUse: one line naming the run directory and the process that holds it.
     """
     run_dir = os.fspath(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, LOCK)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    created = not os.path.isdir(run_dir)
+    fd = _acquire(run_dir, path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunInUse(
-                f"{run_dir}: in use by {_holder(path)}; wait for it to end, or pick another "
-                "run with --set run.name=NEW"
-            ) from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            warnings.warn(
-                f"{run_dir}: cannot be locked ({exc.strerror}): not guarded", stacklevel=3
-            )
         note = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -201,7 +189,41 @@ def lock_run(run_dir: str | os.PathLike) -> Iterator[str]:
             os.pwrite(fd, (json.dumps(note) + "\n").encode(), 0)
         yield path
     finally:
+        with contextlib.suppress(OSError):
+            if created and os.listdir(run_dir) == [LOCK]:
+                # Refused before it wrote anything: no directory left behind. Unlinked while
+                # held: a process that opened the old file retries on a new one (_acquire).
+                os.remove(path)
+                os.rmdir(run_dir)
         os.close(fd)  # releases the lock
+
+
+def _acquire(run_dir: str, path: str) -> int:
+    """Opens and flocks the lock file; retries if it was replaced meanwhile (see lock_run)."""
+    while True:
+        os.makedirs(run_dir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunInUse(
+                f"{run_dir}: in use by {_holder(path)}; wait for it to end, or pick another "
+                "run with --set run.name=NEW"
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            warnings.warn(
+                f"{run_dir}: cannot be locked ({exc.strerror}): not guarded", stacklevel=4
+            )
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def clear_run(run_dir: str | os.PathLike) -> None:
