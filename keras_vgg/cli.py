@@ -30,9 +30,13 @@ def _start_tensorflow_quietly() -> None:
     """Imports TensorFlow and Keras with fd 2 captured, re-emitting all but start-up noise."""
     if "keras" in sys.modules or os.environ.get("KVGG_VERBOSE"):
         return
+    try:
+        captured_file = tempfile.TemporaryFile(mode="w+b")
+    except OSError:  # no room for the capture (a full disk): start unfiltered
+        return
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
+    with captured_file as captured:
         os.dup2(captured.fileno(), 2)
         try:
             import keras  # noqa: F401
@@ -78,11 +82,14 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except (ValueError, OSError, RuntimeError) as exc:
-            from keras_vgg import runs
-
-            if isinstance(exc, (ValueError, FileNotFoundError, runs.RunInUse)):
+            # Raised only once their modules are imported; importing here could fail again.
+            runs = sys.modules.get("keras_vgg.runs")
+            files = sys.modules.get("keras_vgg.files")
+            if isinstance(exc, (ValueError, FileNotFoundError)) or (
+                runs is not None and isinstance(exc, runs.RunInUse)
+            ):
                 raise UserError(_first_line(exc)) from None
-            if isinstance(exc, runs.WriteError):
+            if files is not None and isinstance(exc, files.WriteError):
                 raise RunFailed(_first_line(exc)) from None
             if isinstance(exc, OSError):
                 where = f"{exc.filename}: " if exc.filename else ""
