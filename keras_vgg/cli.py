@@ -12,7 +12,9 @@ import click
 
 from keras_vgg import __version__
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# ERROR lines of TensorFlow's C++ runtime too: its decoders log what a failed decode (which
+# the command reports in its own words) met, e.g. "Premature end of JPEG data".
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Lines TensorFlow's C++ runtime prints while it starts, before absl logging is initialised
 # (so no environment variable silences them): informational on a command line.
@@ -28,9 +30,13 @@ def _start_tensorflow_quietly() -> None:
     """Imports TensorFlow and Keras with fd 2 captured, re-emitting all but start-up noise."""
     if "keras" in sys.modules or os.environ.get("KVGG_VERBOSE"):
         return
+    try:
+        captured_file = tempfile.TemporaryFile(mode="w+b")
+    except OSError:  # no room for the capture (a full disk): start unfiltered
+        return
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
+    with captured_file as captured:
         os.dup2(captured.fileno(), 2)
         try:
             import keras  # noqa: F401
@@ -56,18 +62,39 @@ class UserError(click.ClickException):
         click.echo(f"kvgg: error: {self.format_message()}", err=True, file=file)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
 def user_errors(func):
-    """Starts TensorFlow quietly; turns ValueError / FileNotFoundError into one-line errors."""
+    """Starts TensorFlow quietly; turns the library's errors into one line, no traceback.
+
+    Exit code 2 (the user's input): ValueError, FileNotFoundError, `runs.RunInUse` (another
+    process holds the run directory). Exit code 1 (the machine): any other OSError, such as
+    `files.WriteError` from a full disk, a read-only folder or a missing permission; its
+    line names the file and says what was kept.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         _start_tensorflow_quietly()
         try:
             return func(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as exc:
-            raise UserError(
-                str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            ) from None
+        except (ValueError, OSError, RuntimeError) as exc:
+            # Raised only once their modules are imported; importing here could fail again.
+            runs = sys.modules.get("keras_vgg.runs")
+            files = sys.modules.get("keras_vgg.files")
+            if isinstance(exc, (ValueError, FileNotFoundError)) or (
+                runs is not None and isinstance(exc, runs.RunInUse)
+            ):
+                raise UserError(_first_line(exc)) from None
+            if files is not None and isinstance(exc, files.WriteError):
+                raise RunFailed(_first_line(exc)) from None
+            if isinstance(exc, OSError):
+                where = f"{exc.filename}: " if exc.filename else ""
+                raise RunFailed(f"{where}{exc.strerror or _first_line(exc)}") from None
+            raise
 
     return wrapper
 
@@ -482,7 +509,12 @@ class RunFailed(click.ClickException):
     metavar="KEY=VALUE",
     help="Override a recipe key, e.g. --set data.root=/data/imagenet --set optimizer.lr=0.001.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the resolved recipe and the plan, then exit.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the resolved recipe and the plan, make every check the run makes before its "
+    "first step, then exit (2 if a check fails).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a finished run of the same name.")
 @user_errors
 def fit(recipe_paths, overrides, dry_run, overwrite):
@@ -498,6 +530,7 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
         raise UserError("give one RECIPE.toml (several only with --dry-run)")
     recipes = [recipe_lib.load_recipe(path, overrides) for path in recipe_paths]
     if dry_run:
+        problems = []
         for path, recipe in zip(recipe_paths, recipes, strict=True):
             plan = training.plan_fit(recipe, overwrite=overwrite)
             click.echo(f"# resolved recipe ({path})")
@@ -505,6 +538,12 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
             click.echo(f"# plan ({path})")
             click.echo(plan.describe())
             click.echo()
+            if plan.problem:
+                problems.append(plan.problem)
+        for problem in problems[:-1]:
+            click.echo(f"kvgg: error: {problem}", err=True)
+        if problems:
+            raise UserError(problems[-1])
         return
     recipe = recipes[0]
     try:

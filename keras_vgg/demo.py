@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from keras_vgg import evaluation, runs, training
+from keras_vgg import evaluation, files, runs, training
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.data import sources, stats
 
@@ -75,10 +75,10 @@ def write_digits(root: str | os.PathLike, *, size: int = 40, seed: int = 0) -> d
         folder = os.path.join(root, split, str(label))
         os.makedirs(folder, exist_ok=True)
         big = Image.fromarray(image, mode="L").resize((size, size), Image.BICUBIC)
-        big.convert("RGB").save(os.path.join(folder, f"{index:04d}.png"))
+        rgb = big.convert("RGB")
+        files.atomic_write(os.path.join(folder, f"{index:04d}.png"), rgb.save)
         counts[split] += 1
-    with open(marker, "w", encoding="utf-8") as f:
-        json.dump({"settings": settings, "counts": counts}, f, indent=2)
+    files.atomic_text(marker, json.dumps({"settings": settings, "counts": counts}, indent=2))
     return counts
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import keras
 
 from keras_vgg import configs as configs_lib
+from keras_vgg.files import atomic_write
 from keras_vgg.layers import LocalResponseNormalization
 from keras_vgg.record import (
     ModelRecord,
@@ -309,13 +310,25 @@ class VGG(keras.Model):
         return cls(**config)
 
     def save_weights(self, filepath, overwrite=True, **kwargs) -> None:
-        """`keras.Model.save_weights`, plus the record and build arguments in the file."""
-        super().save_weights(filepath, overwrite=overwrite, **kwargs)
-        if os.fspath(filepath).endswith(".weights.h5") and os.path.isfile(filepath):
-            build_kwargs = self.get_config()
-            for key in ("record", "name", "trainable"):
-                build_kwargs.pop(key)
-            write_h5_record(filepath, self.record, build_kwargs)
+        """`keras.Model.save_weights`, plus the record and build arguments in the file.
+
+        Written atomically (`files.atomic_write`): a failed write keeps the previous file.
+        """
+        if not os.fspath(filepath).endswith(".weights.h5") or (
+            not overwrite and os.path.exists(filepath)
+        ):
+            # Keras's own refusal or question, unchanged.
+            super().save_weights(filepath, overwrite=overwrite, **kwargs)
+            return
+        build_kwargs = self.get_config()
+        for key in ("record", "name", "trainable"):
+            build_kwargs.pop(key)
+
+        def write(tmp):
+            keras.Model.save_weights(self, tmp, overwrite=True, **kwargs)
+            write_h5_record(tmp, self.record, build_kwargs)
+
+        atomic_write(filepath, write)
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs) -> None:
         """`keras.Model.load_weights`; a `.weights.h5` file's record becomes the model's."""

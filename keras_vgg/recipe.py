@@ -267,6 +267,11 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recip
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
+            "a TOML recipe is UTF-8"
+        ) from None
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for item in overrides:
         _apply_override(raw, item, path)

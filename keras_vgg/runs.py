@@ -16,25 +16,38 @@ A run directory holds:
 - `state.npz`: the resumable state, every model and optimizer variable plus the JSON run
   state (`save_state`, `write_state`, `load_state`); `run_status` reads it.
 - `evaluation.json`, `evaluation.md`: the results of `kvgg evaluate` (`write_evaluation`).
+- `.lock`: the process that holds the run (`lock_run`).
 
-Every file is written through a temporary file in the same folder and renamed
-(`atomic_write`), so a kill while writing leaves the previous version whole.
+A run directory belongs to one process at a time: `fit` holds `lock_run` from before it
+reads the directory until it returns. Every file is written through a temporary file in
+the same folder and renamed (`atomic_write`), so a kill while writing leaves the previous
+version whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
 import math
 import os
+import shutil
+import socket
+import sys
+import time
+import warnings
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from keras_vgg import recipe as recipe_lib
-from keras_vgg.files import atomic_text, atomic_write  # noqa: F401 - part of this API
+from keras_vgg.files import WriteError, atomic_text, atomic_write  # noqa: F401 - this API
 from keras_vgg.record import describe
 
 __all__ = [
@@ -46,16 +59,21 @@ __all__ = [
     "HISTORY",
     "HISTORY_COLUMNS",
     "LAST_MODEL",
+    "LOCK",
     "LOGS",
     "METRICS",
     "MODEL_FILES",
     "MODEL_INFO",
     "RECIPE",
     "STATE",
+    "RunInUse",
+    "WriteError",
     "atomic_text",
     "atomic_write",
+    "clear_run",
     "history_csv",
     "load_state",
+    "lock_run",
     "model_file",
     "read_metrics",
     "read_model_info",
@@ -87,6 +105,7 @@ BAD_FILES = "bad_files.txt"
 STATE = "state.npz"
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_MD = "evaluation.md"
+LOCK = ".lock"
 
 # The model a run directory is loaded from: the best epoch's, else the latest.
 MODEL_FILES = (BEST_MODEL, LAST_MODEL)
@@ -110,6 +129,112 @@ def _read_json(path: str | os.PathLike):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+# === The lock ===
+
+
+class RunInUse(RuntimeError):
+    """Another live process holds the run directory (`lock_run`)."""
+
+
+def _holder(path: str) -> str:
+    """Who holds a lock file, as written by `lock_run`: "process N on HOST (COMMAND)"."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        return f"process {info['pid']} on {info['host']} ({info['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"  # between its lock and its note of who it is
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: str | os.PathLike) -> Iterator[str]:
+    """Holds the run directory for this process: one process at a time trains a run.
+
+    An advisory `fcntl.flock` on `<run_dir>/.lock`, created if needed (with the run
+    directory). The kernel releases it when the process ends, however it ends (a `kill -9`
+    included), so the lock of a dead process is free: the file it leaves behind names the
+    old process and is simply taken over. `flock` rather than a lock-file library: the
+    kernel's own release on exit is what recognises a dead holder, with no pid guessing
+    (a pid can be reused). The file names the holder (pid, host, command) for the message
+    a second process gets. A file system that has no locks (some network mounts) runs
+    unlocked, with a warning. A run directory this call created and that holds nothing but
+    the lock when it is released (a run refused by a check) is removed.
+
+    Args:
+        run_dir: The run directory.
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        RunInUse: one line naming the run directory and the process that holds it.
+    """
+    run_dir = os.fspath(run_dir)
+    path = os.path.join(run_dir, LOCK)
+    created = not os.path.isdir(run_dir)
+    fd = _acquire(run_dir, path)
+    try:
+        note = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(
+                os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)
+            ),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        with contextlib.suppress(OSError):  # the note is for people; a full disk keeps the lock
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(note) + "\n").encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            if created and os.listdir(run_dir) == [LOCK]:
+                # Refused before it wrote anything: no directory left behind. Unlinked while
+                # held: a process that opened the old file retries on a new one (_acquire).
+                os.remove(path)
+                os.rmdir(run_dir)
+        os.close(fd)  # releases the lock
+
+
+def _acquire(run_dir: str, path: str) -> int:
+    """Opens and flocks the lock file; retries if it was replaced meanwhile (see lock_run)."""
+    while True:
+        os.makedirs(run_dir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunInUse(
+                f"{run_dir}: in use by {_holder(path)}; wait for it to end, or pick another "
+                "run with --set run.name=NEW"
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            warnings.warn(
+                f"{run_dir}: cannot be locked ({exc.strerror}): not guarded", stacklevel=4
+            )
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def clear_run(run_dir: str | os.PathLike) -> None:
+    """Removes everything in a run directory but its lock (`fit --overwrite`)."""
+    for entry in os.scandir(run_dir):
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.remove(entry.path)
 
 
 # === recipe.toml, model_info.json, bad_files.txt ===
@@ -288,9 +413,10 @@ def load_state(path: str | os.PathLike, model: Any) -> dict[str, Any]:
         The `meta` dictionary that was saved.
 
     Raises:
-        ValueError: if the file holds another number of variables than the model.
+        ValueError: naming the file, if it holds another number of variables than the model
+            or is not a readable state (truncated, corrupt).
     """
-    with np.load(path) as state:
+    with _open_state(path) as state:
         model_vars, opt_vars = model.variables, list(model.optimizer.variables)
         n_model = sum(k.startswith("model/") for k in state.files)
         n_opt = sum(k.startswith("optimizer/") for k in state.files)
@@ -299,11 +425,42 @@ def load_state(path: str | os.PathLike, model: Any) -> dict[str, Any]:
                 f"{path}: holds {n_model} model and {n_opt} optimizer variables, the model has "
                 f"{len(model_vars)} and {len(opt_vars)} (was the recipe changed?)"
             )
-        for i, v in enumerate(model_vars):
-            v.assign(state[f"model/{i}"])
-        for i, v in enumerate(opt_vars):
-            v.assign(state[f"optimizer/{i}"])
-        return json.loads(str(state["meta"]))
+        try:
+            for i, v in enumerate(model_vars):
+                v.assign(state[f"model/{i}"])
+            for i, v in enumerate(opt_vars):
+                v.assign(state[f"optimizer/{i}"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise _corrupt_state(path, exc) from None
+        return _state_meta(path, state)
+
+
+def _corrupt_state(path, exc) -> ValueError:
+    return ValueError(
+        f"{path}: not a readable run state ({type(exc).__name__}: {exc}); the run cannot "
+        "resume from it: pass --overwrite to start again"
+    )
+
+
+@contextlib.contextmanager
+def _open_state(path):
+    try:
+        state = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise _corrupt_state(path, exc) from None
+    with state:
+        yield state
+
+
+def _state_meta(path, state) -> dict[str, Any]:
+    try:
+        meta = json.loads(str(state["meta"]))
+        meta["epoch"] = int(meta["epoch"])
+        return meta
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        raise _corrupt_state(path, exc) from None
 
 
 def run_status(run_dir: str | os.PathLike, overwrite: bool = False) -> tuple[str, int]:
@@ -315,6 +472,9 @@ def run_status(run_dir: str | os.PathLike, overwrite: bool = False) -> tuple[str
 
     Returns:
         ("start" | "resume" | "overwrite" | "finished", completed epochs).
+
+    Raises:
+        ValueError: naming `state.npz` if it is there but unreadable (and not overwritten).
     """
     metrics = read_metrics(run_dir)
     if metrics and metrics.get("status") == "finished":
@@ -323,8 +483,8 @@ def run_status(run_dir: str | os.PathLike, overwrite: bool = False) -> tuple[str
     if os.path.isfile(state_path):
         if overwrite:
             return "overwrite", 0
-        with np.load(state_path) as state:
-            meta = json.loads(str(state["meta"]))
+        with _open_state(state_path) as state:
+            meta = _state_meta(state_path, state)
         return "resume", meta["epoch"]
     return "start", 0
 

@@ -182,7 +182,7 @@ def test_write_results_writes_each_file_atomically(setup, tmp_path, monkeypatch)
     [
         ("classes", "its classes differ from those of"),
         ("scale", "Q=200 is below the model's crop size 224"),
-        ("unreadable", "cannot read the Keras model"),
+        ("unreadable", "not a .keras model (not a zip archive"),
         ("no_scales", "give the test scales"),
     ],
 )

@@ -4,8 +4,13 @@ Unreadable means the training pipeline's own decoder (`transforms.decode_image`)
 the file: zero-byte files, non-images with an image name, truncated or corrupt images. They
 would be skipped during training. Unusual means the file decodes but is not a plain RGB
 image of its named format: CMYK or greyscale JPEGs, PNG data named .JPEG, alpha channels,
-palettes, animations, trailing bytes, images smaller than a given side. Those are converted
-to RGB by the pipeline; the report says where they are.
+palettes, animations, trailing bytes, an EXIF orientation tag, images smaller than a given
+side. Those are converted to RGB by the pipeline; the report says where they are.
+
+EXIF orientation is not applied, as TensorFlow's decoders, keras.applications and
+torchvision's folder loader do not, and ImageNet practice trains on the stored pixels: a
+photo stored sideways with a rotate tag is read sideways, and `data check` says which files
+carry such a tag.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import io
 import os
+import re
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -87,17 +93,33 @@ class CheckReport:
         return path
 
 
+# EXIF tag 0x0112: how a viewer turns the stored pixels upright (1: as stored).
+_EXIF_ORIENTATION = 0x0112
+
+
 def _pil_info(data: bytes):
-    """(format, mode, (w, h), frames, error) as Pillow sees the file."""
+    """(format, mode, (w, h), frames, info, EXIF orientation) as Pillow sees the file."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             frames = getattr(image, "n_frames", 1)
-            info = (image.format, image.mode, image.size, frames, image.info)
+            try:
+                orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+            except Exception:  # noqa: BLE001 - a broken EXIF block is no orientation
+                orientation = 1
+            info = (image.format, image.mode, image.size, frames, image.info, orientation)
     except Exception as exc:  # Pillow raises many types for non-images
-        return None, None, None, 1, {"error": str(exc)}
+        return None, None, None, 1, {"error": str(exc)}, 1
     return info
+
+
+def _decoder_message(exc: Exception) -> str:
+    """The decoder's own words, without TensorFlow's node and op names."""
+    text = str(exc).strip()
+    text = text.splitlines()[-1] if text else type(exc).__name__
+    text = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]|\bname:\s*\S*\s*$", "", text)
+    return " ".join(text.split()) or type(exc).__name__
 
 
 def inspect_file(path: str | os.PathLike, min_side: int = 0) -> FileReport:
@@ -118,7 +140,7 @@ def inspect_file(path: str | os.PathLike, min_side: int = 0) -> FileReport:
         return FileReport(path, "unreadable", (f"cannot read file: {exc.strerror}",))
     if not data:
         return FileReport(path, "unreadable", ("empty file (0 bytes)",))
-    fmt, mode, size, frames, info = _pil_info(data)
+    fmt, mode, size, frames, info, orientation = _pil_info(data)
     try:
         shape = transforms.decode_image(tf.constant(data)).shape
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
@@ -127,8 +149,7 @@ def inspect_file(path: str | os.PathLike, min_side: int = 0) -> FileReport:
         elif fmt == "JPEG" and not data.endswith(b"\xff\xd9"):
             reason = "truncated JPEG (no end-of-image marker)"
         else:
-            message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            reason = f"corrupt {fmt}: {message[:120]}"
+            reason = f"corrupt {fmt}: {_decoder_message(exc)[:120]}"
         return FileReport(path, "unreadable", (reason,))
     problems = []
     expected = _EXTENSION_FORMAT.get(os.path.splitext(path)[1].lower())
@@ -146,6 +167,8 @@ def inspect_file(path: str | os.PathLike, min_side: int = 0) -> FileReport:
         problems.append(f"animated, {frames} frames (first frame used)")
     if fmt == "JPEG" and not data.endswith(b"\xff\xd9"):
         problems.append("bytes after the JPEG end-of-image marker (decoded whole, slower)")
+    if orientation != 1:
+        problems.append(f"EXIF orientation {orientation} ignored (pixels used as stored)")
     if min_side and min(shape[0], shape[1]) < min_side:
         problems.append(f"smaller than {min_side} px ({shape[1]}x{shape[0]})")
     return FileReport(path, "unusual" if problems else "ok", tuple(problems))

@@ -61,14 +61,14 @@ class BadFileLog:
             self._seen.add(name)
             self.names.append(name)
         reason = _reason(name)
-        logger.warning("skipped undecodable image %s (%s)", name, reason)
+        logger.warning("skipped unreadable image %s (%s)", name, reason)
         if self.path is not None:
             with self._lock, open(self.path, "a") as f:
                 f.write(f"{name}\t{reason}\n")
 
 
 def _reason(name: str) -> str:
-    if not os.path.isfile(name):
+    if not os.path.lexists(name):
         return "undecodable record"
     problems = check.inspect_file(name).problems
     return "; ".join(problems) if problems else "undecodable"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import stat
 from importlib import resources
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -32,6 +33,7 @@ __all__ = [
     "TFRecordSource",
     "as_source",
     "bundled_val_labels_path",
+    "image_names",
     "open_source",
 ]
 
@@ -43,6 +45,38 @@ IMAGENET_VAL_LABELS = "imagenet-val"
 
 def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop or a link it may not follow: not a class folder
+        return False
+
+
+def image_names(folder: str | os.PathLike) -> list[str]:
+    """The sorted names of the image files in a folder, as every image source lists them.
+
+    An image file has an image extension (`IMAGE_EXTENSIONS`, any letter case) and a name
+    that does not start with "." (hidden files: an interrupted write's `.x.partial.png`,
+    macOS's `._x.jpg`). Regular files are listed, and so is every entry that is not a
+    directory but cannot be read as a file (a symlink loop, a dangling link, a socket, a
+    file or link it has no permission to look at): the pipelines skip, count and name those
+    like an undecodable image, and `kvgg data check` reports them. FIFOs and devices are
+    never listed: reading one can block or never end.
+    """
+    names = []
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") or not _is_image_name(entry.name):
+            continue
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError:  # a loop, a dangling link, no permission: named when it is read
+            names.append(entry.name)
+            continue
+        if stat.S_ISREG(mode) or stat.S_ISSOCK(mode):
+            names.append(entry.name)
+    return sorted(names)
 
 
 def bundled_val_labels_path() -> str:
@@ -203,15 +237,13 @@ class ImageSource:
         root = os.fspath(root)
         if not os.path.isdir(root):
             raise ValueError(f"{root}: no such directory")
-        classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        classes = sorted(e.name for e in os.scandir(root) if _is_folder(e))
         if not classes:
             raise ValueError(f"{root}: no class folders (expected root/<class>/<image>)")
         files, labels = [], []
         for index, name in enumerate(classes):
             folder = os.path.join(root, name)
-            names = sorted(
-                e.name for e in os.scandir(folder) if e.is_file() and _is_image_name(e.name)
-            )
+            names = image_names(folder)
             if not names:
                 raise ValueError(f"{folder}: empty class folder (no .jpg/.jpeg/.png/.bmp/.gif)")
             files.extend(os.path.join(folder, n) for n in names)
@@ -240,7 +272,7 @@ class ImageSource:
             os.path.exists(labels_file)
             and os.path.realpath(labels_file) == os.path.realpath(bundled_val_labels_path())
         )
-        names = sorted(e.name for e in os.scandir(root) if e.is_file() and _is_image_name(e.name))
+        names = image_names(root)
         if not names:
             raise ValueError(f"{root}: no image files (.jpg/.jpeg/.png/.bmp/.gif)")
         if bundled:

@@ -23,6 +23,7 @@ import tensorflow as tf
 from keras_vgg.data import sources
 from keras_vgg.data.decoding import decoded_images
 from keras_vgg.data.sources import DataSource
+from keras_vgg.files import atomic_text
 from keras_vgg.imagenet import IMAGENET_MEAN
 
 __all__ = ["IMAGENET_STATS", "DatasetStats", "compute_stats"]
@@ -63,10 +64,8 @@ class DatasetStats:
         }
 
     def to_json(self, path: str | os.PathLike) -> None:
-        """Writes the statistics as JSON (a file a training recipe can point to)."""
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
+        """Writes the statistics as JSON (a file a training recipe can point to), atomically."""
+        atomic_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> DatasetStats:

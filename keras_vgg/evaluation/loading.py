@@ -15,6 +15,7 @@ from keras_vgg import network as _network  # noqa: F401 - registers VGG with Ker
 from keras_vgg import runs
 from keras_vgg.imagenet import class_index
 from keras_vgg.record import ModelRecord, attach_record, has_record, record_of
+from keras_vgg.weights.load import read_keras_model
 
 __all__ = ["LoadedModel", "check_classes", "load_model", "load_models"]
 
@@ -94,11 +95,7 @@ def load_model(path: str | os.PathLike | keras.Model | LoadedModel) -> LoadedMod
         name = path.stem if path.name not in runs.MODEL_FILES else path.parent.name
     else:
         raise ValueError(f"{path}: no such model file or run directory")
-    try:
-        model = keras.saving.load_model(model_file, compile=False)
-    except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise ValueError(f"{model_file}: cannot read the Keras model: {message}") from None
+    model = read_keras_model(model_file)
     config = getattr(model, "config", None)
     if not has_record(model):
         info_file = model_file.parent / runs.MODEL_INFO

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_vgg.data import check, transforms
+from keras_vgg.data import check, sources, transforms
 from keras_vgg.data.sources import IMAGE_EXTENSIONS
 from keras_vgg.evaluation.loading import load_models
 from keras_vgg.evaluation.loop import chunks
@@ -99,7 +99,7 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
     """The image files named, and those under the folders named (recursively, sorted).
 
     Files named explicitly are kept whatever their extension (an unreadable one is
-    reported by `predict`); in folders, only names with an image extension count.
+    reported by `predict`); in folders, the files `sources.image_names` lists.
 
     Args:
         paths: Files and folders.
@@ -108,7 +108,7 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
         The file paths, in the order given, each folder's files sorted.
 
     Raises:
-        ValueError: for a path that does not exist.
+        ValueError: for a path that does not exist, or a folder without image files.
     """
     files = []
     for path in paths:
@@ -116,10 +116,13 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
         if os.path.isdir(path):
             found = [
                 os.path.join(folder, name)
-                for folder, _, names in os.walk(path)
-                for name in names
-                if name.lower().endswith(IMAGE_EXTENSIONS)
+                for folder, _, _ in os.walk(path)
+                for name in sources.image_names(folder)
             ]
+            if not found:
+                raise ValueError(
+                    f"{path}: no image files ({'/'.join(IMAGE_EXTENSIONS)}) in this folder or below"
+                )
             files.extend(sorted(found))
         elif os.path.exists(path):
             files.append(path)

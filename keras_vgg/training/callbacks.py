@@ -9,6 +9,7 @@ TensorBoard scalars, `curves.png`) through `keras_vgg.runs`, off the training th
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import math
@@ -82,12 +83,18 @@ class RunKeeper(keras.callbacks.Callback):
         self._curves_drawn = -math.inf
         self._curves_stale = False
 
-    def close(self) -> None:
-        """Waits for the pending writes, draws the final curves.png, stops the thread."""
+    def close(self, quiet: bool = False) -> None:
+        """Waits for the pending writes, draws the final curves.png, stops the thread.
+
+        Args:
+            quiet: Training stopped on an error: the writes are still tried, but their own
+                errors (a full disk fails them all) are not raised over it.
+        """
         try:
-            self._wait()
-            if self._curves_stale and self.is_chief:
-                write_curves(os.path.join(self.run_dir, runs.CURVES), self.meta["history"])
+            with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
+                self._wait()
+                if self._curves_stale and self.is_chief:
+                    write_curves(os.path.join(self.run_dir, runs.CURVES), self.meta["history"])
         finally:
             self._writer.shutdown()
             for writer in self._summaries.values():
@@ -106,8 +113,9 @@ class RunKeeper(keras.callbacks.Callback):
                 if epoch > 1
                 else "no epoch's state had been written yet"
             )
+            reason = getattr(exc, "reason", None) or exc.strerror or exc
             raise CheckpointError(
-                f"could not write the files of epoch {epoch} ({where}: {exc.strerror or exc}); "
+                f"could not write the files of epoch {epoch} ({where}: {reason}); "
                 f"{kept} in {self.run_dir}: fix this and run the same command again"
             ) from None
 

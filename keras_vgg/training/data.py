@@ -19,7 +19,7 @@ from keras_vgg import recipe as recipe_lib
 from keras_vgg.data import pipelines, sources
 from keras_vgg.data import stats as stats_lib
 
-__all__ = ["TrainingData", "recipe_data", "split_source"]
+__all__ = ["RecipeSources", "TrainingData", "open_sources", "recipe_data", "split_source"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,21 +45,44 @@ class TrainingData:
     mean: tuple[float, float, float]
 
 
-def recipe_data(
-    recipe: recipe_lib.Recipe, *, bad_files_path: str | None = None, num_workers: int = 1
-) -> TrainingData:
-    """Builds the training and validation pipelines of a recipe (Sec. 3.1).
+@dataclasses.dataclass(frozen=True)
+class RecipeSources:
+    """A recipe's data, opened and checked: everything a run checks before its first step.
+
+    Attributes:
+        train: The training source (after `run.steps_per_epoch`'s seeded sample).
+        val: The validation source, or None.
+        stats: The colour statistics (`data.stats`, else ImageNet's).
+        class_names: One name per class.
+        steps_per_epoch: Batches per epoch.
+    """
+
+    train: sources.DataSource
+    val: sources.DataSource | None
+    stats: stats_lib.DatasetStats
+    class_names: tuple[str, ...]
+    steps_per_epoch: int
+
+
+def open_sources(recipe: recipe_lib.Recipe, *, num_workers: int = 1) -> RecipeSources:
+    """Opens and checks a recipe's data, building no pipeline (`fit`, `fit --dry-run`).
+
+    Checks the folders and files the recipe names (`data.root`, `data.val_root`,
+    `data.labels_file`, `data.stats`), the batch against the training images, the class
+    count (`model.classes`), and every validation label against it: a flat folder's labels
+    must lie in [0, classes), a class tree must have the training set's class folders.
+    Labels stored inside TFRecords are read only while training.
 
     Args:
         recipe: The recipe.
-        bad_files_path: Where the pipeline lists images it had to skip.
         num_workers: Worker processes reading shards of the training set.
 
     Returns:
-        A `TrainingData`.
+        A `RecipeSources`.
 
     Raises:
-        ValueError: naming the recipe key whose folder or file is missing or unusable.
+        ValueError: naming the recipe and the key whose folder or file is missing or
+            unusable, or the labels file and the image whose label is out of range.
     """
     d, r = recipe.data, recipe.run
     train_source = _open_source(recipe, "data.root", d.root, None)
@@ -78,7 +101,6 @@ def recipe_data(
         if not os.path.isfile(d.stats):
             raise ValueError(f"{recipe.path}: data.stats: file not found: {d.stats}")
         stats = stats_lib.DatasetStats.from_json(d.stats)
-    mean = tuple(float(v) for v in stats.mean)
     batch = r.batch_size
     if is_folder and r.steps_per_epoch is not None:
         # A fixed seeded subset makes one pipeline epoch exactly `steps_per_epoch` batches,
@@ -115,6 +137,60 @@ def recipe_data(
                 "their number"
             )
         class_names = tuple(str(i) for i in range(recipe.model.classes))
+    classes = recipe.model.classes or len(class_names)
+    if classes != len(class_names):
+        raise ValueError(
+            f"{recipe.path}: model.classes: {classes}, but {d.root} has {len(class_names)} classes"
+        )
+    _check_val_labels(recipe, val_source, tuple(class_names))
+    return RecipeSources(train_source, val_source, stats, tuple(class_names), steps)
+
+
+def _check_val_labels(recipe, val_source, class_names) -> None:
+    """Every validation label names one of the training classes (Sec. 3.1's classes)."""
+    if not isinstance(val_source, sources.ImageSource) or recipe.data.val_root is None:
+        return
+    d = recipe.data
+    if d.labels_file is None:  # a class tree: the same class folders, so the same indices
+        if tuple(val_source.class_names) != class_names:
+            extra = sorted(set(val_source.class_names) ^ set(class_names))[:3]
+            raise ValueError(
+                f"{recipe.path}: data.val_root: {d.val_root} has {len(val_source.class_names)} "
+                f"class folders, {d.root} has {len(class_names)}, and they differ "
+                f"({', '.join(extra) or 'in order'}): validation labels would be wrong"
+            )
+        return
+    for path, label in zip(val_source.files, val_source.labels, strict=True):
+        if not 0 <= label < len(class_names):
+            raise ValueError(
+                f"{recipe.path}: data.labels_file: {d.labels_file}: label {label} of "
+                f"{os.path.basename(path)} is out of range for the {len(class_names)} classes "
+                f"of {d.root} (0 to {len(class_names) - 1})"
+            )
+
+
+def recipe_data(
+    recipe: recipe_lib.Recipe, *, bad_files_path: str | None = None, num_workers: int = 1
+) -> TrainingData:
+    """Builds the training and validation pipelines of a recipe (Sec. 3.1).
+
+    Args:
+        recipe: The recipe.
+        bad_files_path: Where the pipeline lists images it had to skip.
+        num_workers: Worker processes reading shards of the training set.
+
+    Returns:
+        A `TrainingData`.
+
+    Raises:
+        ValueError: naming the recipe key whose folder or file is missing or unusable
+            (`open_sources`).
+    """
+    d, r = recipe.data, recipe.run
+    opened = open_sources(recipe, num_workers=num_workers)
+    train_source, val_source, stats = opened.train, opened.val, opened.stats
+    mean = tuple(float(v) for v in stats.mean)
+    class_names, steps = opened.class_names, opened.steps_per_epoch
 
     def train(*, start_epoch: int, batch_size: int, num_shards: int = 1, shard_index: int = 0):
         return pipelines.training_dataset(

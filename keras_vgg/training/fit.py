@@ -12,9 +12,9 @@ run would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,7 +26,7 @@ from keras_vgg import distribute, runs
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.data import sources
 from keras_vgg.training.callbacks import RunKeeper
-from keras_vgg.training.data import TrainingData, recipe_data
+from keras_vgg.training.data import TrainingData, open_sources, recipe_data
 from keras_vgg.training.schedule import Plateau
 from keras_vgg.training.setup import (
     build_model,
@@ -50,7 +50,9 @@ class FitPlan:
     """Everything `fit` will do, decided before it starts (printed by `--dry-run`).
 
     `action` is "start", "resume" (after `resume_epoch` epochs), "overwrite" or "finished"
-    (a finished run, refused without `overwrite`).
+    (a finished run, refused without `overwrite`). `problem` is the one-line error the run
+    would stop on before its first step (a missing folder or file, a label out of range, a
+    finished run, a missing initial model), or None when every check passed.
     """
 
     recipe: recipe_lib.Recipe
@@ -62,6 +64,7 @@ class FitPlan:
     init_source: str | None
     num_train_images: int | None
     steps_per_epoch: int | None
+    problem: str | None = None
 
     def describe(self) -> str:
         """The plan as the lines `kvgg fit --dry-run` prints."""
@@ -89,6 +92,7 @@ class FitPlan:
                 else f"one per CPU core ({os.cpu_count()})"
             ),
             f"initialisation:     {self._init_text()}",
+            f"checks:             {self.problem or 'passed'}",
         ]
         return "\n".join(lines)
 
@@ -126,7 +130,7 @@ def plan_fit(
     *,
     devices: Sequence[str] | None = None,
     overwrite: bool = False,
-    count_images: bool = True,
+    check: bool = True,
 ) -> FitPlan:
     """Decides strategy, precision and what happens to the run directory, creating nothing.
 
@@ -134,27 +138,37 @@ def plan_fit(
         recipe: The recipe.
         devices: Local devices (default: every GPU, else the CPU).
         overwrite: Whether a finished run may be replaced.
-        count_images: Count the training images (walks `data.root` when it exists).
+        check: Make every check the run makes before its first step (`--dry-run`): the
+            data (`training.data.open_sources`: folders, files, labels, statistics; it
+            counts the training images), the run directory and the initial model. The first
+            failure is the plan's `problem`.
 
     Returns:
         A `FitPlan`.
 
     Raises:
-        ValueError: if the global batch does not split over the replicas.
+        ValueError: if the global batch does not split over the replicas, or the run
+            directory's `state.npz` is unreadable.
     """
     dist = distribute.plan_distribution(recipe.run.batch_size, devices=devices)
     precision = distribute.resolve_precision(recipe.run.precision)
     run_dir = recipe.run_dir
     action, epoch = runs.run_status(run_dir, overwrite)
-    count = steps = None
-    if count_images and os.path.isdir(recipe.data.root):
-        count = len(sources.open_source(recipe.data.root).files)
-        steps = recipe.run.steps_per_epoch or count // recipe.run.batch_size
-    elif recipe.run.steps_per_epoch:
-        steps = recipe.run.steps_per_epoch
-    return FitPlan(
+    count, steps, problem = None, recipe.run.steps_per_epoch, None
+    plan = FitPlan(
         recipe, dist, precision, run_dir, action, epoch, _init_source(recipe), count, steps
     )
+    if check:
+        try:
+            _check_run_dir(plan)
+            if action != "resume":
+                check_init_source(recipe, plan.init_source)
+            opened = open_sources(recipe, num_workers=dist.num_workers)
+            steps = opened.steps_per_epoch
+            count = len(opened.train) if isinstance(opened.train, sources.ImageSource) else None
+        except ValueError as exc:
+            problem = str(exc).strip().splitlines()[0]
+    return dataclasses.replace(plan, num_train_images=count, steps_per_epoch=steps, problem=problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,9 +240,19 @@ def fit(
     Raises:
         ValueError: for a recipe that cannot run (missing folders, a missing initial run,
             a finished run without `overwrite`), naming the key or the run directory.
+        RunInUse: if another live process holds the run directory (`runs.lock_run`; the
+            chief takes it before it reads the directory, other workers only read).
         TrainingDiverged: when the loss becomes NaN; the previous epoch's checkpoint is kept.
+        CheckpointError: when an epoch's files cannot be written; the previous ones are kept.
+        WriteError: (an `OSError`) naming the file, when another file cannot be written.
     """
-    plan = plan_fit(recipe, devices=devices, overwrite=overwrite, count_images=False)
+    chief = distribute.plan_distribution(recipe.run.batch_size, devices=devices).is_chief
+    with runs.lock_run(recipe.run_dir) if chief else contextlib.nullcontext():
+        return _fit(recipe, data, devices, overwrite, verbose, print_fn)
+
+
+def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
+    plan = plan_fit(recipe, devices=devices, overwrite=overwrite, check=False)
     _check_run_dir(plan)
     if plan.action != "resume":
         check_init_source(recipe, plan.init_source)
@@ -236,7 +260,7 @@ def fit(
     run_dir = plan.run_dir
     if dist.is_chief:
         if plan.action == "overwrite" and os.path.isdir(run_dir):
-            shutil.rmtree(run_dir)
+            runs.clear_run(run_dir)
         os.makedirs(run_dir, exist_ok=True)
     strategy = distribute.make_strategy(dist)
     print_fn(
@@ -321,8 +345,10 @@ def fit(
                     callbacks=callbacks,
                     verbose=verbose,
                 )
-    finally:
-        keeper.close()
+    except BaseException:
+        keeper.close(quiet=True)  # the error that stopped training is the one to report
+        raise
+    keeper.close()
     if keeper.diverged is not None:
         epoch, batch = keeper.diverged
         if dist.is_chief:

@@ -20,6 +20,7 @@ import numpy as np
 
 from keras_vgg import configs as configs_lib
 from keras_vgg import models
+from keras_vgg.files import atomic_write
 from keras_vgg.imagenet import Preprocessing
 from keras_vgg.record import attach_record, read_h5_record, record_of, write_h5_record
 from keras_vgg.weights.load import load_weights, preprocessing_for, read_keras_model
@@ -179,8 +180,13 @@ def save_weights(model: keras.Model, path: str | os.PathLike) -> None:
     path = os.fspath(path)
     if not path.endswith(".weights.h5"):
         raise ValueError(f"Weights files must end in .weights.h5. Received: path={path!r}")
-    model.save_weights(path)
-    write_h5_record(path, record_of(model))
+    record = record_of(model)
+
+    def write(tmp):
+        model.save_weights(tmp)
+        write_h5_record(tmp, record)
+
+    atomic_write(path, write)
 
 
 def build_kwargs_from(found: LayerWeights, config: str, source: str) -> dict[str, Any]:

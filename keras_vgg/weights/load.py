@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import os
 import warnings
+import zipfile
 from collections.abc import Mapping
 
 import keras
@@ -179,19 +180,37 @@ def _check_fits_pretrained(model: keras.Model, entry: PretrainedWeights) -> None
 def read_keras_model(path: str) -> keras.Model:
     """Reads a whole `.keras` model (without compiling it), a `keras_vgg.VGG` included.
 
-    Args:
-        path: The `.keras` file.
-
     Returns:
         The model, with its record.
 
+    Keras's safe mode stays on: a file holding Python code (a `Lambda` layer's function)
+    is refused, and the message never suggests turning the protection off.
+
+    Args:
+        path: The `.keras` file.
+
     Raises:
-        ValueError: when Keras cannot read the file.
+        ValueError: one line naming the file: missing, not a `.keras` archive (truncated,
+            or another kind of file), holding code, or otherwise unreadable by Keras.
     """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path}: not a .keras model (not a zip archive: truncated, or another kind of file)"
+        )
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
-        raise ValueError(f"{path}: cannot read the .keras model: {exc}") from exc
+        text = str(exc)
+        if "safe_mode" in text or "arbitrary code" in text:
+            raise ValueError(
+                f"{path}: holds Python code (a Lambda layer's function); refused: a model file "
+                "must not run code when it is loaded"
+            ) from None
+        message = text.strip().splitlines()[0] if text.strip() else repr(exc)
+        raise ValueError(f"{path}: cannot read the .keras model: {message}") from None
 
 
 def _load_native_weights(model: keras.Model, path: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 import zipfile
 from collections.abc import Mapping
@@ -356,8 +357,17 @@ def _torch_load(path: str) -> Mapping[str, Any]:
         raise ImportError(f"Reading {path} needs PyTorch: pip install 'keras-vgg[torch]'") from exc
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, ...
-        raise ValueError(f"{path}: cannot read the PyTorch file (truncated?): {exc}") from None
+    except pickle.UnpicklingError:
+        # torch's own text suggests weights_only=False: never, for a file that holds code.
+        raise ValueError(
+            f"{path}: holds code or objects that are not plain tensors; refused: a weights "
+            "file must not run code when it is loaded"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - truncated zip, not a PyTorch file, ...
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise ValueError(
+            f"{path}: cannot read the PyTorch file (truncated, or another kind of file): {message}"
+        ) from None
     # Training checkpoints wrap the state dict; DataParallel prefixes "module.".
     for key in ("state_dict", "model"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):

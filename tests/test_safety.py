@@ -1,0 +1,436 @@
+"""Nothing lost, ever: the hostile catalogue of issue 14 as tests.
+
+One process per run directory (a real second process), every file written atomically (a
+real file-size limit from the kernel stands in for a full disk: writes past it fail with
+EFBIG, as they fail with ENOSPC on a full disk), strange files in image folders, labels out
+of range, corrupt state, and one-line messages that name the file. The CLI's messages and
+exit codes are checked in-process with click's runner; the lock and the full disk with real
+`kvgg fit` processes.
+"""
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT
+from data_images import jpeg, photo, truncated_jpeg, write, write_class_folders
+from PIL import Image
+
+import keras_vgg
+from keras_vgg import evaluation, files, runs, training
+from keras_vgg import recipe as recipe_lib
+from keras_vgg.cli import main
+from keras_vgg.data import check, decoding, sources
+from keras_vgg.data import stats as stats_lib
+from keras_vgg.record import ModelRecord, attach_record
+from keras_vgg.weights.load import read_keras_model
+
+RECIPE = """
+[model]
+config = "A"
+width = 0.0625
+fc_units = 16
+init = "glorot"
+
+[data]
+root = "{root}/train"
+val_root = "{root}/val"
+train_scale = 36
+crop_size = 32
+
+[schedule]
+epochs = {epochs}
+
+[run]
+name = "{name}"
+seed = 0
+precision = "float32"
+batch_size = 8
+runs_dir = "{root}/runs"
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("safety")
+    write_class_folders(root / "train", per_class=8)
+    write_class_folders(root / "val", per_class=2)
+    return root
+
+
+def recipe_file(workdir, name, epochs=2, **data):
+    """A tiny recipe; `data` replaces keys of its [data] section."""
+    text = RECIPE.format(root=workdir, name=name, epochs=epochs)
+    for key, value in data.items():
+        line = f"{key} = {json.dumps(value)}"
+        if f"\n{key} = " in text:
+            text = "\n".join(line if t.startswith(f"{key} = ") else t for t in text.split("\n"))
+        else:
+            text = text.replace("[data]\n", f"[data]\n{line}\n")
+    path = workdir / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def invoke(*args):
+    """`kvgg ARGS` in this process: (exit code, stdout, stderr)."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+@contextlib.contextmanager
+def file_size_limit(size):
+    """Files written by this process cannot grow past `size` bytes (RLIMIT_FSIZE).
+
+    The kernel fails such a write with EFBIG (Python ignores SIGXFSZ), just as a full disk
+    fails it with ENOSPC: the same OSError path, without root or a small file system.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def tree(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# === Atomic writes ===
+
+
+def test_every_writer_keeps_the_previous_file_when_the_disk_is_full(tmp_path):
+    """Each writer: a full write, then one that fails: the old bytes stay, no partial file."""
+    stats = stats_lib.IMAGENET_STATS
+    report = check.CheckReport(3, (check.FileReport("a.png", "unreadable", ("x" * 2000,)),))
+    writers = {
+        "stats.json": lambda p: stats.to_json(p),
+        "report.txt": lambda p: report.write(p),
+        "metrics.json": lambda p: runs.write_metrics(p.parent, {"x": "y" * 3000}),
+    }
+    for name, write_file in writers.items():
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        path = folder / name
+        write_file(path)
+        before = path.read_bytes()
+        with file_size_limit(len(before) // 2), pytest.raises(files.WriteError) as info:
+            write_file(path)
+        message = str(info.value)
+        assert message == f"could not write {path}: File too large; the previous file is kept"
+        assert info.value.filename == str(path)
+        assert path.read_bytes() == before, name
+        assert tree(folder) == [name], name
+
+
+def test_weights_files_are_written_through_a_partial_file(tmp_path):
+    """`.weights.h5` writers (HDF5 crashes on a write that fails mid-file, so the failure
+    here is the partial file's creation): the old file stays, the error names it."""
+    model = keras_vgg.build("A", width=1 / 16, fc_units=8, classes=3, input_shape=(32, 32, 3))
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    attach_record(plain, ModelRecord())
+    for name, write_file in {
+        "vgg.weights.h5": model.save_weights,
+        "plain.weights.h5": lambda p: keras_vgg.weights.save_weights(plain, p),
+    }.items():
+        path = tmp_path / name
+        write_file(path)
+        before = path.read_bytes()
+        (tmp_path / files.partial_path(name)).mkdir()  # the partial file cannot be created
+        with pytest.raises(files.WriteError, match=f"^could not write {path}: .*; the previous"):
+            write_file(path)
+        assert path.read_bytes() == before
+        (tmp_path / files.partial_path(name)).rmdir()
+
+
+def test_partial_names_keep_every_suffix():
+    assert files.partial_path("a/x.weights.h5") == os.path.join("a", ".x.partial.weights.h5")
+    assert files.partial_path("last.keras") == ".last.partial.keras"
+
+
+# === One process per run directory; a full disk during fit ===
+
+
+def test_one_process_per_run_and_a_full_disk_during_fit_is_one_line(workdir):
+    """A real `kvgg fit` whose disk fills at its first checkpoint: while it trains, a second
+    fit on its run directory is refused in one line; it then stops in one line, exit 1, no
+    partial file, no traceback; the lock it leaves is free."""
+    path = recipe_file(workdir, "full")
+    run_dir = workdir / "runs" / "full"
+
+    def full_disk():  # last.keras (about 60 kB at this width) cannot be written
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, resource.RLIM_INFINITY))
+
+    first = subprocess.Popen(
+        [sys.executable, "-m", "keras_vgg.cli", "fit", str(path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=full_disk,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        holder = None
+        while holder is None or holder.get("pid") != first.pid:
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.05)
+            with contextlib.suppress(OSError, ValueError):
+                holder = json.loads((run_dir / runs.LOCK).read_text())
+        code, out, err = invoke("fit", path, "--set", "run.seed=1")
+        assert code == 2, err
+        assert err == (
+            f"kvgg: error: {run_dir}: in use by process {first.pid} on {socket.gethostname()} "
+            f"({holder['command']}); wait for it to end, or pick another run with "
+            "--set run.name=NEW\n"
+        )
+        with pytest.raises(runs.RunInUse):
+            training.fit(recipe_lib.load_recipe(path, ["run.seed=1"]))
+        _, stderr = first.communicate(timeout=240)
+    finally:
+        first.kill()
+    assert first.returncode == 1, stderr
+    assert "Traceback" not in stderr and "During handling" not in stderr
+    (line,) = [t for t in stderr.splitlines() if t.startswith("kvgg: error:")]
+    assert line.startswith(f"kvgg: error: could not write the files of epoch 1 ({run_dir}/")
+    assert "File too large" in line and "no epoch's state had been written yet" in line
+    assert not [name for name in tree(run_dir) if ".partial" in name]
+    assert not (run_dir / runs.STATE).exists()
+    # The lock file still names the process that ended, and is free.
+    assert json.loads((run_dir / runs.LOCK).read_text())["pid"] == first.pid
+    with runs.lock_run(run_dir):
+        assert json.loads((run_dir / runs.LOCK).read_text())["pid"] == os.getpid()
+
+
+def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
+    run_dir = tmp_path / "run"
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # only os-level calls between fork and the kill
+        with runs.lock_run(run_dir):
+            os.write(ready_w, b"locked")
+            time.sleep(120)
+        os._exit(0)
+    try:
+        assert os.read(ready_r, 6) == b"locked"
+        with pytest.raises(runs.RunInUse, match=f"in use by process {child} on "):
+            with runs.lock_run(run_dir):
+                pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    assert json.loads((run_dir / runs.LOCK).read_text())["pid"] == child  # a stale note
+    with runs.lock_run(run_dir):
+        assert json.loads((run_dir / runs.LOCK).read_text())["pid"] == os.getpid()
+        with pytest.raises(runs.RunInUse, match=f"in use by process {os.getpid()} "):
+            with runs.lock_run(run_dir):
+                pass
+    with runs.lock_run(run_dir):  # released on exit
+        pass
+
+
+# === Strange files in image folders ===
+
+
+@pytest.fixture
+def strange_folder(tmp_path):
+    """A class tree whose class folder holds every kind of entry that is not an image file."""
+    folder = tmp_path / "data" / "cat"
+    good = write(folder / "good.jpg", jpeg(40, 48))
+    os.symlink("loop.png", folder / "loop.png")  # points to itself
+    os.symlink("nowhere.png", folder / "dangling.png")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(folder / "socket.png"))
+    os.mkfifo(folder / "fifo.png")  # reading it would block: never listed
+    write(folder / ".good.partial.jpg", jpeg(40, 48))  # an interrupted write's leftover
+    write(folder / "._good.jpg", b"AppleDouble")
+    return tmp_path / "data", good
+
+
+def test_image_folders_skip_and_name_what_is_not_a_readable_file(strange_folder):
+    root, good = strange_folder
+    source = sources.open_source(root)
+    folder = os.path.join(root, "cat")
+    listed = ["dangling.png", "good.jpg", "loop.png", "socket.png"]
+    assert source.files == tuple(os.path.join(folder, n) for n in listed)
+
+    bad = decoding.BadFileLog()
+    images = list(decoding.decoded_images(source, bad_files=bad).as_numpy_iterator())
+    assert len(images) == 1 and images[0].shape == (40, 48, 3)
+    assert sorted(bad.names) == [os.path.join(folder, n) for n in listed if n != "good.jpg"]
+
+    report = check.check_source(source)
+    reasons = {os.path.basename(r.path): (r.status, r.problems) for r in report.reports}
+    assert reasons == {
+        "dangling.png": ("unreadable", ("cannot read file: No such file or directory",)),
+        "loop.png": ("unreadable", ("cannot read file: Too many levels of symbolic links",)),
+        "socket.png": ("unreadable", ("cannot read file: No such device or address",)),
+    }
+
+
+def test_cli_names_strange_files_and_refuses_an_empty_predict_folder(strange_folder, tmp_path):
+    root, good = strange_folder
+    code, out, err = invoke("data", "check", root)
+    assert code == 1, err
+    assert "Traceback" not in out + err
+    assert f"unreadable: {root}/cat/loop.png: cannot read file: Too many levels" in out
+    assert out.strip().endswith("4 files: 1 ok, 0 unusual, 3 unreadable")
+    # The report cannot be written (a full disk): one line, exit 1, the old report kept.
+    report = tmp_path / "report.txt"
+    report.write_text("the report of yesterday\n")
+    with file_size_limit(20):
+        code, out, err = invoke("data", "check", root, "--output", report)
+    assert code == 1
+    assert err.splitlines()[-1] == (
+        f"kvgg: error: could not write {report}: File too large; the previous file is kept"
+    )
+    assert report.read_text() == "the report of yesterday\n"
+
+    model = keras_vgg.build("A", width=1 / 16, fc_units=8, classes=3, input_shape=(32, 32, 3))
+    model_path = tmp_path / "m.keras"
+    model.save(model_path)
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images")
+    code, out, err = invoke("predict", "--model", model_path, empty)
+    assert code == 2 and out == ""
+    assert err == (
+        f"kvgg: error: {empty}: no image files (.jpg/.jpeg/.png/.bmp/.gif) in this folder or "
+        "below\n"
+    )
+    code, out, err = invoke("predict", "--model", model_path, root)
+    assert code == 1  # the three unreadable files are named, the good one predicted
+    assert out.startswith(f"{good}\n")
+    assert f"kvgg: skipped unreadable image: {root}/cat/loop.png: cannot read file" in err
+
+
+# === Labels, data and state checked before the first step (also by --dry-run) ===
+
+
+def test_dry_run_makes_every_check_the_run_makes(workdir, tmp_path):
+    flat = tmp_path / "flat"
+    for i in range(3):
+        write(flat / f"{i:02d}.png", b"")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("0\n17\n2\n")
+    bad_label = recipe_file(workdir, "bad_label", val_root=str(flat), labels_file=str(labels))
+    no_root = recipe_file(workdir, "no_root", root=str(tmp_path / "absent"))
+    no_stats = recipe_file(workdir, "no_stats", stats=str(tmp_path / "stats.json"))
+    more_classes = tmp_path / "val3"
+    write_class_folders(more_classes, classes=4, per_class=1)
+    other_val = recipe_file(workdir, "other_val", val_root=str(more_classes))
+    good = recipe_file(workdir, "good")
+    state_dir = workdir / "runs" / "corrupt"
+    state_dir.mkdir(parents=True)
+    runs.write_state(state_dir / runs.STATE, {"model/0": np.zeros(1000)}, {"epoch": 1})
+    data = (state_dir / runs.STATE).read_bytes()
+    (state_dir / runs.STATE).write_bytes(data[: len(data) // 2])
+    corrupt = recipe_file(workdir, "corrupt")
+
+    expected = {
+        bad_label: f"{bad_label}: data.labels_file: {labels}: label 17 of 01.png is out of "
+        f"range for the 3 classes of {workdir}/train (0 to 2)",
+        no_root: f"{no_root}: data.root: folder not found: {tmp_path}/absent",
+        no_stats: f"{no_stats}: data.stats: file not found: {tmp_path}/stats.json",
+        other_val: f"{other_val}: data.val_root: {more_classes} has 4 class folders, "
+        f"{workdir}/train has 3, and they differ (class3): validation labels would be wrong",
+        good: None,
+    }
+    for path, problem in expected.items():
+        assert training.plan_fit(recipe_lib.load_recipe(path)).problem == problem
+    with pytest.raises(ValueError, match="label 17 of 01.png is out of range"):
+        training.fit(recipe_lib.load_recipe(bad_label))
+    assert not (workdir / "runs" / "bad_label" / runs.STATE).exists()
+
+    code, out, err = invoke("fit", "--dry-run", *expected)
+    assert code == 2
+    assert err.splitlines() == [f"kvgg: error: {p}" for p in expected.values() if p]
+    assert out.count("checks:             passed") == 1
+    # A truncated state.npz: the file is named, nothing is trained or overwritten.
+    code, out, err = invoke("fit", "--dry-run", corrupt)
+    assert code == 2 and out == ""
+    assert err.startswith(
+        f"kvgg: error: {state_dir / runs.STATE}: not a readable run state (BadZipFile: "
+    )
+    assert err.rstrip().endswith("pass --overwrite to start again") and err.count("\n") == 1
+    assert (state_dir / runs.STATE).read_bytes() == data[: len(data) // 2]
+
+
+# === Messages that name the file ===
+
+
+class _Code:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_files_that_hold_code_or_are_not_what_they_say_are_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = tmp_path / "text.keras"
+    text.write_text("not a model")
+    inp = keras.Input((4,))
+    lam = tmp_path / "lambda.keras"
+    keras.Model(inp, keras.layers.Lambda(lambda x: x * 2)(inp)).save(lam)
+    recipe = tmp_path / "latin1.toml"
+    recipe.write_bytes('[data]\nroot = "caf\xe9"\n'.encode("latin-1"))
+
+    with pytest.raises(ValueError) as info:
+        read_keras_model(str(text))
+    assert str(info.value) == (
+        f"{text}: not a .keras model (not a zip archive: truncated, or another kind of file)"
+    )
+    with pytest.raises(ValueError) as info:
+        evaluation.load_model(lam)
+    assert str(info.value) == (
+        f"{lam}: holds Python code (a Lambda layer's function); refused: a model file must "
+        "not run code when it is loaded"
+    )
+    with pytest.raises(ValueError) as info:
+        recipe_lib.load_recipe(recipe)
+    assert (
+        str(info.value) == f"{recipe}: not UTF-8 text (byte 18: b'\\xe9'); a TOML recipe is UTF-8"
+    )
+
+    torch = pytest.importorskip("torch")
+    evil = tmp_path / "evil.pth"
+    torch.save({"features.0.weight": _Code()}, evil)
+    with pytest.raises(ValueError) as info:
+        keras_vgg.weights.model_from_weights(str(evil), "A")
+    assert str(info.value) == (
+        f"{evil}: holds code or objects that are not plain tensors; refused: a weights file "
+        "must not run code when it is loaded"
+    )
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_data_check_speaks_of_files_not_tensorflow_nodes(tmp_path):
+    png = tmp_path / "ok.png"
+    Image.fromarray(photo(40, 40)).save(png)
+    data = bytearray(png.read_bytes())
+    data[100:160] = b"x" * 60  # a real PNG, damaged in its image data
+    corrupt = write(tmp_path / "corrupt.png", bytes(data))
+    report = check.inspect_file(corrupt)
+    assert report.status == "unreadable"
+    assert report.problems == (f"corrupt PNG: Invalid PNG data, size {len(data)}",)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, "rotate 90 degrees clockwise to view"
+    sideways = tmp_path / "sideways.jpg"
+    Image.fromarray(photo(30, 50)).save(sideways, exif=exif.tobytes())
+    report = check.inspect_file(sideways)
+    assert report.status == "unusual"
+    assert report.problems == ("EXIF orientation 6 ignored (pixels used as stored)",)
+    assert check.inspect_file(write(tmp_path / "t.jpg", truncated_jpeg())).status == "unreadable"
