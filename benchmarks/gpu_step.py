@@ -191,7 +191,11 @@ def keras_model(image_size: int, width: float, jit_compile) -> keras.Model:
 
 
 def time_steps(step, steps: int, warmup: int) -> float:
-    """Seconds per step: `warmup` untimed calls, then the mean of `steps` (each one syncs)."""
+    """Seconds per step: `warmup` untimed calls, then the mean of `steps` timed ones.
+
+    torch's queued GPU work is waited for before the clock stops; Keras's calls return host
+    values, so each of its steps waits for the device anyway.
+    """
     for _ in range(warmup):
         step()
     start = time.perf_counter()
