@@ -8,6 +8,7 @@ weights package can import this module without a cycle.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -27,7 +28,7 @@ from keras_vgg.record import (
     write_h5_record,
 )
 
-__all__ = ["VGG", "check_arguments", "layer_table", "to_fully_convolutional"]
+__all__ = ["VGG", "check_arguments", "forward_flops", "layer_table", "to_fully_convolutional"]
 
 _MIN_SIZE = 32  # five 2x2 poolings
 
@@ -543,3 +544,36 @@ def layer_table(model: keras.Model) -> list[tuple[str, str, str, int]]:
         shape = tuple(layer.output.shape)
         rows.append((layer.name, type(layer).__name__, str(shape), layer.count_params()))
     return rows
+
+
+def forward_flops(model: keras.Model) -> int:
+    """Floating-point operations of one image's forward pass: 2 per multiply-add.
+
+    Counts the convolutions' and fully connected layers' multiply-adds (kernel size times
+    output positions), the convention of model FLOP utilisation (MFU); biases, ReLU,
+    pooling, LRN and the soft-max are left out. A training step is about three times this
+    (forward, then the gradients of activations and of weights).
+
+    Args:
+        model: A model with fixed input size (e.g. `build("D")`).
+
+    Returns:
+        The count per image.
+
+    Raises:
+        ValueError: the model takes images of any size (no fixed count); names the layer.
+    """
+    total = 0
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
+            continue
+        shape = tuple(layer.output.shape)[1:]
+        if None in shape:
+            raise ValueError(
+                f"forward_flops: layer {layer.name!r} has no fixed output size "
+                f"(a model for any image size). Received: output shape {shape}"
+            )
+        kernel = tuple(layer.kernel.shape)
+        positions = math.prod(shape) // kernel[-1]
+        total += 2 * positions * math.prod(kernel)
+    return total
