@@ -4,7 +4,8 @@ Full-size configuration D (224 crops), exported with `keras_vgg.export.export_mo
 SavedModel, ONNX (float32, float16, int8) and LiteRT (float32, float16, int8; int8
 calibrated on the photographs); every artifact is run in its own runtime (TensorFlow, ONNX
 Runtime, the LiteRT interpreter) at batch 1 and batch 32 on the same uint8 central crops,
-and so is the Keras model (TensorFlow, float32, the reference). Prints images/s, the ratio
+and so is the Keras model (TensorFlow, float32, the reference), the two timed alternately,
+repeat after repeat. Prints images/s, the ratio
 to Keras at the same batch size, the artifact's size, and its top-1 agreement with Keras.
 
 The weights are random (no pretrained file is reachable offline): He-initialised convs and
@@ -12,7 +13,8 @@ FC layers, and a head over the 7 sample photographs that the crops come from (th
 feature of each photograph's crops), so that top-1 is a real decision, as for a trained net.
 
     python benchmarks/export_speed.py                 # full size; minutes on 2 cores
-    python benchmarks/export_speed.py --images 8      # fewer photographs
+    python benchmarks/export_speed.py --images 3      # fewer photographs
+    python benchmarks/export_speed.py --formats savedmodel,litert
 """
 
 from __future__ import annotations
@@ -94,22 +96,34 @@ def decisive_d(views: np.ndarray, sources: np.ndarray) -> keras.Model:
     return model
 
 
-def rate(run, x: np.ndarray, batch: int, repeats: int) -> float:
-    """Median images/s of `run` over `repeats` passes through x in batches (one warm-up)."""
-    run(x[:batch])
-    rates = []
+def rates(runs: dict, inputs: dict, batch: int, count: int, repeats: int) -> dict:
+    """Median images/s of each run over `count` images in batches of `batch`.
+
+    The runs are timed alternately, repeat after repeat (after one warm-up batch each), so
+    that load from other processes hits them alike.
+    """
+    times: dict = {name: [] for name in runs}
+    for name, run in runs.items():
+        run(inputs[name][:batch])
     for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(0, len(x) - batch + 1, batch):
-            run(x[i : i + batch])
-        rates.append((len(x) // batch) * batch / (time.perf_counter() - start))
-    return float(np.median(rates))
+        for name, run in runs.items():
+            x = inputs[name]
+            start = time.perf_counter()
+            for i in range(0, count - batch + 1, batch):
+                run(x[i : i + batch])
+            times[name].append((count // batch) * batch / (time.perf_counter() - start))
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5, help="Crops per sample photograph.")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--formats",
+        default="savedmodel,onnx,litert",
+        help="Comma-separated formats (tf2onnx needs more than 22 GB for full-size D).",
+    )
     args = parser.parse_args()
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory() as root:
@@ -125,41 +139,33 @@ def main() -> None:
             f"{len(views)} photographs; Keras top-1 = source for "
             f"{100 * np.mean(reference.argmax(-1) == sources):.0f} %"
         )
-        keras_rates = {b: rate(keras_run, x, b, args.repeats) for b in (1, 32) if b <= len(x)}
-        header = "| artifact | size (MB) | batch 1 img/s | x Keras | batch 32 img/s | x Keras | top-1 agreement |"
-        print(header)
-        print("|" + "---|" * 7)
-        float_mb = 4 * model.count_params() / 1e6
-        row = [f"Keras (TF) float32 | {float_mb:.0f}"]
-        for b in (1, 32):
-            row.append(f"{keras_rates.get(b, float('nan')):.2f} | 1.00")
-        print(f"| {' | '.join(row)} | 100 % |", flush=True)
-        for format, quantize in VARIANTS:
+        print(
+            "| artifact | size (MB) | batch 1 img/s (Keras) | x Keras | batch 32 img/s "
+            "(Keras) | x Keras | top-1 agreement | export (s) |"
+        )
+        print("|" + "---|" * 8, flush=True)
+        formats = args.formats.split(",")
+        for format, quantize in [v for v in VARIANTS if v[0] in formats]:
             out = os.path.join(root, f"{format}-{quantize}")
             start = time.perf_counter()
             report = export_model(
-                model,
-                out,
-                format=format,
-                quantize=quantize,
-                calibration=photos,
-                scale=256,
+                model, out, format=format, quantize=quantize, calibration=photos, scale=256
             )
             seconds = time.perf_counter() - start
             runner = artifacts.open_runner(out)
-            got = runner(views)
-            agreement = np.mean(got.argmax(-1) == reference.argmax(-1))
+            agreement = np.mean(runner(views).argmax(-1) == reference.argmax(-1))
+            runs = {"keras": keras_run, "artifact": runner}
+            inputs = {"keras": x, "artifact": views}
             row = [f"{format} {quantize} | {report.size / 1e6:.0f}"]
-            for b in (1, 32):
-                if b in keras_rates:
-                    r = rate(runner, views, b, args.repeats)
-                    row.append(f"{r:.2f} | {r / keras_rates[b]:.2f}")
-                else:
+            for batch, count in ((1, min(8, len(x))), (32, 32)):
+                if count < batch or len(x) < count:
                     row.append("- | -")
-            print(
-                f"| {' | '.join(row)} | {100 * agreement:.0f} % |  (export {seconds:.0f} s)",
-                flush=True,
-            )
+                    continue
+                r = rates(runs, inputs, batch, count, args.repeats)
+                row.append(
+                    f"{r['artifact']:.2f} ({r['keras']:.2f}) | {r['artifact'] / r['keras']:.2f}"
+                )
+            print(f"| {' | '.join(row)} | {100 * agreement:.0f} % | {seconds:.0f} |", flush=True)
             del runner
 
 
