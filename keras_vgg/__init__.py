@@ -61,6 +61,7 @@ _EXPORTS = {
     "compute_stats": "keras_vgg.data.stats",
     "load_recipe": "keras_vgg.recipe",
     "fit": "keras_vgg.training",
+    "export_model": "keras_vgg.export",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -414,7 +414,12 @@ def evaluate(
 
 @main.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--model", "model_path", default=None, help="A .keras file or run directory.")
+@click.option(
+    "--model",
+    "model_path",
+    default=None,
+    help="A .keras file, run directory or artifact of `kvgg export`.",
+)
 @click.option("--config", default=None, help="Configuration (A..E, vgg16) of --weights.")
 @click.option(
     "--weights",
@@ -461,7 +466,7 @@ def predict(
         except ImportError as exc:  # a .pth without the optional torch
             raise UserError(str(exc)) from None
     else:
-        model = evaluation.load_model(model_path)
+        model = model_path  # a model file, run directory or exported artifact
     if dense and multi_crop:
         protocol = "dense+multi_crop"
     else:
@@ -489,6 +494,67 @@ def predict(
         click.echo(f"kvgg: skipped unreadable image: {r.path}: {r.error}", err=True)
     if failed:
         sys.exit(1)
+
+
+@main.command("export")
+@click.argument("model")
+@click.argument("out")
+@click.option(
+    "--format",
+    "format_",
+    default="savedmodel",
+    show_default=True,
+    help="savedmodel, onnx or litert.",
+)
+@click.option(
+    "--protocol",
+    default="center",
+    show_default=True,
+    help="center (the crop) or dense (any size, Sec. 3.2).",
+)
+@click.option(
+    "--input",
+    "input_",
+    default="uint8",
+    show_default=True,
+    help="uint8 (preprocessing inside) or float (bare network).",
+)
+@click.option(
+    "--quantize", default="none", show_default=True, help="none, float16 or int8 (onnx, litert)."
+)
+@click.option(
+    "--calibration", default=None, help="Folder of images: int8 calibration and the check."
+)
+@click.option(
+    "--scale",
+    type=int,
+    default=None,
+    help="Test scale Q of the calibration images (default: as predict).",
+)
+@click.option("--no-flip", is_flag=True, help="Dense: do not average with horizontal flips.")
+@user_errors
+def export_command(model, out, format_, protocol, input_, quantize, calibration, scale, no_flip):  # fmt: skip
+    """Export MODEL (.keras file or run directory) to the folder OUT for serving.
+
+    The artifact takes uint8 RGB images (batch, height, width, 3), the model's
+    preprocessing inside, and returns class posteriors; its class names and record go
+    with it. It is checked in its own runtime against the Keras model before it is
+    written; the size and the agreement are printed.
+    """
+    from keras_vgg.export import export_model
+
+    report = export_model(
+        model,
+        out,
+        format=format_,
+        protocol=protocol,
+        input=input_,
+        quantize=quantize,
+        calibration=calibration,
+        scale=scale,
+        flip=not no_flip,
+    )
+    click.echo(report.summary())
 
 
 class RunFailed(click.ClickException):

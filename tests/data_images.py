@@ -93,3 +93,27 @@ def write_class_folders(root, classes: int = 3, per_class: int = 16, size: int =
             image = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
             image[4 + 10 * c : 14 + 10 * c, 8:30] = 230
             Image.fromarray(image).save(os.path.join(root, f"class{c}", f"{i:03d}.png"))
+
+
+def write_photographs(folder, count: int = 40, size: tuple[int, int] = (40, 56), seed: int = 0):
+    """Writes `count` JPEGs of real photographs into `folder`: random crops of scikit-learn's
+    two bundled sample photos (a temple, a flower), resized to `size` (height, width).
+
+    Returns:
+        The files, sorted.
+    """
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = load_sample_images().images
+    files = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        ch, cw = int(h * rng.uniform(0.3, 1.0)), int(w * rng.uniform(0.3, 1.0))
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = Image.fromarray(photo[top : top + ch, left : left + cw])
+        buffer = io.BytesIO()
+        crop.resize((size[1], size[0]), Image.BILINEAR).save(buffer, "JPEG", quality=90)
+        files.append(write(os.path.join(folder, f"photo_{i:03d}.jpg"), buffer.getvalue()))
+    return sorted(files)

@@ -11,16 +11,18 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_vgg.artifacts import is_artifact
 from keras_vgg.data import check, sources, transforms
 from keras_vgg.data.sources import IMAGE_EXTENSIONS
-from keras_vgg.evaluation.loading import load_models
+from keras_vgg.evaluation.exported import ExportedNet
+from keras_vgg.evaluation.loading import LoadedModel, load_models
 from keras_vgg.evaluation.loop import chunks
 from keras_vgg.evaluation.metrics import fuse
-from keras_vgg.evaluation.protocols import check_protocol, resolve_scales, single_test_scale
+from keras_vgg.evaluation.protocols import check_protocol, predict_scale, resolve_scales
 from keras_vgg.evaluation.scoring import score_nets
 from keras_vgg.imagenet import decode_predictions
 
-__all__ = ["Prediction", "image_files", "predict", "predict_images"]
+__all__ = ["Prediction", "image_files", "predict", "predict_images", "resolve_models"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +64,9 @@ def predict_images(
     """Class posteriors of images under one protocol, averaged over scales (and nets).
 
     Args:
-        models: One or several models (as `evaluate_images`); several are fused.
+        models: One or several models (as `evaluate_images`); several are fused. Or an
+            artifact of `keras_vgg.export` (`resolve_models`), which runs only the protocol
+            it was exported with.
         images: (height, width, 3) RGB images in [0, 255], any size.
         protocol: One of `PROTOCOLS` or "dense+multi_crop".
         scales: Test scales Q; default the single test scale of Table 3 (`single_test_scale`
@@ -77,13 +81,17 @@ def predict_images(
     Raises:
         ValueError: for a bad protocol, a scale below the crop size, or a bad image.
     """
-    loaded = load_models(models)
+    models = resolve_models(models, batch_size)
     check_protocol(protocol)
-    if scales is None:
-        train_scale = loaded[0].info.train_scale
-        scales = (256,) if train_scale is None else (single_test_scale(train_scale),)
-    scales = resolve_scales(scales, loaded)
-    nets = score_nets(loaded, batch_size, dense_average)
+    if isinstance(models, ExportedNet):
+        nets = [models]
+        if scales is None:
+            scales = (predict_scale(models.info.record.train_scale),)
+    else:
+        nets = score_nets(models, batch_size, dense_average)
+        if scales is None:
+            scales = (predict_scale(models[0].info.train_scale),)
+        scales = resolve_scales(scales, models)
     out = []
     for chunk, _ in chunks(((image, 0) for image in images), batch_size, None):
         # Sec. 4.4: fusion averages the nets' posteriors.
@@ -93,6 +101,29 @@ def predict_images(
     if not out:
         return np.zeros((0, nets[0].classes))
     return np.concatenate(out)
+
+
+def resolve_models(
+    models: Sequence[Any] | Any, batch_size: int = 32
+) -> list[LoadedModel] | ExportedNet:
+    """What predicts: Keras models (loaded, with their records) or one exported artifact.
+
+    Args:
+        models: As `predict_images`: models, `.keras` files, run directories, or the folder
+            of an artifact of `keras_vgg.export` (or its `ExportedNet`).
+        batch_size: Most images per call of an artifact.
+
+    Returns:
+        The `LoadedModel`s (`load_models`), or an `ExportedNet`.
+
+    Raises:
+        ValueError: for a path that holds neither, or an unreadable one.
+    """
+    if isinstance(models, ExportedNet):
+        return models
+    if is_artifact(models):
+        return ExportedNet(models, batch_size=batch_size)
+    return load_models(models)
 
 
 def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
@@ -148,7 +179,8 @@ def predict(
     on), else, for 1000 classes, from the bundled ImageNet class index.
 
     Args:
-        model: A `.keras` file, run directory or model (or several, fused).
+        model: A `.keras` file, run directory or model (or several, fused), or an
+            artifact of `keras_vgg.export` (its class names from its metadata).
         paths: Image files and folders (see `image_files`).
         top: How many classes per image.
         protocol: As `predict_images` (default: the central crop at one scale).
@@ -163,7 +195,11 @@ def predict(
     Raises:
         ValueError: for a missing path, an unreadable model or a bad argument.
     """
-    loaded = load_models(model)
+    model = resolve_models(model, batch_size)
+    if isinstance(model, ExportedNet):
+        record, classes = model.info.record, model.classes
+    else:
+        record, classes = model[0].info, model[0].classes
     if not isinstance(top, int) or isinstance(top, bool) or top < 1:
         raise ValueError(f"`top` must be a positive integer. Received: top={top!r}")
     files = image_files(paths)
@@ -184,7 +220,7 @@ def predict(
             yield image
 
     posteriors = predict_images(
-        loaded,
+        model,
         decoded(),
         protocol=protocol,
         scales=scales,
@@ -192,11 +228,11 @@ def predict(
         dense_average=dense_average,
         batch_size=batch_size,
     )
-    names = loaded[0].info.class_names
-    if names is None and loaded[0].classes != 1000:
-        names = tuple(str(i) for i in range(loaded[0].classes))
+    names = record.class_names
+    if names is None and classes != 1000:
+        names = tuple(str(i) for i in range(classes))
     tops = (
-        decode_predictions(posteriors, top=min(top, loaded[0].classes), class_names=names)
+        decode_predictions(posteriors, top=min(top, classes), class_names=names)
         if len(posteriors)
         else []
     )

@@ -30,6 +30,7 @@ __all__ = [
     "combined_protocols",
     "default_test_scales",
     "posteriors_per_scale",
+    "predict_scale",
     "resolve_scales",
     "row_keys",
     "row_posteriors",
@@ -52,6 +53,12 @@ def default_test_scales(train_scale: Any) -> tuple[int, ...]:
 def single_test_scale(train_scale: Any) -> int:
     """The single test scale of Table 3: Q = S, or Q = (Smin + Smax) / 2 when jittered."""
     return TrainScale.parse(train_scale).single_test_scale()
+
+
+def predict_scale(train_scale: Any) -> int:
+    """The one test scale Q of `predict` by default: Table 3's single Q (`single_test_scale`),
+    or 256 for a model whose training scale is unknown (None)."""
+    return 256 if train_scale is None else single_test_scale(train_scale)
 
 
 def check_protocol(protocol: str) -> None:

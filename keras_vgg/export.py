@@ -1,0 +1,457 @@
+"""Exporting a model for serving: SavedModel, ONNX and LiteRT, its preprocessing inside.
+
+`export_model` (what `kvgg export` runs) wraps a model into the network an application
+feeds (`serving_model`): uint8 RGB images in, class posteriors out, the record's
+preprocessing (channel order, scale, mean, std) inside the graph, for the central crop
+("center") or for whole images of any size of at least the crop size ("dense": the fully
+convolutional twin, its score map spatially averaged, and the image's flip, Sec. 3.2 as
+`keras_vgg.evaluation.ScoreNet` computes it). Keras's own exporters write the files
+(`keras.Model.export`: "tf_saved_model", "onnx" through tf2onnx, "litert" through the
+TFLite converter); ONNX Runtime and the TFLite converter quantise (float16, int8 calibrated
+on a folder of images). The artifact is written into a temporary sibling folder, checked in
+its own runtime against the Keras model, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_vgg import artifacts
+from keras_vgg.artifacts import FORMATS, INPUTS, ExportInfo, class_labels, require
+from keras_vgg.data import decoding
+from keras_vgg.data.sources import ImageSource
+from keras_vgg.evaluation.exported import ExportedNet, artifact_view
+from keras_vgg.evaluation.loading import load_model
+from keras_vgg.evaluation.prediction import image_files
+from keras_vgg.evaluation.protocols import predict_scale
+from keras_vgg.evaluation.scoring import DENSE_AVERAGES, ScoreNet
+from keras_vgg.files import atomic_text
+from keras_vgg.imagenet import Preprocessing, preprocess_input
+from keras_vgg.record import describe, has_record
+
+__all__ = [
+    "EXPORT_PROTOCOLS",
+    "QUANTIZATIONS",
+    "DenseAverage",
+    "ExportReport",
+    "RecordPreprocessing",
+    "calibration_views",
+    "export_model",
+    "serving_model",
+]
+
+#: The protocols an artifact computes (Sec. 3.2).
+EXPORT_PROTOCOLS: tuple[str, ...] = ("center", "dense")
+#: Post-training quantisations (ONNX and LiteRT).
+QUANTIZATIONS: tuple[str, ...] = ("none", "float16", "int8")
+# Keras's name of each format (`keras.Model.export(format=...)`).
+_KERAS_FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
+# The packages each format needs to be written and run.
+_PACKAGES = {
+    "savedmodel": (),
+    "onnx": ("tf2onnx", "onnx", "onnxruntime"),
+    "litert": ("ai_edge_litert",),
+}
+
+
+class RecordPreprocessing(keras.layers.Layer):
+    """RGB pixels in [0, 255] (any dtype) to what a model's weights expect.
+
+    `keras_vgg.preprocess_input` with the record's `Preprocessing`, as a layer, so that an
+    exported graph holds it and no caller can feed the model wrongly.
+
+    Args:
+        preprocessing: The record's convention.
+    """
+
+    def __init__(self, preprocessing: Preprocessing, **kwargs):
+        super().__init__(**kwargs)
+        self.preprocessing = preprocessing
+
+    def call(self, images):
+        return preprocess_input(keras.ops.cast(images, "float32"), preprocessing=self.preprocessing)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "preprocessing": self.preprocessing.to_dict()}
+
+
+class WithFlips(keras.layers.Layer):
+    """A batch followed by its horizontal flips (batch axis doubled)."""
+
+    def call(self, images):
+        return keras.ops.concatenate([images, keras.ops.flip(images, axis=2)], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        batch = None if input_shape[0] is None else 2 * input_shape[0]
+        return (batch, *input_shape[1:])
+
+
+class DenseAverage(keras.layers.Layer):
+    """Class score maps to posteriors as dense evaluation does (Sec. 3.2, `ScoreNet`).
+
+    The map is averaged spatially before the soft-max ("logits") or after ("softmax");
+    with `views` = 2 the input holds a batch and then its flips, whose posteriors are
+    averaged.
+
+    Args:
+        dense_average: One of `DENSE_AVERAGES`.
+        views: 1, or 2 when the batch is followed by its flips.
+    """
+
+    def __init__(self, dense_average: str = "logits", views: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.dense_average = dense_average
+        self.views = views
+
+    def call(self, scores):
+        ops = keras.ops
+        if self.dense_average == "logits":
+            posteriors = ops.softmax(ops.mean(scores, axis=(1, 2)), axis=-1)
+        else:
+            posteriors = ops.mean(ops.softmax(scores, axis=-1), axis=(1, 2))
+        classes = posteriors.shape[-1]
+        return ops.mean(ops.reshape(posteriors, (self.views, -1, classes)), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "dense_average": self.dense_average, "views": self.views}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+    """What `export_model` wrote and how the artifact compares with the Keras model.
+
+    Attributes:
+        path: The artifact's folder.
+        info: Its metadata.
+        size: Bytes of the artifact.
+        float_size: Bytes of the model's weights in float32 (the size to compare with).
+        images: How many images the check ran (`calibration` images, or random ones).
+        max_abs_diff: Largest difference of a posterior, artifact against Keras.
+        top1_agreement: Fraction of the images whose top-1 class is Keras's.
+    """
+
+    path: Path
+    info: ExportInfo
+    size: int
+    float_size: int
+    images: int
+    max_abs_diff: float
+    top1_agreement: float
+
+    def summary(self) -> str:
+        """One line for people."""
+        return (
+            f"{self.path}: {self.info.format} {self.info.protocol} ({self.info.input} input, "
+            f"quantize {self.info.quantize}), {self.size / 2**20:.2f} MiB "
+            f"({self.size / max(self.float_size, 1):.2f}x the float32 weights); against Keras "
+            f"on {self.images} images: top-1 agreement {100 * self.top1_agreement:.1f} %, "
+            f"max |diff| {self.max_abs_diff:.2g}"
+        )
+
+
+def serving_model(
+    model: Any,
+    *,
+    protocol: str = "center",
+    input: str = "uint8",
+    flip: bool = True,
+    dense_average: str = "logits",
+) -> keras.Model:
+    """The network an application feeds: images in, class posteriors out.
+
+    Args:
+        model: A model with its FC head (or a `.keras` file or run directory), carrying a
+            record (`keras_vgg.record_of`).
+        protocol: "center": (batch, crop, crop, 3) images, the model's soft-max output.
+            "dense": (batch, height, width, 3) images of any size of at least the crop
+            size, the fully convolutional twin's score map averaged as `ScoreNet` does
+            (`dense_average`), with `flip` averaged with the horizontal flips.
+        input: "uint8": RGB pixels, the record's preprocessing inside the graph. "float":
+            float32 images already preprocessed.
+        flip: As above (dense only).
+        dense_average: One of `DENSE_AVERAGES` (dense only).
+
+    Returns:
+        A functional Keras model with one input named "images".
+
+    Raises:
+        ValueError: for a bad argument, a model without a record or FC head, or a
+            channels-first model.
+    """
+    _check_choice("protocol", protocol, EXPORT_PROTOCOLS)
+    _check_choice("input", input, INPUTS)
+    _check_choice("dense_average", dense_average, DENSE_AVERAGES)
+    loaded = load_model(model)
+    net = loaded.model
+    if not has_record(net):
+        raise ValueError(
+            f"{loaded.name}: the model has no record (what input its weights expect); build "
+            "it with keras_vgg.build or attach one with keras_vgg.record.attach_record"
+        )
+    if net.inputs[0].shape[-1] != 3:
+        raise ValueError(
+            f"{loaded.name}: export needs a channels-last model (batch, height, width, 3). "
+            f"Received: input shape {tuple(net.inputs[0].shape)}"
+        )
+    record = loaded.info
+    side = None if protocol == "dense" else record.crop_size
+    images = keras.Input(
+        (side, side, 3), dtype=input if input == "uint8" else "float32", name="images"
+    )
+    x = RecordPreprocessing(record.preprocessing)(images) if input == "uint8" else images
+    if protocol == "center":
+        outputs = net(x)
+    else:
+        scores = ScoreNet(net, dense_average=dense_average).network
+        if flip:
+            x = WithFlips()(x)
+        outputs = DenseAverage(dense_average, 2 if flip else 1)(scores(x))
+    return keras.Model(images, outputs, name=f"{net.name}_{protocol}_serving")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}: one of {', '.join(allowed)}")
+
+
+def calibration_views(
+    folder: str | os.PathLike,
+    *,
+    protocol: str,
+    crop_size: int,
+    scale: int,
+    limit: int = 200,
+) -> np.ndarray:
+    """The images of a folder as an artifact of `protocol` is fed (`artifact_view`).
+
+    Decoded by the data package (bad files skipped and counted), rescaled to the test scale
+    Q; "dense" views are the central Q x Q squares, so that they share one shape.
+
+    Args:
+        folder: A folder of images (searched recursively).
+        protocol: "center" or "dense".
+        crop_size: The model's crop size.
+        scale: The test scale Q.
+        limit: At most this many images (the first, in sorted order).
+
+    Returns:
+        uint8 (images, height, width, 3).
+
+    Raises:
+        ValueError: naming the folder, if it holds no readable image.
+    """
+    files = tuple(image_files([folder]))[:limit] if os.path.isdir(folder) else ()
+    if not files:
+        raise ValueError(f"{folder}: no image files to calibrate on")
+    source = ImageSource(files=files, labels=(0,) * len(files), class_names=("images",))
+    # The data package skips the files that fail, and names the folder if none decodes.
+    views = decoding.decoded_images(
+        source, lambda image: artifact_view(image, protocol, crop_size, scale, square=True)
+    )
+    return np.stack([view.numpy() for view in views])
+
+
+def export_model(
+    model: Any,
+    out: str | os.PathLike,
+    *,
+    format: str = "savedmodel",
+    protocol: str = "center",
+    input: str = "uint8",
+    quantize: str = "none",
+    calibration: str | os.PathLike | None = None,
+    scale: int | None = None,
+    flip: bool = True,
+    dense_average: str = "logits",
+    verbose: bool = False,
+) -> ExportReport:
+    """Exports a model with its preprocessing, class names and record (`kvgg export`).
+
+    The artifact (see `keras_vgg.artifacts` for its files) is written into a temporary
+    folder beside `out`, loaded in its own runtime and compared with the Keras serving
+    model on the calibration images (or on 8 random images without them), then renamed to
+    `out`. On any failure nothing is left behind.
+
+    Args:
+        model: A model with its FC head and record, a `.keras` file or a run directory.
+        out: The artifact's folder; must not exist.
+        format: One of `keras_vgg.artifacts.FORMATS`.
+        protocol: One of `EXPORT_PROTOCOLS` (see `serving_model`).
+        input: One of `keras_vgg.artifacts.INPUTS` (see `serving_model`).
+        quantize: One of `QUANTIZATIONS`; "float16" and "int8" for "onnx" and "litert".
+        calibration: A folder of images: int8 is calibrated on them (required for int8),
+            and the check runs on them.
+        scale: The test scale Q the calibration images are rescaled to (default: Table 3's
+            single Q of the record's training scale, or 256, as `kvgg predict`).
+        flip: As `serving_model`.
+        dense_average: As `serving_model`.
+        verbose: Let Keras's exporters print.
+
+    Returns:
+        An `ExportReport`.
+
+    Raises:
+        ValueError: one line for a bad argument, an existing `out`, a model without a
+            record, a calibration folder without a readable image; `MissingExtra` (a
+            ValueError) naming the pip extra for a missing package.
+    """
+    _check_choice("format", format, FORMATS)
+    _check_choice("quantize", quantize, QUANTIZATIONS)
+    if quantize != "none" and format == "savedmodel":
+        raise ValueError(f"quantize {quantize!r} is for the onnx and litert formats")
+    if quantize == "int8" and calibration is None:
+        raise ValueError("quantize 'int8' needs a calibration folder of images")
+    for package in _PACKAGES[format]:
+        require(package, f"the {format} format")
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"{out}: already exists; choose another path or remove it")
+    loaded = load_model(model)
+    serving = serving_model(
+        loaded, protocol=protocol, input=input, flip=flip, dense_average=dense_average
+    )
+    record = loaded.info
+    if scale is None:
+        scale = predict_scale(record.train_scale)
+    if calibration is not None:
+        views = calibration_views(
+            calibration, protocol=protocol, crop_size=record.crop_size, scale=scale
+        )
+    else:
+        side = record.crop_size if protocol == "center" else scale
+        rng = np.random.default_rng(0)
+        views = rng.integers(0, 256, size=(8, side, side, 3), dtype=np.uint8)
+    info = ExportInfo(
+        format=format,
+        protocol=protocol,
+        input=input,
+        quantize=quantize,
+        flip=bool(flip) and protocol == "dense",
+        dense_average=dense_average,
+        class_names=class_labels(record, loaded.classes),
+        model=describe(loaded.model),
+    )
+    feed = (
+        views if input == "uint8" else preprocess_input(views, preprocessing=record.preprocessing)
+    )
+    tmp = out.parent / f".{out.name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        # Called first: Keras's ONNX exporter refuses a model that was never called.
+        expected = serving.predict(feed, batch_size=8, verbose=0)
+        _WRITERS[format](serving, tmp, info, feed, verbose)
+        net = ExportedNet(tmp)
+        got = np.concatenate([net.feed(views[i : i + 8]) for i in range(0, len(views), 8)])
+        report = ExportReport(
+            path=out,
+            info=info,
+            size=artifacts.file_size(tmp),
+            float_size=4 * loaded.model.count_params(),
+            images=len(views),
+            max_abs_diff=float(np.abs(got - expected).max()),
+            top1_agreement=float(np.mean(got.argmax(-1) == expected.argmax(-1))),
+        )
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return report
+
+
+def _write_savedmodel(serving, folder: Path, info: ExportInfo, feed, verbose) -> None:
+    # Keras writes into an empty or new folder: the temporary one is replaced.
+    folder.rmdir()
+    serving.export(str(folder), format="tf_saved_model", verbose=verbose)
+    (folder / "assets").mkdir(exist_ok=True)
+    atomic_text(folder / "assets" / artifacts.METADATA_FILE, _metadata_json(info))
+
+
+def _write_onnx(serving, folder: Path, info: ExportInfo, feed, verbose) -> None:
+    onnx = require("onnx", "the onnx format")
+    target = artifacts.artifact_file(folder, "onnx")
+    float_file = folder / "float32.onnx"
+    serving.export(str(float_file), format="onnx", verbose=verbose)
+    if info.quantize == "float16":
+        float16 = require("onnxruntime.transformers.float16", "float16 quantisation")
+        proto = float16.convert_float_to_float16(onnx.load(str(float_file)), keep_io_types=True)
+        onnx.save(proto, str(target))
+    elif info.quantize == "int8":
+        quantization = require("onnxruntime.quantization", "int8 quantisation")
+        quantization.quantize_static(
+            str(float_file),
+            str(target),
+            _onnx_calibration(quantization, float_file, feed),
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+        )
+    else:
+        float_file.rename(target)
+    if float_file.exists():
+        float_file.unlink()
+    proto = onnx.load(str(target))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = artifacts.METADATA_KEY, _metadata_json(info)
+    onnx.save(proto, str(target))
+
+
+def _onnx_calibration(quantization, float_file: Path, feed: np.ndarray):
+    import onnxruntime
+
+    name = (
+        onnxruntime.InferenceSession(str(float_file), providers=["CPUExecutionProvider"])
+        .get_inputs()[0]
+        .name
+    )
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter([{name: feed[i : i + 1]} for i in range(len(feed))])
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    return Reader()
+
+
+def _write_litert(serving, folder: Path, info: ExportInfo, feed, verbose) -> None:
+    options: dict[str, Any] = {}
+    if info.quantize != "none":
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    if info.quantize == "float16":
+        options["target_spec"] = {"supported_types": [tf.float16]}
+    elif info.quantize == "int8":
+        options["representative_dataset"] = lambda: ([feed[i : i + 1]] for i in range(len(feed)))
+    target = artifacts.artifact_file(folder, "litert")
+    serving.export(str(target), format="litert", verbose=verbose, **options)
+    atomic_text(folder / artifacts.METADATA_FILE, _metadata_json(info))
+
+
+_WRITERS: dict[str, Callable] = {
+    "savedmodel": _write_savedmodel,
+    "onnx": _write_onnx,
+    "litert": _write_litert,
+}
+
+
+def _metadata_json(info: ExportInfo) -> str:
+    return json.dumps(info.to_dict(), indent=2) + "\n"
