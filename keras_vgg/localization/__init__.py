@@ -4,4 +4,6 @@ Modules (each imports only those above it):
 
 - `boxes`: the two box forms (image corners, crop-relative centres), IoU, boxes under a
   crop, a rescale and a flip (NumPy).
+- `network`: the localisation net (`build_localizer`, `localizer_from_classifier`), SCR or
+  PCR, recorded in its `ModelRecord`; `BoxLoss`; its dense twin is `to_fully_convolutional`.
 """
