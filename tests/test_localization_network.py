@@ -37,7 +37,11 @@ def test_scr_and_pcr_heads_and_records(classifier, pcr):
         assert keras.activations.serialize(model.get_layer("predictions").activation) == "linear"
         # Every layer but the box layer comes from the classifier.
         for name in ("block1_conv1", "block5_conv2", "fc1", "fc2"):
-            for a, b in zip(model.get_layer(name).get_weights(), classifier.get_layer(name).get_weights()):
+            for a, b in zip(
+                model.get_layer(name).get_weights(),
+                classifier.get_layer(name).get_weights(),
+                strict=True,
+            ):
                 np.testing.assert_array_equal(a, b)
     assert not L.is_localizer(classifier)
     # PCR's record with 3 names on a 4-output head does not fit.
