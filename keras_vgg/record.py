@@ -24,6 +24,7 @@ from typing import Any
 
 import keras
 
+from keras_vgg.configs import BOX_MODES, TASKS
 from keras_vgg.imagenet import PAPER, Preprocessing
 from keras_vgg.scales import TrainScale
 
@@ -41,11 +42,6 @@ __all__ = [
     "record_of",
     "write_h5_record",
 ]
-
-#: What a head predicts (`ModelRecord.task`).
-TASKS = ("classification", "localization")
-#: Appendix A's box heads: single-class and per-class regression (`ModelRecord.box_mode`).
-BOX_MODES = ("scr", "pcr")
 
 # The attributes of a `.weights.h5` file that hold the record and the build arguments.
 H5_RECORD_ATTR = "keras_vgg_record"

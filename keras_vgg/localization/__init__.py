@@ -6,4 +6,6 @@ Modules (each imports only those above it):
   crop, a rescale and a flip (NumPy).
 - `network`: the localisation net (`build_localizer`, `localizer_from_classifier`), SCR or
   PCR, recorded in its `ModelRecord`; `BoxLoss`; its dense twin is `to_fully_convolutional`.
+- `annotations`: VOC XML and CSV manifests into a `BoxSet` (bad annotations skipped).
+- `pipeline`: (crop, box target) batches for training and validation.
 """

@@ -21,11 +21,14 @@ import numpy as np
 from keras import ops
 
 from keras_vgg import models
+from keras_vgg.localization.boxes import IOU_THRESHOLD
 from keras_vgg.record import BOX_MODES, ModelRecord, record_of
 from keras_vgg.weights.transfer import transfer_weights
 
 __all__ = [
+    "BoxAccuracy",
     "BoxLoss",
+    "box_iou",
     "box_of_class",
     "build_localizer",
     "is_localizer",
@@ -182,3 +185,58 @@ def box_of_class(outputs: np.ndarray, classes: np.ndarray | int, box_mode: str) 
     per_class = outputs.reshape(*outputs.shape[:-1], -1, 4)
     index = np.broadcast_to(np.asarray(classes), per_class.shape[:-2])
     return np.take_along_axis(per_class, index[..., None, None], axis=-2)[..., 0, :]
+
+
+def box_iou(a, b):
+    """Keras ops: the IoU of boxes `a` and `b` row by row, both crop-relative centres.
+
+    The model-side twin of `keras_vgg.localization.boxes.iou` (NumPy, every pair), for the
+    training metric.
+
+    Args:
+        a: (..., 4) centres.
+        b: (..., 4) centres, the same shape.
+
+    Returns:
+        (...) IoU, 0 where both boxes are empty.
+    """
+
+    def corners(c):
+        return c[..., :2] - c[..., 2:] / 2, c[..., :2] + c[..., 2:] / 2
+
+    low_a, high_a = corners(a)
+    low_b, high_b = corners(b)
+    overlap = ops.maximum(ops.minimum(high_a, high_b) - ops.maximum(low_a, low_b), 0.0)
+    inter = overlap[..., 0] * overlap[..., 1]
+    area_a = ops.maximum(a[..., 2], 0.0) * ops.maximum(a[..., 3], 0.0)
+    area_b = ops.maximum(b[..., 2], 0.0) * ops.maximum(b[..., 3], 0.0)
+    union = area_a + area_b - inter
+    return ops.where(union > 0, inter / ops.maximum(union, 1e-12), 0.0)
+
+
+@keras.saving.register_keras_serializable(package="keras_vgg")
+class BoxAccuracy(keras.metrics.MeanMetricWrapper):
+    """The share of crops whose box of the ground-truth class has IoU > 0.5 with the target.
+
+    1 minus it is protocol 1's localisation error on the crops (Table 8), the measure a
+    localisation run reports and its learning-rate schedule watches (under the name
+    "top1", the name `fit` and its files use for the headline accuracy).
+
+    Args:
+        box_mode: "scr" or "pcr".
+        name: Metric name.
+    """
+
+    def __init__(self, box_mode: str = "scr", name: str = "top1", dtype=None):
+        _check_box_mode(box_mode)
+        self.box_mode = box_mode
+
+        def correct(y_true, y_pred):
+            y_true = ops.cast(y_true, y_pred.dtype)
+            boxes = select_box(y_pred, y_true[:, 0], box_mode)
+            return ops.cast(box_iou(boxes, y_true[:, 1:5]) > IOU_THRESHOLD, y_pred.dtype)
+
+        super().__init__(correct, name=name, dtype=dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"box_mode": self.box_mode, "name": self.name, "dtype": self.dtype}
