@@ -8,4 +8,6 @@ Modules (each imports only those above it):
   PCR, recorded in its `ModelRecord`; `BoxLoss`; its dense twin is `to_fully_convolutional`.
 - `annotations`: VOC XML and CSV manifests into a `BoxSet` (bad annotations skipped).
 - `pipeline`: (crop, box target) batches for training and validation.
+- `merge`: the greedy merge of box predictions (OverFeat).
+- `evaluate`: protocols 1 and 2, top-5 localisation error, result tables.
 """

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from keras_vgg.data.decoding import BadFileLog
-from keras_vgg.data.sources import ImageSource
+from keras_vgg.data.sources import IMAGE_EXTENSIONS, ImageSource
 from keras_vgg.files import atomic_text
 from keras_vgg.localization.boxes import from_voc, to_voc
 
@@ -319,7 +319,7 @@ def read_boxes(
             pairs = [
                 (os.path.join(images, e.name), None)
                 for e in sorted(os.scandir(images), key=lambda e: e.name)
-                if e.is_file() and not e.name.startswith(".")
+                if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
             ]
         for image, folder in pairs:
             stem = os.path.splitext(os.path.basename(image))[0]
