@@ -1,10 +1,14 @@
 """Greedy merging, top-5 localisation error and protocols 1 and 2, on hand-computed cases."""
 
+import json
+
 import numpy as np
 import pytest
+from conftest import kvgg
 from PIL import Image
 
 import keras_vgg
+from keras_vgg import drawing
 from keras_vgg.localization import annotations as A
 from keras_vgg.localization import evaluate as E
 from keras_vgg.localization.merge import greedy_merge
@@ -108,3 +112,79 @@ def test_protocol_2_by_hand(centre_scr):
     # The two nets agree at every location: the first pair merges, rating doubled.
     np.testing.assert_allclose(guess.box, [16, 16, 48, 48])
     np.testing.assert_allclose(guess.rating, 2 * guess.score)
+
+
+@pytest.fixture(scope="module")
+def cli_case(tmp_path_factory, centre_scr):
+    root = tmp_path_factory.mktemp("loccli")
+    centre_scr.save(root / "scr.keras")
+    constant_net("classifier", [0.0, 1.0]).save(root / "cls.keras")
+    (root / "img").mkdir()
+    for name, voc in (("hit", (17, 17, 48, 48)), ("bad", (1, 1, 99, 9))):
+        Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(root / "img" / f"{name}.png")
+        A.write_voc_xml(root / "xml" / f"{name}.xml", f"{name}.png", (64, 64), [("b", voc)])
+    return root
+
+
+def test_cli_localize_evaluate_and_predict(cli_case):
+    r = cli_case
+    # Protocol 2 at Q = 64: the table, the JSON, the bad annotation skipped and named.
+    out = kvgg(
+        "localize",
+        "evaluate",
+        r / "scr.keras",
+        "--classifier",
+        r / "cls.keras",
+        "--data",
+        r / "img",
+        "--annotations",
+        r / "xml",
+        "--scales",
+        "64",
+        "-o",
+        r / "loc.json",
+    )
+    assert out.returncode == 0, out.stderr
+    assert (
+        "1 annotations skipped" in out.stderr and "bad.xml: field 'object[0]/bndbox'" in out.stderr
+    )
+    assert "| scr | SCR | cls | 2 | 64 | 1 |" in out.stdout
+    data = json.loads((r / "loc.json").read_text())
+    assert data["rows"][0]["images"] == 1 and data["skipped"][0].endswith("bad.xml")
+    out = kvgg(
+        "localize",
+        "predict",
+        r / "img" / "hit.png",
+        "--model",
+        r / "scr.keras",
+        "--classifier",
+        r / "cls.keras",
+        "--scales",
+        "64",
+        "--top",
+        "2",
+        "--draw",
+        r / "drawn",
+    )
+    assert out.returncode == 0, out.stderr
+    # 64x64 at Q = 64: a 2x2 map; the first window's centre quarter, class b first.
+    assert "b  box (8.0, 8.0, 24.0, 24.0)" in out.stdout
+    drawn = np.asarray(Image.open(r / "drawn" / "hit_boxes.png").convert("RGB"))
+    assert drawn.shape == (64, 64, 3)
+    assert tuple(drawn[16, 8]) != (90, 90, 90) and tuple(drawn[40, 40]) == (90, 90, 90)
+
+
+def test_heatmap_is_the_dense_score_map(cli_case):
+    # The classifier's class b scores 1, a 0 at every location: the panels are the soft-max
+    # of the map, uniform, laid over the grey image.
+    pixels = np.full((64, 96, 3), 90, np.uint8)
+    found = drawing.heatmaps(cli_case / "cls.keras", pixels, cli_case / "heat" / "h.png", scale=64)
+    p_b = 1 / (1 + np.exp(-1.0))
+    assert [n for n, _ in found] == ["b", "a"]
+    np.testing.assert_allclose([p for _, p in found], [p_b, 1 - p_b], rtol=1e-6)
+    sheet = np.asarray(Image.open(cli_case / "heat" / "h.png").convert("RGB")).astype(float)
+    assert sheet.shape == (64, 2 * 96, 3)
+    # Away from the label: grey 90 * 0.6 blended with red by the class's probability.
+    for k, p in enumerate((p_b, 1 - p_b)):
+        expected = [54 * (1 - p) + 255 * p, 54 * (1 - p), 54 * (1 - p)]
+        np.testing.assert_allclose(sheet[40, k * 96 + 60], expected, atol=1.5)

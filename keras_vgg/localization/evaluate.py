@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vgg.data import transforms
+from keras_vgg.drawing import draw_boxes
 from keras_vgg.evaluation.loading import LoadedModel, load_model
 from keras_vgg.evaluation.metrics import softmax
 from keras_vgg.evaluation.protocols import as_image, to_numpy
@@ -47,6 +48,7 @@ __all__ = [
     "Localizer",
     "evaluate_localization",
     "localization_errors",
+    "predict_boxes",
     "protocol_1_correct",
     "read_image",
     "top5_correct",
@@ -404,3 +406,38 @@ def _row(localizers, modes, classifiers, protocol, scales, correct) -> dict:
         "images": int(len(correct)),
         "error": localization_errors(correct),
     }
+
+
+def predict_boxes(
+    localizer: Localizer,
+    images: Sequence[str | os.PathLike],
+    *,
+    draw: str | os.PathLike | None = None,
+) -> list[tuple[str, list[Guess], str | None]]:
+    """Protocol 2's top guesses for image files, optionally drawn onto copies of them.
+
+    Args:
+        localizer: The nets (`Localizer`).
+        images: Image files.
+        draw: A folder for `<stem>_boxes.png` copies with the boxes and labels, or None.
+
+    Returns:
+        (path, guesses, the PNG drawn or None) per image.
+
+    Raises:
+        ValueError: naming an image that cannot be read.
+    """
+    out = []
+    for path in images:
+        pixels = read_image(path)
+        guesses = localizer.localize(pixels)
+        drawn = None
+        if draw is not None:
+            stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+            drawn = draw_boxes(
+                pixels,
+                [(f"{g.name} {g.score:.2f}", g.box) for g in guesses],
+                os.path.join(os.fspath(draw), f"{stem}_boxes.png"),
+            )
+        out.append((os.fspath(path), guesses, drawn))
+    return out
