@@ -633,18 +633,39 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
 
 
 @main.command()
+@click.argument("which", type=click.Choice(["digits", "localize"]), default="digits")
 @click.option("--recipe", "recipe_path", default="recipes/demo.toml", show_default=True)
 @click.option(
-    "--data", "data_root", default="runs/digits", show_default=True, help="Where the images go."
+    "--data", "data_root", default=None, help="Where the images go (runs/digits, runs/loc_digits)."
 )
 @click.option("--prepare-only", is_flag=True, help="Only write the images and their statistics.")
 @click.option("--overwrite", is_flag=True, help="Train again even if the demo run has finished.")
 @user_errors
-def demo(recipe_path, data_root, prepare_only, overwrite):
-    """Train recipes/demo.toml on scikit-learn's digits, then classify held-out images."""
+def demo(which, recipe_path, data_root, prepare_only, overwrite):
+    """Train on scikit-learn's digits, then classify held-out images.
+
+    `kvgg demo localize`: the digits pasted onto scikit-image's photographs; a classifier,
+    then SCR and PCR localisation nets (recipes/loc_demo_cls.toml, recipes/loc_demo.toml),
+    then protocols 1 and 2 on held-out canvases, and one canvas drawn with its boxes.
+    """
     from keras_vgg import demo as demo_lib
     from keras_vgg import training
 
+    if which == "localize":
+        from keras_vgg.localization import demo as loc_demo
+
+        if prepare_only:
+            raise UserError("--prepare-only is for the digits demo")
+        try:
+            loc_demo.run_localization_demo(
+                data_root or "runs/loc_digits", overwrite=overwrite, print_fn=click.echo
+            )
+        except ModuleNotFoundError as exc:  # scikit-learn or scikit-image
+            raise UserError(str(exc)) from None
+        except (training.TrainingDiverged, training.CheckpointError) as exc:
+            raise RunFailed(str(exc)) from None
+        return
+    data_root = data_root or "runs/digits"
     try:
         demo_lib.run_demo(
             recipe_path,
