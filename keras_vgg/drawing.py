@@ -22,8 +22,10 @@ from keras_vgg.evaluation.protocols import single_test_scale, to_numpy
 from keras_vgg.evaluation.scoring import ScoreNet
 from keras_vgg.files import atomic_write
 
-__all__ = ["COLORS", "draw_boxes", "heatmaps", "save_png"]
+__all__ = ["COLORS", "MIN_DRAWN_SIDE", "draw_boxes", "heatmaps", "save_png"]
 
+#: Images with a shorter side are drawn enlarged by a whole factor to at least this side.
+MIN_DRAWN_SIDE = 256
 #: Box colours, one per guess in order.
 COLORS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
 
@@ -41,6 +43,9 @@ def draw_boxes(
 ) -> str:
     """Draws boxes with their labels onto a copy of an image and writes it as PNG.
 
+    An image whose shorter side is under `MIN_DRAWN_SIDE` is drawn enlarged by the smallest
+    whole factor that reaches it (each pixel a square), the boxes scaled with it.
+
     Args:
         pixels: uint8 RGB (H, W, 3).
         labelled_boxes: (text, (xmin, ymin, xmax, ymax)) in continuous pixel corners, drawn
@@ -51,11 +56,15 @@ def draw_boxes(
         The path written.
     """
     image = Image.fromarray(np.asarray(pixels, np.uint8)).convert("RGB")
+    # Small images are enlarged (whole pixels) so the labels leave the picture visible.
+    zoom = max(1, -(-MIN_DRAWN_SIDE // min(image.size)))
+    if zoom > 1:
+        image = image.resize((image.width * zoom, image.height * zoom), Image.NEAREST)
     canvas = ImageDraw.Draw(image)
     width = max(1, round(min(image.size) / 100))
     for k, (text, box) in reversed(list(enumerate(labelled_boxes))):
         color = COLORS[k % len(COLORS)]
-        xmin, ymin, xmax, ymax = (float(v) for v in box)
+        xmin, ymin, xmax, ymax = (float(v) * zoom for v in box)
         canvas.rectangle(
             [xmin, ymin, max(xmin, xmax - 1), max(ymin, ymax - 1)], outline=color, width=width
         )

@@ -169,9 +169,11 @@ def test_cli_localize_evaluate_and_predict(cli_case):
     assert out.returncode == 0, out.stderr
     # 64x64 at Q = 64: a 2x2 map; the first window's centre quarter, class b first.
     assert "b  box (8.0, 8.0, 24.0, 24.0)" in out.stdout
+    # Drawn 4x enlarged (64 -> 256): the box's left edge at x = 32, its inside untouched.
     drawn = np.asarray(Image.open(r / "drawn" / "hit_boxes.png").convert("RGB"))
-    assert drawn.shape == (64, 64, 3)
-    assert tuple(drawn[16, 8]) != (90, 90, 90) and tuple(drawn[40, 40]) == (90, 90, 90)
+    assert drawn.shape == (256, 256, 3)
+    assert tuple(drawn[64, 32]) != (90, 90, 90) and tuple(drawn[64, 40]) == (90, 90, 90)
+    assert tuple(drawn[160, 160]) == (90, 90, 90)
 
 
 def test_heatmap_is_the_dense_score_map(cli_case):

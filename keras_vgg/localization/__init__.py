@@ -9,5 +9,6 @@ Modules (each imports only those above it):
 - `annotations`: VOC XML and CSV manifests into a `BoxSet` (bad annotations skipped).
 - `pipeline`: (crop, box target) batches for training and validation.
 - `merge`: the greedy merge of box predictions (OverFeat).
-- `evaluate`: protocols 1 and 2, top-5 localisation error, result tables.
+- `evaluate`: protocols 1 and 2, top-5 localisation error, result tables, drawn guesses.
+- `demo`: `kvgg demo localize` (digits pasted onto photographs).
 """
