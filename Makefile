@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast test-slow lint format bench clean
+.PHONY: install demo demo-localize test test-fast test-slow lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/kvgg demo
+
+# Appendix A on digits pasted onto photographs: classifier, SCR and PCR nets, protocols 1 and 2.
+demo-localize: $(STAMP)
+	$(BIN)/kvgg demo localize
 
 # Both tiers in one run: the fast tests and the full-size `slow` ones, one worker per core,
 # each test file whole on one worker (its module-scoped models are built once).

@@ -434,10 +434,17 @@ def evaluate(
 @click.option("--no-flip", is_flag=True, help="Do not average with horizontal flips.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option(
+    "--heatmap",
+    default=None,
+    metavar="OUT/",
+    help="Also write OUT/<image>_heatmap.png: the dense class score map of the top 3 classes "
+    "over the image.",
+)
 @user_errors
 def predict(
     images, model_path, config, weights, top, dense, multi_crop, scales, no_flip, batch_size,
-    as_json,
+    as_json, heatmap,
 ):  # fmt: skip
     """Top-k classes of IMAGES (files or folders).
 
@@ -490,6 +497,19 @@ def predict(
                     label = name if class_id == name else f"{class_id} {name}"
                     click.echo(f"  {probability:.4f}  {label}")
     failed = [r for r in results if r.error is not None]
+    if heatmap is not None:
+        from keras_vgg import drawing
+        from keras_vgg.localization.evaluate import read_image
+
+        parsed = _parse_scales(scales)
+        for r in results:
+            if r.error is None:
+                stem = os.path.splitext(os.path.basename(r.path))[0]
+                out = os.path.join(heatmap, f"{stem}_heatmap.png")
+                drawing.heatmaps(
+                    model, read_image(r.path), out, scale=parsed[0] if parsed else None
+                )
+                click.echo(f"wrote {out}")
     for r in failed:
         click.echo(f"kvgg: skipped unreadable image: {r.path}: {r.error}", err=True)
     if failed:
@@ -555,6 +575,98 @@ def export_command(model, out, format_, protocol, input_, quantize, calibration,
         flip=not no_flip,
     )
     click.echo(report.summary())
+
+
+@main.group()
+def localize():
+    """Localisation nets (Appendix A): evaluate them, predict and draw boxes."""
+
+
+def _localizer_classes(paths):
+    from keras_vgg.evaluation import load_model
+
+    return load_model(paths[0]).info.class_names
+
+
+@localize.command("evaluate")
+@click.argument("locnets", nargs=-1, required=True)
+@click.option("--classifier", "classifiers", multiple=True, help="Classification net (protocol 2).")
+@click.option("--data", "data_root", required=True, help="Images: class folders or a flat folder.")
+@click.option(
+    "--annotations", required=True, help="Folder of VOC / ImageNet XML files, or a CSV manifest."
+)
+@click.option("--scales", default=None, help="Test scales Q, e.g. 256,384 (default: the net's).")
+@click.option("--protocol", type=click.Choice(["1", "2"]), default="2", show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("-o", "--output", default=None, help="Write the results as JSON here.")
+@user_errors
+def localize_evaluate(
+    locnets, classifiers, data_root, annotations, scales, protocol, batch_size, output
+):
+    """Localisation error of LOCNET... (Tables 8 and 9): protocol 1 or 2."""
+    from keras_vgg.localization import annotations as annotations_lib
+    from keras_vgg.localization import evaluate as evaluate_lib
+
+    if protocol == "2" and not classifiers:
+        raise UserError("--protocol 2 needs --classifier CLSNET (it rates the boxes)")
+    box_set = annotations_lib.read_boxes(
+        data_root, annotations, class_names=_localizer_classes(locnets)
+    )
+    if box_set.bad.skipped:
+        click.echo(f"{box_set.bad.skipped} annotations skipped (unusable), e.g.:", err=True)
+        for name in box_set.bad.names[:3]:
+            click.echo(f"  {box_set.bad.reasons[name]}", err=True)
+    result = evaluate_lib.evaluate_localization(
+        locnets,
+        box_set,
+        classifiers=classifiers,
+        scales=_parse_scales(scales),
+        protocol=int(protocol),
+        batch_size=batch_size,
+    )
+    click.echo(result.to_markdown())
+    if output is not None:
+        result.write(output)
+        click.echo(f"wrote {output}")
+
+
+@localize.command("predict")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "models", multiple=True, required=True, help="Localisation net(s).")
+@click.option("--classifier", "classifiers", multiple=True, required=True, help="Classifier(s).")
+@click.option("--scales", default=None, help="Test scales Q (default: the net's single Q).")
+@click.option("--top", type=int, default=5, show_default=True, help="(class, box) guesses.")
+@click.option("--draw", default=None, metavar="OUT/", help="Write OUT/<image>_boxes.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@user_errors
+def localize_predict(images, models, classifiers, scales, top, draw, as_json):
+    """Top (class, box, score) guesses for IMAGES (protocol 2), optionally drawn."""
+    import json
+
+    from keras_vgg.evaluation import image_files, load_model
+    from keras_vgg.evaluation.protocols import single_test_scale
+    from keras_vgg.localization import evaluate as evaluate_lib
+
+    parsed = _parse_scales(scales)
+    if parsed is None:
+        train_scale = load_model(models[0]).info.train_scale
+        parsed = (single_test_scale(train_scale) if train_scale else 256,)
+    localizer = evaluate_lib.Localizer(models, classifiers, scales=parsed, top=top)
+    found = evaluate_lib.predict_boxes(localizer, image_files(images), draw=draw)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [{"path": p, "guesses": [g.to_dict() for g in gs]} for p, gs, _ in found], indent=2
+            )
+        )
+        return
+    for path, guesses, drawn in found:
+        click.echo(path)
+        for g in guesses:
+            box = ", ".join(f"{v:.1f}" for v in g.box)
+            click.echo(f"  {g.score:.4f}  {g.name}  box ({box})")
+        if drawn is not None:
+            click.echo(f"  wrote {drawn}")
 
 
 class RunFailed(click.ClickException):
@@ -626,18 +738,39 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
 
 
 @main.command()
+@click.argument("which", type=click.Choice(["digits", "localize"]), default="digits")
 @click.option("--recipe", "recipe_path", default="recipes/demo.toml", show_default=True)
 @click.option(
-    "--data", "data_root", default="runs/digits", show_default=True, help="Where the images go."
+    "--data", "data_root", default=None, help="Where the images go (runs/digits, runs/loc_digits)."
 )
 @click.option("--prepare-only", is_flag=True, help="Only write the images and their statistics.")
 @click.option("--overwrite", is_flag=True, help="Train again even if the demo run has finished.")
 @user_errors
-def demo(recipe_path, data_root, prepare_only, overwrite):
-    """Train recipes/demo.toml on scikit-learn's digits, then classify held-out images."""
+def demo(which, recipe_path, data_root, prepare_only, overwrite):
+    """Train on scikit-learn's digits, then classify held-out images.
+
+    `kvgg demo localize`: the digits pasted onto scikit-image's photographs; a classifier,
+    then SCR and PCR localisation nets (recipes/loc_demo_cls.toml, recipes/loc_demo.toml),
+    then protocols 1 and 2 on held-out canvases, and one canvas drawn with its boxes.
+    """
     from keras_vgg import demo as demo_lib
     from keras_vgg import training
 
+    if which == "localize":
+        from keras_vgg.localization import demo as loc_demo
+
+        if prepare_only:
+            raise UserError("--prepare-only is for the digits demo")
+        try:
+            loc_demo.run_localization_demo(
+                data_root or "runs/loc_digits", overwrite=overwrite, print_fn=click.echo
+            )
+        except ModuleNotFoundError as exc:  # scikit-learn or scikit-image
+            raise UserError(str(exc)) from None
+        except (training.TrainingDiverged, training.CheckpointError) as exc:
+            raise RunFailed(str(exc)) from None
+        return
+    data_root = data_root or "runs/digits"
     try:
         demo_lib.run_demo(
             recipe_path,

@@ -1,4 +1,4 @@
-"""Table 1 of the paper as data.
+"""Table 1 of the paper as data, and the heads a network can end with (Appendix A).
 
 Each configuration is a tuple of five blocks; each block is a tuple of layer specs and ends
 with a 2x2 max-pool (implied, Sec. 2.1). A spec says exactly what Table 1 says: a 3x3 conv
@@ -11,6 +11,8 @@ import dataclasses
 
 __all__ = [
     "ALIASES",
+    "BOX_MODES",
+    "TASKS",
     "CONFIGS",
     "Conv",
     "LRN",
@@ -18,6 +20,11 @@ __all__ = [
     "get_config_spec",
     "scaled_filters",
 ]
+
+#: What a network's head predicts: class scores, or boxes (Appendix A).
+TASKS = ("classification", "localization")
+#: Appendix A's box heads: single-class regression (4 outputs) and per-class (4 x classes).
+BOX_MODES = ("scr", "pcr")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 A recipe has six sections, every key optional except `data.root`::
 
-    [model]      config, batch_norm, width, fc_units, dropout, init, classes, weights
+    [model]      config, batch_norm, width, fc_units, dropout, init, classes, weights,
+                 task, box_mode, fine_tune
     [data]       root, val_root, labels_file, label_offset, val_split, train_scale,
-                 val_scale, crop_size, stats, flip, color_shift, threads
+                 val_scale, crop_size, stats, flip, color_shift, annotations,
+                 val_annotations, threads
     [optimizer]  lr, momentum, weight_decay, weight_decay_mode
     [schedule]   epochs, plateau_patience, factor, min_delta, max_reductions
     [init]       from_run, mode
@@ -26,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from keras_vgg import configs as configs_lib
+from keras_vgg.configs import BOX_MODES, TASKS
 from keras_vgg.scales import TrainScale
 
 try:
@@ -51,6 +54,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 INITS = ("normal", "glorot")
 INIT_MODES = ("a_layers", "all", "all_but_head")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
+FINE_TUNE = ("all", "fc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,11 @@ class ModelSection:
         classes: Number of classes; None means the number of class folders in `data.root`.
         weights: Pretrained weights to start from (a `.keras` / `.weights.h5` path or a
             pretrained entry name); layers are taken according to `init.mode`.
+        task: "classification", or "localization" (Appendix A: the last FC layer predicts
+            boxes, trained with the Euclidean loss on `data.annotations`).
+        box_mode: For localisation: "scr" (one box) or "pcr" (one box per class).
+        fine_tune: "all" layers, or "fc" (only fc1, fc2 and the last layer: Table 8's
+            other variant); the other layers keep their initial weights.
     """
 
     config: str = "A"
@@ -79,6 +88,9 @@ class ModelSection:
     init: str = "normal"
     classes: int | None = None
     weights: str | None = None
+    task: str = "classification"
+    box_mode: str = "scr"
+    fine_tune: str = "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +116,9 @@ class DataSection:
             ImageNet's.
         flip: Random horizontal flips.
         color_shift: AlexNet's PCA colour shift.
+        annotations: The boxes of `root` for a localisation run: a folder of VOC XML files
+            or a CSV manifest (`keras_vgg.localization.annotations`).
+        val_annotations: The boxes of `val_root`.
         threads: CPU threads that read, decode and augment the images (training and
             validation); None means one per core. Lower it to leave cores to the model
             or to other jobs on the machine; the batches are the same for any value.
@@ -120,6 +135,8 @@ class DataSection:
     stats: str | None = None
     flip: bool = True
     color_shift: bool = True
+    annotations: str | None = None
+    val_annotations: str | None = None
     threads: int | None = None
 
     @property
@@ -425,6 +442,16 @@ def _check(recipe: Recipe, path: str) -> None:
         fail("model.dropout", f"must be in [0, 1), got {m.dropout}")
     if m.init not in INITS:
         fail("model.init", f"must be one of {list(INITS)}, got {m.init!r}")
+    if m.task not in TASKS:
+        fail("model.task", f"must be one of {list(TASKS)}, got {m.task!r}")
+    if m.box_mode not in BOX_MODES:
+        fail("model.box_mode", f"must be one of {list(BOX_MODES)}, got {m.box_mode!r}")
+    if m.fine_tune not in FINE_TUNE:
+        fail("model.fine_tune", f"must be one of {list(FINE_TUNE)}, got {m.fine_tune!r}")
+    if m.task == "localization" and not d.annotations:
+        fail("data.annotations", "missing: a localisation run needs the boxes of data.root")
+    if m.task == "localization" and d.val_root is not None and not d.val_annotations:
+        fail("data.val_annotations", "missing: the boxes of data.val_root")
     if m.classes is not None and m.classes < 1:
         fail("model.classes", f"must be >= 1, got {m.classes}")
     if not d.root:

@@ -24,10 +24,13 @@ from typing import Any
 
 import keras
 
+from keras_vgg.configs import BOX_MODES, TASKS
 from keras_vgg.imagenet import PAPER, Preprocessing
 from keras_vgg.scales import TrainScale
 
 __all__ = [
+    "BOX_MODES",
+    "TASKS",
     "ModelRecord",
     "RecordLayer",
     "attach_record",
@@ -65,6 +68,11 @@ class ModelRecord:
             or None when unknown (1000 outputs then read as ImageNet's classes).
         weights: Where the weights came from (a pretrained entry such as
             "imagenet", a file name, a run directory), or None for random weights.
+        task: What the head predicts: "classification" (class scores) or "localization"
+            (boxes, Appendix A). Records written before this field read as classification.
+        box_mode: For a localisation net, "scr" (single-class regression: one box, 4
+            outputs) or "pcr" (per-class regression: one box per class, 4 x classes
+            outputs, class k's box at outputs 4k..4k+3); None for a classifier.
     """
 
     preprocessing: Preprocessing = PAPER
@@ -72,8 +80,19 @@ class ModelRecord:
     train_scale: TrainScale | None = None
     class_names: tuple[str, ...] | None = None
     weights: str | None = None
+    task: str = "classification"
+    box_mode: str | None = None
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"`task` must be one of {TASKS}. Received: task={self.task!r}")
+        if (self.task == "localization") != (self.box_mode is not None) or (
+            self.box_mode is not None and self.box_mode not in BOX_MODES
+        ):
+            raise ValueError(
+                f"`box_mode` must be one of {BOX_MODES} for a localisation net and None for a "
+                f"classifier. Received: task={self.task!r}, box_mode={self.box_mode!r}"
+            )
         if not isinstance(self.preprocessing, Preprocessing):
             raise ValueError(
                 "`preprocessing` must be a keras_vgg.Preprocessing. "
@@ -97,6 +116,26 @@ class ModelRecord:
                 )
             object.__setattr__(self, "class_names", names)
 
+    def head_outputs(self, classes: int) -> int:
+        """How many outputs the head of a net of this kind has for `classes` classes.
+
+        A classifier has one score per class; a localisation net has 4 box numbers (SCR) or
+        4 per class (PCR).
+        """
+        if self.box_mode == "scr":
+            return 4
+        if self.box_mode == "pcr":
+            return 4 * classes
+        return classes
+
+    def head_classes(self, outputs: int) -> int | None:
+        """The number of classes a head of `outputs` outputs predicts (None: any, for SCR)."""
+        if self.box_mode == "scr":
+            return None
+        if self.box_mode == "pcr":
+            return outputs // 4
+        return outputs
+
     def replace(self, **changes: Any) -> ModelRecord:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
@@ -109,6 +148,8 @@ class ModelRecord:
             "train_scale": None if self.train_scale is None else self.train_scale.to_json(),
             "class_names": None if self.class_names is None else list(self.class_names),
             "weights": self.weights,
+            "task": self.task,
+            "box_mode": self.box_mode,
         }
 
     @classmethod
@@ -145,12 +186,25 @@ class ModelRecord:
         weights = data.get("weights")
         if weights is not None and not isinstance(weights, str):
             raise ValueError(f"{source}: field 'weights' must be a string or null")
+        task = data.get("task", "classification")
+        if task not in TASKS:
+            raise ValueError(f"{source}: field 'task' must be one of {TASKS}, got {task!r}")
+        box_mode = data.get("box_mode")
+        if (task == "localization") != (box_mode is not None) or (
+            box_mode is not None and box_mode not in BOX_MODES
+        ):
+            raise ValueError(
+                f"{source}: field 'box_mode' must be one of {BOX_MODES} for a localisation "
+                f"net and null for a classifier, got {box_mode!r}"
+            )
         return cls(
             preprocessing=preprocessing,
             crop_size=crop_size,
             train_scale=train_scale,
             class_names=None if names is None else tuple(names),
             weights=weights,
+            task=task,
+            box_mode=box_mode,
         )
 
 
@@ -264,7 +318,8 @@ def fit_record(record: ModelRecord, model: Any) -> ModelRecord:
     if _has_classifier(model) and side is not None:
         changes["crop_size"] = side
     if record.class_names is not None and (
-        not _has_classifier(model) or len(record.class_names) != _classes(model)
+        not _has_classifier(model)
+        or record.head_outputs(len(record.class_names)) != _classes(model)
     ):
         changes["class_names"] = None
     return record.replace(**changes) if changes else record
@@ -283,11 +338,12 @@ def check_record(model: Any, record: ModelRecord, *, source: str = "record") -> 
             f"model {getattr(model, 'name', model)!r}"
         )
     if record.class_names is not None and _has_classifier(model):
-        classes = _classes(model)
-        if len(record.class_names) != classes:
+        outputs = _classes(model)
+        if record.head_outputs(len(record.class_names)) != outputs:
+            kind = "" if record.box_mode is None else f" ({record.box_mode.upper()} boxes)"
             raise ValueError(
-                f"{source}: lists {len(record.class_names)} class_names but model "
-                f"{getattr(model, 'name', model)!r} has {classes} outputs"
+                f"{source}: lists {len(record.class_names)} class_names{kind} but model "
+                f"{getattr(model, 'name', model)!r} has {outputs} outputs"
             )
 
 

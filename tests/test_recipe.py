@@ -191,7 +191,7 @@ def test_every_recipe_passes_dry_run():
     Every recipe resolves and is planned; the checks fail only on what this checkout lacks
     (the data folders, the runs a recipe starts from), one line per recipe, exit code 2.
     """
-    assert len(RECIPES) == 14
+    assert len(RECIPES) == 18
     result = kvgg("fit", "--dry-run", *[str(p.relative_to(ROOT)) for p in RECIPES])
     assert result.returncode == 2, result.stderr
     errors = result.stderr.strip().splitlines()

@@ -202,6 +202,8 @@ def test_fit_writes_the_run_directory(tmp_path):
         "train_scale": 32,
         "crop_size": 32,
         "weights": str(run),
+        "task": "classification",
+        "box_mode": None,
     }
     assert json.loads((run / "model_info.json").read_text()) == info
     # The checkpoints carry the same record themselves: the file is a copy.

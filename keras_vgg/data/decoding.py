@@ -38,20 +38,27 @@ class BadFileLog:
         path: Text file the names are appended to, or None.
         skipped: How many elements were skipped (a bad file counts once per epoch).
         names: The distinct bad files, in the order they were met.
+        reasons: Why each of `names` was skipped, by name.
     """
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = None if path is None else os.fspath(path)
         self.skipped = 0
         self.names: list[str] = []
+        self.reasons: dict[str, str] = {}
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def record(self, name: str | bytes) -> None:
-        """Notes one skipped element named `name`."""
+    def record(self, name: str | bytes, reason: str | None = None) -> None:
+        """Notes one skipped element named `name`.
+
+        Args:
+            name: The file (an image, or an annotation file).
+            reason: Why it was skipped (default: what `kvgg data check` finds in the image).
+        """
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
         with self._lock:
@@ -60,8 +67,13 @@ class BadFileLog:
                 return
             self._seen.add(name)
             self.names.append(name)
-        reason = _reason(name)
-        logger.warning("skipped unreadable image %s (%s)", name, reason)
+        if reason is None:
+            reason = _reason(name)
+            logger.warning("skipped unreadable image %s (%s)", name, reason)
+        else:
+            logger.warning("skipped %s", reason)
+        with self._lock:
+            self.reasons[name] = reason
         if self.path is not None:
             with self._lock, open(self.path, "a") as f:
                 f.write(f"{name}\t{reason}\n")

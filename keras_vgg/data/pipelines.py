@@ -23,7 +23,7 @@ of one batch and pools the batches left short by bad files into full ones
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
@@ -179,6 +179,7 @@ def training_dataset(
     bad_files: BadFileLog | None = None,
     parallel_calls: int | None = None,
     threads: int | None = None,
+    targets: Callable | None = None,
 ) -> tf.data.Dataset:
     """The training input of Sec. 3.1, repeating forever from epoch `start_epoch`.
 
@@ -214,9 +215,15 @@ def training_dataset(
         parallel_calls: Images of a batch decoded at once (default: `threads`, else one
             per CPU core; two batches are decoded at a time).
         threads: CPU threads the pipeline may use for its work (default: one per core).
+        targets: What an image is trained to predict, when not its label:
+            `targets(label, window, flipped) -> (target, sample_weight)` from the label,
+            the window of the original image the crop shows and whether it was flipped
+            (the localisation targets of `keras_vgg.localization.pipeline`: the boxes move
+            with the crop's own random choices).
 
     Returns:
-        A dataset of (float32 images (batch, crop, crop, 3), int32 labels (batch,)).
+        A dataset of (float32 images (batch, crop, crop, 3), int32 labels (batch,)); with
+        `targets`, (images, targets, sample weights).
 
     Raises:
         ValueError: on a bad argument or a source that cannot be opened.
@@ -245,8 +252,14 @@ def training_dataset(
 
     def load(payload, label, draw):
         contents, label = source.read(payload, label)
-        image = transforms.training_crop(contents, draw, crop_size, flip=flip)
-        return image, tf.cast(label, tf.int32)
+        if targets is None:
+            image = transforms.training_crop(contents, draw, crop_size, flip=flip)
+            return image, tf.cast(label, tf.int32)
+        image, window = transforms.training_crop(
+            contents, draw, crop_size, flip=flip, with_window=True
+        )
+        flipped = draw["flip"] if flip else tf.constant(False)
+        return (image, *targets(label, window, flipped))
 
     def epoch_dataset(epoch):
         elements = source.elements(epoch, seed=seed, shuffle=True)

@@ -333,7 +333,7 @@ def resize_crop(window: tf.Tensor, crop_size: int = 224) -> tf.Tensor:
     return image
 
 
-def decode_window(contents: tf.Tensor, window_fn: Callable) -> tf.Tensor:
+def decode_window(contents: tf.Tensor, window_fn: Callable, *, with_window: bool = False):
     """Decodes the window `window_fn(height, width)` of an image, as uint8 RGB.
 
     For JPEGs only the window is decoded (`tf.image.extract_jpeg_shape` +
@@ -346,8 +346,11 @@ def decode_window(contents: tf.Tensor, window_fn: Callable) -> tf.Tensor:
         contents: Scalar string tensor, the encoded image.
         window_fn: (height, width) of the original image -> int32 [top, left, h, w].
 
+        with_window: Also return the window itself.
+
     Returns:
-        The uint8 window (h, w, 3).
+        The uint8 window (h, w, 3); with `with_window`, (that, the int32 window [top, left,
+        h, w] of the original image).
     """
     complete_jpeg = tf.logical_and(
         tf.io.is_jpeg(contents), tf.equal(tf.strings.substr(contents, -2, 2), b"\xff\xd9")
@@ -355,17 +358,19 @@ def decode_window(contents: tf.Tensor, window_fn: Callable) -> tf.Tensor:
 
     def jpeg_window():
         shape = tf.image.extract_jpeg_shape(contents)
-        return tf.image.decode_and_crop_jpeg(contents, window_fn(shape[0], shape[1]), channels=3)
+        window = window_fn(shape[0], shape[1])
+        return tf.image.decode_and_crop_jpeg(contents, window, channels=3), window
 
     def whole():
         image = decode_image(contents)
         shape = tf.shape(image)
         window = window_fn(shape[0], shape[1])
-        return image[window[0] : window[0] + window[2], window[1] : window[1] + window[3], :]
+        patch = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3], :]
+        return patch, window
 
-    patch = tf.cond(complete_jpeg, jpeg_window, whole)
+    patch, window = tf.cond(complete_jpeg, jpeg_window, whole)
     patch.set_shape([None, None, 3])
-    return patch
+    return (patch, window) if with_window else patch
 
 
 def flip_if(image: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
@@ -379,7 +384,8 @@ def training_crop(
     crop_size: int = 224,
     *,
     flip: bool = True,
-) -> tf.Tensor:
+    with_window: bool = False,
+):
     """Sec. 3.1's training input from one encoded image and its random choices.
 
     One random `crop_size` crop of the image isotropically rescaled to S, flipped or not,
@@ -397,24 +403,29 @@ def training_crop(
             added to every pixel (zeros for neither).
         crop_size: Output side.
         flip: Whether to apply `draw["flip"]` (False skips the flip altogether).
+        with_window: Also return the window of the original image the crop shows, so
+            that what is attached to the image (its boxes) moves with it.
 
     Returns:
-        A float32 tensor (crop_size, crop_size, 3).
+        A float32 tensor (crop_size, crop_size, 3); with `with_window`, (that, the int32
+        window [top, left, h, w] of the original image, before the flip).
 
     Raises:
         tf.errors.InvalidArgumentError: if the bytes are not a decodable image (a truncated
             JPEG fails whatever its window; see `decode_window`).
     """
-    window = decode_window(
+    patch, window = decode_window(
         contents,
         lambda height, width: crop_window(
             height, width, draw["scale"], crop_size, draw["top"], draw["left"]
         ),
+        with_window=True,
     )
-    image = resize_crop(window, crop_size)
+    image = resize_crop(patch, crop_size)
     if flip:
         image = flip_if(image, draw["flip"])
-    return add_per_channel(image, draw["offset"])
+    image = add_per_channel(image, draw["offset"])
+    return (image, window) if with_window else image
 
 
 def subtract_mean(image: tf.Tensor, mean: Sequence[float]) -> tf.Tensor:

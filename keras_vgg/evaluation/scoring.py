@@ -193,7 +193,7 @@ class ScoreNet:
                 batch = np.stack([images[i] for i in chunk])
                 if flip:
                     batch = np.concatenate([batch, batch[:, :, ::-1]], axis=0)
-                posteriors = self._pool(self.score_maps(batch))
+                posteriors = self.pool(self.score_maps(batch))
                 posteriors = posteriors.reshape(views, len(chunk), -1).mean(axis=0)
                 out[chunk] = posteriors
         return out
@@ -241,8 +241,12 @@ class ScoreNet:
         per_scale = posteriors_per_scale(self, views, protocols, scales, flip)
         return fuse([fuse([per_scale[(p, q)] for q in scales]) for p in protocols])
 
-    def _pool(self, maps: np.ndarray) -> np.ndarray:
-        # Sec. 3.2: the class score map is spatially averaged (sum-pooled).
+    def pool(self, maps: np.ndarray) -> np.ndarray:
+        """Sec. 3.2: class score maps (batch, h, w, classes) to posteriors (batch, classes).
+
+        The map is averaged spatially (sum-pooled), before or after the soft-max
+        (`dense_average`).
+        """
         if self.dense_average == "logits":
             return softmax(maps.astype(np.float64).mean(axis=(1, 2)))
         return softmax(maps).mean(axis=(1, 2))

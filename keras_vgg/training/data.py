@@ -18,6 +18,9 @@ import tensorflow as tf
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.data import pipelines, sources
 from keras_vgg.data import stats as stats_lib
+from keras_vgg.data.decoding import BadFileLog
+from keras_vgg.localization import annotations as annotations_lib
+from keras_vgg.localization import pipeline as loc_pipeline
 
 __all__ = ["RecipeSources", "TrainingData", "open_sources", "recipe_data", "split_source"]
 
@@ -95,12 +98,7 @@ def open_sources(recipe: recipe_lib.Recipe, *, num_workers: int = 1) -> RecipeSo
         train_source, val_source = split_source(sources, train_source, d.val_split, r.seed)
     else:
         val_source = None
-    if d.stats is None:
-        stats = stats_lib.IMAGENET_STATS
-    else:
-        if not os.path.isfile(d.stats):
-            raise ValueError(f"{recipe.path}: data.stats: file not found: {d.stats}")
-        stats = stats_lib.DatasetStats.from_json(d.stats)
+    stats = _stats(recipe)
     batch = r.batch_size
     if is_folder and r.steps_per_epoch is not None:
         # A fixed seeded subset makes one pipeline epoch exactly `steps_per_epoch` batches,
@@ -186,30 +184,15 @@ def recipe_data(
         ValueError: naming the recipe key whose folder or file is missing or unusable
             (`open_sources`).
     """
+    if recipe.model.task == "localization":
+        return _localization_data(recipe, bad_files_path)
     d, r = recipe.data, recipe.run
     opened = open_sources(recipe, num_workers=num_workers)
     train_source, val_source, stats = opened.train, opened.val, opened.stats
     mean = tuple(float(v) for v in stats.mean)
     class_names, steps = opened.class_names, opened.steps_per_epoch
 
-    def train(*, start_epoch: int, batch_size: int, num_shards: int = 1, shard_index: int = 0):
-        return pipelines.training_dataset(
-            train_source,
-            batch_size=batch_size,
-            # The pipeline takes S as an int or (Smin, Smax).
-            train_scale=d.train_scale,
-            crop_size=d.crop_size,
-            flip=d.flip,
-            color_shift=stats if d.color_shift else None,
-            mean=mean,
-            seed=r.seed,
-            start_epoch=start_epoch,
-            num_shards=num_shards,
-            shard_index=shard_index,
-            bad_files_path=bad_files_path,
-            threads=d.threads,
-        )
-
+    train = _training_fn(pipelines.training_dataset, train_source, recipe, stats, bad_files_path)
     val = None
     if val_source is not None:
         val = pipelines.evaluation_dataset(
@@ -276,3 +259,101 @@ def split_source(sources, source, fraction, seed):
         )
 
     return pick(~is_val), pick(is_val)
+
+
+def _training_fn(pipeline, source, recipe, stats, bad_files_path):
+    """`TrainingData.train` over `pipeline` (a classifier's or a localisation net's)."""
+    d, r = recipe.data, recipe.run
+    mean = tuple(float(v) for v in stats.mean)
+
+    def train(*, start_epoch: int, batch_size: int, num_shards: int = 1, shard_index: int = 0):
+        return pipeline(
+            source,
+            batch_size=batch_size,
+            # The pipeline takes S as an int or (Smin, Smax).
+            train_scale=d.train_scale,
+            crop_size=d.crop_size,
+            flip=d.flip,
+            color_shift=stats if d.color_shift else None,
+            mean=mean,
+            seed=r.seed,
+            start_epoch=start_epoch,
+            num_shards=num_shards,
+            shard_index=shard_index,
+            bad_files_path=bad_files_path,
+            threads=d.threads,
+        )
+
+    return train
+
+
+def _stats(recipe):
+    d = recipe.data
+    if d.stats is None:
+        return stats_lib.IMAGENET_STATS
+    if not os.path.isfile(d.stats):
+        raise ValueError(f"{recipe.path}: data.stats: file not found: {d.stats}")
+    return stats_lib.DatasetStats.from_json(d.stats)
+
+
+def _read_boxes(recipe, key, images, annotations, class_names=None, bad_files_path=None):
+    try:
+        return annotations_lib.read_boxes(
+            images,
+            annotations,
+            class_names=class_names,
+            bad=BadFileLog(bad_files_path),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{recipe.path}: {key}: {exc}") from None
+
+
+def _localization_data(recipe, bad_files_path) -> TrainingData:
+    """A localisation run's data (Appendix A): crops with their box targets.
+
+    The images and boxes of `data.root` and `data.annotations` (and `data.val_root` /
+    `data.val_annotations`, or `data.val_split` of the training set); skipped annotations
+    are named in the run's bad-files list with the undecodable images.
+    """
+    d, r = recipe.data, recipe.run
+    boxes = _read_boxes(recipe, "data.annotations", d.root, d.annotations, None, bad_files_path)
+    val_boxes = None
+    if d.val_root is not None:
+        val_boxes = _read_boxes(
+            recipe, "data.val_annotations", d.val_root, d.val_annotations, boxes.class_names
+        )
+    elif d.val_split > 0:
+        by_class = sources.ImageSource(boxes.files, boxes.labels, boxes.class_names)
+        _, val = split_source(sources, by_class, d.val_split, r.seed)
+        held = set(val.files)
+        val_boxes = boxes.subset([i for i, f in enumerate(boxes.files) if f in held])
+        boxes = boxes.subset([i for i, f in enumerate(boxes.files) if f not in held])
+    if r.steps_per_epoch is not None and r.steps_per_epoch * r.batch_size < len(boxes):
+        rng = np.random.default_rng(r.seed)
+        boxes = boxes.subset(
+            np.sort(rng.choice(len(boxes), r.steps_per_epoch * r.batch_size, replace=False))
+        )
+    steps = len(boxes) // r.batch_size
+    if steps < 1:
+        raise ValueError(
+            f"{recipe.path}: run.batch_size: {r.batch_size} is larger than the "
+            f"{len(boxes)} annotated training images of {d.root}"
+        )
+    stats = _stats(recipe)
+    mean = tuple(float(v) for v in stats.mean)
+
+    train = _training_fn(
+        loc_pipeline.localization_training_dataset, boxes, recipe, stats, bad_files_path
+    )
+    val = None
+    if val_boxes is not None:
+        val = loc_pipeline.localization_validation_dataset(
+            val_boxes,
+            batch_size=r.batch_size,
+            scale=d.resolved_val_scale,
+            crop_size=d.crop_size,
+            mean=mean,
+        )
+        if r.val_steps is not None:
+            val = val.take(r.val_steps)
+    return TrainingData(train, val, boxes.class_names, steps, mean)

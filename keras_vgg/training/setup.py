@@ -26,9 +26,11 @@ import tensorflow as tf
 from keras_vgg import models
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.imagenet import Preprocessing
+from keras_vgg.localization.network import BoxAccuracy, BoxLoss
 from keras_vgg.record import ModelRecord, attach_record, record_of
 from keras_vgg.training.data import TrainingData
 from keras_vgg.weights.conversion import model_from_weights
+from keras_vgg.weights.names import HEAD_LAYERS
 from keras_vgg.weights.transfer import adapt_first_conv, initialize_from_a, transfer_weights
 
 __all__ = [
@@ -67,10 +69,17 @@ def build_model(
         else None
     )
     crop = recipe.data.crop_size
-    return models.build(
+    localization = m.task == "localization"
+    if record is None:
+        record = ModelRecord(crop_size=crop)
+    if localization:
+        # Appendix A: the last FC layer predicts boxes, 4 or 4 x classes numbers, linear.
+        record = record.replace(task="localization", box_mode=m.box_mode)
+    model = models.build(
         m.config,
         input_shape=(crop, crop, 3),
-        classes=classes,
+        classes=record.head_outputs(classes),
+        classifier_activation=None if localization else "softmax",
         dropout=m.dropout,
         batch_norm=m.batch_norm,
         width=m.width,
@@ -80,6 +89,12 @@ def build_model(
         dtype=None if precision == "float32" else precision,
         record=record,
     )
+    if m.fine_tune == "fc":
+        # Table 8's variant: only fc1, fc2 and the last layer are trained.
+        for layer in model.layers:
+            if layer.weights and layer.name not in HEAD_LAYERS:
+                layer.trainable = False
+    return model
 
 
 def check_init_source(recipe: recipe_lib.Recipe, source_path: str | None) -> None:
@@ -162,7 +177,20 @@ def make_optimizer(recipe, precision: str) -> keras.optimizers.Optimizer:
 
 
 def compile_model(model: keras.Model, optimizer, classes: int) -> None:
-    """Compiles for training: cross-entropy, top-1 and top-5 (top-5 with > 5 classes)."""
+    """Compiles for training: cross-entropy, top-1 and top-5 (top-5 with > 5 classes).
+
+    A localisation net (its record says so) gets Appendix A's Euclidean loss on the box
+    (`BoxLoss`) and, as "top1", the share of crops localised with IoU > 0.5
+    (`BoxAccuracy`).
+    """
+    box_mode = record_of(model).box_mode
+    if box_mode is not None:
+        model.compile(
+            optimizer=optimizer,
+            loss=BoxLoss(box_mode),
+            weighted_metrics=[BoxAccuracy(box_mode)],
+        )
+        return
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -182,7 +210,12 @@ def multi_worker_workarounds(model: keras.Model, crop: int) -> None:
     from local symbolic shapes instead, and that probe is switched off for this model. Only
     used under MultiWorkerMirroredStrategy.
     """
-    batch = (np.zeros((1, crop, crop, 3), np.float32), np.zeros((1,), np.int32))
+    target = (
+        np.zeros((1,), np.int32)
+        if record_of(model).box_mode is None
+        else np.zeros((1, 5), np.float32)
+    )
+    batch = (np.zeros((1, crop, crop, 3), np.float32), target)
     model._symbolic_build(data_batch=batch)
 
     def no_probe(iterator=None, data_batch=None):
@@ -217,4 +250,6 @@ def run_record(recipe: recipe_lib.Recipe, data: TrainingData) -> ModelRecord:
         train_scale=recipe.data.train_scale,
         class_names=tuple(data.class_names) if data.class_names else None,
         weights=recipe.run_dir,
+        task=recipe.model.task,
+        box_mode=recipe.model.box_mode if recipe.model.task == "localization" else None,
     )

@@ -1,0 +1,443 @@
+"""Testing localisation nets (Appendix A): protocol 1, protocol 2, top-5 localisation error.
+
+- Protocol 1 (Table 8): the central crop at Q (the window `pipeline.center_window`), the box
+  the net predicts for the ground-truth class, placed back on the image; the localisation
+  error is the share of images whose box has IoU <= 0.5 with every ground-truth box of that
+  class.
+- Protocol 2 (Tables 9, 10): the localisation nets applied densely over the whole image
+  rescaled to each Q (their fully convolutional twins, `ScoreNet`); location (i, j) of the
+  map predicts a box relative to its window, the crop-sized square at (32 i, 32 j) of the
+  rescaled image. The classification nets, run densely on the same rescaled images, give
+  the five top classes (the spatially pooled posteriors, averaged over scales and nets, Sec.
+  3.2; no flips) and rate each location by its soft-max score of the class. For each of
+  the five classes, the boxes of every location, scale and localisation net (PCR: the
+  class's box; SCR: the single box) are merged greedily (`merge.greedy_merge`); the
+  highest-rated merged box is that class's guess. Top-5 localisation error: the share of
+  images where none of the five (class, box) guesses names a class of the image's objects
+  with IoU > 0.5 to one of that class's boxes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_vgg.data import transforms
+from keras_vgg.drawing import draw_boxes
+from keras_vgg.evaluation.loading import LoadedModel, load_model
+from keras_vgg.evaluation.metrics import softmax
+from keras_vgg.evaluation.protocols import as_image, to_numpy
+from keras_vgg.evaluation.scoring import ScoreNet
+from keras_vgg.files import atomic_text
+from keras_vgg.imagenet import preprocess_input
+from keras_vgg.localization.annotations import BoxSet
+from keras_vgg.localization.boxes import IOU_THRESHOLD, boxes_from_window, iou
+from keras_vgg.localization.merge import MAX_DISTANCE, greedy_merge
+from keras_vgg.localization.network import box_of_class
+from keras_vgg.localization.pipeline import localization_validation_dataset
+
+__all__ = [
+    "Guess",
+    "LocalizationResult",
+    "Localizer",
+    "evaluate_localization",
+    "localization_errors",
+    "predict_boxes",
+    "protocol_1_correct",
+    "read_image",
+    "top5_correct",
+]
+
+#: The stride of the dense map in input pixels (five 2x2 poolings).
+STRIDE = 32
+
+
+def _check_localizer(loaded: LoadedModel) -> str:
+    mode = loaded.info.box_mode
+    if loaded.info.task != "localization" or mode is None:
+        raise ValueError(
+            f"{loaded.name}: not a localisation net (its record says task="
+            f"{loaded.info.task!r}); give a net trained with model.task = 'localization'"
+        )
+    return mode
+
+
+def protocol_1_correct(
+    model: Any, box_set: BoxSet, *, scale: int, batch_size: int = 32
+) -> np.ndarray:
+    """Protocol 1 (Table 8): per image, whether the centre-crop box of its class is right.
+
+    Args:
+        model: A localisation net (a model, a `.keras` file or a run directory).
+        box_set: Images with their class and boxes.
+        scale: The test scale Q.
+        batch_size: Crops per forward pass.
+
+    Returns:
+        bool (len(box_set),): IoU > 0.5 with some ground-truth box of the image's class.
+        An undecodable image counts as wrong (and is named in `box_set.bad`).
+    """
+    loaded = load_model(model)
+    mode = _check_localizer(loaded)
+    correct = np.zeros(len(box_set), bool)
+    crops = localization_validation_dataset(
+        box_set,
+        batch_size=batch_size,
+        scale=scale,
+        crop_size=loaded.info.crop_size,
+        mean=(0.0, 0.0, 0.0),
+        with_windows=True,
+    )
+    for images, windows, indices in crops.as_numpy_iterator():
+        batch = preprocess_input(images, preprocessing=loaded.info.preprocessing)
+        outputs = to_numpy(loaded.model(batch, training=False))
+        labels = np.array([box_set.labels[i] for i in indices])
+        predicted = box_of_class(outputs, labels, mode)
+        for k, index in enumerate(indices):
+            box = boxes_from_window(predicted[k], windows[k])
+            truth = box_set.class_boxes(int(index))
+            correct[index] = iou(box[None], truth).max() > IOU_THRESHOLD
+    return correct
+
+
+@dataclasses.dataclass(frozen=True)
+class Guess:
+    """One (class, box) guess of protocol 2.
+
+    Attributes:
+        label: Class index.
+        name: Class name.
+        box: (xmin, ymin, xmax, ymax) continuous corners in the original image.
+        score: The classification nets' posterior of the class.
+        rating: The merged box's summed location scores.
+    """
+
+    label: int
+    name: str
+    box: tuple[float, float, float, float]
+    score: float
+    rating: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready."""
+        return dataclasses.asdict(self)
+
+
+class Localizer:
+    """Protocol 2: localisation nets and classification nets applied densely, boxes merged.
+
+    Args:
+        localizers: Localisation nets (models, files or run directories); several: the
+            union of their boxes is merged.
+        classifiers: Classification nets over the same classes, same crop size.
+        scales: Test scales Q.
+        top: How many (class, box) guesses per image.
+        max_distance: The merge's threshold (`merge.MAX_DISTANCE`).
+        batch_size: Images per forward pass.
+    """
+
+    def __init__(
+        self,
+        localizers: Sequence[Any],
+        classifiers: Sequence[Any],
+        *,
+        scales: Sequence[int],
+        top: int = 5,
+        max_distance: float = MAX_DISTANCE,
+        batch_size: int = 8,
+    ):
+        self.localizers = [load_model(m) for m in localizers]
+        self.classifiers = [load_model(m) for m in classifiers]
+        if not self.localizers or not self.classifiers:
+            raise ValueError(
+                "protocol 2 needs at least one localisation and one classification net"
+            )
+        self.modes = [_check_localizer(m) for m in self.localizers]
+        for c in self.classifiers:
+            if c.info.task != "classification":
+                raise ValueError(f"{c.name}: --classifier needs a classification net")
+        crop = {m.info.crop_size for m in self.localizers + self.classifiers}
+        if len(crop) != 1:
+            raise ValueError(
+                f"the nets take different crop sizes {sorted(crop)}: their dense maps do not align"
+            )
+        self.crop_size = crop.pop()
+        self.classes = self.classifiers[0].classes
+        names = self.classifiers[0].info.class_names
+        self.class_names = tuple(names) if names else tuple(str(i) for i in range(self.classes))
+        self.scales = tuple(int(q) for q in scales)
+        if not self.scales or min(self.scales) < self.crop_size:
+            raise ValueError(
+                f"test scales must be at least the crop size {self.crop_size}. "
+                f"Received: scales={list(self.scales)}"
+            )
+        self.top = top
+        self.max_distance = max_distance
+        self.loc_nets = [
+            ScoreNet(m.model, preprocessing=m.info.preprocessing, batch_size=batch_size)
+            for m in self.localizers
+        ]
+        self.cls_nets = [
+            ScoreNet(m.model, preprocessing=m.info.preprocessing, batch_size=batch_size)
+            for m in self.classifiers
+        ]
+
+    def maps(self, image: np.ndarray):
+        """The dense maps of one image at every scale.
+
+        Returns:
+            (posterior (classes,), per scale a tuple (location scores (h, w, classes),
+            per localisation net its box map (h, w, 4 or 4 x classes), the rescaled size
+            (height, width))).
+        """
+        image = as_image(image)
+        per_scale = []
+        posteriors = []
+        for q in self.scales:
+            rescaled = to_numpy(transforms.rescale_isotropic(image, q))
+            class_maps = [net.score_maps(rescaled[None])[0] for net in self.cls_nets]
+            posteriors.extend(
+                net.pool(m[None])[0] for net, m in zip(self.cls_nets, class_maps, strict=True)
+            )
+            location_scores = np.mean([softmax(m.astype(np.float64)) for m in class_maps], axis=0)
+            box_maps = [net.score_maps(rescaled[None])[0] for net in self.loc_nets]
+            per_scale.append((location_scores, box_maps, rescaled.shape[:2]))
+        return np.mean(posteriors, axis=0), per_scale
+
+    def localize(self, image: np.ndarray) -> list[Guess]:
+        """Protocol 2's guesses for one RGB image (H, W, 3) in [0, 255], best class first."""
+        image = as_image(image)
+        height, width = image.shape[:2]
+        posterior, per_scale = self.maps(image)
+        top = np.argsort(-posterior, kind="stable")[: self.top]
+        guesses = []
+        for label in top:
+            boxes, ratings = [], []
+            for location_scores, box_maps, (h, w) in per_scale:
+                rows, cols = location_scores.shape[:2]
+                tops = np.arange(rows)[:, None] * STRIDE * np.ones((1, cols))
+                lefts = np.ones((rows, 1)) * np.arange(cols)[None, :] * STRIDE
+                windows = np.stack(
+                    [
+                        tops,
+                        lefts,
+                        np.full_like(tops, self.crop_size),
+                        np.full_like(tops, self.crop_size),
+                    ],
+                    axis=-1,
+                ).reshape(-1, 4)
+                for mode, box_map in zip(self.modes, box_maps, strict=True):
+                    if box_map.shape[:2] != (rows, cols):
+                        raise ValueError("the box map and the class score map differ in size")
+                    centres = box_of_class(box_map, label, mode).reshape(-1, 4)
+                    placed = np.stack(
+                        [boxes_from_window(c, win) for c, win in zip(centres, windows, strict=True)]
+                    )
+                    # Back from the rescaled image to the original one.
+                    placed = placed * np.array([width / w, height / h, width / w, height / h])
+                    boxes.append(placed)
+                    ratings.append(location_scores[..., label].reshape(-1))
+            merged = greedy_merge(np.concatenate(boxes), np.concatenate(ratings), self.max_distance)
+            box = np.clip(merged.boxes[0], 0, [width, height, width, height])
+            guesses.append(
+                Guess(
+                    int(label),
+                    self.class_names[label],
+                    tuple(float(v) for v in box),
+                    float(posterior[label]),
+                    float(merged.ratings[0]),
+                )
+            )
+        return guesses
+
+
+def top5_correct(
+    guesses: Sequence[tuple[int, Sequence[float]]],
+    truth_boxes: np.ndarray,
+    truth_labels: np.ndarray,
+) -> bool:
+    """ILSVRC's rule: one of the guesses has a class of the image and IoU > 0.5 with its box.
+
+    Args:
+        guesses: (class index, corners) pairs, at most 5 counted by the caller.
+        truth_boxes: (n, 4) ground-truth corners.
+        truth_labels: (n,) their classes.
+
+    Returns:
+        Whether the image is localised.
+    """
+    truth_boxes = np.asarray(truth_boxes, np.float64).reshape(-1, 4)
+    truth_labels = np.asarray(truth_labels)
+    for label, box in guesses:
+        same = truth_boxes[truth_labels == label]
+        if len(same) and iou(np.asarray(box)[None], same).max() > IOU_THRESHOLD:
+            return True
+    return False
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3), decoded as the pipelines decode it.
+
+    Raises:
+        ValueError: naming the file when it cannot be read or decoded.
+    """
+    try:
+        return transforms.decode_image(tf.io.read_file(os.fspath(path))).numpy()
+    except (tf.errors.OpError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+
+
+def localization_errors(correct: np.ndarray) -> float:
+    """The error: the share of images not correctly localised."""
+    correct = np.asarray(correct, bool)
+    return float(1.0 - correct.mean()) if correct.size else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalizationResult:
+    """Rows shaped like Tables 8 and 9: nets, protocol, scales, localisation error.
+
+    Attributes:
+        rows: Dicts with "localizers", "classifiers", "protocol", "scales", "images",
+            "error" (a fraction), "box_modes".
+        skipped: Images or annotations skipped as unusable (`BadFileLog.names`).
+    """
+
+    rows: list[dict]
+    skipped: list[str]
+
+    def to_markdown(self) -> str:
+        """The table as Markdown, errors in %."""
+        lines = [
+            "| localisation net(s) | box | classification net(s) | protocol | test Q | images | loc. error (%) |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"| {', '.join(r['localizers'])} | {'/'.join(m.upper() for m in r['box_modes'])} "
+                f"| {', '.join(r['classifiers']) or '-'} | {r['protocol']} "
+                f"| {', '.join(map(str, r['scales']))} | {r['images']} | {100 * r['error']:.1f} |"
+            )
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        """JSON text of the rows and the skipped files."""
+        return json.dumps({"rows": self.rows, "skipped": self.skipped}, indent=2) + "\n"
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Writes `to_json` atomically."""
+        atomic_text(path, self.to_json())
+
+
+def evaluate_localization(
+    localizers: Sequence[Any],
+    box_set: BoxSet,
+    *,
+    classifiers: Sequence[Any] = (),
+    scales: Sequence[int] | None = None,
+    protocol: int = 2,
+    batch_size: int = 8,
+) -> LocalizationResult:
+    """Protocol 1 (each net at each scale) or protocol 2 (all nets together) over a set.
+
+    Args:
+        localizers: Localisation nets.
+        box_set: Images and boxes (`annotations.read_boxes`).
+        classifiers: Classification nets (protocol 2).
+        scales: Test scales Q (default: the first localisation net's single test scale).
+        protocol: 1 or 2.
+        batch_size: Images (crops) per forward pass.
+
+    Returns:
+        A `LocalizationResult`.
+    """
+    if protocol not in (1, 2):
+        raise ValueError(f"`protocol` must be 1 or 2. Received: protocol={protocol!r}")
+    loaded = [load_model(m) for m in localizers]
+    modes = [_check_localizer(m) for m in loaded]
+    if scales is None:
+        train_scale = loaded[0].info.train_scale
+        scales = (train_scale.single_test_scale() if train_scale else 256,)
+    rows = []
+    if protocol == 1:
+        for m, mode in zip(loaded, modes, strict=True):
+            for q in scales:
+                correct = protocol_1_correct(m, box_set, scale=q, batch_size=batch_size)
+                rows.append(_row([m.name], [mode], [], 1, [q], correct))
+    else:
+        localizer = Localizer(loaded, classifiers, scales=scales, batch_size=batch_size)
+        correct = np.zeros(len(box_set), bool)
+        for index, path in enumerate(box_set.files):
+            try:
+                pixels = read_image(path)
+            except ValueError:
+                box_set.bad.record(path)
+                continue
+            guesses = localizer.localize(pixels)
+            correct[index] = top5_correct(
+                [(g.label, g.box) for g in guesses], box_set.boxes[index], box_set.box_labels[index]
+            )
+        rows.append(
+            _row(
+                [m.name for m in loaded],
+                modes,
+                [c.name for c in localizer.classifiers],
+                2,
+                scales,
+                correct,
+            )
+        )
+    return LocalizationResult(rows, list(box_set.bad.names))
+
+
+def _row(localizers, modes, classifiers, protocol, scales, correct) -> dict:
+    return {
+        "localizers": list(localizers),
+        "box_modes": list(modes),
+        "classifiers": list(classifiers),
+        "protocol": protocol,
+        "scales": [int(q) for q in scales],
+        "images": int(len(correct)),
+        "error": localization_errors(correct),
+    }
+
+
+def predict_boxes(
+    localizer: Localizer,
+    images: Sequence[str | os.PathLike],
+    *,
+    draw: str | os.PathLike | None = None,
+) -> list[tuple[str, list[Guess], str | None]]:
+    """Protocol 2's top guesses for image files, optionally drawn onto copies of them.
+
+    Args:
+        localizer: The nets (`Localizer`).
+        images: Image files.
+        draw: A folder for `<stem>_boxes.png` copies with the boxes and labels, or None.
+
+    Returns:
+        (path, guesses, the PNG drawn or None) per image.
+
+    Raises:
+        ValueError: naming an image that cannot be read.
+    """
+    out = []
+    for path in images:
+        pixels = read_image(path)
+        guesses = localizer.localize(pixels)
+        drawn = None
+        if draw is not None:
+            stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+            drawn = draw_boxes(
+                pixels,
+                [(f"{g.name} {g.score:.2f}", g.box) for g in guesses],
+                os.path.join(os.fspath(draw), f"{stem}_boxes.png"),
+            )
+        out.append((os.fspath(path), guesses, drawn))
+    return out

@@ -1,0 +1,140 @@
+"""tf.data pipelines of a localisation net: (crop, box target) with the box moving with the crop.
+
+Training is `keras_vgg.data.pipelines.training_dataset` itself (Sec. 3.1: fixed S or scale
+jittering, the random crop, the flip, the colour shift; the same seeding, sharding, bad
+files and resuming) with one addition: each image's target is its box in the crop's
+coordinates, from the window of the original image that this crop shows and whether it was
+flipped, the very values the image itself was cut with (`boxes.crop_target`). The images
+run through the pipeline under their index in the `BoxSet`, which finds their boxes.
+
+A target row is (class index, centre x, centre y, width, height), as `BoxLoss` reads it; its
+sample weight is 0 for a crop that shows nothing of any box of the image's class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_vgg.data import pipelines, transforms
+from keras_vgg.data.decoding import decoded_images
+from keras_vgg.imagenet import IMAGENET_MEAN
+from keras_vgg.localization.annotations import BoxSet
+from keras_vgg.localization.boxes import crop_target
+
+__all__ = [
+    "box_targets",
+    "center_window",
+    "localization_training_dataset",
+    "localization_validation_dataset",
+]
+
+
+def _crop_target(boxes, window, flipped):
+    target, weight = crop_target(boxes, window, bool(flipped))
+    return target, np.float32(weight)
+
+
+def box_targets(box_set: BoxSet):
+    """The `targets` function of `training_dataset` for a `BoxSet` run by index.
+
+    Args:
+        box_set: The images and their boxes.
+
+    Returns:
+        `targets(index, window, flipped) -> (float32 (5,) target row, float32 weight)`.
+    """
+    class_boxes = [box_set.class_boxes(i) for i in range(len(box_set))]
+    counts = np.array([len(b) for b in class_boxes], np.int32)
+    table = np.zeros((len(class_boxes), max(1, counts.max()), 4), np.float32)
+    for i, b in enumerate(class_boxes):
+        table[i, : len(b)] = b
+    table = tf.constant(table)
+    counts = tf.constant(counts)
+    labels = tf.constant(np.asarray(box_set.labels, np.float32))
+
+    def targets(index, window, flipped):
+        boxes = table[index][: counts[index]]
+        target, weight = tf.numpy_function(
+            _crop_target, [boxes, window, flipped], (tf.float32, tf.float32), stateful=False
+        )
+        target.set_shape([4])
+        weight.set_shape([])
+        return tf.concat([labels[index][None], target], 0), weight
+
+    return targets
+
+
+def localization_training_dataset(box_set: BoxSet, **kwargs) -> tf.data.Dataset:
+    """The training input of a localisation net: Sec. 3.1's crops with their box targets.
+
+    Args:
+        box_set: The images and their boxes (`annotations.read_boxes`).
+        **kwargs: `keras_vgg.data.pipelines.training_dataset`'s arguments (batch_size,
+            train_scale, crop_size, flip, color_shift, mean, seed, start_epoch, ...).
+
+    Returns:
+        An infinite dataset of (float32 images (batch, crop, crop, 3), float32 targets
+        (batch, 5), float32 sample weights (batch,)).
+    """
+    return pipelines.training_dataset(
+        box_set.indexed_source(), targets=box_targets(box_set), **kwargs
+    )
+
+
+def center_window(height, width, scale: int, crop_size: int) -> tf.Tensor:
+    """The window of the original image that is the central crop at scale Q (protocol 1).
+
+    The centre crop of the image rescaled to Q, as a window of the original image
+    (`transforms.crop_window` at the centre): the same rule as the training crops.
+    """
+    return transforms.crop_window(height, width, scale, crop_size, 0.5, 0.5)
+
+
+def localization_validation_dataset(
+    box_set: BoxSet,
+    *,
+    batch_size: int,
+    scale: int,
+    crop_size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    with_windows: bool = False,
+) -> tf.data.Dataset:
+    """Each image's central crop at Q with its box target, in order (no flip).
+
+    Args:
+        box_set: The images and their boxes.
+        batch_size: Crops per batch.
+        scale: The test scale Q.
+        crop_size: Crop side.
+        mean: Mean RGB subtracted (the net's convention).
+        with_windows: Also yield each crop's window and its image's index in `box_set`.
+
+    Returns:
+        A finite dataset of (images, targets, weights), or with `with_windows` of
+        (images, windows, indices); undecodable images are skipped and named.
+    """
+    offset = -tf.constant(tuple(float(m) for m in mean), tf.float32)
+
+    def crop(image):
+        shape = tf.shape(image)
+        window = center_window(shape[0], shape[1], scale, crop_size)
+        patch = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3], :]
+        pixels = transforms.add_per_channel(transforms.resize_crop(patch, crop_size), offset)
+        return pixels, window
+
+    ds = decoded_images(
+        box_set.indexed_source(),
+        crop,
+        with_labels=True,
+        group_size=batch_size,
+        bad_files=box_set.bad,
+    )
+    if with_windows:
+        return ds.map(lambda pair, index: (pair[0], pair[1], index)).batch(batch_size)
+    targets = box_targets(box_set)
+    return ds.map(
+        lambda pair, index: (pair[0], *targets(index, pair[1], tf.constant(False)))
+    ).batch(batch_size)
