@@ -55,6 +55,7 @@ __all__ = [
     "Guess",
     "LocalizationResult",
     "Localizer",
+    "dense_boxes",
     "evaluate_localization",
     "localization_errors",
     "predict_boxes",
@@ -103,7 +104,13 @@ def _frozen_body(loaded: LoadedModel) -> bool:
 
 
 def _config(layer) -> dict:
-    return {k: v for k, v in layer.get_config().items() if k not in ("name", "trainable")}
+    """What of a layer's config acts in the forward pass (not how it was initialised or trained)."""
+    return {
+        k: v
+        for k, v in layer.get_config().items()
+        if k not in ("name", "trainable")
+        and not k.endswith(("_initializer", "_regularizer", "_constraint"))
+    }
 
 
 def shares_body(localizer: Any, classifier: Any) -> bool:
@@ -315,27 +322,18 @@ class Localizer:
         height, width = image.shape[:2]
         posterior, per_scale = self.maps(image)
         top = np.argsort(-posterior, kind="stable")[: self.top]
-        # Per scale: every location's window (top, left, crop, crop) in the rescaled image.
-        windows = []
         for location_scores, box_maps, _ in per_scale:
-            rows, cols = location_scores.shape[:2]
             for box_map in box_maps:
-                if box_map.shape[:2] != (rows, cols):
+                if box_map.shape[:2] != location_scores.shape[:2]:
                     raise ValueError("the box map and the class score map differ in size")
-            top_left = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1)
-            windows.append(
-                np.concatenate(
-                    [STRIDE * top_left, np.full((rows, cols, 2), self.crop_size)], axis=-1
-                )
-            )
         guesses = []
         for label in top:
             boxes, ratings = [], []
-            for (location_scores, box_maps, (h, w)), window in zip(per_scale, windows, strict=True):
+            for location_scores, box_maps, (h, w) in per_scale:
                 back = np.array([width / w, height / h, width / w, height / h])
                 for mode, box_map in zip(self.modes, box_maps, strict=True):
-                    centres = box_of_class(box_map, label, mode)
-                    boxes.append((boxes_from_window(centres, window) * back).reshape(-1, 4))
+                    placed = dense_boxes(box_of_class(box_map, label, mode), self.crop_size)
+                    boxes.append((placed * back).reshape(-1, 4))
                     ratings.append(location_scores[..., label].reshape(-1))
             merged = greedy_merge(np.concatenate(boxes), np.concatenate(ratings), self.max_distance)
             box = np.clip(merged.boxes[0], 0, [width, height, width, height])
@@ -349,6 +347,26 @@ class Localizer:
                 )
             )
         return guesses
+
+
+def dense_boxes(centres: np.ndarray, crop_size: int) -> np.ndarray:
+    """The boxes of a dense map placed on the image the map was computed on.
+
+    Location (i, j) of the map predicts a box relative to its window, the crop-sized
+    square whose top-left corner is (x, y) = (32 j, 32 i) (`STRIDE`).
+
+    Args:
+        centres: (rows, cols, 4) crop-relative centres (one class's boxes,
+            `network.box_of_class`).
+        crop_size: The nets' crop size.
+
+    Returns:
+        float64 (rows, cols, 4) corners in the pixels of the (rescaled) image.
+    """
+    rows, cols = centres.shape[:2]
+    top_left = STRIDE * np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1)
+    windows = np.concatenate([top_left, np.full((rows, cols, 2), crop_size)], axis=-1)
+    return boxes_from_window(centres, windows)
 
 
 def top5_correct(
