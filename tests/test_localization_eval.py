@@ -2,17 +2,21 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 from conftest import kvgg
 from PIL import Image
 
 import keras_vgg
+import keras_vgg.runs
+import keras_vgg.weights
 from keras_vgg import drawing
+from keras_vgg import recipe as recipe_lib
 from keras_vgg.localization import annotations as A
 from keras_vgg.localization import evaluate as E
 from keras_vgg.localization.merge import greedy_merge
-from keras_vgg.localization.network import build_localizer
+from keras_vgg.localization.network import build_localizer, localizer_from_classifier
 from keras_vgg.record import ModelRecord
 
 
@@ -39,6 +43,26 @@ def test_merge_averages_every_prediction_and_breaks_ties_in_order():
     # shows in the result: (A+B) rated 3 before C.
     merged = greedy_merge([[0, 0, 10, 10], [2, 0, 12, 10], [40, 0, 50, 10]], [1.0, 2.0, 5.0])
     np.testing.assert_allclose(merged.boxes, [[40, 0, 50, 10], [1, 0, 11, 10]])
+
+
+def test_merge_updates_distances_to_earlier_groups():
+    # B-C (IoU 80 / 120) merge before A-B (70 / 130) into (4, 0, 14, 10), whose IoU with A
+    # is 60 / 140 = 0.43: A stays apart (its distance to B's group is B's old one no more).
+    merged = greedy_merge([[0, 0, 10, 10], [3, 0, 13, 10], [5, 0, 15, 10]], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(merged.boxes, [[4, 0, 14, 10], [0, 0, 10, 10]])
+    assert merged.counts.tolist() == [2, 1]
+
+
+def test_dense_boxes_by_hand():
+    # A 2x3 map of 32-pixel windows; location (i, j)'s window starts at x = 32 j, y = 32 i.
+    centres = np.zeros((2, 3, 4))
+    centres[...] = [0.5, 0.5, 0.5, 0.5]
+    centres[1, 2] = [0.25, 0.75, 0.5, 0.25]  # centre (8, 24) in the window (64, 32)
+    placed = E.dense_boxes(centres, 32)
+    np.testing.assert_allclose(placed[0, 0], [8, 8, 24, 24])
+    np.testing.assert_allclose(placed[0, 2], [72, 8, 88, 24])
+    np.testing.assert_allclose(placed[1, 0], [8, 40, 24, 56])
+    np.testing.assert_allclose(placed[1, 2], [64, 52, 80, 60])
 
 
 def test_merge_threshold_is_strict():
@@ -190,3 +214,93 @@ def test_heatmap_is_the_dense_score_map(cli_case):
     for k, p in enumerate((p_b, 1 - p_b)):
         expected = [54 * (1 - p) + 255 * p, 54 * (1 - p), 54 * (1 - p)]
         np.testing.assert_allclose(sheet[40, k * 96 + 60], expected, atol=1.5)
+
+
+def freeze_body(model):
+    """As `kvgg fit` leaves a net trained with `model.fine_tune = "fc"`."""
+    for layer in model.layers:
+        if layer.weights and layer.name not in keras_vgg.weights.HEAD_LAYERS:
+            layer.trainable = False
+    return model
+
+
+@pytest.fixture(scope="module")
+def body_case():
+    """A classifier and SCR/PCR nets on its body, their FC heads moved away from its own."""
+    kwargs = dict(input_shape=(32, 32, 3), width=1 / 32, fc_units=8, classes=3)
+    classifier = keras_vgg.build("A", record=ModelRecord(crop_size=32), **kwargs)
+    rng = np.random.default_rng(1)
+    nets = {}
+    for mode in ("scr", "pcr"):
+        net = freeze_body(localizer_from_classifier(classifier, mode, seed=2))
+        for name in ("fc1", "fc2"):  # fine-tuning moved fc1 and fc2
+            layer = net.get_layer(name)
+            layer.set_weights([w + rng.normal(0, 0.1, w.shape) for w in layer.get_weights()])
+        nets[mode] = net
+    image = rng.uniform(0, 255, (100, 140, 3)).astype(np.uint8)
+    return classifier, nets, image
+
+
+def assert_same_protocol_2(one, two, image):
+    posterior_1, per_scale_1 = one.maps(image)
+    posterior_2, per_scale_2 = two.maps(image)
+    np.testing.assert_allclose(posterior_1, posterior_2, atol=1e-5)
+    for (scores_1, boxes_1, size_1), (scores_2, boxes_2, size_2) in zip(
+        per_scale_1, per_scale_2, strict=True
+    ):
+        assert size_1 == size_2
+        np.testing.assert_allclose(scores_1, scores_2, atol=1e-5)
+        for a, b in zip(boxes_1, boxes_2, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    for g, h in zip(one.localize(image), two.localize(image), strict=True):
+        assert g.label == h.label
+        np.testing.assert_allclose(g.box, h.box, atol=1e-4)
+
+
+def test_shared_body_runs_once_and_equals_two_networks(body_case):
+    classifier, nets, image = body_case
+    localizers = [nets["scr"], nets["pcr"]]
+    shared = E.Localizer(localizers, [classifier], scales=[32, 48, 64], top=3)
+    whole = E.Localizer(localizers, [classifier], scales=[32, 48, 64], top=3, share=False)
+    # One dense network: the body once, the class head and both box heads on its pool5.
+    assert shared.shared == (0, 0) and not shared.loc_nets
+    assert whole.shared == (None, None) and len(whole.loc_nets) == 2
+    assert_same_protocol_2(shared, whole, image)
+    net = shared.cls_nets[0]
+    assert [o.shape[-1] for o in net.network.outputs] == [3, 4, 12]
+    assert net.trace_count in (None, 1)  # compiled once for the three sizes
+
+
+def test_a_different_body_is_not_shared(body_case, tmp_path):
+    classifier, nets, image = body_case
+    # Frozen, but one conv weight differs from the classifier's by 1e-3.
+    moved = keras.models.clone_model(nets["scr"])
+    moved.set_weights(nets["scr"].get_weights())
+    layer = moved.get_layer("block3_conv1")
+    kernel, bias = layer.get_weights()
+    kernel[0, 0, 0, 0] += 1e-3
+    layer.set_weights([kernel, bias])
+    freeze_body(moved)
+    assert not E.shares_body(moved, classifier)
+    one = E.Localizer([moved], [classifier], scales=[48], top=2)
+    assert one.shared == (None,)
+    assert_same_protocol_2(
+        one, E.Localizer([moved], [classifier], scales=[48], top=2, share=False), image
+    )
+    # Equal weights, but the body was trained (nothing says it was frozen): not assumed.
+    trained = keras.models.clone_model(nets["scr"])
+    trained.set_weights(nets["scr"].get_weights())
+    for layer in trained.layers:
+        layer.trainable = True
+    assert E.shares_body(nets["scr"], classifier) and not E.shares_body(trained, classifier)
+    # A run directory: its recipe says which layers were trained.
+    run = tmp_path / "run"
+    run.mkdir()
+    nets["scr"].save(run / "best.keras")
+    for fine_tune, expected in (("all", False), ("fc", True)):
+        raw = {
+            "model": {"task": "localization", "box_mode": "scr", "fine_tune": fine_tune},
+            "data": {"root": "/x", "annotations": "/x"},
+        }
+        keras_vgg.runs.write_recipe(run, recipe_lib.parse_recipe(raw, path="r.toml"))
+        assert E.shares_body(run, classifier) is expected

@@ -20,8 +20,9 @@ from keras_vgg.evaluation.metrics import fuse, softmax
 from keras_vgg.evaluation.protocols import as_image, check_protocol, posteriors_per_scale
 from keras_vgg.imagenet import PAPER, Preprocessing, preprocess_input
 from keras_vgg.network import to_fully_convolutional
+from keras_vgg.weights.names import HEAD_LAYERS
 
-__all__ = ["DENSE_AVERAGES", "ScoreNet", "polymorphic_forward", "score_nets"]
+__all__ = ["DENSE_AVERAGES", "ScoreNet", "dense_head", "polymorphic_forward", "score_nets"]
 
 #: Where the dense score map is averaged: before ("logits") or after ("softmax") the soft-max.
 DENSE_AVERAGES: tuple[str, ...] = ("logits", "softmax")
@@ -43,6 +44,10 @@ class ScoreNet:
         batch_size: Crops per forward pass for center and multi-crop evaluation, and the
             most images (with their flips) per forward pass in dense evaluation.
         dense_average: One of `DENSE_AVERAGES` (default "logits", see the module docstring).
+        heads: Further heads run on this net's pool5 map in the same forward pass, each a
+            model from the pool5 map to its own map (`dense_head`), e.g. the box heads of
+            localisation nets whose conv body is this net's: the body runs once for all.
+            `maps` returns their maps after the class scores.
 
     Raises:
         ValueError: for a model without that head, or a bad argument.
@@ -55,6 +60,7 @@ class ScoreNet:
         preprocessing: Preprocessing = PAPER,
         batch_size: int = 32,
         dense_average: str = "logits",
+        heads: Sequence[keras.Model] = (),
     ):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
@@ -85,7 +91,12 @@ class ScoreNet:
         self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.dense_average = dense_average
-        self.network = keras.Model(fully_conv.inputs, head.output, name=f"{model.name}_scores")
+        self.heads = len(heads)
+        outputs = head.output
+        if heads:
+            pool5 = fully_conv.get_layer(HEAD_LAYERS[0]).input
+            outputs = [head.output, *(h(pool5) for h in heads)]
+        self.network = keras.Model(fully_conv.inputs, outputs, name=f"{model.name}_scores")
         self._forward, self._compiled = polymorphic_forward(self.network)
 
     @property
@@ -109,10 +120,23 @@ class ScoreNet:
             float32 (batch, floor(height/32) - 6, floor(width/32) - 6, classes) for a
             224 crop size (Sec. 3.2).
         """
+        return self.maps(images)[0]
+
+    def maps(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The class score maps and the maps of the further `heads`, in one forward pass.
+
+        Args:
+            images: As `score_maps`.
+
+        Returns:
+            (class score maps, then one map per head in order), each float32 (batch,
+            floor(height/32) - 6, floor(width/32) - 6, outputs) for a 224 crop size.
+        """
         batch = preprocess_input(
             np.asarray(images, dtype=np.float32), preprocessing=self.preprocessing
         )
-        return self._forward(batch)
+        outputs = self._forward(batch)
+        return tuple(outputs) if self.heads else (outputs,)
 
     def crop_posteriors(self, crops: Iterable[tuple[Any, np.ndarray]]) -> dict[Any, np.ndarray]:
         """Mean soft-max posterior of groups of crops, run in batches of `batch_size` crops.
@@ -263,7 +287,7 @@ def polymorphic_forward(network: keras.Model) -> tuple[Callable[[np.ndarray], np
 
     Returns:
         (forward, compiled): `forward(batch)` maps a float32 NumPy batch to the network's
-        output as a NumPy array; `compiled` is the `tf.function` on TensorFlow (whose
+        output as a NumPy array (a list of them for a network with several outputs); `compiled` is the `tf.function` on TensorFlow (whose
         tracing count `ScoreNet.trace_count` reports), None on other backends.
     """
     channels = network.inputs[0].shape[-1]
@@ -273,8 +297,37 @@ def polymorphic_forward(network: keras.Model) -> tuple[Callable[[np.ndarray], np
         def forward(batch):
             return network(batch, training=False)
 
-        return (lambda batch: forward(tf.convert_to_tensor(batch)).numpy()), forward
-    return (lambda batch: keras.ops.convert_to_numpy(network(batch, training=False))), None
+        return (lambda batch: _to_numpy(forward(tf.convert_to_tensor(batch)))), forward
+    return (lambda batch: _to_numpy(network(batch, training=False))), None
+
+
+def _to_numpy(outputs):
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+
+
+def dense_head(model: keras.Model, name: str | None = None) -> keras.Model:
+    """The FC head of a model's fully convolutional twin, as a model from its pool5 map.
+
+    fc1 (a 7x7 conv for a 224 crop), fc2 and `predictions` (1x1 convs) with what lies
+    between them, stopping before the final soft-max: a localisation net's box head, to
+    run on another net's pool5 map (`ScoreNet(heads=...)`) when the two share their conv
+    body.
+
+    Args:
+        model: A model with its FC head (`keras_vgg.build(..., include_top=True)`).
+        name: The head's name (default `<model.name>_head`); heads of one network need
+            distinct names.
+
+    Returns:
+        A Keras model (batch, h, w, pool5 channels) -> (batch, h - 6, w - 6, outputs) for a
+        224 crop size, with the twin's weights.
+    """
+    twin = to_fully_convolutional(model)
+    return keras.Model(
+        twin.get_layer(HEAD_LAYERS[0]).input,
+        twin.get_layer(HEAD_LAYERS[-1]).output,
+        name=name or f"{model.name}_head",
+    )
 
 
 def score_nets(

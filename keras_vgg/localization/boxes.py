@@ -143,17 +143,19 @@ def boxes_from_window(
 
     Args:
         centers: (..., 4) crop-relative centres.
-        window: [top, left, height, width] of the crop in original pixels.
+        window: [top, left, height, width] of the crop in original pixels, or (..., 4)
+            windows broadcast against `centers` (e.g. every window of a dense map).
         flip: Whether the crop was mirrored.
 
     Returns:
         float64 (..., 4) corners in the original image.
     """
-    top, left, height, width = (float(v) for v in window)
+    top, left, height, width = np.moveaxis(np.asarray(window, np.float64), -1, 0)
     rel = centers_to_corners(centers)
     if flip:
         rel = np.stack([1 - rel[..., 2], rel[..., 1], 1 - rel[..., 0], rel[..., 3]], axis=-1)
-    return rel * np.array([width, height, width, height]) + np.array([left, top, left, top])
+    size = np.stack([width, height, width, height], axis=-1)
+    return rel * size + np.stack([left, top, left, top], axis=-1)
 
 
 def crop_target(

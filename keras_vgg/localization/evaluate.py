@@ -15,6 +15,11 @@
   highest-rated merged box is that class's guess. Top-5 localisation error: the share of
   images where none of the five (class, box) guesses names a class of the image's objects
   with IoU > 0.5 to one of that class's boxes.
+
+A localisation net that shares its classifier's conv body (Table 8's variant trained with
+`model.fine_tune = "fc"`, whose conv layers stay the classifier's: `shares_body`) runs as a
+second head of the classifier's dense network: the body once, then both FC heads on the
+same pool5 map. A net whose body was fine-tuned too (the paper's main setting) runs whole.
 """
 
 from __future__ import annotations
@@ -25,15 +30,17 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vgg import runs
 from keras_vgg.data import transforms
 from keras_vgg.drawing import draw_boxes
 from keras_vgg.evaluation.loading import LoadedModel, load_model
 from keras_vgg.evaluation.metrics import softmax
 from keras_vgg.evaluation.protocols import as_image, to_numpy
-from keras_vgg.evaluation.scoring import ScoreNet
+from keras_vgg.evaluation.scoring import ScoreNet, dense_head
 from keras_vgg.files import atomic_text
 from keras_vgg.imagenet import preprocess_input
 from keras_vgg.localization.annotations import BoxSet
@@ -41,16 +48,20 @@ from keras_vgg.localization.boxes import IOU_THRESHOLD, boxes_from_window, iou
 from keras_vgg.localization.merge import MAX_DISTANCE, greedy_merge
 from keras_vgg.localization.network import box_of_class
 from keras_vgg.localization.pipeline import localization_validation_dataset
+from keras_vgg.record import RecordLayer
+from keras_vgg.weights.names import HEAD_LAYERS
 
 __all__ = [
     "Guess",
     "LocalizationResult",
     "Localizer",
+    "dense_boxes",
     "evaluate_localization",
     "localization_errors",
     "predict_boxes",
     "protocol_1_correct",
     "read_image",
+    "shares_body",
     "top5_correct",
 ]
 
@@ -66,6 +77,73 @@ def _check_localizer(loaded: LoadedModel) -> str:
             f"{loaded.info.task!r}); give a net trained with model.task = 'localization'"
         )
     return mode
+
+
+def _body(model) -> list:
+    layers = []
+    for layer in model.layers:
+        if layer.name == "flatten" or layer.name in HEAD_LAYERS:
+            break
+        if not isinstance(layer, (keras.layers.InputLayer, RecordLayer)):
+            layers.append(layer)
+    return layers
+
+
+def _frozen_body(loaded: LoadedModel) -> bool:
+    """Whether the net says its conv body was not trained: `model.fine_tune = "fc"`.
+
+    The run directory's recipe says it; a model in memory (as `kvgg fit` builds it for that
+    recipe) says it by its body's layers being frozen (`trainable` False).
+    """
+    if loaded.run_dir is not None:
+        recipe = runs.saved_recipe(loaded.run_dir)
+        if recipe is not None:
+            return recipe.model.fine_tune == "fc"
+    body = [layer for layer in _body(loaded.model) if layer.weights]
+    return bool(body) and not any(layer.trainable for layer in body)
+
+
+def _config(layer) -> dict:
+    """What of a layer's config acts in the forward pass (not how it was initialised or trained)."""
+    return {
+        k: v
+        for k, v in layer.get_config().items()
+        if k not in ("name", "trainable")
+        and not k.endswith(("_initializer", "_regularizer", "_constraint"))
+    }
+
+
+def shares_body(localizer: Any, classifier: Any) -> bool:
+    """Whether a localisation net's conv body is its classifier's, so one body serves both.
+
+    Both must hold: the localisation net says its body was not trained (its run's recipe
+    has `model.fine_tune = "fc"`, Table 8's variant; or, in memory, its conv layers are
+    frozen), and its body is the classifier's, checked rather than assumed: the same
+    input (crop size, preprocessing), the same layers up to pool5 with the same settings,
+    and equal weights, value for value.
+
+    Args:
+        localizer: A localisation net (model, file, run directory or `LoadedModel`).
+        classifier: A classification net (likewise).
+
+    Returns:
+        True when the classifier's dense network may compute the localisation net's pool5.
+    """
+    loc, cls = load_model(localizer), load_model(classifier)
+    if not _frozen_body(loc):
+        return False
+    if (loc.info.crop_size, loc.info.preprocessing) != (cls.info.crop_size, cls.info.preprocessing):
+        return False
+    a, b = _body(loc.model), _body(cls.model)
+    if [(x.name, type(x), _config(x)) for x in a] != [(y.name, type(y), _config(y)) for y in b]:
+        return False
+    for x, y in zip(a, b, strict=True):
+        wx, wy = x.get_weights(), y.get_weights()
+        if len(wx) != len(wy) or not all(
+            u.shape == v.shape and np.array_equal(u, v) for u, v in zip(wx, wy, strict=True)
+        ):
+            return False
+    return True
 
 
 def protocol_1_correct(
@@ -140,6 +218,13 @@ class Localizer:
         top: How many (class, box) guesses per image.
         max_distance: The merge's threshold (`merge.MAX_DISTANCE`).
         batch_size: Images per forward pass.
+        share: Run a localisation net that shares a classifier's conv body
+            (`shares_body`) as a box head of that classifier's network; False runs every
+            net whole.
+
+    Attributes:
+        shared: Per localisation net, the index of the classifier whose body it shares, or
+            None when it runs whole.
     """
 
     def __init__(
@@ -151,6 +236,7 @@ class Localizer:
         top: int = 5,
         max_distance: float = MAX_DISTANCE,
         batch_size: int = 8,
+        share: bool = True,
     ):
         self.localizers = [load_model(m) for m in localizers]
         self.classifiers = [load_model(m) for m in classifiers]
@@ -179,14 +265,28 @@ class Localizer:
             )
         self.top = top
         self.max_distance = max_distance
-        self.loc_nets = [
-            ScoreNet(m.model, preprocessing=m.info.preprocessing, batch_size=batch_size)
+        self.shared = tuple(
+            next((k for k, c in enumerate(self.classifiers) if share and shares_body(m, c)), None)
             for m in self.localizers
-        ]
+        )
         self.cls_nets = [
-            ScoreNet(m.model, preprocessing=m.info.preprocessing, batch_size=batch_size)
-            for m in self.classifiers
+            ScoreNet(
+                c.model,
+                preprocessing=c.info.preprocessing,
+                batch_size=batch_size,
+                heads=[
+                    dense_head(m.model, name=f"box_head_{i}")
+                    for i, m in enumerate(self.localizers)
+                    if self.shared[i] == k
+                ],
+            )
+            for k, c in enumerate(self.classifiers)
         ]
+        self.loc_nets = {
+            i: ScoreNet(m.model, preprocessing=m.info.preprocessing, batch_size=batch_size)
+            for i, m in enumerate(self.localizers)
+            if self.shared[i] is None
+        }
 
     def maps(self, image: np.ndarray):
         """The dense maps of one image at every scale.
@@ -200,14 +300,20 @@ class Localizer:
         per_scale = []
         posteriors = []
         for q in self.scales:
-            rescaled = to_numpy(transforms.rescale_isotropic(image, q))
-            class_maps = [net.score_maps(rescaled[None])[0] for net in self.cls_nets]
-            posteriors.extend(
-                net.pool(m[None])[0] for net, m in zip(self.cls_nets, class_maps, strict=True)
-            )
+            rescaled = to_numpy(transforms.rescale_isotropic(image, q))[None]
+            class_maps = []
+            box_maps: list[Any] = [None] * len(self.localizers)
+            for k, net in enumerate(self.cls_nets):
+                scores, *heads = net.maps(rescaled)
+                class_maps.append(scores[0])
+                posteriors.append(net.pool(scores)[0])
+                owned = [i for i, owner in enumerate(self.shared) if owner == k]
+                for i, box_map in zip(owned, heads, strict=True):
+                    box_maps[i] = box_map[0]
+            for i, net in self.loc_nets.items():
+                box_maps[i] = net.score_maps(rescaled)[0]
             location_scores = np.mean([softmax(m.astype(np.float64)) for m in class_maps], axis=0)
-            box_maps = [net.score_maps(rescaled[None])[0] for net in self.loc_nets]
-            per_scale.append((location_scores, box_maps, rescaled.shape[:2]))
+            per_scale.append((location_scores, box_maps, rescaled.shape[1:3]))
         return np.mean(posteriors, axis=0), per_scale
 
     def localize(self, image: np.ndarray) -> list[Guess]:
@@ -216,32 +322,18 @@ class Localizer:
         height, width = image.shape[:2]
         posterior, per_scale = self.maps(image)
         top = np.argsort(-posterior, kind="stable")[: self.top]
+        for location_scores, box_maps, _ in per_scale:
+            for box_map in box_maps:
+                if box_map.shape[:2] != location_scores.shape[:2]:
+                    raise ValueError("the box map and the class score map differ in size")
         guesses = []
         for label in top:
             boxes, ratings = [], []
             for location_scores, box_maps, (h, w) in per_scale:
-                rows, cols = location_scores.shape[:2]
-                tops = np.arange(rows)[:, None] * STRIDE * np.ones((1, cols))
-                lefts = np.ones((rows, 1)) * np.arange(cols)[None, :] * STRIDE
-                windows = np.stack(
-                    [
-                        tops,
-                        lefts,
-                        np.full_like(tops, self.crop_size),
-                        np.full_like(tops, self.crop_size),
-                    ],
-                    axis=-1,
-                ).reshape(-1, 4)
+                back = np.array([width / w, height / h, width / w, height / h])
                 for mode, box_map in zip(self.modes, box_maps, strict=True):
-                    if box_map.shape[:2] != (rows, cols):
-                        raise ValueError("the box map and the class score map differ in size")
-                    centres = box_of_class(box_map, label, mode).reshape(-1, 4)
-                    placed = np.stack(
-                        [boxes_from_window(c, win) for c, win in zip(centres, windows, strict=True)]
-                    )
-                    # Back from the rescaled image to the original one.
-                    placed = placed * np.array([width / w, height / h, width / w, height / h])
-                    boxes.append(placed)
+                    placed = dense_boxes(box_of_class(box_map, label, mode), self.crop_size)
+                    boxes.append((placed * back).reshape(-1, 4))
                     ratings.append(location_scores[..., label].reshape(-1))
             merged = greedy_merge(np.concatenate(boxes), np.concatenate(ratings), self.max_distance)
             box = np.clip(merged.boxes[0], 0, [width, height, width, height])
@@ -255,6 +347,26 @@ class Localizer:
                 )
             )
         return guesses
+
+
+def dense_boxes(centres: np.ndarray, crop_size: int) -> np.ndarray:
+    """The boxes of a dense map placed on the image the map was computed on.
+
+    Location (i, j) of the map predicts a box relative to its window, the crop-sized
+    square whose top-left corner is (x, y) = (32 j, 32 i) (`STRIDE`).
+
+    Args:
+        centres: (rows, cols, 4) crop-relative centres (one class's boxes,
+            `network.box_of_class`).
+        crop_size: The nets' crop size.
+
+    Returns:
+        float64 (rows, cols, 4) corners in the pixels of the (rescaled) image.
+    """
+    rows, cols = centres.shape[:2]
+    top_left = STRIDE * np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1)
+    windows = np.concatenate([top_left, np.full((rows, cols, 2), crop_size)], axis=-1)
+    return boxes_from_window(centres, windows)
 
 
 def top5_correct(

@@ -67,26 +67,27 @@ def greedy_merge(
     ratings = np.asarray(ratings, np.float64).reshape(-1).copy()
     if len(boxes) != len(ratings):
         raise ValueError(f"{len(boxes)} boxes but {len(ratings)} ratings")
-    counts = np.ones(len(boxes), np.int64)
-    alive = np.ones(len(boxes), bool)
+    n = len(boxes)
+    counts = np.ones(n, np.int64)
+    alive = np.ones(n, bool)
+    # distance[i, j] of the live pairs i < j; inf elsewhere, so that one argmin (row-major:
+    # the first pair among the closest) picks the pair to merge.
     distance = 1.0 - iou(boxes, boxes)
-    np.fill_diagonal(distance, np.inf)
-    while alive.sum() > 1:
-        masked = np.where(alive[:, None] & alive[None, :], distance, np.inf)
-        # The first pair in row-major order among the closest (argmin takes the first).
-        flat = int(np.argmin(np.triu(masked, 1) + np.tril(np.full_like(masked, np.inf))))
-        a, b = divmod(flat, len(boxes))
-        if not masked[a, b] < max_distance:
+    distance[np.tril_indices(n)] = np.inf
+    while n > 1:
+        a, b = divmod(int(np.argmin(distance)), n)
+        if not distance[a, b] < max_distance:
             break
         total = counts[a] + counts[b]
         boxes[a] = (counts[a] * boxes[a] + counts[b] * boxes[b]) / total
         ratings[a] += ratings[b]
         counts[a] = total
         alive[b] = False
-        row = 1.0 - iou(boxes[a : a + 1], boxes)[0]
-        distance[a, :] = row
-        distance[:, a] = row
-        distance[a, a] = np.inf
+        distance[b, :] = np.inf
+        distance[:, b] = np.inf
+        row = np.where(alive, 1.0 - iou(boxes[a : a + 1], boxes)[0], np.inf)
+        distance[a, a + 1 :] = row[a + 1 :]
+        distance[:a, a] = row[:a]
     keep = np.flatnonzero(alive)
     order = keep[np.argsort(-ratings[keep], kind="stable")]
     return MergedBoxes(boxes[order], ratings[order], counts[order])
