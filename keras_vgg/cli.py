@@ -449,7 +449,7 @@ def transfer(features_file, train_per_class, test_per_class, splits, seed, cs, o
     import json
 
     from keras_vgg import files as files_lib
-    from keras_vgg.features import transfer as transfer_lib
+    from keras_vgg.features import svm as transfer_lib
 
     try:
         candidates = transfer_lib.DEFAULT_CS if cs is None else tuple(map(float, cs.split(",")))

@@ -18,7 +18,7 @@ Where things live (each imports only those listed above it):
 - `datasets`: VOC's folder layout and class-folder trees as `LabelledImages`.
 - `store`: `FeatureSet` (the `.npz` of `kvgg features`) and `extract_features` (streamed).
 - `losses`: `PerceptualLoss`, `StyleLoss`, `gram_matrix`.
-- `transfer`: linear SVMs, C chosen on held-out training images, VOC APs, mean class recall.
+- `svm`: linear SVMs, C chosen on held-out training images, VOC APs, mean class recall.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from keras_vgg.features.maps import (
     layer_set,
 )
 from keras_vgg.features.store import FeatureSet, extract_features
-from keras_vgg.features.transfer import (
+from keras_vgg.features.svm import (
     AP_METHODS,
     TransferResult,
     class_splits,
