@@ -609,6 +609,7 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
 
 
 @main.command()
+@click.argument("which", required=False, type=click.Choice(["train", "features"]), default="train")
 @click.option("--recipe", "recipe_path", default="recipes/demo.toml", show_default=True)
 @click.option(
     "--data", "data_root", default="runs/digits", show_default=True, help="Where the images go."
@@ -616,12 +617,21 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
 @click.option("--prepare-only", is_flag=True, help="Only write the images and their statistics.")
 @click.option("--overwrite", is_flag=True, help="Train again even if the demo run has finished.")
 @user_errors
-def demo(recipe_path, data_root, prepare_only, overwrite):
-    """Train recipes/demo.toml on scikit-learn's digits, then classify held-out images."""
+def demo(which, recipe_path, data_root, prepare_only, overwrite):
+    """Train recipes/demo.toml on scikit-learn's digits, then classify held-out images.
+
+    `kvgg demo features`: train on digits 0-4 only, then linear SVMs on its descriptors of
+    digits 5-9 against raw pixels (Appendix B in small).
+    """
     from keras_vgg import demo as demo_lib
     from keras_vgg import training
 
     try:
+        if which == "features":
+            demo_lib.run_features_demo(
+                recipe_path, data_root, overwrite=overwrite, print_fn=click.echo
+            )
+            return
         demo_lib.run_demo(
             recipe_path,
             data_root,

@@ -53,8 +53,10 @@ from keras_vgg.features.svm import (
     mean_average_precision,
     mean_class_recall,
     select_c,
+    single_label_transfer,
     transfer,
     voc_ap,
+    voc_transfer,
 )
 
 __all__ = [
@@ -83,7 +85,9 @@ __all__ = [
     "open_labelled_images",
     "read_voc",
     "select_c",
+    "single_label_transfer",
     "stack_nets",
     "transfer",
     "voc_ap",
+    "voc_transfer",
 ]
