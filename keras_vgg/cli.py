@@ -396,14 +396,26 @@ def evaluate(
     show_default=True,
     help="Combine the scales' descriptors by concatenating or averaging them.",
 )
-@click.option("--before-relu", is_flag=True, help="fc2 before its ReLU (default: after).")
+@click.option(
+    "--layer", default="fc2", show_default=True, help="fc2 (Appendix B) or fc1 (one layer earlier)."
+)
+@click.option("--before-relu", is_flag=True, help="The layer before its ReLU (default: after).")
 @click.option("--per-scale-norm", is_flag=True, help="L2-normalise each scale first.")
 @click.option("--no-flip", is_flag=True, help="Do not average with horizontal flips.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per pass.")
 @click.option("-o", "--output", required=True, help="The .npz file to write.")
 @user_errors
 def features(
-    models, data_root, scales, aggregate, before_relu, per_scale_norm, no_flip, batch_size, output
+    models,
+    data_root,
+    scales,
+    aggregate,
+    layer,
+    before_relu,
+    per_scale_norm,
+    no_flip,
+    batch_size,
+    output,
 ):
     """Appendix B descriptors of every image of --data, by MODELS (stacked), into a .npz.
 
@@ -426,6 +438,7 @@ def features(
             per_scale_norm=per_scale_norm,
             batch_size=batch_size,
             progress=callback,
+            layer=layer,
         )
     rows, size = result.descriptors.shape
     if result.meta["skipped"]:

@@ -32,9 +32,9 @@ def _relu(x):
 _BODIES = {}
 
 
-def _hand_descriptor(model, image, relu):
-    """fc2 at every location of the whole image, by hand from pool5 and the Dense kernels,
-    spatially averaged (the dense twin of Sec. 3.2, written out)."""
+def _hand_descriptor(model, image, relu, layer="fc2"):
+    """fc2 (or fc1) at every location of the whole image, by hand from pool5 and the Dense
+    kernels, spatially averaged (the dense twin of Sec. 3.2, written out)."""
     if model.name not in _BODIES:
         twin = keras_vgg.to_fully_convolutional(model)
         _BODIES[model.name] = keras.Model(twin.inputs, twin.get_layer("block5_pool").output)
@@ -43,24 +43,26 @@ def _hand_descriptor(model, image, relu):
     k1, b1 = model.get_layer("fc1").get_weights()
     k2, b2 = model.get_layer("fc2").get_weights()
     # 32x32 crops: fc1's window is 1x1, so each pool5 cell is one location.
-    fc1 = _relu(pool5.reshape(-1, pool5.shape[-1]).astype(np.float64) @ k1 + b1)
-    fc2 = fc1 @ k2 + b2
-    return (_relu(fc2) if relu else fc2).mean(axis=0)
+    fc1 = pool5.reshape(-1, pool5.shape[-1]).astype(np.float64) @ k1 + b1
+    out = fc1 if layer == "fc1" else _relu(fc1) @ k2 + b2
+    return (_relu(out) if relu else out).mean(axis=0)
 
 
 def _unit(x):
     return x / np.linalg.norm(x)
 
 
-@pytest.mark.parametrize("relu", [True, False])
-def test_descriptors_equal_a_hand_computation(nets, rng, relu):
+@pytest.mark.parametrize("relu, layer", [(True, "fc2"), (False, "fc2"), (False, "fc1")])
+def test_descriptors_equal_a_hand_computation(nets, rng, relu, layer):
     # Two images, each already rescaled to two scales (sizes differ: no padding, no mixing).
     views = [
         (rng.uniform(0, 255, (64, 96, 3)), rng.uniform(0, 255, (96, 128, 3))),
         (rng.uniform(0, 255, (70, 64, 3)), rng.uniform(0, 255, (100, 96, 3))),
     ]
     views = [tuple(v.astype(np.float32) for v in image) for image in views]
-    dnets = [features.DescriptorNet(nets[c], relu=relu, batch_size=3) for c in ("A", "D")]
+    dnets = [
+        features.DescriptorNet(nets[c], relu=relu, batch_size=3, layer=layer) for c in ("A", "D")
+    ]
     for aggregate in ("stack", "average"):
         for per_scale_norm in (False, True):
             got = descriptors_lib.descriptors_of_views(
@@ -71,8 +73,8 @@ def test_descriptors_equal_a_hand_computation(nets, rng, relu):
                 for config in ("A", "D"):
                     per_scale = [
                         (
-                            _hand_descriptor(nets[config], v, relu)
-                            + _hand_descriptor(nets[config], v[:, ::-1], relu)
+                            _hand_descriptor(nets[config], v, relu, layer)
+                            + _hand_descriptor(nets[config], v[:, ::-1], relu, layer)
                         )
                         / 2
                         for v in image_views
@@ -375,6 +377,19 @@ def test_svm_c_is_chosen_on_training_images_only(rng):
             train_per_class=10, splits=2, seed=5,
         )  # fmt: skip
         assert again.chosen_c[s] == result.chosen_c[s]
+    # Several held-out draws: each C's score is the mean over the draws, by hand.
+    train, _ = features.class_splits(labels, 10, seed=5)
+    xt, yt = x[train] + rng.normal(0, 3, x[train].shape), labels[train]  # errors to count
+    C, scores = features.select_c(xt, yt, (0.01, 1.0), seed=2, repeats=3)
+    for c in (0.01, 1.0):
+        by_hand = []
+        for draw in range(3):
+            fit, held = features.holdout_split(yt, 0.2, seed=2 * 3 + draw)
+            assert len(held) == 4 * 2  # 20 % of each class's 10 images
+            svm = LinearSVC(C=c, max_iter=10000).fit(xt[fit], yt[fit])
+            by_hand.append(features.mean_class_recall(yt[held], svm.predict(xt[held])))
+        assert scores[c] == pytest.approx(np.mean(by_hand)) and len(set(by_hand)) > 1
+    assert C == max((0.01, 1.0), key=lambda c: (scores[c], -c))
     # VOC: C from trainval only; mAP of SVMs trained with it.
     multi = np.stack([labels == c for c in range(4)], 1).astype(np.int8)
     split = np.where(np.arange(len(x)) % 3 == 0, "test", "trainval")

@@ -31,6 +31,7 @@ from keras_vgg.features.datasets import (
 )
 from keras_vgg.features.descriptors import (
     AGGREGATIONS,
+    DESCRIPTOR_LAYERS,
     DescriptorNet,
     aggregate_scales,
     describe_images,
@@ -50,6 +51,7 @@ from keras_vgg.features.svm import (
     AP_METHODS,
     TransferResult,
     class_splits,
+    holdout_split,
     mean_average_precision,
     mean_class_recall,
     select_c,
@@ -61,6 +63,7 @@ from keras_vgg.features.svm import (
 
 __all__ = [
     "AGGREGATIONS",
+    "DESCRIPTOR_LAYERS",
     "AP_METHODS",
     "LAYER_SETS",
     "VOC_CLASSES",
@@ -78,6 +81,7 @@ __all__ = [
     "extract_features",
     "feature_extractor",
     "gram_matrix",
+    "holdout_split",
     "l2_normalize",
     "layer_set",
     "mean_average_precision",

@@ -2,7 +2,8 @@
 
 A `DescriptorNet` is the model's fully convolutional twin (`keras_vgg.to_fully_convolutional`)
 cut before its last layer: its output is the 4096-D `fc2` map, after its ReLU by default or
-before it (`relu=False`; the paper does not say which). Over an image rescaled to Q the map
+before it (`relu=False`; the paper does not say which). `layer="fc1"` cuts one layer earlier,
+for a net trained on few classes, whose fc2 is the most specific to them. Over an image rescaled to Q the map
 is global-average-pooled and averaged with the flipped image's (the machinery of dense
 evaluation, `keras_vgg.evaluation.scoring.dense_pooled`); over several Q the descriptors
 are stacked or averaged (`aggregate_scales`), then L2-normalised; several nets are stacked
@@ -28,6 +29,7 @@ from keras_vgg.record import record_of
 
 __all__ = [
     "AGGREGATIONS",
+    "DESCRIPTOR_LAYERS",
     "DescriptorNet",
     "aggregate_scales",
     "describe_images",
@@ -39,6 +41,8 @@ __all__ = [
 
 #: How descriptors of several scales Q combine (Appendix B): concatenated or averaged.
 AGGREGATIONS: tuple[str, ...] = ("stack", "average")
+#: The FC layers a descriptor can be taken from: fc2 (Appendix B, the penultimate) or fc1.
+DESCRIPTOR_LAYERS: tuple[str, ...] = ("fc2", "fc1")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -55,11 +59,12 @@ class DescriptorNet:
         model: A model with its FC head (`keras_vgg.build(..., include_top=True)` or a
             loaded one).
         preprocessing: The model's input convention (default: its record's).
-        relu: Descriptors after fc2's ReLU (default) or before it.
+        relu: Descriptors after the layer's ReLU (default) or before it.
         batch_size: The most images (with their flips) per forward pass.
+        layer: "fc2" (default, Appendix B) or "fc1" (`DESCRIPTOR_LAYERS`).
 
     Raises:
-        ValueError: for a model without an `fc2` layer.
+        ValueError: for a model without the layer, or another layer name.
     """
 
     def __init__(
@@ -69,28 +74,34 @@ class DescriptorNet:
         preprocessing: Preprocessing | None = None,
         relu: bool = True,
         batch_size: int = 32,
+        layer: str = "fc2",
     ):
+        if layer not in DESCRIPTOR_LAYERS:
+            raise ValueError(
+                f"`layer` must be one of {DESCRIPTOR_LAYERS}. Received: layer={layer!r}"
+            )
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
         fully_conv = to_fully_convolutional(model)
         try:
-            fc2 = fully_conv.get_layer("fc2")
+            fc = fully_conv.get_layer(layer)
         except ValueError:
             raise ValueError(
-                f"{model.name}: descriptors need the FC head (an `fc2` layer): build the "
+                f"{model.name}: descriptors need the FC head (an `{layer}` layer): build the "
                 "model with include_top=True"
             ) from None
-        output = fc2.output if relu else linear_copy(fc2)(fc2.input)
+        output = fc.output if relu else linear_copy(fc)(fc.input)
         self.network = keras.Model(fully_conv.inputs, output, name=f"{model.name}_descriptors")
         self.preprocessing = preprocessing or record_of(model).preprocessing
         self.crop_size = record_of(model).crop_size
         self.dim = int(output.shape[-1])
         self.relu = relu
+        self.layer = layer
         self.batch_size = batch_size
         self._forward, _ = polymorphic_forward(self.network)
 
     def feature_maps(self, images: np.ndarray) -> np.ndarray:
-        """fc2 maps (batch, h, w, dim) of a batch of same-size RGB images in [0, 255]."""
+        """The layer's maps (batch, h, w, dim) of a batch of same-size RGB images in [0, 255]."""
         batch = preprocess_input(
             np.asarray(images, dtype=np.float32), preprocessing=self.preprocessing
         )
@@ -99,7 +110,7 @@ class DescriptorNet:
     def descriptors(self, images: Sequence[np.ndarray], flip: bool = True) -> np.ndarray:
         """One scale's descriptors of images already rescaled to Q (not normalised).
 
-        Each image's fc2 map is averaged spatially; with `flip`, averaged with its flip's.
+        Each image's map is averaged spatially; with `flip`, averaged with its flip's.
 
         Returns:
             float64 (len(images), dim).
@@ -150,11 +161,17 @@ def stack_nets(per_net: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def descriptor_nets(
-    loaded: Sequence[LoadedModel], *, relu: bool = True, batch_size: int = 32
+    loaded: Sequence[LoadedModel], *, relu: bool = True, batch_size: int = 32, layer: str = "fc2"
 ) -> list[DescriptorNet]:
     """A `DescriptorNet` per loaded net, fed with the preprocessing of its record."""
     return [
-        DescriptorNet(m.model, preprocessing=m.info.preprocessing, relu=relu, batch_size=batch_size)
+        DescriptorNet(
+            m.model,
+            preprocessing=m.info.preprocessing,
+            relu=relu,
+            batch_size=batch_size,
+            layer=layer,
+        )
         for m in loaded
     ]
 
@@ -197,6 +214,7 @@ def describe_images(
     relu: bool = True,
     per_scale_norm: bool = False,
     batch_size: int = 32,
+    layer: str = "fc2",
 ) -> np.ndarray:
     """Appendix B descriptors of decoded images (in memory: for notebooks and tests).
 
@@ -210,16 +228,17 @@ def describe_images(
         scales: The scales Q.
         aggregate: "stack" or "average" over the scales.
         flip: Average with the horizontally flipped images.
-        relu: After fc2's ReLU (default) or before.
+        relu: After the layer's ReLU (default) or before.
         per_scale_norm: L2-normalise each scale before aggregating.
         batch_size: Images per forward pass.
+        layer: "fc2" (default, Appendix B) or "fc1".
 
     Returns:
         float64 (images, descriptor size), each row of unit L2 norm.
     """
     loaded = load_models(models)
     scales = resolve_scales(scales, loaded)
-    nets = descriptor_nets(loaded, relu=relu, batch_size=batch_size)
+    nets = descriptor_nets(loaded, relu=relu, batch_size=batch_size, layer=layer)
     views = [
         tuple(
             np.asarray(transforms.rescale_isotropic(as_image(image), q), dtype=np.float32)

@@ -41,7 +41,7 @@ class FeatureSet:
         files: Each image's path.
         labels: As `LabelledImages.labels`.
         class_names: Each class's name.
-        meta: How they were made: models, scales, aggregate, flip, relu, per_scale_norm,
+        meta: How they were made: models, scales, aggregate, flip, layer, relu, per_scale_norm,
             data, skipped (undecodable files).
         split: Each image's VOC image set, or None.
     """
@@ -127,6 +127,7 @@ def extract_features(
     per_scale_norm: bool = False,
     batch_size: int = 32,
     progress: Callable[[int, int | None], None] | None = None,
+    layer: str = "fc2",
 ) -> FeatureSet:
     """Appendix B descriptors of every image of a data set, streamed to a `.npz` file.
 
@@ -141,10 +142,11 @@ def extract_features(
         scales: The scales Q.
         aggregate: "stack" or "average" over the scales.
         flip: Average with the flipped images.
-        relu: fc2 after (default) or before its ReLU.
+        relu: The layer after (default) or before its ReLU.
         per_scale_norm: L2-normalise each scale before aggregating.
         batch_size: Images per chunk (and per forward pass).
         progress: Called as `progress(images_done, total)` after each chunk.
+        layer: "fc2" (default, Appendix B) or "fc1".
 
     Returns:
         The `FeatureSet` written (its descriptors still memory-mapped, not in memory).
@@ -154,7 +156,7 @@ def extract_features(
     """
     loaded = load_models(models)
     scales = resolve_scales(scales, loaded)
-    nets = descriptor_nets(loaded, relu=relu, batch_size=batch_size)
+    nets = descriptor_nets(loaded, relu=relu, batch_size=batch_size, layer=layer)
     images = data if isinstance(data, LabelledImages) else open_labelled_images(data)
     total = len(images.files)
     if total == 0:
@@ -197,6 +199,7 @@ def extract_features(
             "scales": list(scales),
             "aggregate": aggregate,
             "flip": flip,
+            "layer": layer,
             "relu": relu,
             "per_scale_norm": per_scale_norm,
             "data": os.fspath(data) if not isinstance(data, LabelledImages) else None,

@@ -179,11 +179,15 @@ def select_c(
     *,
     holdout: float = HOLDOUT,
     seed: int = 0,
+    repeats: int = 1,
 ) -> tuple[float, dict[float, float]]:
     """The SVM's C, chosen on a held-out part of the training images only (Appendix B).
 
     Each C is trained on the other (1 - `holdout`) of the images and scored on the
-    held-out ones (`holdout_split`); ties go to the smaller C.
+    held-out ones (`holdout_split`); with `repeats` > 1 the scores are averaged over that
+    many held-out draws (seeds `seed * repeats` to `seed * repeats + repeats - 1`), which
+    matters when a class has a handful of training images and one held-out draw scores
+    every C alike. Ties go to the smaller C.
 
     Args:
         x: Training descriptors.
@@ -191,16 +195,22 @@ def select_c(
         Cs: The candidates.
         holdout: The fraction held out.
         seed: Seed of the held-out choice.
+        repeats: Number of held-out draws averaged.
 
     Returns:
-        (the chosen C, C -> held-out score).
+        (the chosen C, C -> mean held-out score).
     """
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"`repeats` must be a positive integer. Received: repeats={repeats!r}")
     labels = np.asarray(labels)
-    fit_index, held_index = holdout_split(labels, holdout, seed)
-    found = {}
-    for C in sorted(float(c) for c in Cs):
-        classifier = fit_svm(x[fit_index], labels[fit_index], C)
-        found[C] = _score(classifier, x[held_index], labels[held_index])
+    Cs = sorted(float(c) for c in Cs)
+    found = dict.fromkeys(Cs, 0.0)
+    for draw in range(repeats):
+        draw_seed = seed if repeats == 1 else seed * repeats + draw
+        fit_index, held_index = holdout_split(labels, holdout, draw_seed)
+        for C in Cs:
+            classifier = fit_svm(x[fit_index], labels[fit_index], C)
+            found[C] += _score(classifier, x[held_index], labels[held_index]) / repeats
     best = max(found, key=lambda c: (found[c], -c))
     return best, found
 
@@ -309,11 +319,12 @@ def single_label_transfer(
     splits: int = 3,
     seed: int = 0,
     Cs: Sequence[float] = DEFAULT_CS,
+    holdout_repeats: int = 1,
 ) -> TransferResult:
     """Mean class recall over seeded random splits (Caltech-101/256 protocol, Appendix B).
 
     Split s uses seed `seed + s` (`class_splits`); C is chosen on each split's training
-    images (`select_c`).
+    images (`select_c`, averaging `holdout_repeats` held-out draws).
     """
     if features.multi_label:
         raise ValueError("single-label transfer needs a features file of a class-folder tree")
@@ -321,7 +332,7 @@ def single_label_transfer(
     for s in range(splits):
         train, test = class_splits(features.labels, train_per_class, test_per_class, seed + s)
         x, y = features.descriptors[train], features.labels[train]
-        C, _ = select_c(x, y, Cs, seed=seed + s)
+        C, _ = select_c(x, y, Cs, seed=seed + s, repeats=holdout_repeats)
         predicted = fit_svm(x, y, C).predict(features.descriptors[test])
         recalls.append(100 * mean_class_recall(features.labels[test], predicted))
         chosen.append(C)
@@ -337,6 +348,7 @@ def single_label_transfer(
             "test_per_class": test_per_class,
             "splits": splits,
             "seed": seed,
+            "holdout_repeats": holdout_repeats,
         },
     )
 
