@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SMALL, kvgg, preprocess_by_hand
+from conftest import BACKEND_SETTINGS, SMALL, kvgg, preprocess_by_hand, write_backend_inputs
 from data_images import jpeg, make_class_tree, truncated_jpeg, write
 
 import keras_vgg
@@ -206,43 +206,19 @@ def test_layer_sets_and_encoder_stages(nets, rng):
         features.feature_extractor(d, ["block9_conv1"])
 
 
-LOSS_SCRIPT = """
-import sys, numpy as np, keras, keras_vgg
-from keras_vgg import features
-backend, folder = keras.backend.backend(), sys.argv[2]
-assert backend == sys.argv[1], backend
-# Zeros, then the saved weights: random initialisation is slow on JAX's CPU.
-vgg = keras_vgg.build("D", include_top=False, input_shape=(32, 32, 3), width={width},
-                      kernel_initializer="zeros", weights=folder + "/vgg.weights.h5")
-a, b = np.load(folder + "/a.npy"), np.load(folder + "/b.npy")
-for name, loss in (("perceptual", features.PerceptualLoss(vgg, "lpips", [1, 2, 3, 4, 5],
-                                                          pre_activation=True)),
-                   ("style", features.StyleLoss(vgg, "gatys", pooling="avg", input_range=1.0))):
-    scale = 1.0 if name == "perceptual" else 255.0
-    if backend == "jax":  # one compiled program, not one per operation
-        import jax
-        value = jax.jit(loss.call)(a / scale, b / scale)
-        grad = jax.jit(jax.grad(lambda y: loss(a / scale, y)))(b / scale)
-    else:
-        import torch
-        value = loss.call(a / scale, b / scale)
-        y = torch.tensor(b / scale, requires_grad=True)
-        loss(torch.tensor(a / scale), y).backward()
-        grad = y.grad
-    np.save(f"{{folder}}/{{name}}_{{backend}}.npy", keras.ops.convert_to_numpy(value))
-    grad = keras.ops.convert_to_numpy(grad)
-    assert np.isfinite(grad).all() and np.abs(grad).max() > 0, (name, backend)
-"""
-
-
 def _the_two_losses(vgg):
-    """The losses the backend script makes (TensorFlow: in this process)."""
+    """The losses tests/backend_script.py makes (TensorFlow: in this process), with the
+    scale of their inputs."""
+    scale = BACKEND_SETTINGS["loss_scale"]
     return {
         "perceptual": (
             features.PerceptualLoss(vgg, "lpips", [1, 2, 3, 4, 5], pre_activation=True),
-            1.0,
+            scale["perceptual"],
         ),
-        "style": (features.StyleLoss(vgg, "gatys", pooling="avg", input_range=1.0), 255.0),
+        "style": (
+            features.StyleLoss(vgg, "gatys", pooling="avg", input_range=1.0),
+            scale["style"],
+        ),
     }
 
 
@@ -269,31 +245,36 @@ def _losses_by_hand(vgg, a, b):
     return perceptual, style
 
 
-def test_losses_equal_numpy_and_have_gradients_on_three_backends(tmp_path, rng):
-    from test_backends import run_under
-
-    keras.utils.set_random_seed(1)
-    vgg = keras_vgg.build("D", include_top=False, input_shape=(32, 32, 3), width=1 / 16)
-    vgg.save_weights(tmp_path / "vgg.weights.h5")
-    a = rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    b = rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    np.save(tmp_path / "a.npy", a)
-    np.save(tmp_path / "b.npy", b)
-    expected = dict(zip(("perceptual", "style"), _losses_by_hand(vgg, a, b), strict=True))
+@pytest.fixture(scope="module")
+def losses_on_tensorflow(tmp_path_factory):
+    """The backend script's loss inputs, and the TensorFlow values and gradients of the losses."""
+    folder = tmp_path_factory.mktemp("losses")
+    write_backend_inputs(folder)
+    vgg = keras_vgg.build(
+        "D",
+        include_top=False,
+        input_shape=(32, 32, 3),
+        width=BACKEND_SETTINGS["loss_width"],
+        weights=str(folder / "vgg.weights.h5"),
+    )
+    a, b = np.load(folder / "a.npy"), np.load(folder / "b.npy")
+    found = {"vgg": vgg, "a": a, "b": b}
     for name, (loss, scale) in _the_two_losses(vgg).items():
         y = tf.Variable(b / scale)
         with tf.GradientTape() as tape:
             value = loss(a / scale, y)
-        grad = tape.gradient(value, y).numpy()
+        found[name] = loss.call(a / scale, b / scale).numpy()
+        found[f"{name}_grad"] = tape.gradient(value, y).numpy()
+    return found
+
+
+def test_losses_equal_numpy_and_work_in_compile(losses_on_tensorflow):
+    vgg, a, b = (losses_on_tensorflow[k] for k in ("vgg", "a", "b"))
+    expected = dict(zip(("perceptual", "style"), _losses_by_hand(vgg, a, b), strict=True))
+    for name in expected:
+        np.testing.assert_allclose(losses_on_tensorflow[name], expected[name], rtol=1e-3)
+        grad = losses_on_tensorflow[f"{name}_grad"]
         assert np.isfinite(grad).all() and np.abs(grad).max() > 0, name
-        np.testing.assert_allclose(loss.call(a / scale, b / scale), expected[name], rtol=1e-3)
-    for backend in ("jax", "torch"):
-        if not _installed(backend):
-            continue
-        run_under(backend, LOSS_SCRIPT.format(width=1 / 16), tmp_path)
-        for name in ("perceptual", "style"):
-            got = np.load(tmp_path / f"{name}_{backend}.npy")
-            np.testing.assert_allclose(got, expected[name], rtol=1e-3, err_msg=backend)
     # Usable in compile: one training step, and a round trip through the config.
     loss = features.PerceptualLoss(vgg, ["block1_conv2"])
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(3, 1)])
@@ -303,10 +284,18 @@ def test_losses_equal_numpy_and_have_gradients_on_three_backends(tmp_path, rng):
     assert again.layer_names == ("block1_conv2",)
 
 
-def _installed(name):
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
+def test_losses_and_gradients_on_other_backends(other_backend, losses_on_tensorflow):
+    """JAX and torch (one run of tests/backend_script.py each): TensorFlow's values and
+    gradients, themselves checked against NumPy above."""
+    backend, folder = other_backend
+    for name in ("perceptual", "style"):
+        for key in (name, f"{name}_grad"):
+            expected = losses_on_tensorflow[key]
+            got = np.load(folder / f"{key}_{backend}.npy")
+            np.testing.assert_allclose(
+                got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max(), err_msg=key
+            )
+        assert np.abs(np.load(folder / f"{name}_grad_{backend}.npy")).max() > 0, name
 
 
 def _ap_11_by_hand():
