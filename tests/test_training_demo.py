@@ -158,10 +158,6 @@ def test_kvgg_demo_meets_its_goal(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="goal not met: raw pixels win at 5 and 10 images per class (docs/features.md)",
-)
 def test_features_demo_descriptors_against_raw_pixels(tmp_path):
     """`demo.run_features_demo` from scratch (the library call behind `kvgg demo features`):
     two nets on digits 0-4, SVMs on digits 5-9; goal: descriptors above raw pixels at every N."""
@@ -184,4 +180,5 @@ def test_features_demo_descriptors_against_raw_pixels(tmp_path):
     assert all(list(row) == list(demo.FEATURES_DEMO_COLUMNS) for row in result.table.values())
     assert result.to_markdown() in "\n".join(lines)
     print(f"kvgg demo features: {result.seconds:.0f} s\n{result.to_markdown()}")
-    assert result.descriptors_win, result.to_markdown()
+    if not result.descriptors_win:  # everything above holds; only the goal is open
+        pytest.xfail(f"goal not met (docs/features.md):\n{result.to_markdown()}")
