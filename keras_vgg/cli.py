@@ -413,6 +413,107 @@ def evaluate(
 
 
 @main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--data", "data_root", required=True, help="A VOC year folder or class-folder tree.")
+@click.option("--scales", default="256,384,512", show_default=True, help="The scales Q.")
+@click.option(
+    "--aggregate",
+    type=click.Choice(["stack", "average"]),
+    default="stack",
+    show_default=True,
+    help="Combine the scales' descriptors by concatenating or averaging them.",
+)
+@click.option(
+    "--layer", default="fc2", show_default=True, help="fc2 (Appendix B) or fc1 (one layer earlier)."
+)
+@click.option("--before-relu", is_flag=True, help="The layer before its ReLU (default: after).")
+@click.option("--per-scale-norm", is_flag=True, help="L2-normalise each scale first.")
+@click.option("--no-flip", is_flag=True, help="Do not average with horizontal flips.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Images per pass.")
+@click.option("-o", "--output", required=True, help="The .npz file to write.")
+@user_errors
+def features(
+    models,
+    data_root,
+    scales,
+    aggregate,
+    layer,
+    before_relu,
+    per_scale_norm,
+    no_flip,
+    batch_size,
+    output,
+):
+    """Appendix B descriptors of every image of --data, by MODELS (stacked), into a .npz.
+
+    The penultimate FC layer of each net, dense over the image rescaled to each Q, pooled,
+    averaged with the flip, combined over the scales, L2-normalised.
+    """
+    from keras_vgg import features as features_lib
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
+    with _RateProgress("describing") as callback:
+        result = features_lib.extract_features(
+            list(models),
+            data_root,
+            output,
+            scales=_parse_scales(scales),
+            aggregate=aggregate,
+            flip=not no_flip,
+            relu=not before_relu,
+            per_scale_norm=per_scale_norm,
+            batch_size=batch_size,
+            progress=callback,
+            layer=layer,
+        )
+    rows, size = result.descriptors.shape
+    if result.meta["skipped"]:
+        click.echo(f"{len(result.meta['skipped'])} unreadable images skipped", err=True)
+    click.echo(f"wrote {output}: {rows} images, {size}-D descriptors")
+
+
+@main.command()
+@click.argument("features_file", metavar="FEATURES.npz")
+@click.option(
+    "--train-per-class", type=int, default=30, show_default=True, help="Folder trees only."
+)
+@click.option("--test-per-class", type=int, default=None, help="Folder trees: at most M tests.")
+@click.option("--splits", type=int, default=3, show_default=True, help="Random splits.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--C", "cs", default=None, help="SVM C values to choose from, e.g. 0.1,1,10.")
+@click.option("-o", "--output", default=None, help="Write the result as JSON here.")
+@user_errors
+def transfer(features_file, train_per_class, test_per_class, splits, seed, cs, output):
+    """Linear SVMs on a `kvgg features` file: VOC mAP or mean class recall (Table 11)."""
+    import json
+
+    from keras_vgg import files as files_lib
+    from keras_vgg.features import svm as transfer_lib
+
+    try:
+        candidates = transfer_lib.DEFAULT_CS if cs is None else tuple(map(float, cs.split(",")))
+    except ValueError:
+        raise UserError(f"--C: expected numbers like 0.1,1,10, got {cs!r}") from None
+    try:
+        result = transfer_lib.transfer(
+            features_file,
+            train_per_class=train_per_class,
+            test_per_class=test_per_class,
+            splits=splits,
+            seed=seed,
+            Cs=candidates,
+        )
+    except ModuleNotFoundError as exc:  # scikit-learn, an optional dependency
+        raise UserError(str(exc)) from None
+    click.echo(result.to_table())
+    click.echo(f"C chosen on held-out training images: {list(result.chosen_c)}")
+    if output:
+        files_lib.atomic_text(output, json.dumps(result.to_dict(), indent=2) + "\n")
+        click.echo(f"wrote {output}")
+
+
+@main.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option(
     "--model",
@@ -738,7 +839,9 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
 
 
 @main.command()
-@click.argument("which", type=click.Choice(["digits", "localize"]), default="digits")
+@click.argument(
+    "which", required=False, type=click.Choice(["digits", "localize", "features"]), default="digits"
+)
 @click.option("--recipe", "recipe_path", default="recipes/demo.toml", show_default=True)
 @click.option(
     "--data", "data_root", default=None, help="Where the images go (runs/digits, runs/loc_digits)."
@@ -752,6 +855,9 @@ def demo(which, recipe_path, data_root, prepare_only, overwrite):
     `kvgg demo localize`: the digits pasted onto scikit-image's photographs; a classifier,
     then SCR and PCR localisation nets (recipes/loc_demo_cls.toml, recipes/loc_demo.toml),
     then protocols 1 and 2 on held-out canvases, and one canvas drawn with its boxes.
+
+    `kvgg demo features`: train on digits 0-4 only, then linear SVMs on its descriptors of
+    digits 5-9 against raw pixels (Appendix B in small).
     """
     from keras_vgg import demo as demo_lib
     from keras_vgg import training
@@ -772,6 +878,11 @@ def demo(which, recipe_path, data_root, prepare_only, overwrite):
         return
     data_root = data_root or "runs/digits"
     try:
+        if which == "features":
+            demo_lib.run_features_demo(
+                recipe_path, data_root, overwrite=overwrite, print_fn=click.echo
+            )
+            return
         demo_lib.run_demo(
             recipe_path,
             data_root,

@@ -11,6 +11,11 @@ and run directory as the Table 3 recipes.
     from keras_vgg import demo
     result = demo.run_demo()          # writes runs/digits, trains runs/demo, evaluates
     print(result.test_result.to_markdown())
+
+`run_features_demo` (`kvgg demo features`) is Appendix B in small: the same recipe trained
+on digits 0 to 4 only (two seeds, stacked), its descriptors of digits 5 to 9 (classes it
+never saw) against raw pixels, each with a linear SVM trained on 5, 10 and 20 images per
+class.
 """
 
 from __future__ import annotations
@@ -18,15 +23,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import time
 from collections.abc import Callable
 
 import numpy as np
 
-from keras_vgg import evaluation, files, runs, training
+from keras_vgg import evaluation, features, files, runs, training
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.data import sources, stats
 
-__all__ = ["DIGITS_SPLITS", "DemoResult", "run_demo", "sample_images", "write_digits"]
+__all__ = [
+    "DIGITS_SPLITS",
+    "FEATURES_DEMO_COLUMNS",
+    "FEATURES_DEMO_HOLDOUT_REPEATS",
+    "FEATURES_DEMO_SEEDS",
+    "FEATURES_DEMO_SHOTS",
+    "DemoResult",
+    "FeaturesDemoResult",
+    "run_demo",
+    "run_features_demo",
+    "sample_images",
+    "write_digits",
+]
 
 #: Fractions of each class in the train / val / test folders (stratified, seeded).
 DIGITS_SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -210,3 +229,191 @@ def run_demo(
     return DemoResult(
         data_root, counts, stats_path, recipe.run_dir, trained, metrics, result, predictions
     )
+
+
+#: Training images per class of the features demo's SVMs.
+FEATURES_DEMO_SHOTS: tuple[int, ...] = (5, 10, 20)
+#: The features demo's nets: the demo recipe on digits 0-4 with these seeds, stacked.
+FEATURES_DEMO_SEEDS: tuple[int, ...] = (0, 1)
+#: Held-out draws averaged to choose each SVM's C (`features.select_c`).
+FEATURES_DEMO_HOLDOUT_REPEATS = 5
+#: The columns of the features demo's table.
+FEATURES_DEMO_COLUMNS: tuple[str, ...] = (
+    "descriptors of the 0-4 nets",
+    "raw pixels (L2)",
+    "raw pixels (standardised)",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesDemoResult:
+    """What `run_features_demo` measured.
+
+    Attributes:
+        run_dirs: The runs of the nets trained on digits 0 to 4.
+        table: Per training images per class N: column (`FEATURES_DEMO_COLUMNS`) -> mean
+            class recall in %, the mean over three seeded splits.
+        images: Number of images of digits 5 to 9 described.
+        seconds: Wall time of the whole demo (training included).
+    """
+
+    run_dirs: tuple[str, ...]
+    table: dict[int, dict[str, float]]
+    images: int
+    seconds: float
+
+    @property
+    def descriptors_win(self) -> bool:
+        """Whether the descriptors beat both raw-pixel baselines at every N."""
+        ours = FEATURES_DEMO_COLUMNS[0]
+        return all(
+            row[ours] > max(v for k, v in row.items() if k != ours) for row in self.table.values()
+        )
+
+    def to_markdown(self) -> str:
+        """The table in Markdown, one row per N."""
+        lines = [
+            "| training images per class | " + " | ".join(FEATURES_DEMO_COLUMNS) + " |",
+            "|---" * (len(FEATURES_DEMO_COLUMNS) + 1) + "|",
+        ]
+        for n, row in self.table.items():
+            cells = " | ".join(f"{row[c]:.1f} %" for c in FEATURES_DEMO_COLUMNS)
+            lines.append(f"| {n} | {cells} |")
+        return "\n".join(lines)
+
+
+def _link_classes(source_root: str, target_root: str, classes: tuple[str, ...]) -> None:
+    """`target_root/<class>/` holding (links to) the images of `source_root/<class>/`."""
+    for name in classes:
+        folder = os.path.join(target_root, name)
+        os.makedirs(folder, exist_ok=True)
+        for file in sorted(os.listdir(os.path.join(source_root, name))):
+            target = os.path.join(folder, file)
+            if not os.path.exists(target):
+                try:
+                    os.link(os.path.join(source_root, name, file), target)
+                except OSError:
+                    shutil.copyfile(os.path.join(source_root, name, file), target)
+
+
+def _grey_pixels(files: list[str]) -> np.ndarray:
+    """The images as rows of grey levels (the digits are grey: R = G = B)."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(f).convert("L"), np.float64).ravel() for f in files])
+
+
+def _class_files(root: str, splits: tuple[str, ...], classes: tuple[str, ...]):
+    """(files, labels) of `root/<split>/<class>/*`, labels the positions in `classes`."""
+    files, labels = [], []
+    for split in splits:
+        for label, name in enumerate(classes):
+            folder = os.path.join(root, split, name)
+            names = sorted(os.listdir(folder))
+            files += [os.path.join(folder, n) for n in names]
+            labels += [label] * len(names)
+    return files, np.asarray(labels)
+
+
+def run_features_demo(
+    recipe_path: str | os.PathLike = "recipes/demo.toml",
+    data_root: str | os.PathLike = "runs/digits",
+    *,
+    epochs: int = 15,
+    shots: tuple[int, ...] = FEATURES_DEMO_SHOTS,
+    seeds: tuple[int, ...] = FEATURES_DEMO_SEEDS,
+    overwrite: bool = False,
+    print_fn: Callable[[str], None] = print,
+) -> FeaturesDemoResult:
+    """Appendix B on the digits: features of nets that never saw the classes (`kvgg demo
+    features`).
+
+    The demo recipe trains on digits 0 to 4 only (`<data_root>-0to4`, `epochs` epochs, FC
+    layers of 512 units without dropout), once per seed in `seeds` (runs `demo_features`,
+    `demo_features_seed1`, ...); every image of digits 5 to 9 gets its descriptor
+    (`describe_images`: fc1 after its ReLU, dense at Q = the crop size and twice it, the two
+    scales where the map covers the whole image, stacked, no flip since a flipped digit is
+    another; the nets stacked; L2). Linear SVMs are trained on N images per class, for each
+    N in `shots`, on the descriptors and on the raw pixels of the same images (L2-normalised;
+    and standardised with the 0-4 training images' per-pixel mean and deviation, then
+    L2-normalised, so that one grid of C suits all three columns), C chosen
+    on held-out training images (`FEATURES_DEMO_HOLDOUT_REPEATS` draws averaged); mean class
+    recall over three seeded splits. docs/features.md says why these settings.
+
+    Returns:
+        A `FeaturesDemoResult`.
+
+    Raises:
+        ModuleNotFoundError: if scikit-learn is not installed.
+    """
+    from PIL import Image
+
+    start = time.perf_counter()
+    data_root = os.fspath(data_root)
+    write_digits(data_root)
+    seen, unseen = tuple("01234"), tuple("56789")
+    subset = f"{data_root}-0to4"
+    for split in ("train", "val"):
+        _link_classes(os.path.join(data_root, split), os.path.join(subset, split), seen)
+    stats_path = os.path.join(subset, "stats.json")
+    if not os.path.isfile(stats_path):
+        train = sources.open_source(os.path.join(subset, "train"))
+        stats.compute_stats(train).to_json(stats_path)
+    run_dirs = []
+    for seed in seeds:
+        recipe = recipe_lib.load_recipe(
+            recipe_path,
+            [
+                f"data.root={os.path.join(subset, 'train')}",
+                f"data.val_root={os.path.join(subset, 'val')}",
+                f"data.stats={stats_path}",
+                "run.name=demo_features" + (f"_seed{seed}" if seed else ""),
+                f"run.seed={seed}",
+                f"schedule.epochs={epochs}",
+                # Wide FC layers without dropout: a 5-class net's 128 units with dropout
+                # are too few to describe other classes.
+                "model.fc_units=512",
+                "model.dropout=0.0",
+            ],
+        )
+        if runs.run_status(recipe.run_dir, overwrite)[0] != "finished":
+            training.fit(recipe, overwrite=overwrite, print_fn=print_fn)
+        run_dirs.append(recipe.run_dir)
+    files, labels = _class_files(data_root, tuple(DIGITS_SPLITS), unseen)
+    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    q = recipe.data.crop_size
+    described = features.describe_images(
+        run_dirs, images, scales=(q, 2 * q), flip=False, layer="fc1"
+    )
+    pixels = _grey_pixels(files)
+    source = _grey_pixels(_class_files(subset, ("train",), seen)[0])
+    mean, std = source.mean(axis=0), np.maximum(source.std(axis=0), 1.0)
+    columns = dict(
+        zip(
+            FEATURES_DEMO_COLUMNS,
+            (
+                described,
+                features.l2_normalize(pixels),
+                features.l2_normalize((pixels - mean) / std),
+            ),
+            strict=True,
+        )
+    )
+    table: dict[int, dict[str, float]] = {}
+    for n in shots:
+        table[n] = {}
+        for column, x in columns.items():
+            result = features.single_label_transfer(
+                features.FeatureSet(x, tuple(files), labels, unseen, {}),
+                n,
+                splits=3,
+                Cs=(*features.svm.DEFAULT_CS, 1000.0),
+                holdout_repeats=FEATURES_DEMO_HOLDOUT_REPEATS,
+            )
+            table[n][column] = result.metrics["mean class recall"]
+    result = FeaturesDemoResult(tuple(run_dirs), table, len(files), time.perf_counter() - start)
+    print_fn(f"digits 5-9 ({len(files)} images), linear SVM, mean class recall over 3 splits:")
+    print_fn(result.to_markdown())
+    verdict = "beat" if result.descriptors_win else "do not beat"
+    print_fn(f"the descriptors {verdict} raw pixels at every N ({result.seconds:.0f} s)")
+    return result

@@ -84,3 +84,68 @@ def write_keras2_h5(model, path, old_style_names=True, skip=(), whole_model=Fals
                 weight_names.append(name.encode())
                 group.create_dataset(name, data=np.array(variable))
             group.attrs["weight_names"] = np.array(weight_names, dtype="S")
+
+
+# Settings of the backend script's inputs (tests/backend_script.py).
+BACKEND_SETTINGS = {
+    "small": SMALL,
+    "conventions": list(CONVENTIONS),
+    "loss_width": 1 / 16,
+    # The perceptual loss gets [0, 255] images, the style loss [0, 1] (input_range=1.0).
+    "loss_scale": {"perceptual": 1.0, "style": 255.0},
+}
+
+
+def write_backend_inputs(folder: pathlib.Path) -> None:
+    """The inputs of tests/backend_script.py: seeded weights and images, written once."""
+    import json
+
+    import keras_vgg
+
+    rng = np.random.default_rng(0)
+    (folder / "settings.json").write_text(json.dumps(BACKEND_SETTINGS), encoding="utf-8")
+    np.save(folder / "x.npy", rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32"))
+    np.save(folder / "big.npy", rng.uniform(0, 255, (1, 96, 128, 3)).astype("float32"))
+    keras.utils.set_random_seed(0)
+    for config in ("A-LRN", "C"):
+        model = keras_vgg.build(config, input_shape=(64, 64, 3), **SMALL)
+        model.save_weights(folder / f"{config}.weights.h5")
+    pixels = rng.integers(0, 256, (2, 5, 4, 3)).astype("float32")
+    pixels[0, 0, 0] = (255, 0, 7)
+    np.save(folder / "pixels.npy", pixels)
+    vgg = keras_vgg.build(
+        "D", include_top=False, input_shape=(32, 32, 3), width=BACKEND_SETTINGS["loss_width"]
+    )
+    vgg.save_weights(folder / "vgg.weights.h5")
+    np.save(folder / "a.npy", rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32))
+    np.save(folder / "b.npy", rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32))
+
+
+@pytest.fixture(scope="session", params=["jax", "torch"])
+def other_backend(request, tmp_path_factory):
+    """(backend, folder): tests/backend_script.py run once per backend for the whole suite.
+
+    The folder holds the inputs (`write_backend_inputs`) and what the backend computed
+    from them; skipped where the backend is not installed.
+    """
+    import importlib.util
+
+    backend = request.param
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"the {backend} backend is not installed (pip install -e .[test])")
+    folder = tmp_path_factory.mktemp(f"backend_{backend}")
+    write_backend_inputs(folder)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "backend_script.py"), backend, str(folder)],
+        env={
+            **os.environ,
+            "KERAS_BACKEND": backend,
+            "PYTHONPATH": str(ROOT),
+            "CUDA_VISIBLE_DEVICES": "",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return backend, folder

@@ -22,7 +22,14 @@ from keras_vgg.imagenet import PAPER, Preprocessing, preprocess_input
 from keras_vgg.network import to_fully_convolutional
 from keras_vgg.weights.names import HEAD_LAYERS
 
-__all__ = ["DENSE_AVERAGES", "ScoreNet", "dense_head", "polymorphic_forward", "score_nets"]
+__all__ = [
+    "DENSE_AVERAGES",
+    "ScoreNet",
+    "dense_head",
+    "dense_pooled",
+    "polymorphic_forward",
+    "score_nets",
+]
 
 #: Where the dense score map is averaged: before ("logits") or after ("softmax") the soft-max.
 DENSE_AVERAGES: tuple[str, ...] = ("logits", "softmax")
@@ -199,28 +206,16 @@ class ScoreNet:
         Raises:
             ValueError: for an image smaller than the crop size.
         """
-        images = [np.asarray(image, dtype=np.float32) for image in images]
-        out = np.zeros((len(images), self.classes), dtype=np.float64)
-        by_size: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(images):
-            if image.ndim != 3 or min(image.shape[:2]) < self.crop_size:
-                raise ValueError(
-                    f"dense evaluation needs images of at least {self.crop_size}x"
-                    f"{self.crop_size}. Received: image {index} with shape {image.shape}"
-                )
-            by_size.setdefault(image.shape, []).append(index)
-        views = 2 if flip else 1
-        per_pass = max(1, self.batch_size // views)
-        for indices in by_size.values():
-            for start in range(0, len(indices), per_pass):
-                chunk = indices[start : start + per_pass]
-                batch = np.stack([images[i] for i in chunk])
-                if flip:
-                    batch = np.concatenate([batch, batch[:, :, ::-1]], axis=0)
-                posteriors = self.pool(self.score_maps(batch))
-                posteriors = posteriors.reshape(views, len(chunk), -1).mean(axis=0)
-                out[chunk] = posteriors
-        return out
+        if len(images) == 0:
+            return np.zeros((0, self.classes))
+        return dense_pooled(
+            self.score_maps,
+            images,
+            self.pool,
+            min_side=self.crop_size,
+            batch_size=self.batch_size,
+            flip=flip,
+        )
 
     def predict(
         self,
@@ -274,6 +269,61 @@ class ScoreNet:
         if self.dense_average == "logits":
             return softmax(maps.astype(np.float64).mean(axis=(1, 2)))
         return softmax(maps).mean(axis=(1, 2))
+
+
+def dense_pooled(
+    maps: Callable[[np.ndarray], np.ndarray],
+    images: Sequence[np.ndarray],
+    pool: Callable[[np.ndarray], np.ndarray],
+    *,
+    min_side: int,
+    batch_size: int,
+    flip: bool = True,
+) -> np.ndarray:
+    """A dense net's spatially pooled output per whole image, averaged with its flip.
+
+    Sec. 3.2 (and Appendix B for descriptors): the net runs over the whole image, its map
+    is pooled to one vector, and with `flip` the vectors of the image and of its
+    horizontal flip are averaged. Images of the same size share forward passes (no
+    padding: results are those of each image alone).
+
+    Args:
+        maps: Batch of same-size images (batch, height, width, 3) -> maps (batch, h, w, d).
+        images: (height, width, 3) images (sizes may differ), as `maps` takes them.
+        pool: Maps (batch, h, w, d) -> pooled (batch, d).
+        min_side: The smallest side an image may have (the crop size).
+        batch_size: The most images (with their flips) per forward pass.
+        flip: Also run the horizontal flips.
+
+    Returns:
+        float64 (len(images), d), rows in the order of `images`.
+
+    Raises:
+        ValueError: for an image smaller than `min_side`.
+    """
+    images = [np.asarray(image, dtype=np.float32) for image in images]
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        if image.ndim != 3 or min(image.shape[:2]) < min_side:
+            raise ValueError(
+                f"dense evaluation needs images of at least {min_side}x{min_side}. "
+                f"Received: image {index} with shape {image.shape}"
+            )
+        by_size.setdefault(image.shape, []).append(index)
+    views = 2 if flip else 1
+    per_pass = max(1, batch_size // views)
+    out = None
+    for indices in by_size.values():
+        for start in range(0, len(indices), per_pass):
+            chunk = indices[start : start + per_pass]
+            batch = np.stack([images[i] for i in chunk])
+            if flip:
+                batch = np.concatenate([batch, batch[:, :, ::-1]], axis=0)
+            pooled = np.asarray(pool(maps(batch)), dtype=np.float64)
+            if out is None:
+                out = np.zeros((len(images), pooled.shape[-1]), dtype=np.float64)
+            out[chunk] = pooled.reshape(views, len(chunk), -1).mean(axis=0)
+    return np.zeros((0, 0)) if out is None else out
 
 
 def polymorphic_forward(network: keras.Model) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:

@@ -1,0 +1,96 @@
+"""Run by the `other_backend` fixture (tests/conftest.py) as `python backend_script.py BACKEND DIR`.
+
+One fresh Python per backend (JAX, torch) for the whole suite: it reads the inputs that
+`conftest.write_backend_inputs` wrote to DIR and writes what this backend computes from them
+(builders' outputs, preprocess_input, the perceptual and style losses with their gradients)
+as .npy files next to them. The tests compare them with TensorFlow and NumPy in their own
+process. Not collected by pytest (no test_ prefix).
+"""
+
+import json
+import sys
+
+import keras
+import numpy as np
+
+import keras_vgg
+from keras_vgg import features
+
+backend, folder = sys.argv[1], sys.argv[2]
+assert keras.backend.backend() == backend, keras.backend.backend()
+settings = json.loads(open(f"{folder}/settings.json", encoding="utf-8").read())
+
+
+def save(name, value):
+    np.save(f"{folder}/{name}_{backend}.npy", keras.ops.convert_to_numpy(value))
+
+
+# The builders (tests/test_backends.py): the same weights, the same outputs, dense too.
+x, big = np.load(f"{folder}/x.npy"), np.load(f"{folder}/big.npy")
+for config in ("A-LRN", "C"):
+    model = keras_vgg.build(
+        config,
+        weights=f"{folder}/{config}.weights.h5",
+        input_shape=(64, 64, 3),
+        kernel_initializer="zeros",  # the weights are loaded: no random initialisation
+        **settings["small"],
+    )
+    save(config, model(x))
+    save(f"{config}_dense", keras_vgg.to_fully_convolutional(model)(big))
+
+# preprocess_input (tests/test_backends.py): native tensors in, native tensors out.
+if backend == "torch":
+    import torch
+
+    native = torch.Tensor
+else:
+    import jax
+
+    native = jax.Array
+pixels = np.load(f"{folder}/pixels.npy")
+for name in settings["conventions"]:
+    preprocessing = getattr(keras_vgg, name)
+    for dtype in ("float32", "uint8"):
+        images = pixels.astype(dtype)
+        out = keras_vgg.preprocess_input(
+            keras.ops.convert_to_tensor(images), preprocessing=preprocessing
+        )
+        assert isinstance(out, native), type(out)
+        save(f"{name}_{dtype}_tensor", out)
+        out = keras_vgg.preprocess_input(images, preprocessing=preprocessing)
+        assert isinstance(out, np.ndarray), type(out)
+        save(f"{name}_{dtype}_numpy", out)
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras_vgg.preprocess_input(inputs, preprocessing=preprocessing))
+    save(f"{name}_model", model(pixels))
+
+# The losses (tests/test_features.py): per-image values and the gradient of the mean.
+vgg = keras_vgg.build(
+    "D",
+    include_top=False,
+    input_shape=(32, 32, 3),
+    width=settings["loss_width"],
+    kernel_initializer="zeros",
+    weights=f"{folder}/vgg.weights.h5",
+)
+a, b = np.load(f"{folder}/a.npy"), np.load(f"{folder}/b.npy")
+losses = {
+    "perceptual": features.PerceptualLoss(vgg, "lpips", [1, 2, 3, 4, 5], pre_activation=True),
+    "style": features.StyleLoss(vgg, "gatys", pooling="avg", input_range=1.0),
+}
+for name, loss in losses.items():
+    scale = settings["loss_scale"][name]
+    if backend == "jax":  # one compiled program (value and gradient), not one per operation
+        value, grad = jax.jit(
+            lambda y, loss=loss, scale=scale: (
+                loss.call(a / scale, y),
+                jax.grad(lambda z: loss(a / scale, z))(y),
+            )
+        )(b / scale)
+    else:
+        value = loss.call(a / scale, b / scale)
+        y = torch.tensor(b / scale, requires_grad=True)
+        loss(torch.tensor(a / scale), y).backward()
+        grad = y.grad
+    save(name, value)
+    save(f"{name}_grad", grad)
