@@ -9,6 +9,7 @@ dense: keras_vgg's own dense evaluation, `ScoreNet.dense_posteriors`) to 1e-4.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import sys
@@ -67,7 +68,7 @@ def exported(models, tmp_path_factory):
         key = (format, config, protocol)
         if key not in cache:
             report = export_model(
-                models[config], root / "-".join(key), format=format, protocol=protocol, scale=48
+                models[config], root / "-".join(key), format=format, protocol=protocol, scale=CROP
             )
             cache[key] = artifacts.open_runner(report.path)
         return cache[key]
@@ -75,37 +76,26 @@ def exported(models, tmp_path_factory):
     return get
 
 
-# Every format runs both protocols and all three configurations (LRN included), every
-# (configuration, protocol) runs in some format: nine exports instead of eighteen.
-CASES = [
-    ("savedmodel", "A-LRN", "center"),
-    ("savedmodel", "C", "dense"),
-    ("savedmodel", "D", "dense"),
-    ("onnx", "A-LRN", "dense"),
-    ("onnx", "C", "center"),
-    ("onnx", "D", "dense"),
-    ("litert", "A-LRN", "center"),
-    ("litert", "C", "dense"),
-    ("litert", "D", "center"),
-]
+# The full grid: every format x configuration (LRN included) x protocol, 18 exports.
+CASES = list(itertools.product(PACKAGES, CONVENTIONS, ("center", "dense")))
+# Two inputs per artifact: center, one crop and a batch of crops; dense, two sizes >= crop.
+SHAPES = {"center": [(1, CROP, CROP), (4, CROP, CROP)], "dense": [(2, CROP, CROP), (2, 48, 40)]}
 
 
 @pytest.mark.parametrize("format, config, protocol", CASES)
 def test_artifact_gives_the_keras_posteriors(exported, models, format, config, protocol, rng):
     runner = exported(format, config, protocol)
     model = models[config]
-    convention = CONVENTIONS[config][0]
-    for height, width in [(CROP, CROP), (48, 40)]:
-        images = rng.integers(0, 256, size=(3, height, width, 3), dtype=np.uint8)
+    convention, preprocessing = CONVENTIONS[config]
+    for batch, height, width in SHAPES[protocol]:
+        images = rng.integers(0, 256, size=(batch, height, width, 3), dtype=np.uint8)
         if protocol == "center":
-            top, left = (height - CROP) // 2, (width - CROP) // 2
-            images = images[:, top : top + CROP, left : left + CROP]
             expected = model.predict(preprocess_by_hand(images, convention), verbose=0)
         else:
-            net = ScoreNet(model, preprocessing=CONVENTIONS[config][1])
+            net = ScoreNet(model, preprocessing=preprocessing)
             expected = net.dense_posteriors(list(images), flip=True)
         got = runner(images)
-        assert got.shape == (3, len(NAMES))
+        assert got.shape == (batch, len(NAMES))
         np.testing.assert_allclose(got, expected, atol=1e-4)
     info = artifacts.read_export_info(runner.path)
     assert info.class_names == NAMES
