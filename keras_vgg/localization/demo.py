@@ -31,7 +31,7 @@ from keras_vgg import recipe as recipe_lib
 from keras_vgg import runs, training
 from keras_vgg.data import sources, stats
 from keras_vgg.files import atomic_text
-from keras_vgg.localization.annotations import read_boxes, write_voc_xml
+from keras_vgg.localization.annotations import read_boxes, voc_xml
 from keras_vgg.localization.evaluate import (
     LocalizationResult,
     Localizer,
@@ -44,7 +44,7 @@ __all__ = ["PHOTOS", "LocalizationDemoResult", "run_localization_demo", "write_c
 #: scikit-image's bundled colour photographs the digits are pasted onto.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 #: Canvases per split.
-SPLITS = {"train": 2000, "val": 300, "test": 300}
+SPLITS = {"train": 4000, "val": 300, "test": 300}
 
 
 def _digits_by_split(seed: int):
@@ -132,19 +132,22 @@ def write_canvases(
             patch += color * ink[..., None]
             rows = np.flatnonzero((ink > 0.25).any(axis=1))
             cols = np.flatnonzero((ink > 0.25).any(axis=0))
-            box = (x + cols[0] + 1, y + rows[0] + 1, x + cols[-1] + 1, y + rows[-1] + 1)
+            box = tuple(
+                int(v)
+                for v in (x + cols[0] + 1, y + rows[0] + 1, x + cols[-1] + 1, y + rows[-1] + 1)
+            )
             folder = os.path.join(root, split, str(label))
             os.makedirs(folder, exist_ok=True)
             name = f"{n:04d}"
             Image.fromarray(canvas.round().astype(np.uint8)).save(
                 os.path.join(folder, name + ".png")
             )
-            write_voc_xml(
-                os.path.join(root, "boxes", split, str(label), name + ".xml"),
-                name + ".png",
-                (size, size),
-                [(str(label), tuple(int(v) for v in box))],
-            )
+            # Plain writes: the tree is remade whole unless the marker (written last,
+            # atomically) says it is complete.
+            xml_folder = os.path.join(root, "boxes", split, str(label))
+            os.makedirs(xml_folder, exist_ok=True)
+            with open(os.path.join(xml_folder, name + ".xml"), "w", encoding="utf-8") as f:
+                f.write(voc_xml(name + ".png", (size, size), [(str(label), box)]))
         counts[split] = count
     atomic_text(marker, json.dumps({"settings": settings, "counts": counts}, indent=2) + "\n")
     return counts
