@@ -1,8 +1,9 @@
 """The localisation demo (`kvgg demo localize`): digits pasted onto real photographs.
 
-scikit-learn's handwritten digits are pasted, at a random position and size (20 to 44
-pixels), as ink (dark on light places, light on dark ones) onto random crops of scikit-image's bundled photographs (the
-astronaut, the coffee cup, the cat, the rocket), making 64x64 canvases whose boxes are known
+scikit-learn's handwritten digits are pasted, at a random position and size (12 to 40
+pixels), as ink (dark on light places, light on dark ones) onto random crops of
+scikit-image's bundled photographs (the astronaut, the coffee cup, the cat, the rocket),
+making 64x64 canvases whose boxes are known
 exactly (the ink's bounding box). They are written once as an ImageNet-style tree with VOC
 XML annotations: `<root>/{train,val,test}/<digit>/<n>.png` and
 `<root>/boxes/{train,val,test}/<digit>/<n>.xml`. Then, through `kvgg fit`'s own path:
@@ -66,7 +67,7 @@ def write_canvases(
     root: str | os.PathLike,
     *,
     size: int = 64,
-    digit_sizes: tuple[int, int] = (20, 44),
+    digit_sizes: tuple[int, int] = (12, 40),
     seed: int = 0,
 ) -> dict[str, int]:
     """Writes the canvases and their VOC XML boxes under `root` (once).
@@ -244,15 +245,19 @@ def run_localization_demo(
         )
     test = read_boxes(os.path.join(data_root, "test"), os.path.join(data_root, "boxes", "test"))
     nets = [run_dirs["scr"], run_dirs["pcr"]]
-    first = evaluate_localization(nets, test, scales=[32], protocol=1)
+    # Q: the box nets' own validation scale (the recipe's); protocol 2 adds 2 Q.
+    q = recipe_lib.load_recipe(os.path.join(recipes_dir, "loc_demo.toml"), common).data.val_scale
+    first = evaluate_localization(nets, test, scales=[q], protocol=1)
     second = evaluate_localization(
-        nets, test, classifiers=[run_dirs["classifier"]], scales=[32, 64], protocol=2
+        nets, test, classifiers=[run_dirs["classifier"]], scales=[q, 2 * q], protocol=2
     )
-    print_fn(f"held-out test canvases ({len(test)}), protocol 1 (centre crop, Q = 32):")
+    print_fn(f"held-out test canvases ({len(test)}), protocol 1 (centre crop, Q = {q}):")
     print_fn(first.to_markdown())
-    print_fn("protocol 2 (dense, SCR and PCR boxes merged, rated by the classifier, Q = 32, 64):")
+    print_fn(
+        f"protocol 2 (dense, SCR and PCR boxes merged, rated by the classifier, Q = {q}, {2 * q}):"
+    )
     print_fn(second.to_markdown())
-    localizer = Localizer(nets, [run_dirs["classifier"]], scales=[32, 64], top=3)
+    localizer = Localizer(nets, [run_dirs["classifier"]], scales=[q, 2 * q], top=3)
     ((_, guesses, drawn),) = predict_boxes(
         localizer, [test.files[0]], draw=os.path.join(data_root, "drawn")
     )
