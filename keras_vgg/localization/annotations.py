@@ -40,6 +40,7 @@ __all__ = [
     "read_boxes",
     "read_csv_manifest",
     "read_voc_xml",
+    "voc_xml",
     "write_voc_xml",
 ]
 
@@ -125,16 +126,17 @@ def read_voc_xml(path: str | os.PathLike) -> Annotation:
     return Annotation(path, size, tuple(names), from_voc(boxes).reshape(-1, 4))
 
 
-def write_voc_xml(path: str | os.PathLike, filename: str, size: tuple[int, int], objects) -> None:
-    """Writes a VOC XML annotation (atomically; its folder is made if missing).
+def voc_xml(filename: str, size: tuple[int, int], objects) -> str:
+    """The text of a VOC XML annotation (what `write_voc_xml` writes).
 
     Args:
-        path: The XML file.
         filename: The image's file name.
         size: (width, height).
         objects: (class name, (xmin, ymin, xmax, ymax)) pairs in 1-based inclusive pixels.
+
+    Returns:
+        The XML, one line and a newline.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = filename
     size_node = ET.SubElement(root, "size")
@@ -146,7 +148,20 @@ def write_voc_xml(path: str | os.PathLike, filename: str, size: tuple[int, int],
         bndbox = ET.SubElement(obj, "bndbox")
         for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
             ET.SubElement(bndbox, key).text = str(int(value))
-    atomic_text(path, ET.tostring(root, encoding="unicode") + "\n")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_voc_xml(path: str | os.PathLike, filename: str, size: tuple[int, int], objects) -> None:
+    """Writes a VOC XML annotation (`voc_xml`; atomically; its folder is made if missing).
+
+    Args:
+        path: The XML file.
+        filename: The image's file name.
+        size: (width, height).
+        objects: (class name, (xmin, ymin, xmax, ymax)) pairs in 1-based inclusive pixels.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_text(path, voc_xml(filename, size, objects))
 
 
 def read_csv_manifest(path: str | os.PathLike) -> tuple[dict[str, Annotation], list[str]]:

@@ -1,8 +1,9 @@
 """The localisation demo (`kvgg demo localize`): digits pasted onto real photographs.
 
-scikit-learn's handwritten digits are pasted, at a random position and size (20 to 44
-pixels), as ink (dark on light places, light on dark ones) onto random crops of scikit-image's bundled photographs (the
-astronaut, the coffee cup, the cat, the rocket), making 64x64 canvases whose boxes are known
+scikit-learn's handwritten digits are pasted, at a random position and size (12 to 40
+pixels), as ink (dark on light places, light on dark ones) onto random crops of
+scikit-image's bundled photographs (the astronaut, the coffee cup, the cat, the rocket),
+making 64x64 canvases whose boxes are known
 exactly (the ink's bounding box). They are written once as an ImageNet-style tree with VOC
 XML annotations: `<root>/{train,val,test}/<digit>/<n>.png` and
 `<root>/boxes/{train,val,test}/<digit>/<n>.xml`. Then, through `kvgg fit`'s own path:
@@ -31,7 +32,7 @@ from keras_vgg import recipe as recipe_lib
 from keras_vgg import runs, training
 from keras_vgg.data import sources, stats
 from keras_vgg.files import atomic_text
-from keras_vgg.localization.annotations import read_boxes, write_voc_xml
+from keras_vgg.localization.annotations import read_boxes, voc_xml
 from keras_vgg.localization.evaluate import (
     LocalizationResult,
     Localizer,
@@ -44,7 +45,7 @@ __all__ = ["PHOTOS", "LocalizationDemoResult", "run_localization_demo", "write_c
 #: scikit-image's bundled colour photographs the digits are pasted onto.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 #: Canvases per split.
-SPLITS = {"train": 2000, "val": 300, "test": 300}
+SPLITS = {"train": 4000, "val": 300, "test": 300}
 
 
 def _digits_by_split(seed: int):
@@ -66,7 +67,7 @@ def write_canvases(
     root: str | os.PathLike,
     *,
     size: int = 64,
-    digit_sizes: tuple[int, int] = (20, 44),
+    digit_sizes: tuple[int, int] = (12, 40),
     seed: int = 0,
 ) -> dict[str, int]:
     """Writes the canvases and their VOC XML boxes under `root` (once).
@@ -132,19 +133,22 @@ def write_canvases(
             patch += color * ink[..., None]
             rows = np.flatnonzero((ink > 0.25).any(axis=1))
             cols = np.flatnonzero((ink > 0.25).any(axis=0))
-            box = (x + cols[0] + 1, y + rows[0] + 1, x + cols[-1] + 1, y + rows[-1] + 1)
+            box = tuple(
+                int(v)
+                for v in (x + cols[0] + 1, y + rows[0] + 1, x + cols[-1] + 1, y + rows[-1] + 1)
+            )
             folder = os.path.join(root, split, str(label))
             os.makedirs(folder, exist_ok=True)
             name = f"{n:04d}"
             Image.fromarray(canvas.round().astype(np.uint8)).save(
                 os.path.join(folder, name + ".png")
             )
-            write_voc_xml(
-                os.path.join(root, "boxes", split, str(label), name + ".xml"),
-                name + ".png",
-                (size, size),
-                [(str(label), tuple(int(v) for v in box))],
-            )
+            # Plain writes: the tree is remade whole unless the marker (written last,
+            # atomically) says it is complete.
+            xml_folder = os.path.join(root, "boxes", split, str(label))
+            os.makedirs(xml_folder, exist_ok=True)
+            with open(os.path.join(xml_folder, name + ".xml"), "w", encoding="utf-8") as f:
+                f.write(voc_xml(name + ".png", (size, size), [(str(label), box)]))
         counts[split] = count
     atomic_text(marker, json.dumps({"settings": settings, "counts": counts}, indent=2) + "\n")
     return counts
@@ -241,15 +245,19 @@ def run_localization_demo(
         )
     test = read_boxes(os.path.join(data_root, "test"), os.path.join(data_root, "boxes", "test"))
     nets = [run_dirs["scr"], run_dirs["pcr"]]
-    first = evaluate_localization(nets, test, scales=[32], protocol=1)
+    # Q: the box nets' own validation scale (the recipe's); protocol 2 adds 2 Q.
+    q = recipe_lib.load_recipe(os.path.join(recipes_dir, "loc_demo.toml"), common).data.val_scale
+    first = evaluate_localization(nets, test, scales=[q], protocol=1)
     second = evaluate_localization(
-        nets, test, classifiers=[run_dirs["classifier"]], scales=[32, 64], protocol=2
+        nets, test, classifiers=[run_dirs["classifier"]], scales=[q, 2 * q], protocol=2
     )
-    print_fn(f"held-out test canvases ({len(test)}), protocol 1 (centre crop, Q = 32):")
+    print_fn(f"held-out test canvases ({len(test)}), protocol 1 (centre crop, Q = {q}):")
     print_fn(first.to_markdown())
-    print_fn("protocol 2 (dense, SCR and PCR boxes merged, rated by the classifier, Q = 32, 64):")
+    print_fn(
+        f"protocol 2 (dense, SCR and PCR boxes merged, rated by the classifier, Q = {q}, {2 * q}):"
+    )
     print_fn(second.to_markdown())
-    localizer = Localizer(nets, [run_dirs["classifier"]], scales=[32, 64], top=3)
+    localizer = Localizer(nets, [run_dirs["classifier"]], scales=[q, 2 * q], top=3)
     ((_, guesses, drawn),) = predict_boxes(
         localizer, [test.files[0]], draw=os.path.join(data_root, "drawn")
     )
