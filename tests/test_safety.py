@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -225,6 +226,8 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
             time.sleep(120)
         os._exit(0)
     try:
+        # Never wait forever on the child (a fork of a threaded process could hang).
+        assert select.select([ready_r], [], [], 60)[0], "the child did not take the lock"
         assert os.read(ready_r, 6) == b"locked"
         with pytest.raises(runs.RunInUse, match=f"in use by process {child} on "):
             with runs.lock_run(run_dir):
