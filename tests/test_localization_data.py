@@ -4,11 +4,12 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from keras_vgg.localization import annotations as A
 from keras_vgg.localization import pipeline as P
-from keras_vgg.localization.boxes import centers_to_corners
+from keras_vgg.localization.boxes import centers_to_corners, crop_target
 
 # (file, class, image size (w, h), box in VOC pixels): a white box on black.
 IMAGES = [
@@ -152,3 +153,43 @@ def test_validation_crops_carry_their_boxes(tree):
     np.testing.assert_array_equal(targets[:, 0], [0, 0, 1])
     for image, target in zip(images, targets, strict=True):
         np.testing.assert_allclose(white_box(image), centers_to_corners(target[1:]), atol=1.5 / 32)
+
+
+def test_box_targets_in_graph_equal_the_numpy_reference():
+    rng = np.random.default_rng(0)
+    boxes, labels, box_labels = [], [], []
+    for i in range(40):
+        n = int(rng.integers(1, 4))
+        xy = rng.uniform(0, 60, (n, 2))
+        corners = np.concatenate([xy, xy + rng.uniform(1, 40, (n, 2))], 1)
+        if i % 5 == 0 and n > 1:
+            corners[1] = corners[0]  # a tie: the first one wins
+        boxes.append(corners)
+        labels.append(i % 2)
+        box_labels.append(np.array([i % 2] * n))
+    box_set = A.BoxSet(
+        files=tuple(f"{i}.png" for i in range(40)),
+        labels=tuple(labels),
+        boxes=tuple(boxes),
+        box_labels=tuple(box_labels),
+        class_names=("a", "b"),
+    )
+    targets = tf.function(P.box_targets(box_set))
+    index = tf.TensorSpec([], tf.int32)
+    graph = targets.get_concrete_function(
+        index, tf.TensorSpec([4], tf.int32), tf.TensorSpec([], tf.bool)
+    ).graph
+    # Pure TensorFlow ops: no Python call (and no GIL) per element in the input pipeline.
+    assert not [op.type for op in graph.get_operations() if "PyFunc" in op.type]
+    outside = 0
+    for i in range(40):
+        for _ in range(3):
+            side = int(rng.integers(8, 64))
+            window = np.array([*rng.integers(0, 70, 2), side, side], np.int32)
+            flip = bool(rng.integers(2))
+            row, weight = targets(tf.constant(i), tf.constant(window), tf.constant(flip))
+            want, want_weight = crop_target(box_set.class_boxes(i), window, flip)
+            np.testing.assert_allclose(row.numpy(), [labels[i], *want], rtol=0, atol=1e-6)
+            assert weight.numpy() == want_weight
+            outside += want_weight == 0
+    assert 0 < outside < 60  # both kinds of crops were checked

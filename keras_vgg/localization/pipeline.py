@@ -4,7 +4,7 @@ Training is `keras_vgg.data.pipelines.training_dataset` itself (Sec. 3.1: fixed 
 jittering, the random crop, the flip, the colour shift; the same seeding, sharding, bad
 files and resuming) with one addition: each image's target is its box in the crop's
 coordinates, from the window of the original image that this crop shows and whether it was
-flipped, the very values the image itself was cut with (`boxes.crop_target`). The images
+flipped, the very values the image itself was cut with (`crop_targets_in_graph`, the graph form of `boxes.crop_target`). The images
 run through the pipeline under their index in the `BoxSet`, which finds their boxes.
 
 A target row is (class index, centre x, centre y, width, height), as `BoxLoss` reads it; its
@@ -22,19 +22,42 @@ from keras_vgg.data import pipelines, transforms
 from keras_vgg.data.decoding import decoded_images
 from keras_vgg.imagenet import IMAGENET_MEAN
 from keras_vgg.localization.annotations import BoxSet
-from keras_vgg.localization.boxes import crop_target
 
 __all__ = [
     "box_targets",
     "center_window",
+    "crop_targets_in_graph",
     "localization_training_dataset",
     "localization_validation_dataset",
 ]
 
 
-def _crop_target(boxes, window, flipped):
-    target, weight = crop_target(boxes, window, bool(flipped))
-    return target, np.float32(weight)
+def crop_targets_in_graph(corners, window, flipped) -> tuple[tf.Tensor, tf.Tensor]:
+    """`boxes.crop_target` in TensorFlow ops: the target of one crop, inside a tf.data map.
+
+    The same numbers as the NumPy reference (computed in float64, then cast), without a
+    `tf.numpy_function` per element: no Python call and no GIL in the input pipeline.
+
+    Args:
+        corners: (n, 4) the image's boxes of its class (continuous corners), n >= 1.
+        window: [top, left, height, width] of the crop in original pixels.
+        flipped: Scalar bool, whether the crop is mirrored.
+
+    Returns:
+        (float32 (4,) crop-relative centres of the most visible box (the first on ties),
+        float32 weight: 1 when some of it is visible, else 0).
+    """
+    c = tf.cast(corners, tf.float64)
+    top, left, height, width = tf.unstack(tf.cast(window, tf.float64))
+    rel = (c - tf.stack([left, top, left, top])) / tf.stack([width, height, width, height])
+    rel = tf.clip_by_value(rel, 0.0, 1.0)
+    x0, y0, x1, y1 = tf.unstack(rel, axis=-1)
+    x0, x1 = tf.where(flipped, 1 - x1, x0), tf.where(flipped, 1 - x0, x1)
+    centers = tf.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
+    areas = centers[:, 2] * centers[:, 3]
+    # The first of the largest (tf.argmax does not promise which one on ties).
+    best = tf.reduce_min(tf.where(tf.equal(areas, tf.reduce_max(areas)))[:, 0])
+    return tf.cast(centers[best], tf.float32), tf.cast(areas[best] > 0, tf.float32)
 
 
 def box_targets(box_set: BoxSet):
@@ -44,11 +67,12 @@ def box_targets(box_set: BoxSet):
         box_set: The images and their boxes.
 
     Returns:
-        `targets(index, window, flipped) -> (float32 (5,) target row, float32 weight)`.
+        `targets(index, window, flipped) -> (float32 (5,) target row, float32 weight)`,
+        in TensorFlow ops (`crop_targets_in_graph`).
     """
     class_boxes = [box_set.class_boxes(i) for i in range(len(box_set))]
     counts = np.array([len(b) for b in class_boxes], np.int32)
-    table = np.zeros((len(class_boxes), max(1, counts.max()), 4), np.float32)
+    table = np.zeros((len(class_boxes), max(1, counts.max()), 4), np.float64)
     for i, b in enumerate(class_boxes):
         table[i, : len(b)] = b
     table = tf.constant(table)
@@ -57,11 +81,7 @@ def box_targets(box_set: BoxSet):
 
     def targets(index, window, flipped):
         boxes = table[index][: counts[index]]
-        target, weight = tf.numpy_function(
-            _crop_target, [boxes, window, flipped], (tf.float32, tf.float32), stateful=False
-        )
-        target.set_shape([4])
-        weight.set_shape([])
+        target, weight = crop_targets_in_graph(boxes, window, flipped)
         return tf.concat([labels[index][None], target], 0), weight
 
     return targets
