@@ -4,8 +4,9 @@ Training is `keras_vgg.data.pipelines.training_dataset` itself (Sec. 3.1: fixed 
 jittering, the random crop, the flip, the colour shift; the same seeding, sharding, bad
 files and resuming) with one addition: each image's target is its box in the crop's
 coordinates, from the window of the original image that this crop shows and whether it was
-flipped, the very values the image itself was cut with (`crop_targets_in_graph`, the graph form of `boxes.crop_target`). The images
-run through the pipeline under their index in the `BoxSet`, which finds their boxes.
+flipped, the very values the image itself was cut with (`crop_targets_in_graph`: the graph
+form of `boxes.crop_target`). The images run through the pipeline under their index in the
+`BoxSet`, which finds their boxes.
 
 A target row is (class index, centre x, centre y, width, height), as `BoxLoss` reads it; its
 sample weight is 0 for a crop that shows nothing of any box of the image's class.
