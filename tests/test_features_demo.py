@@ -1,6 +1,7 @@
 """(slow) `kvgg demo features` through the library: the 0-4 nets' descriptors of digits 5-9
 beat an SVM on raw pixels of the same images at every N, and the printed table is the
-result's."""
+result's. It does not tell trained from untrained weights: untrained nets' block2_pool maps
+beat the pixels too (docs/features.md)."""
 
 from __future__ import annotations
 
