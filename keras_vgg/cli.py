@@ -856,8 +856,8 @@ def demo(which, recipe_path, data_root, prepare_only, overwrite):
     then SCR and PCR localisation nets (recipes/loc_demo_cls.toml, recipes/loc_demo.toml),
     then protocols 1 and 2 on held-out canvases, and one canvas drawn with its boxes.
 
-    `kvgg demo features`: train on digits 0-4 only, then linear SVMs on its descriptors of
-    digits 5-9 against raw pixels (Appendix B in small).
+    `kvgg demo features`: train on digits 0-4 only, then linear SVMs on the nets'
+    block2_pool maps of digits 5-9 against raw pixels (Appendix B in small).
     """
     from keras_vgg import demo as demo_lib
     from keras_vgg import training
