@@ -312,3 +312,29 @@ def _describe(source: DataSource) -> str:
     if isinstance(source, sources_lib.TFDSSource):
         return f"tfds:{source.name}"
     return type(source).__name__
+
+
+def rescaled_views(
+    source: DataSource | str | os.PathLike, scales, bad_files: BadFileLog
+) -> tf.data.Dataset:
+    """Every decodable image of a source rescaled to each test scale Q, with its label.
+
+    What whole-image testing reads (Sec. 3.2; Appendix B's descriptors): each element is
+    (a tuple of the image isotropically rescaled to each of `scales`, label), in order,
+    two elements prefetched; files that cannot be decoded are skipped into `bad_files`.
+
+    Args:
+        source: A `DataSource` or a string for `sources.as_source`.
+        scales: The test scales Q (smallest image side).
+        bad_files: Where skipped files are counted and named.
+
+    Returns:
+        A finite dataset of (views, label).
+    """
+    scales = tuple(scales)
+    return decoded_images(
+        source,
+        lambda image: tuple(transforms.rescale_isotropic(image, q) for q in scales),
+        with_labels=True,
+        bad_files=bad_files,
+    ).prefetch(2)

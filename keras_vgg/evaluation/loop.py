@@ -161,12 +161,7 @@ def evaluate(
     if limit is not None and total is not None:
         total = min(total, limit)
     bad_files = decoding.BadFileLog()
-    dataset = decoding.decoded_images(
-        source,
-        lambda image: tuple(transforms.rescale_isotropic(image, q) for q in scales),
-        with_labels=True,
-        bad_files=bad_files,
-    ).prefetch(2)
+    dataset = decoding.rescaled_views(source, scales, bad_files)
     if limit is not None:
         dataset = dataset.take(limit)
     pairs = ((tuple(views), int(y)) for views, y in dataset)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from keras_vgg import files as files_lib
-from keras_vgg.data import decoding, sources, transforms
+from keras_vgg.data import decoding, sources
 from keras_vgg.evaluation.loading import load_models
 from keras_vgg.evaluation.loop import chunks
 from keras_vgg.evaluation.protocols import resolve_scales
@@ -165,12 +165,7 @@ def extract_features(
     # their labels, paths and splits.
     source = sources.ImageSource(images.files, tuple(range(total)), ("position",))
     bad_files = decoding.BadFileLog()
-    dataset = decoding.decoded_images(
-        source,
-        lambda image: tuple(transforms.rescale_isotropic(image, q) for q in scales),
-        with_labels=True,
-        bad_files=bad_files,
-    ).prefetch(2)
+    dataset = decoding.rescaled_views(source, scales, bad_files)
     output = os.fspath(output)
     directory, name = os.path.split(output)
     scratch = os.path.join(directory, f".{name}.descriptors.npy")
