@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["LocalResponseNormalization"]
+__all__ = ["LocalResponseNormalization", "WindowDense"]
 
 _FORMULAS = ("alexnet", "caffe")
 _DATA_FORMATS = ("channels_last", "channels_first")
@@ -116,3 +116,51 @@ class LocalResponseNormalization(keras.layers.Layer):
         config = dict(config)
         config.setdefault("data_format", "channels_last")
         return super().from_config(config)
+
+
+@keras.saving.register_keras_serializable(package="keras_vgg")
+class WindowDense(keras.layers.Conv2D):
+    """An FC layer applied to every window of a map: the FC layers of the dense twin (Sec. 3.2).
+
+    A `Conv2D` (stride 1, "valid" padding, the same kernel, bias, config and output) that,
+    channels last, computes its output as one matrix product: the kernel's windows of the
+    input are laid side by side along the channels (slices and a concatenation), then
+    multiplied by the kernel read as fc1's (height x width x channels, units) matrix; a 1x1
+    kernel is a plain matrix product over the channels. A convolution library tuned for
+    wide maps and small kernels runs a 7x7 kernel of thousands of outputs on a small pool5
+    map far below its speed on the conv layers; a matrix product does not (the measured
+    figures are in docs/benchmarks.md). Channels first, it is `Conv2D` itself.
+
+    Args:
+        filters: Output units.
+        kernel_size: The window (fc1: the last pooling's training-time output, 7x7 for 224
+            crops; fc2 and predictions: 1).
+        **kwargs: `keras.layers.Conv2D`'s other arguments; `strides`, `padding` and
+            `dilation_rate` must keep their defaults.
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        if self.strides != (1, 1) or self.padding != "valid" or self.dilation_rate != (1, 1):
+            raise ValueError(
+                "WindowDense needs strides 1, 'valid' padding and no dilation. Received: "
+                f"strides={self.strides}, padding={self.padding!r}, "
+                f"dilation_rate={self.dilation_rate}"
+            )
+
+    def convolution_op(self, inputs, kernel):
+        if self.data_format != "channels_last":
+            return super().convolution_op(inputs, kernel)
+        rows, cols = self.kernel_size
+        if (rows, cols) != (1, 1):
+            height = ops.shape(inputs)[1] - rows + 1
+            width = ops.shape(inputs)[2] - cols + 1
+            inputs = ops.concatenate(
+                [
+                    inputs[:, i : i + height, j : j + width, :]
+                    for i in range(rows)
+                    for j in range(cols)
+                ],
+                axis=-1,
+            )
+        return ops.matmul(inputs, ops.reshape(kernel, (-1, self.filters)))

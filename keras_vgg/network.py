@@ -16,7 +16,7 @@ import keras
 
 from keras_vgg import configs as configs_lib
 from keras_vgg.files import atomic_write
-from keras_vgg.layers import LocalResponseNormalization
+from keras_vgg.layers import LocalResponseNormalization, WindowDense
 from keras_vgg.record import (
     ModelRecord,
     RecordLayer,
@@ -148,7 +148,7 @@ def _network(arguments: dict[str, Any], *, input_tensor: Any, record: ModelRecor
             )
             if window is None:
                 return keras.layers.Dense(units, **common)
-            return keras.layers.Conv2D(units, kernel_size, data_format=data_format, **common)
+            return WindowDense(units, kernel_size, data_format=data_format, **common)
 
         for fc_name in ("fc1", "fc2"):
             x = fully_connected(fc_units, "relu", fc_name, window if fc_name == "fc1" else 1)(x)
@@ -499,7 +499,7 @@ def to_fully_convolutional(model: keras.Model) -> keras.Model:
             continue
         if isinstance(layer, keras.layers.Dense):
             dense_config = layer.get_config()
-            conv = keras.layers.Conv2D(
+            conv = WindowDense(
                 dense_config["units"],
                 window if first_dense else (1, 1),
                 activation=dense_config["activation"],

@@ -1,11 +1,11 @@
-"""LocalResponseNormalization against TensorFlow's own op."""
+"""LocalResponseNormalization against TensorFlow's own op; WindowDense against Conv2D."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_vgg import LocalResponseNormalization
+from keras_vgg import LocalResponseNormalization, WindowDense
 
 
 @pytest.mark.parametrize("size", [3, 5, 7])
@@ -77,3 +77,24 @@ def test_works_inside_a_dataset_map_graph(rng):
 def test_invalid_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=rf"Received: {argument}="):
         LocalResponseNormalization(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "shape"), [((7, 7), (2, 9, 12, 5)), ((3, 2), (1, 4, 3, 4)), ((1, 1), (2, 4, 6, 7))]
+)
+def test_window_dense_equals_conv2d_with_its_weights(kernel, shape, rng):
+    layer = WindowDense(6, kernel, activation="relu")
+    x = rng.normal(0, 1, shape).astype("float32")
+    out = layer(x)
+    conv = keras.layers.Conv2D(6, kernel, activation="relu")
+    conv.build(shape)
+    conv.set_weights(layer.get_weights())
+    assert out.shape == conv(x).shape
+    np.testing.assert_allclose(out, conv(x), rtol=1e-5, atol=1e-5)
+    # One cell by hand: the window times fc1's (rows x cols x channels, units) matrix.
+    kernel_value, bias = layer.get_weights()
+    window = x[1 % shape[0], 1 : 1 + kernel[0], 0 : kernel[1]].reshape(-1)
+    by_hand = np.maximum(window @ kernel_value.reshape(-1, 6) + bias, 0)
+    np.testing.assert_allclose(out[1 % shape[0], 1, 0], by_hand, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="strides 1"):
+        WindowDense(6, kernel, strides=2)
