@@ -7,7 +7,7 @@ A recipe has six sections, every key optional except `data.root`::
     [data]       root, val_root, labels_file, label_offset, val_split, train_scale,
                  val_scale, crop_size, stats, flip, color_shift, annotations,
                  val_annotations, threads
-    [optimizer]  lr, momentum, weight_decay, weight_decay_mode
+    [optimizer]  name, lr, momentum, weight_decay, weight_decay_mode
     [schedule]   epochs, plateau_patience, factor, min_delta, max_reductions
     [init]       from_run, mode
     [run]        name, seed, precision, batch_size, runs_dir, steps_per_epoch, val_steps
@@ -54,6 +54,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 INITS = ("normal", "glorot")
 INIT_MODES = ("a_layers", "all", "all_but_head")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
+OPTIMIZERS = ("sgd", "adam")
 FINE_TUNE = ("all", "fc")
 
 
@@ -157,6 +158,9 @@ class OptimizerSection:
     """Mini-batch SGD with momentum (Sec. 3.1).
 
     Attributes:
+        name: "sgd" (the paper's: SGD with `momentum`) or "adam" (Kingma & Ba 2015, Keras's
+            defaults besides `lr`; `momentum` unused): not in the paper, for small demo nets
+            whose loss is too small for one SGD rate to suit every layer (the box loss).
         lr: Initial learning rate (1e-2; 1e-3 for nets initialised from a trained net).
         momentum: 0.9.
         weight_decay: 5e-4.
@@ -166,6 +170,7 @@ class OptimizerSection:
             the momentum step, Loshchilov & Hutter).
     """
 
+    name: str = "sgd"
     lr: float = 1e-2
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -470,6 +475,8 @@ def _check(recipe: Recipe, path: str) -> None:
         fail("data.val_scale", f"Q = {d.val_scale} is smaller than the crop {d.crop_size}")
     if d.threads is not None and d.threads < 1:
         fail("data.threads", f"must be >= 1, got {d.threads}")
+    if o.name not in OPTIMIZERS:
+        fail("optimizer.name", f"must be one of {list(OPTIMIZERS)}, got {o.name!r}")
     if o.lr <= 0:
         fail("optimizer.lr", f"must be > 0, got {o.lr}")
     if not 0 <= o.momentum < 1:

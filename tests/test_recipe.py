@@ -138,6 +138,7 @@ BAD = [
     ("[data]\ntrain_scale = [200, 512]\n", [], "data.crop_size", "S = 200"),
     ("", ["data.root="], "data.root", "missing"),
     ("[optimizer]\nweight_decay_mode = 'adamw'\n", [], "optimizer.weight_decay_mode", "'adamw'"),
+    ("[optimizer]\nname = 'rmsprop'\n", [], "optimizer.name", "'rmsprop'"),
     ("[run]\nprecision = 'half'\n", [], "run.precision", "'half'"),
     ("[schedule]\nfactor = 1.5\n", [], "schedule.factor", "(0, 1)"),
     ("[init]\nmode = 'some'\n", [], "init.mode", "'some'"),

@@ -147,6 +147,32 @@ def test_weight_decay_adds_decay_times_w_to_the_gradient(tmp_path, mode):
     assert (len(model.losses) > 0) == (mode == "l2")
 
 
+def test_adam_step_by_hand(tmp_path):
+    """optimizer.name = "adam": Kingma & Ba's first step, w - lr * m / (sqrt(v) + eps)."""
+    recipe = tiny_recipe(
+        tmp_path,
+        model={"dropout": 0.0},
+        optimizer={"name": "adam", "lr": 0.01, "weight_decay": 0.0},
+    )
+    keras.utils.set_random_seed(3)
+    model = training.build_model(recipe, CLASSES, "float32")
+    optimizer = training.make_optimizer(recipe, "float32")
+    rng = np.random.default_rng(1)
+    grads = [rng.normal(0, 1, v.shape).astype("float32") for v in model.trainable_variables]
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    for _ in range(2):
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    beta1, beta2, eps = 0.9, 0.999, 1e-7
+    for w0, g, v in zip(before, grads, model.trainable_variables, strict=True):
+        w = w0.astype(np.float64)
+        for t in (1, 2):
+            m = (1 - beta1**t) * g  # the same gradient twice: m_t, v_t in closed form
+            s = (1 - beta2**t) * g.astype(np.float64) ** 2
+            step = 0.01 * np.sqrt(1 - beta2**t) / (1 - beta1**t)
+            w = w - step * m / (np.sqrt(s) + eps)
+        np.testing.assert_allclose(v.numpy(), w, rtol=1e-4, atol=1e-6)
+
+
 # === A whole run ===
 
 

@@ -3,7 +3,7 @@
 `build_model` gives the recipe's net with the paper's initialiser and weight decay;
 `initialize` copies layers from a trained net (B-E from A, S = 384 from S = 256,
 fine-tuning) and adapts its first convolution to this run's input; `make_optimizer` and
-`compile_model` are SGD with momentum and the top-1 / top-5 metrics; `run_record` is what
+`compile_model` are SGD with momentum (or Adam) and the top-1 / top-5 metrics; `run_record` is what
 the trained model expects. `multi_worker_workarounds` patches a model for
 MultiWorkerMirroredStrategy.
 
@@ -161,14 +161,16 @@ def initialize(
 
 
 def make_optimizer(recipe, precision: str) -> keras.optimizers.Optimizer:
-    """The recipe's SGD with momentum (Sec. 3.1), loss-scaled under mixed float16."""
+    """The recipe's SGD with momentum (Sec. 3.1) or Adam, loss-scaled under mixed float16."""
     o = recipe.optimizer
     decoupled = o.weight_decay_mode == "decoupled" and o.weight_decay > 0
-    optimizer = keras.optimizers.SGD(
-        learning_rate=o.lr,
-        momentum=o.momentum,
-        weight_decay=o.weight_decay if decoupled else None,
-    )
+    weight_decay = o.weight_decay if decoupled else None
+    if o.name == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=o.lr, weight_decay=weight_decay)
+    else:
+        optimizer = keras.optimizers.SGD(
+            learning_rate=o.lr, momentum=o.momentum, weight_decay=weight_decay
+        )
     if decoupled:
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     if precision == "mixed_float16":
