@@ -3,8 +3,8 @@
 `build_model` gives the recipe's net with the paper's initialiser and weight decay;
 `initialize` copies layers from a trained net (B-E from A, S = 384 from S = 256,
 fine-tuning) and adapts its first convolution to this run's input; `make_optimizer` and
-`compile_model` are SGD with momentum (or Adam) and the top-1 / top-5 metrics; `run_record` is what
-the trained model expects. `multi_worker_workarounds` patches a model for
+`compile_model` are SGD with momentum (or Adam) and the top-1 / top-5 metrics;
+`run_record` is what the trained model expects. `multi_worker_workarounds` patches a model for
 MultiWorkerMirroredStrategy.
 
 Weight decay. The paper's 5e-4 is Caffe's: the loss gets 0.5 * 5e-4 * ||w||^2, so each
