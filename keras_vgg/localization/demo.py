@@ -45,7 +45,7 @@ __all__ = ["PHOTOS", "LocalizationDemoResult", "run_localization_demo", "write_c
 #: scikit-image's bundled colour photographs the digits are pasted onto.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 #: Canvases per split.
-SPLITS = {"train": 4000, "val": 300, "test": 300}
+SPLITS = {"train": 8000, "val": 300, "test": 300}
 
 
 def _digits_by_split(seed: int):
@@ -140,8 +140,9 @@ def write_canvases(
             folder = os.path.join(root, split, str(label))
             os.makedirs(folder, exist_ok=True)
             name = f"{n:04d}"
+            # PNG is lossless at any level: level 1 writes the same pixels ~3x faster.
             Image.fromarray(canvas.round().astype(np.uint8)).save(
-                os.path.join(folder, name + ".png")
+                os.path.join(folder, name + ".png"), compress_level=1
             )
             # Plain writes: the tree is remade whole unless the marker (written last,
             # atomically) says it is complete.
