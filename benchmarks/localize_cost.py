@@ -76,13 +76,21 @@ def best_per_image(fn, images, repeats: int) -> float:
     return best / len(images)
 
 
-def interleaved(fns: dict, images, repeats: int) -> dict:
-    """Best seconds per image of each function, timed in turns (a busy machine slows all)."""
+def interleaved(fns: dict, images, repeats: int) -> tuple[dict, dict]:
+    """Best wall and best CPU seconds per image of each function, timed in turns.
+
+    A busy machine slows every function alike in wall time only roughly; the process's CPU
+    time (all its threads) counts the work itself, which other jobs on the machine change
+    much less.
+    """
     best = dict.fromkeys(fns, float("inf"))
+    cpu = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
         for name, fn in fns.items():
+            start = time.process_time()
             best[name] = min(best[name], best_per_image(fn, images, 1))
-    return best
+            cpu[name] = min(cpu[name], (time.process_time() - start) / len(images))
+    return best, cpu
 
 
 def shares(image, localizer: Localizer) -> dict[str, float]:
@@ -158,7 +166,7 @@ def main() -> None:
     for localizer in localizers.values():
         localizer.localize(images[0])
     reference = "dense classification"
-    timed = interleaved(
+    timed, cpu = interleaved(
         {reference: classify} | {k: loc.localize for k, loc in localizers.items()},
         images,
         args.repeats,
@@ -168,6 +176,8 @@ def main() -> None:
         reference: {
             "seconds": timed[reference],
             "ratio": 1.0,
+            "cpu_seconds": cpu[reference],
+            "cpu_ratio": 1.0,
             "forward_per_scale": {
                 q: best_per_image(dense.score_maps, [x] * 2, args.repeats) for q, x in first.items()
             },
@@ -177,6 +187,8 @@ def main() -> None:
         rows[name] = {
             "seconds": timed[name],
             "ratio": timed[name] / timed[reference],
+            "cpu_seconds": cpu[name],
+            "cpu_ratio": cpu[name] / cpu[reference],
             "shares": shares(images[0], localizer),
             "forward_per_scale": per_scale_forward(localizer, images[0], args.repeats),
         }
@@ -187,7 +199,10 @@ def main() -> None:
             extra = (
                 "  (" + ", ".join(f"{k} {100 * v:.1f} %" for k, v in row["shares"].items()) + ")"
             )
-        print(f"{name:34s} {row['seconds']:.3f} s/image  {row['ratio']:.2f}x{extra}")
+        print(
+            f"{name:34s} {row['seconds']:.3f} s/image  {row['ratio']:.2f}x  "
+            f"CPU {row['cpu_seconds']:.3f} s/image  {row['cpu_ratio']:.2f}x{extra}"
+        )
     print("forward pass per scale, s (first photograph):")
     for name, row in rows.items():
         cells = "  ".join(f"Q={q}: {t:.3f}" for q, t in row["forward_per_scale"].items())
