@@ -25,6 +25,28 @@ def kvgg(*args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+# The longest test files (each 30 s or more of one core in `make test`), started first.
+# pytest-xdist's `--dist loadfile` hands whole files to the workers in collection order; a
+# long file handed out last keeps one core busy while the other has nothing left to run.
+LONGEST_FIRST = (
+    "test_weights_pretrained.py",
+    "test_features_demo.py",
+    "test_training_resume.py",
+    "test_models.py",
+    "test_distribute.py",
+    "test_training_demo.py",
+    "test_features.py",
+    "test_recipe.py",
+    "test_evaluation_cli.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Orders the test files longest first (stable: each file keeps its own order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 CONFIG_NAMES = ["A", "A-LRN", "B", "C", "D", "E"]
 
 # Every stage a different width (a builder that drops or repeats a block cannot pass).
