@@ -22,11 +22,12 @@ demo-localize: $(STAMP)
 	$(BIN)/kvgg demo localize
 
 # Both tiers in one run: the fast tests and the full-size `slow` ones, one worker per core,
-# each test file whole on one worker (its module-scoped models are built once).
+# each test file whole on one worker (its module-scoped models are built once), the longest
+# files first (tests/conftest.py: LONGEST_FIRST).
 TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(BIN)/ruff check keras_vgg tests benchmarks
-	$(BIN)/python -m pytest -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 import sys
@@ -53,6 +54,21 @@ def _start_tensorflow_quietly() -> None:
                 print(line, file=sys.stderr)
 
 
+def heavy(*names: str):
+    """Imports the keras_vgg modules NAMES (those that need Keras), starting TensorFlow quietly.
+
+    Each command first checks what needs no TensorFlow (its options, the files, recipes and
+    data folders it was given) and only then calls this, so a mistyped path or key is
+    answered in a fraction of a second instead of after TensorFlow's start-up (~4 s).
+
+    Returns:
+        The module, or a tuple of modules when several names are given.
+    """
+    _start_tensorflow_quietly()
+    modules = tuple(importlib.import_module(f"keras_vgg.{name}") for name in names)
+    return modules[0] if len(modules) == 1 else modules
+
+
 class UserError(click.ClickException):
     """A one-line error about the user's input: exit code 2, no traceback."""
 
@@ -68,7 +84,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def user_errors(func):
-    """Starts TensorFlow quietly; turns the library's errors into one line, no traceback.
+    """Turns the library's errors into one line, no traceback (TensorFlow starts in `heavy`).
 
     Exit code 2 (the user's input): ValueError, FileNotFoundError, `runs.RunInUse` (another
     process holds the run directory). Exit code 1 (the machine): any other OSError, such as
@@ -78,7 +94,6 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        _start_tensorflow_quietly()
         try:
             return func(*args, **kwargs)
         except (ValueError, OSError, RuntimeError) as exc:
@@ -125,11 +140,12 @@ def _parse_input_shape(value: str | None):
 @user_errors
 def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape):
     """Print the layer table and parameter count of CONFIG (A, A-LRN, B, C, D, E, vgg16...)."""
-    from keras_vgg import configs, models
+    from keras_vgg import configs
 
     if all_configs == (config is not None):
         raise UserError("give either a CONFIG or --all")
     shape = _parse_input_shape(input_shape)
+    models = heavy("models")
     kwargs = dict(
         include_top=not no_top,
         batch_norm=batch_norm,
@@ -180,9 +196,10 @@ _PREPROCESSING_CHOICES = ("paper", "keras_caffe", "torchvision")
 @user_errors
 def convert(src, dest, config, preprocessing):
     """Write a Keras 2 .h5, torchvision .pth or .npz weights file SRC as DEST (.weights.h5)."""
-    from keras_vgg import imagenet, weights
+    from keras_vgg import imagenet
 
     chosen = None if preprocessing is None else getattr(imagenet, preprocessing.upper())
+    weights = heavy("weights")
     try:
         result = weights.convert(src, dest, config, preprocessing=chosen)
     except ImportError as exc:  # a .pth without the optional torch
@@ -229,11 +246,11 @@ def data_stats(root, labels_file, sample, seed, output):
     The eigenvalues are on the 0-1 pixel scale, like AlexNet's published ImageNet values.
     """
     from keras_vgg.data import sources
-    from keras_vgg.data import stats as stats_lib
 
-    source = sources.as_source(root, labels_file)
     if sample is not None and sample < 1:
         raise UserError(f"--sample must be a positive integer, got {sample}")
+    source = sources.as_source(root, labels_file)
+    stats_lib = heavy("data.stats")
     try:
         total = len(source)
     except TypeError:  # TFRecord shards without a known record count
@@ -280,9 +297,10 @@ main.add_command(
 @user_errors
 def data_check(root, labels_file, workers, min_side, output):
     """Scan ROOT for unreadable and unusual images; exit 1 if any is unreadable."""
-    from keras_vgg.data import check, sources
+    from keras_vgg.data import sources
 
     source = sources.open_source(root, labels_file)
+    check = heavy("data.check")
     with _progress_bar(len(source), "files") as bar:
         report = check.check_source(source, workers=workers, min_side=min_side, progress=bar.update)
     click.echo(report.to_text())
@@ -379,12 +397,12 @@ def evaluate(
     --dense and --multi-crop also give their combination (Table 5). The Markdown table is
     also written to evaluation.md (and the JSON to evaluation.json) in each run directory.
     """
-    from keras_vgg import evaluation
-
     if batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive integer, got {limit}")
+    parsed_scales = _parse_scales(scales)
+    evaluation = heavy("evaluation")
     protocols = [
         p for p, on in (("center", center_crop), ("dense", dense), ("multi_crop", multi_crop)) if on
     ]
@@ -395,7 +413,7 @@ def evaluate(
             data_root,
             labels_file=labels_file,
             protocols=protocols or ["dense"],
-            scales=_parse_scales(scales),
+            scales=parsed_scales,
             flip=not no_flip,
             dense_average=dense_average,
             batch_size=batch_size,
@@ -449,16 +467,16 @@ def features(
     The penultimate FC layer of each net, dense over the image rescaled to each Q, pooled,
     averaged with the flip, combined over the scales, L2-normalised.
     """
-    from keras_vgg import features as features_lib
-
     if batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
+    parsed_scales = _parse_scales(scales)
+    features_lib = heavy("features")
     with _RateProgress("describing") as callback:
         result = features_lib.extract_features(
             list(models),
             data_root,
             output,
-            scales=_parse_scales(scales),
+            scales=parsed_scales,
             aggregate=aggregate,
             flip=not no_flip,
             relu=not before_relu,
@@ -489,12 +507,13 @@ def transfer(features_file, train_per_class, test_per_class, splits, seed, cs, o
     import json
 
     from keras_vgg import files as files_lib
-    from keras_vgg.features import svm as transfer_lib
 
     try:
-        candidates = transfer_lib.DEFAULT_CS if cs is None else tuple(map(float, cs.split(",")))
+        candidates = None if cs is None else tuple(map(float, cs.split(",")))
     except ValueError:
         raise UserError(f"--C: expected numbers like 0.1,1,10, got {cs!r}") from None
+    transfer_lib = heavy("features.svm")
+    candidates = transfer_lib.DEFAULT_CS if candidates is None else candidates
     try:
         result = transfer_lib.transfer(
             features_file,
@@ -556,9 +575,6 @@ def predict(
     """
     import json
 
-    from keras_vgg import evaluation
-    from keras_vgg import weights as weights_lib
-
     if (model_path is None) == (config is None):
         raise UserError("give either --model FILE or --config NAME with --weights")
     if config is not None and weights is None:
@@ -568,6 +584,8 @@ def predict(
         )
     if model_path is not None and weights is not None:
         raise UserError("--weights goes with --config; --model files hold their own weights")
+    parsed_scales = _parse_scales(scales)
+    evaluation, weights_lib = heavy("evaluation", "weights")
     if config is not None:
         try:
             model = weights_lib.model_from_weights(weights, config)
@@ -584,7 +602,7 @@ def predict(
         images,
         top=top,
         protocol=protocol,
-        scales=_parse_scales(scales),
+        scales=parsed_scales,
         flip=not no_flip,
         batch_size=batch_size,
     )
@@ -599,16 +617,16 @@ def predict(
                     click.echo(f"  {probability:.4f}  {label}")
     failed = [r for r in results if r.error is not None]
     if heatmap is not None:
-        from keras_vgg import drawing
-        from keras_vgg.localization.evaluate import read_image
-
-        parsed = _parse_scales(scales)
+        drawing, loc_evaluate = heavy("drawing", "localization.evaluate")
         for r in results:
             if r.error is None:
                 stem = os.path.splitext(os.path.basename(r.path))[0]
                 out = os.path.join(heatmap, f"{stem}_heatmap.png")
                 drawing.heatmaps(
-                    model, read_image(r.path), out, scale=parsed[0] if parsed else None
+                    model,
+                    loc_evaluate.read_image(r.path),
+                    out,
+                    scale=parsed_scales[0] if parsed_scales else None,
                 )
                 click.echo(f"wrote {out}")
     for r in failed:
@@ -662,9 +680,7 @@ def export_command(model, out, format_, protocol, input_, quantize, calibration,
     with it. It is checked in its own runtime against the Keras model before it is
     written; the size and the agreement are printed.
     """
-    from keras_vgg.export import export_model
-
-    report = export_model(
+    report = heavy("export").export_model(
         model,
         out,
         format=format_,
@@ -684,9 +700,7 @@ def localize():
 
 
 def _localizer_classes(paths):
-    from keras_vgg.evaluation import load_model
-
-    return load_model(paths[0]).info.class_names
+    return heavy("evaluation").load_model(paths[0]).info.class_names
 
 
 @localize.command("evaluate")
@@ -705,11 +719,10 @@ def localize_evaluate(
     locnets, classifiers, data_root, annotations, scales, protocol, batch_size, output
 ):
     """Localisation error of LOCNET... (Tables 8 and 9): protocol 1 or 2."""
-    from keras_vgg.localization import annotations as annotations_lib
-    from keras_vgg.localization import evaluate as evaluate_lib
-
     if protocol == "2" and not classifiers:
         raise UserError("--protocol 2 needs --classifier CLSNET (it rates the boxes)")
+    parsed_scales = _parse_scales(scales)
+    annotations_lib, evaluate_lib = heavy("localization.annotations", "localization.evaluate")
     box_set = annotations_lib.read_boxes(
         data_root, annotations, class_names=_localizer_classes(locnets)
     )
@@ -721,7 +734,7 @@ def localize_evaluate(
         locnets,
         box_set,
         classifiers=classifiers,
-        scales=_parse_scales(scales),
+        scales=parsed_scales,
         protocol=int(protocol),
         batch_size=batch_size,
     )
@@ -744,16 +757,15 @@ def localize_predict(images, models, classifiers, scales, top, draw, as_json):
     """Top (class, box, score) guesses for IMAGES (protocol 2), optionally drawn."""
     import json
 
-    from keras_vgg.evaluation import image_files, load_model
-    from keras_vgg.evaluation.protocols import single_test_scale
-    from keras_vgg.localization import evaluate as evaluate_lib
-
     parsed = _parse_scales(scales)
+    evaluation, protocols, evaluate_lib = heavy(
+        "evaluation", "evaluation.protocols", "localization.evaluate"
+    )
     if parsed is None:
-        train_scale = load_model(models[0]).info.train_scale
-        parsed = (single_test_scale(train_scale) if train_scale else 256,)
+        train_scale = evaluation.load_model(models[0]).info.train_scale
+        parsed = (protocols.single_test_scale(train_scale) if train_scale else 256,)
     localizer = evaluate_lib.Localizer(models, classifiers, scales=parsed, top=top)
-    found = evaluate_lib.predict_boxes(localizer, image_files(images), draw=draw)
+    found = evaluate_lib.predict_boxes(localizer, evaluation.image_files(images), draw=draw)
     if as_json:
         click.echo(
             json.dumps(
@@ -803,11 +815,11 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
     last checkpoint left it. With --dry-run several recipes may be given, and each is checked.
     """
     from keras_vgg import recipe as recipe_lib
-    from keras_vgg import training
 
     if len(recipe_paths) > 1 and not dry_run:
         raise UserError("give one RECIPE.toml (several only with --dry-run)")
     recipes = [recipe_lib.load_recipe(path, overrides) for path in recipe_paths]
+    training = heavy("training")
     if dry_run:
         problems = []
         for path, recipe in zip(recipe_paths, recipes, strict=True):
@@ -859,14 +871,11 @@ def demo(which, recipe_path, data_root, prepare_only, overwrite):
     `kvgg demo features`: train on digits 0-4 only, then linear SVMs on the nets'
     block2_pool maps of digits 5-9 against raw pixels (Appendix B in small).
     """
-    from keras_vgg import demo as demo_lib
-    from keras_vgg import training
-
+    if which == "localize" and prepare_only:
+        raise UserError("--prepare-only is for the digits demo")
+    demo_lib, training = heavy("demo", "training")
     if which == "localize":
-        from keras_vgg.localization import demo as loc_demo
-
-        if prepare_only:
-            raise UserError("--prepare-only is for the digits demo")
+        loc_demo = heavy("localization.demo")
         try:
             loc_demo.run_localization_demo(
                 data_root or "runs/loc_digits", overwrite=overwrite, print_fn=click.echo

@@ -2,7 +2,8 @@
 
 One fresh Python per backend (JAX, torch) for the whole suite: it reads the inputs that
 `conftest.write_backend_inputs` wrote to DIR and writes what this backend computes from them
-(builders' outputs, preprocess_input, the perceptual and style losses with their gradients)
+(builders' outputs, preprocess_input, the perceptual and style losses with their gradients,
+the device half of the training input and the model steps it runs in)
 as .npy files next to them. The tests compare them with TensorFlow and NumPy in their own
 process. Not collected by pytest (no test_ prefix).
 """
@@ -14,7 +15,7 @@ import keras
 import numpy as np
 
 import keras_vgg
-from keras_vgg import features
+from keras_vgg import augment, features
 
 backend, folder = sys.argv[1], sys.argv[2]
 assert keras.backend.backend() == backend, keras.backend.backend()
@@ -94,3 +95,28 @@ for name, loss in losses.items():
         grad = y.grad
     save(name, value)
     save(f"{name}_grad", grad)
+
+# The device half of the training input (tests/test_augment.py): flip, colour shift and
+# each convention on a uint8 batch, and a net's steps fed the pipelines' batches.
+batch = {k: np.load(f"{folder}/aug_{k}.npy") for k in augment.BATCH_KEYS}
+for name in settings["conventions"]:
+    save(f"aug_{name}", augment.device_batch(batch, getattr(keras_vgg, name)))
+net = keras_vgg.build(
+    "A",
+    weights=f"{folder}/aug.weights.h5",
+    input_shape=(32, 32, 3),
+    kernel_initializer="zeros",
+    **settings["small"],
+)
+net.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+labels = np.array([1, 3])
+net_batch = {
+    "image": np.load(f"{folder}/aug_net_image.npy"),
+    "flip": np.array([True, False]),
+    "color": np.array([[10.0, -5.0, 2.5], [-30.0, 0.0, 7.0]], np.float32),
+}
+finished = augment.device_batch(net_batch, keras_vgg.PAPER)
+plain_loss = net.test_on_batch(finished, labels)  # builds the loss (float input, no hook)
+augment.attach_device_input(net)
+save("aug_losses", np.array([plain_loss, net.test_on_batch(net_batch, labels)]))
+save("aug_train_loss", np.array(net.train_on_batch(net_batch, labels)))

@@ -25,6 +25,28 @@ def kvgg(*args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+# The longest test files (each 30 s or more of one core in `make test`), started first.
+# pytest-xdist's `--dist loadfile` hands whole files to the workers in collection order; a
+# long file handed out last keeps one core busy while the other has nothing left to run.
+LONGEST_FIRST = (
+    "test_weights_pretrained.py",
+    "test_features_demo.py",
+    "test_training_resume.py",
+    "test_models.py",
+    "test_distribute.py",
+    "test_training_demo.py",
+    "test_features.py",
+    "test_recipe.py",
+    "test_evaluation_cli.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Orders the test files longest first (stable: each file keeps its own order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 CONFIG_NAMES = ["A", "A-LRN", "B", "C", "D", "E"]
 
 # Every stage a different width (a builder that drops or repeats a block cannot pass).
@@ -117,6 +139,15 @@ def write_backend_inputs(folder: pathlib.Path) -> None:
         "D", include_top=False, input_shape=(32, 32, 3), width=BACKEND_SETTINGS["loss_width"]
     )
     vgg.save_weights(folder / "vgg.weights.h5")
+    # The device half of the training input (tests/test_augment.py): uint8 crops with
+    # their flip bits and colour shifts, and a tiny net to run them through its steps.
+    images = rng.integers(0, 256, (3, 6, 5, 3)).astype(np.uint8)
+    images[0, 0, 0], images[1, 0, 0] = (0, 255, 7), (255, 255, 255)
+    np.save(folder / "aug_image.npy", images)
+    np.save(folder / "aug_flip.npy", np.array([True, False, True]))
+    np.save(folder / "aug_color.npy", rng.normal(0, 20, (3, 3)).astype(np.float32))
+    keras_vgg.build("A", input_shape=(32, 32, 3), **SMALL).save_weights(folder / "aug.weights.h5")
+    np.save(folder / "aug_net_image.npy", rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8))
     np.save(folder / "a.npy", rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32))
     np.save(folder / "b.npy", rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32))
 

@@ -1,4 +1,5 @@
-"""Real image files for the data tests, made with Pillow (imported by tests/test_data_*.py)."""
+"""Real image files for the data tests, made with Pillow (imported by tests/test_data_*.py),
+and `take`: a pipeline's batches as the network sees them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,23 @@ import os
 
 import numpy as np
 from PIL import Image
+
+
+def take(ds, n: int, mean=(0.0, 0.0, 0.0)) -> list[tuple[np.ndarray, ...]]:
+    """n batches of a pipeline as NumPy, their images as the network sees them.
+
+    The pipelines hand over uint8 crops (and, in training, each one's flip and colour
+    shift); they are finished as on the device (`keras_vgg.augment.device_batch`), minus
+    `mean`. The rest of each batch (labels, targets) is as the pipeline gives it.
+    """
+    from keras_vgg import augment
+    from keras_vgg.imagenet import Preprocessing
+
+    finish = Preprocessing(mean=tuple(mean))
+    return [
+        (augment.device_batch(batch[0], finish).numpy(), *(t.numpy() for t in batch[1:]))
+        for batch in ds.take(n)
+    ]
 
 
 def photo(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -1,7 +1,11 @@
 """`kvgg` as a real process: version, summary, one-line errors."""
 
+import json
+import subprocess
+import sys
+
 import pytest
-from conftest import kvgg
+from conftest import ROOT, kvgg
 
 import keras_vgg
 
@@ -52,3 +56,67 @@ def test_summary_all_prints_table_2():
     assert rows["A-LRN"][:2] == ["11", "132,863,336"]
     assert rows["C"][:2] == ["16", "133,638,952"]
     assert rows["E"] == ["19", "143,667,240", "144", "M"]
+
+
+# Mistakes `kvgg` answers before it starts TensorFlow: (arguments, the error's fragment).
+CHEAP_MISTAKES = [
+    (["data", "check", "{tmp}/missing"], "{tmp}/missing: no such directory"),
+    (["data", "stats", "{tmp}", "--sample", "0"], "--sample must be a positive integer"),
+    (["fit", "{tmp}/nope.toml"], "{tmp}/nope.toml: recipe file not found"),
+    (["fit", "{tmp}/bad.toml", "--dry-run"], "bad.toml: optimizer.lrate: unknown key"),
+    (["predict", "--config", "D", "x.jpg"], "--config needs --weights"),
+    (["predict", "x.jpg"], "give either --model FILE or --config NAME"),
+    (["evaluate", "m.keras", "--data", "{tmp}", "--batch-size", "0"], "--batch-size must be"),
+    (["evaluate", "m.keras", "--data", "{tmp}", "--scales", "2x"], "--scales: expected integers"),
+    (
+        ["features", "m.keras", "--data", "{tmp}", "-o", "f.npz", "--batch-size", "0"],
+        "--batch-size",
+    ),
+    (["transfer", "f.npz", "--C", "big"], "--C: expected numbers"),
+    (
+        ["localize", "evaluate", "m.keras", "--data", "{tmp}", "--annotations", "{tmp}"],
+        "--protocol 2 needs --classifier",
+    ),
+    (["demo", "localize", "--prepare-only"], "--prepare-only is for the digits demo"),
+]
+
+# Runs each mistake through `kvgg`'s own entry point in one fresh process, then reports
+# whether TensorFlow or Keras was ever imported.
+CHEAP_MISTAKES_SCRIPT = """
+import contextlib, io, json, sys
+from keras_vgg.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            main(args, prog_name="kvgg")
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+    results.append([code, err.getvalue()])
+print(json.dumps({"results": results, "imported": sorted(
+    m for m in ("tensorflow", "keras", "jax", "torch") if m in sys.modules)}))
+"""
+
+
+def test_cheap_mistakes_are_answered_before_tensorflow_starts(tmp_path):
+    (tmp_path / "bad.toml").write_text("[optimizer]\nlrate = 0.01\n")
+    cases = [
+        ([a.format(tmp=tmp_path) for a in args], fragment.format(tmp=tmp_path))
+        for args, fragment in CHEAP_MISTAKES
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", CHEAP_MISTAKES_SCRIPT, json.dumps([a for a, _ in cases])],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    for (args, fragment), (code, stderr) in zip(cases, report["results"], strict=True):
+        assert code == 2, (args, stderr)
+        assert stderr.startswith("kvgg: error: ") and stderr.count("\n") == 1, (args, stderr)
+        assert fragment in stderr, (args, stderr)
+    assert report["imported"] == []

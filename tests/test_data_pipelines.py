@@ -17,24 +17,21 @@ from data_images import (
     make_bad_files,
     make_class_tree,
     photo,
+    take,
     write,
 )
 from PIL import Image
 
 import keras_vgg.data
-from keras_vgg import TrainScale, build, evaluation, to_fully_convolutional
+from keras_vgg import TrainScale, augment, build, evaluation, to_fully_convolutional
 from keras_vgg.data import decoding, pipelines, sources
 from keras_vgg.data import transforms as T
 from keras_vgg.data.stats import IMAGENET_STATS
-from keras_vgg.imagenet import preprocess_input
+from keras_vgg.imagenet import IMAGENET_MEAN, preprocess_input
 
 SMALL = dict(train_scale=(36, 48), crop_size=32)
 # S = crop and no augmentation: each training image is its whole (square) file, resized.
-PLAIN = dict(train_scale=32, crop_size=32, flip=False, color_shift=None, mean=(0, 0, 0))
-
-
-def take(ds, n):
-    return [tuple(t.numpy() for t in batch) for batch in ds.take(n)]
+PLAIN = dict(train_scale=32, crop_size=32, flip=False, color_shift=None)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +49,12 @@ def square(tmp_path_factory):
         for i in range(3):
             write(root / f"k{c}" / f"{i}.JPEG", jpeg(40, 40, 20 * c + i))
     source = sources.open_source(root)
-    refs = [
-        tf.image.resize(
-            tf.cast(tf.io.decode_jpeg(tf.io.read_file(f), channels=3), tf.float32), [32, 32]
-        ).numpy()
+    refs = [  # resized, rounded to uint8 as the CPU hands crops over
+        np.round(
+            tf.image.resize(
+                tf.cast(tf.io.decode_jpeg(tf.io.read_file(f), channels=3), tf.float32), [32, 32]
+            ).numpy()
+        )
         for f in source.files
     ]
     return source, np.stack(refs)
@@ -79,8 +78,13 @@ def identify(images, refs, atol=1e-3):
 
 def test_training_batches_shapes_dtypes_and_epoch_labels(tree):
     ds = pipelines.training_dataset(tree, batch_size=4, seed=1, **SMALL)
-    assert ds.element_spec[0].shape.as_list() == [4, 32, 32, 3]
-    batches = take(ds, 6)  # 12 files, batch 4: 3 batches per epoch, two epochs
+    # What crosses to the device: uint8 crops and each one's flip bit and colour shift.
+    spec = ds.element_spec[0]
+    assert sorted(spec) == sorted(augment.BATCH_KEYS)
+    assert spec["image"].shape.as_list() == [4, 32, 32, 3] and spec["image"].dtype == tf.uint8
+    assert spec["flip"].shape.as_list() == [4] and spec["flip"].dtype == tf.bool
+    assert spec["color"].shape.as_list() == [4, 3] and spec["color"].dtype == tf.float32
+    batches = take(ds, 6, IMAGENET_MEAN)  # 12 files, batch 4: 3 batches per epoch, two epochs
     for x, y in batches:
         assert x.shape == (4, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
     for epoch in (batches[:3], batches[3:]):
@@ -115,11 +119,10 @@ def test_training_flip_colour_shift_and_mean(square):
         train_scale=32,
         crop_size=32,
         color_shift=IMAGENET_STATS,
-        mean=mean,
         seed=3,
     )
     flips = 0
-    for x, y in take(ds, 4):
+    for x, y in take(ds, 4, mean):
         for image, label in zip(x, y, strict=True):
             restored = image + np.float32(mean)
             # The colour shift is one RGB offset for the whole image (AlexNet's PCA noise).
@@ -142,7 +145,7 @@ def test_training_scale_jitter_changes_the_crop_size(tmp_path):
     ramp = np.repeat(np.linspace(0, 255, 96, dtype=np.float32)[:, None], 96, axis=1)
     write(tmp_path / "a" / "ramp.png", encode(np.dstack([ramp] * 3).astype(np.uint8), "PNG"))
     source = sources.open_source(tmp_path)
-    common = dict(batch_size=1, crop_size=32, flip=False, color_shift=None, mean=(0, 0, 0))
+    common = dict(batch_size=1, crop_size=32, flip=False, color_shift=None)
 
     def spans(scale, n=12):
         return [
@@ -420,7 +423,8 @@ def test_evaluation_center_crops_in_source_order(png_tree):
     source, pixels = png_tree
     mean = np.float32([123.68, 116.779, 103.939])
     ds = pipelines.evaluation_dataset(source, batch_size=2, scale=36, crop_size=32)
-    batches = take(ds, 10)
+    assert ds.element_spec[0].dtype == tf.uint8  # normalised on the device
+    batches = take(ds, 10, mean)
     assert [x.shape[0] for x, _ in batches] == [2, 2, 1]
     images = np.concatenate([x for x, _ in batches])
     labels = np.concatenate([y for _, y in batches]).tolist()
@@ -428,7 +432,8 @@ def test_evaluation_center_crops_in_source_order(png_tree):
     for image, pix in zip(images, pixels, strict=True):
         big = reference_rescale(pix, 36)
         top, left = (big.shape[0] - 32) // 2, (big.shape[1] - 32) // 2
-        np.testing.assert_allclose(image, big[top : top + 32, left : left + 32] - mean, atol=1e-3)
+        crop = np.round(big[top : top + 32, left : left + 32])
+        np.testing.assert_allclose(image, crop - mean, atol=1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -136,15 +136,18 @@ def test_multi_crops_fifty_per_scale():
 # === Training (Sec. 3.1): the random choices ===
 
 
-def one_draw(scale, top, left, flip=False, offset=(0.0, 0.0, 0.0)):
+def one_draw(scale, top, left):
     """One image's random choices, as `training_crop` takes them."""
     return {
         "scale": tf.constant(scale, tf.int32),
         "top": tf.constant(top, tf.float32),
         "left": tf.constant(left, tf.float32),
-        "flip": tf.constant(flip),
-        "offset": tf.constant(offset, tf.float32),
     }
+
+
+def rounded(image):
+    """NumPy's uint8 of a float image: round half to even, clip to 0-255."""
+    return np.clip(np.round(np.asarray(image)), 0, 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -276,21 +279,21 @@ def test_random_windows_in_bounds_and_seeded(mode):
 def test_training_crop_is_the_resized_window(mode, place):
     data = jpeg(60, 76, 4)
     top_frac, left_frac = place
-    out = run(mode, lambda c: T.training_crop(c, one_draw(40, *place), 32, flip=False), data)
+    out = run(mode, lambda c: T.training_crop(c, one_draw(40, *place), 32), data)
     top, left, h, w = T.crop_window(60, 76, 40, 32, top_frac, left_frac).numpy()
-    assert out.shape == (32, 32, 3) and out.dtype == np.float32
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
 
     def resized(window):
         return tf.image.resize(tf.cast(window, tf.float32), [32, 32], antialias=False).numpy()
 
-    # Only the window of the JPEG is decoded: exactly its pixels, resized.
+    # Only the window of the JPEG is decoded: exactly its pixels, resized, rounded to uint8.
     window = tf.image.decode_and_crop_jpeg(data, [top, left, h, w], channels=3)
-    np.testing.assert_array_equal(out, resized(window))
+    np.testing.assert_array_equal(out, rounded(resized(window)))
     # The same crop as decoding the whole file (chroma upsampling at the window's edges may
     # differ by a few levels).
     full = tf.io.decode_jpeg(data, channels=3)[top : top + h, left : left + w]
-    assert np.abs(out - resized(full)).max() <= 8
-    assert np.abs(out - resized(full)).mean() < 0.5
+    assert np.abs(out - resized(full)).max() <= 8.5
+    assert np.abs(out - resized(full)).mean() < 0.6
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -299,14 +302,14 @@ def test_training_crop_png_same_window_as_jpeg_path(mode):
     out = run(mode, lambda c: T.training_crop(c, one_draw(40, 0.7, 0.2), 32), encode(pic, "PNG"))
     top, left, h, w = T.crop_window(50, 66, 40, 32, 0.7, 0.2).numpy()
     ref = tf.image.resize(pic[top : top + h, left : left + w].astype(np.float32), [32, 32])
-    np.testing.assert_array_equal(out, ref.numpy())
+    np.testing.assert_array_equal(out, rounded(ref))
 
 
 def test_training_crop_scale_equal_crop_is_rescale():
     # S = crop on a square image: the crop is the whole image rescaled to S.
     pic = photo(48, 48, 2)
     out = T.training_crop(tf.constant(encode(pic, "PNG")), one_draw(32, 0.4, 0.9), 32)
-    np.testing.assert_allclose(out.numpy(), T.rescale_isotropic(pic, 32).numpy(), atol=1e-4)
+    np.testing.assert_array_equal(out.numpy(), rounded(T.rescale_isotropic(pic, 32)))
 
 
 def test_training_crop_truncated_jpeg_fails_whatever_the_window():
@@ -315,36 +318,6 @@ def test_training_crop_truncated_jpeg_fails_whatever_the_window():
     for scale, top in [(256, 0.0), (256, 0.2), (40, 0.0), (40, 1.0)]:
         with pytest.raises(tf.errors.InvalidArgumentError):
             T.training_crop(data, one_draw(scale, top, 0.5), 32)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_training_crop_flip_and_offset(mode):
-    data = jpeg(50, 64, 7)
-    offset = (5.5, -120.25, 3.0)
-
-    def crop(flip, offset, apply_flip=True):
-        return run(
-            mode,
-            lambda c: T.training_crop(
-                c, one_draw(44, 0.5, 0.25, flip, offset), 32, flip=apply_flip
-            ),
-            data,
-        )
-
-    plain = crop(False, (0.0, 0.0, 0.0))
-    assert not np.array_equal(plain, plain[:, ::-1])
-    np.testing.assert_array_equal(crop(True, (0.0, 0.0, 0.0)), plain[:, ::-1])
-    np.testing.assert_array_equal(crop(True, (0.0, 0.0, 0.0), apply_flip=False), plain)
-    # The offset (colour shift - mean) is added to every pixel.
-    np.testing.assert_array_equal(crop(False, offset), plain + np.float32(offset))
-    np.testing.assert_array_equal(crop(True, offset), plain[:, ::-1] + np.float32(offset))
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_flip_if(mode):
-    image = photo(20, 24, 1).astype(np.float32)
-    np.testing.assert_array_equal(run(mode, T.flip_if, image, True), image[:, ::-1])
-    np.testing.assert_array_equal(run(mode, T.flip_if, image, False), image)
 
 
 # === Mean, rescale, resize, windows, per-channel add ===

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import pathlib
 
+from conftest import LONGEST_FIRST
+
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "keras_vgg"
 # The command line imports the library inside each command, so `kvgg --version` and
 # `--help` start without Keras: not a hidden cycle.
@@ -100,3 +102,8 @@ def test_the_checks_see_a_cycle_and_a_hidden_import():
     tree = {"keras_vgg.x": None, "keras_vgg.y": None}
     node = ast.parse("from keras_vgg import y").body[0]
     assert _targets(node, "keras_vgg.x", tree) == ["keras_vgg.y"]
+
+
+def test_longest_first_names_test_files_that_exist():
+    tests = pathlib.Path(__file__).parent
+    assert [name for name in LONGEST_FIRST if not (tests / name).is_file()] == []

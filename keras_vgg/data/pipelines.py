@@ -7,11 +7,12 @@ same batches, every epoch differs, parallel decoding cannot change the result, a
 resumed with `start_epoch=k` sees exactly what an uninterrupted run sees from epoch k on
 (each epoch is batched on its own, so batches never straddle two epochs).
 
-Speed (see benchmarks/pipeline_throughput.py): per image only the crop window of a JPEG
-is decoded, and all the work on it is one map call (`transforms.training_crop`): resize,
-flip, then colour shift and mean in one per-channel add, while the crop is in the CPU's
-cache. What can be done for many images at once is (random choices per block of
-positions). tf.data fuses each training map with its batch (also inside the per-epoch
+Speed (see benchmarks/pipeline_throughput.py): the CPU part ends at uint8. Per image only
+the crop window of a JPEG is decoded, resized to the crop and rounded, in one map call
+(`transforms.training_crop`); its flip bit and colour shift travel with the batch, and the
+flip, colour shift, mean and cast run on the device, a batch at once
+(`keras_vgg.augment`), where they cost next to nothing. What can be done for many images
+at once is (random choices per block of positions). tf.data fuses each training map with its batch (also inside the per-epoch
 `flat_map`), so worker threads hand over whole batches.
 
 Bad files: decoding goes through `keras_vgg.data.decoding.decode_groups`, which skips,
@@ -32,7 +33,6 @@ from keras_vgg.data import transforms
 from keras_vgg.data.decoding import BadFileLog, decode_groups, decoded_images, empty_batch
 from keras_vgg.data.sources import DataSource
 from keras_vgg.data.stats import IMAGENET_STATS, DatasetStats
-from keras_vgg.imagenet import IMAGENET_MEAN
 from keras_vgg.scales import TrainScale
 
 __all__ = [
@@ -134,16 +134,13 @@ def _options(threads: int | None = None) -> tf.data.Options:
 _DRAWS_BLOCK = 1024
 
 
-def _training_draws(
-    seed, epoch, train_scale: TrainScale, flip, color_shift, mean
-) -> tf.data.Dataset:
+def _training_draws(seed, epoch, train_scale: TrainScale, flip, color_shift) -> tf.data.Dataset:
     """Sec. 3.1's random choices for every position of one epoch, drawn block by block.
 
-    Yields dicts of "position" (0, 1, 2, ...), "scale", "top", "left", "flip" and "offset"
-    (the colour shift minus the mean RGB), forever. What position p gets depends only on
-    (seed, epoch, p), so parallel decoding cannot change it and a resumed run repeats it.
+    Yields dicts of "position" (0, 1, 2, ...), "scale", "top", "left", "flip" and "color"
+    (the colour shift), forever. What position p gets depends only on (seed, epoch, p), so
+    parallel decoding cannot change it and a resumed run repeats it.
     """
-    mean = tf.constant(mean, tf.float32)
 
     def block(index):
         draws = transforms.random_draws(
@@ -154,7 +151,6 @@ def _training_draws(
             eigenvalues=None if color_shift is None else color_shift.eigenvalues,
             eigenvectors=None if color_shift is None else color_shift.eigenvectors,
         )
-        draws["offset"] = draws.pop("color") - mean
         draws["position"] = index * _DRAWS_BLOCK + tf.range(_DRAWS_BLOCK, dtype=tf.int64)
         return tf.data.Dataset.from_tensor_slices(draws)
 
@@ -169,7 +165,6 @@ def training_dataset(
     crop_size: int = 224,
     flip: bool = True,
     color_shift: DatasetStats | None = IMAGENET_STATS,
-    mean: Sequence[float] = IMAGENET_MEAN,
     seed: int = 0,
     start_epoch: int = 0,
     num_shards: int = 1,
@@ -181,12 +176,14 @@ def training_dataset(
     threads: int | None = None,
     targets: Callable | None = None,
 ) -> tf.data.Dataset:
-    """The training input of Sec. 3.1, repeating forever from epoch `start_epoch`.
+    """The training input of Sec. 3.1 up to the device, repeating forever from `start_epoch`.
 
-    Per image: isotropic rescale so the smaller side is S (fixed, or drawn per image from
-    [Smin, Smax]: scale jittering), one random `crop_size` crop (only that window of a JPEG
-    is decoded), random horizontal flip, AlexNet's PCA colour shift, mean RGB subtraction.
-    Files are shuffled per epoch from the seed; reads and decodes run in parallel; the result
+    Per image, on the CPU: isotropic rescale so the smaller side is S (fixed, or drawn per
+    image from [Smin, Smax]: scale jittering), one random `crop_size` crop (only that window
+    of a JPEG is decoded), rounded to uint8; with it, its random horizontal flip and AlexNet's
+    PCA colour shift, drawn but not applied. They are applied on the device, with the
+    model's mean RGB and the cast, a batch at once (`keras_vgg.augment.device_batch`; `fit`
+    does it in the model's training step). Files are shuffled per epoch from the seed; reads and decodes run in parallel; the result
     is prefetched. Each worker of a multi-worker run reads its share of the data: from an
     image folder, every `num_shards`-th position of the epoch's global file order, so that
     the workers' batches k together are batch k of one process with `batch_size *
@@ -202,7 +199,6 @@ def training_dataset(
         flip: Random horizontal flips.
         color_shift: Statistics whose PCA drives the colour shift (default: AlexNet's ImageNet
             values), or None to switch it off.
-        mean: Mean RGB (0-255) subtracted from each pixel.
         seed: Seed of the file order and every augmentation.
         start_epoch: First epoch to produce (resuming a run at epoch k).
         num_shards: Number of workers reading the data.
@@ -222,8 +218,10 @@ def training_dataset(
             with the crop's own random choices).
 
     Returns:
-        A dataset of (float32 images (batch, crop, crop, 3), int32 labels (batch,)); with
-        `targets`, (images, targets, sample weights).
+        A dataset of (inputs, int32 labels (batch,)); with `targets`, (inputs, targets,
+        sample weights). The inputs are a dict (`keras_vgg.augment.BATCH_KEYS`): "image",
+        the uint8 crops (batch, crop, crop, 3); "flip", bool (batch,); "color", the float32
+        RGB colour shifts (batch, 3) on the 0-255 scale (zeros without `color_shift`).
 
     Raises:
         ValueError: on a bad argument or a source that cannot be opened.
@@ -247,23 +245,19 @@ def training_dataset(
         source = source.shard(num_shards, shard_index)
     if bad_files is None:
         bad_files = BadFileLog(bad_files_path)
-    mean = tuple(float(m) for m in mean)
     global_batch = batch_size * num_shards
 
     def load(payload, label, draw):
         contents, label = source.read(payload, label)
+        image, window = transforms.training_crop(contents, draw, crop_size, with_window=True)
+        inputs = {"image": image, "flip": draw["flip"], "color": draw["color"]}
         if targets is None:
-            image = transforms.training_crop(contents, draw, crop_size, flip=flip)
-            return image, tf.cast(label, tf.int32)
-        image, window = transforms.training_crop(
-            contents, draw, crop_size, flip=flip, with_window=True
-        )
-        flipped = draw["flip"] if flip else tf.constant(False)
-        return (image, *targets(label, window, flipped))
+            return inputs, tf.cast(label, tf.int32)
+        return (inputs, *targets(label, window, draw["flip"]))
 
     def epoch_dataset(epoch):
         elements = source.elements(epoch, seed=seed, shuffle=True)
-        draws = _training_draws(seed, epoch, train_scale, flip, color_shift, mean)
+        draws = _training_draws(seed, epoch, train_scale, flip, color_shift)
         if num_shards > 1:
             if global_order:
                 if drop_remainder:
@@ -293,7 +287,6 @@ def evaluation_dataset(
     scale: int = 256,
     crop_size: int = 224,
     mode: str = "center",
-    mean: Sequence[float] = IMAGENET_MEAN,
     bad_files_path: str | os.PathLike | None = None,
     bad_files: BadFileLog | None = None,
     threads: int | None = None,
@@ -301,8 +294,9 @@ def evaluation_dataset(
     """One pass over a source, in its order, for validation during training (Sec. 3.2).
 
     Every image is rescaled isotropically so its smaller side is Q = `scale`, then its
-    central crop is taken ("center"); batches (batch_size, crop, crop, 3) and labels
-    (batch_size,). The mean RGB is subtracted. Undecodable files are skipped and reported
+    central crop is taken ("center") and rounded to uint8; batches (batch_size, crop, crop,
+    3) and labels (batch_size,). The model's input convention (the mean RGB) is applied on
+    the device (`keras_vgg.augment.device_batch`; `fit` does it in the model's test step). Undecodable files are skipped and reported
     like in training. The dense and multi-crop protocols (and multi-scale, fusion) are
     `keras_vgg.evaluation`'s, which reads images with `decoded_images`.
 
@@ -312,13 +306,12 @@ def evaluation_dataset(
         scale: Test scale Q.
         crop_size: Crop side.
         mode: "center" (the only one, `EVALUATION_MODES`).
-        mean: Mean RGB (0-255) to subtract.
         bad_files_path: Text file to which undecodable files are appended.
         bad_files: A `BadFileLog` to report into.
         threads: CPU threads the pipeline may use for its work (default: one per core).
 
     Returns:
-        A finite dataset of (float32 images, int32 labels).
+        A finite dataset of (uint8 images, int32 labels).
 
     Raises:
         ValueError: on an unknown mode or sizes that do not fit.
@@ -328,13 +321,12 @@ def evaluation_dataset(
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be positive. Received: batch_size={batch_size}")
     _check_sizes(crop_size, [scale], "scale")
-    mean = tuple(float(m) for m in mean)
 
     def finish(image):
         image = transforms.rescale_isotropic(image, scale)
         image = transforms.center_crop(image, crop_size)
         image.set_shape([crop_size, crop_size, 3])
-        return transforms.subtract_mean(image, mean)
+        return transforms.to_uint8(image)
 
     ds = decoded_images(
         source,

@@ -6,8 +6,9 @@ a `seed`: an int32/int64 tensor of shape [2], as for `tf.random.stateless_*`.
 
 Training (Sec. 3.1) has one path: `random_draws` draws the random choices of a block of
 images at once (from `draws_seed`), and `training_crop` turns one encoded image and its
-choices into the network's input (`crop_window`, `decode_window`, `resize_crop`, `flip_if`,
-`add_per_channel`). Evaluation (Sec. 3.2) uses `decode_image`, `rescale_isotropic`,
+choices into its uint8 crop (`crop_window`, `decode_window`, `resize_crop`, `to_uint8`); the
+flip and colour shift of the same draws are applied on the device
+(`keras_vgg.augment`). Evaluation (Sec. 3.2) uses `decode_image`, `rescale_isotropic`,
 `center_crop`, `multi_crops` and `subtract_mean`.
 """
 
@@ -27,7 +28,6 @@ __all__ = [
     "decode_image",
     "decode_window",
     "draws_seed",
-    "flip_if",
     "grid_crop_offsets",
     "isotropic_size",
     "multi_crops",
@@ -35,6 +35,7 @@ __all__ = [
     "resize_crop",
     "rescale_isotropic",
     "subtract_mean",
+    "to_uint8",
     "training_crop",
 ]
 
@@ -373,9 +374,13 @@ def decode_window(contents: tf.Tensor, window_fn: Callable, *, with_window: bool
     return (patch, window) if with_window else patch
 
 
-def flip_if(image: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
-    """The image (H, W, C) mirrored left-right if the scalar bool `flip` is true."""
-    return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+    """A float image on the 0-255 scale rounded to the nearest uint8 (clipped to 0-255).
+
+    What the CPU hands the device: a quarter of float32's bytes, and within half a grey
+    level of the float crop.
+    """
+    return tf.saturate_cast(tf.round(image), tf.uint8)
 
 
 def training_crop(
@@ -383,32 +388,28 @@ def training_crop(
     draw: Mapping[str, tf.Tensor],
     crop_size: int = 224,
     *,
-    flip: bool = True,
     with_window: bool = False,
 ):
-    """Sec. 3.1's training input from one encoded image and its random choices.
+    """The CPU part of Sec. 3.1's training input: one image's random crop, as uint8.
 
-    One random `crop_size` crop of the image isotropically rescaled to S, flipped or not,
-    plus its colour shift minus the mean RGB. The crop is taken as the equivalent window of
-    the original image (`crop_window`; for a JPEG only that window is decoded,
-    `decode_window`), resized to `crop_size` (`resize_crop`). Everything after the decode is
-    done on this one image while it is in the CPU's cache: resize, flip, then colour shift
-    and mean in one add (image + (shift - mean)); done on whole batches instead, the add
-    alone costs several times more.
+    One random `crop_size` crop of the image isotropically rescaled to S. The crop is taken
+    as the equivalent window of the original image (`crop_window`; for a JPEG only that
+    window is decoded, `decode_window`), resized to `crop_size` (`resize_crop`) and rounded
+    (`to_uint8`). The flip, the colour shift, the mean and the cast to the compute dtype
+    follow on the device, a whole batch at once (`keras_vgg.augment.device_batch`), from
+    the same row of draws.
 
     Args:
         contents: Scalar string tensor, the encoded image.
-        draw: One image's random choices: "scale", "top", "left" and "flip" as one row of
-            `random_draws`, and "offset" (float32 (3,)): its colour shift minus the mean RGB,
-            added to every pixel (zeros for neither).
+        draw: One image's random choices: "scale", "top" and "left" as one row of
+            `random_draws`.
         crop_size: Output side.
-        flip: Whether to apply `draw["flip"]` (False skips the flip altogether).
         with_window: Also return the window of the original image the crop shows, so
             that what is attached to the image (its boxes) moves with it.
 
     Returns:
-        A float32 tensor (crop_size, crop_size, 3); with `with_window`, (that, the int32
-        window [top, left, h, w] of the original image, before the flip).
+        A uint8 tensor (crop_size, crop_size, 3); with `with_window`, (that, the int32
+        window [top, left, h, w] of the original image, before any flip).
 
     Raises:
         tf.errors.InvalidArgumentError: if the bytes are not a decodable image (a truncated
@@ -421,10 +422,7 @@ def training_crop(
         ),
         with_window=True,
     )
-    image = resize_crop(patch, crop_size)
-    if flip:
-        image = flip_if(image, draw["flip"])
-    image = add_per_channel(image, draw["offset"])
+    image = to_uint8(resize_crop(patch, crop_size))
     return (image, window) if with_window else image
 
 

@@ -94,11 +94,12 @@ def localization_training_dataset(box_set: BoxSet, **kwargs) -> tf.data.Dataset:
     Args:
         box_set: The images and their boxes (`annotations.read_boxes`).
         **kwargs: `keras_vgg.data.pipelines.training_dataset`'s arguments (batch_size,
-            train_scale, crop_size, flip, color_shift, mean, seed, start_epoch, ...).
+            train_scale, crop_size, flip, color_shift, seed, start_epoch, ...).
 
     Returns:
-        An infinite dataset of (float32 images (batch, crop, crop, 3), float32 targets
-        (batch, 5), float32 sample weights (batch,)).
+        An infinite dataset of (inputs: the uint8 crops with their flips and colour shifts,
+        as `training_dataset` gives them, float32 targets (batch, 5), float32 sample
+        weights (batch,)). The targets are already those of the flipped crops.
     """
     return pipelines.training_dataset(
         box_set.indexed_source(), targets=box_targets(box_set), **kwargs

@@ -38,7 +38,8 @@ class TrainingData:
             None.
         class_names: One name per class.
         steps_per_epoch: Batches per epoch.
-        mean: The mean RGB subtracted from the images (for `model_info.json`).
+        mean: The training set's mean RGB: the model's recorded input convention, which the
+            model's steps subtract on the device from the pipelines' uint8 crops.
     """
 
     train: Callable[..., tf.data.Dataset]
@@ -201,7 +202,6 @@ def recipe_data(
             scale=d.resolved_val_scale,
             crop_size=d.crop_size,
             mode="center",
-            mean=mean,
             threads=d.threads,
         )
         if r.val_steps is not None:
@@ -264,7 +264,6 @@ def split_source(sources, source, fraction, seed):
 def _training_fn(pipeline, source, recipe, stats, bad_files_path):
     """`TrainingData.train` over `pipeline` (a classifier's or a localisation net's)."""
     d, r = recipe.data, recipe.run
-    mean = tuple(float(v) for v in stats.mean)
 
     def train(*, start_epoch: int, batch_size: int, num_shards: int = 1, shard_index: int = 0):
         return pipeline(
@@ -275,7 +274,6 @@ def _training_fn(pipeline, source, recipe, stats, bad_files_path):
             crop_size=d.crop_size,
             flip=d.flip,
             color_shift=stats if d.color_shift else None,
-            mean=mean,
             seed=r.seed,
             start_epoch=start_epoch,
             num_shards=num_shards,

@@ -24,11 +24,13 @@ import tensorflow as tf
 
 from keras_vgg import distribute, runs
 from keras_vgg import recipe as recipe_lib
+from keras_vgg.augment import attach_device_input
 from keras_vgg.data import sources
 from keras_vgg.training.callbacks import RunKeeper
 from keras_vgg.training.data import TrainingData, open_sources, recipe_data
 from keras_vgg.training.schedule import Plateau
 from keras_vgg.training.setup import (
+    build_for_fit,
     build_model,
     check_init_source,
     compile_model,
@@ -290,8 +292,12 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
         copied = [] if resuming else initialize(model, recipe, plan.init_source, data.mean)
         compile_model(model, make_optimizer(recipe, plan.precision.policy), classes)
         model.optimizer.build(model.trainable_variables)
+        # The pipelines hand over uint8 crops (and each one's flip and colour shift); the
+        # model's own steps finish them on the device. The saved model is the plain VGG.
+        build_for_fit(model, recipe.data.crop_size)
+        attach_device_input(model)
         if dist.kind == "multi_worker":
-            multi_worker_workarounds(model, recipe.data.crop_size)
+            multi_worker_workarounds(model)
 
     meta = {
         "epoch": 0,

@@ -4,7 +4,8 @@
 `initialize` copies layers from a trained net (B-E from A, S = 384 from S = 256,
 fine-tuning) and adapts its first convolution to this run's input; `make_optimizer` and
 `compile_model` are SGD with momentum (or Adam) and the top-1 / top-5 metrics;
-`run_record` is what the trained model expects. `multi_worker_workarounds` patches a model for
+`run_record` is what the trained model expects; `build_for_fit` builds the loss and metrics
+before `fit` feeds uint8 batches. `multi_worker_workarounds` patches a model for
 MultiWorkerMirroredStrategy.
 
 Weight decay. The paper's 5e-4 is Caffe's: the loss gets 0.5 * 5e-4 * ||w||^2, so each
@@ -39,6 +40,7 @@ __all__ = [
     "compile_model",
     "initialize",
     "make_optimizer",
+    "build_for_fit",
     "multi_worker_workarounds",
     "run_record",
 ]
@@ -203,14 +205,15 @@ def compile_model(model: keras.Model, optimizer, classes: int) -> None:
     )
 
 
-def multi_worker_workarounds(model: keras.Model, crop: int) -> None:
-    """Works around keras-team/keras#20585 (Keras 3 + MultiWorkerMirroredStrategy, 3.15).
+def build_for_fit(model: keras.Model, crop: int) -> None:
+    """Builds a compiled model's loss and metrics before `fit`, from float input shapes.
 
-    Keras 3's `fit` learns the input shapes by reducing the first distributed batch across
-    replicas (`_maybe_symbolic_build`), which fails under MultiWorkerMirroredStrategy
-    ("Attempt to convert a value (PerReplica...)"). The model, loss and metrics are built here
-    from local symbolic shapes instead, and that probe is switched off for this model. Only
-    used under MultiWorkerMirroredStrategy.
+    Keras builds them at the start of `fit` from the first batch, through the model itself;
+    the pipelines' batches are uint8 crops with their random choices, which only the
+    device step (`keras_vgg.augment.attach_device_input`) turns into the model's input. So
+    they are built here from a float batch of the crop size, and the first-batch probe
+    (`_maybe_symbolic_build`, which would also reduce that batch across replicas) is
+    switched off for this model: it has nothing left to build.
     """
     target = (
         np.zeros((1,), np.int32)
@@ -224,6 +227,17 @@ def multi_worker_workarounds(model: keras.Model, crop: int) -> None:
         del iterator, data_batch
 
     model._maybe_symbolic_build = no_probe
+
+
+def multi_worker_workarounds(model: keras.Model) -> None:
+    """Works around keras-team/keras#20585 (Keras 3 + MultiWorkerMirroredStrategy, 3.15).
+
+    Keras 3's `fit` learns the input shapes by reducing the first distributed batch across
+    replicas (`_maybe_symbolic_build`), which fails under MultiWorkerMirroredStrategy
+    ("Attempt to convert a value (PerReplica...)"); `build_for_fit` (called first) builds
+    from local symbolic shapes instead and switches that probe off. Only used under
+    MultiWorkerMirroredStrategy.
+    """
     # Keras reduces the per-step logs with strategy.reduce("MEAN", value, axis=0), which
     # fails on scalars across workers: the steps return each value as a [1] vector, whose
     # mean over axis 0 and all replicas is the mean over replicas, a scalar again.
