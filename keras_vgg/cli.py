@@ -856,7 +856,10 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
 )
 @click.option("--recipe", "recipe_path", default="recipes/demo.toml", show_default=True)
 @click.option(
-    "--data", "data_root", default=None, help="Where the images go (runs/digits, runs/loc_digits)."
+    "--data",
+    "data_root",
+    default=None,
+    help="Where the images go (runs/digits, runs/loc_digits, runs/digits72).",
 )
 @click.option("--prepare-only", is_flag=True, help="Only write the images and their statistics.")
 @click.option("--overwrite", is_flag=True, help="Train again even if the demo run has finished.")
@@ -868,8 +871,9 @@ def demo(which, recipe_path, data_root, prepare_only, overwrite):
     then SCR and PCR localisation nets (recipes/loc_demo_cls.toml, recipes/loc_demo.toml),
     then protocols 1 and 2 on held-out canvases, and one canvas drawn with its boxes.
 
-    `kvgg demo features`: train on digits 0-4 only, then linear SVMs on the nets'
-    block2_pool maps of digits 5-9 against raw pixels (Appendix B in small).
+    `kvgg demo features`: train on digits 0-4 only, then linear SVMs on the nets' fc2
+    descriptors of digits 5-9 against the same nets untrained and raw pixels (Appendix B
+    in small).
     """
     if which == "localize" and prepare_only:
         raise UserError("--prepare-only is for the digits demo")
@@ -885,13 +889,16 @@ def demo(which, recipe_path, data_root, prepare_only, overwrite):
         except (training.TrainingDiverged, training.CheckpointError) as exc:
             raise RunFailed(str(exc)) from None
         return
-    data_root = data_root or "runs/digits"
     try:
         if which == "features":
             demo_lib.run_features_demo(
-                recipe_path, data_root, overwrite=overwrite, print_fn=click.echo
+                recipe_path,
+                data_root or demo_lib.FEATURES_DEMO_DATA,
+                overwrite=overwrite,
+                print_fn=click.echo,
             )
             return
+        data_root = data_root or "runs/digits"
         demo_lib.run_demo(
             recipe_path,
             data_root,

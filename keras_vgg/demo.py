@@ -12,10 +12,10 @@ and run directory as the Table 3 recipes.
     result = demo.run_demo()          # writes runs/digits, trains runs/demo, evaluates
     print(result.test_result.to_markdown())
 
-`run_features_demo` (`kvgg demo features`) is Appendix B in small: the same recipe trained
-on digits 0 to 4 only (two seeds, stacked), its descriptors of digits 5 to 9 (classes it
-never saw: the nets' block2_pool maps, not the paper's fc2) against raw pixels, each with a
-linear SVM trained on 5, 10 and 20 images per class.
+`run_features_demo` (`kvgg demo features`) is Appendix B in small: the same recipe on
+64-pixel crops trained on digits 0 to 4 only (two seeds, stacked), its fc2 descriptors of
+digits 5 to 9 (classes it never saw) against the same nets untrained and raw pixels, each
+with a linear SVM trained on 5, 10 and 20 images per class.
 """
 
 from __future__ import annotations
@@ -27,17 +27,23 @@ import shutil
 import time
 from collections.abc import Callable
 
+import keras
 import numpy as np
 
 from keras_vgg import evaluation, features, files, runs, training
 from keras_vgg import recipe as recipe_lib
-from keras_vgg.data import sources, stats, transforms
+from keras_vgg.data import sources, stats
+from keras_vgg.record import record_of
 
 __all__ = [
     "DIGITS_SPLITS",
     "FEATURES_DEMO_COLUMNS",
+    "FEATURES_DEMO_DATA",
+    "FEATURES_DEMO_EPOCHS",
     "FEATURES_DEMO_HOLDOUT_REPEATS",
-    "FEATURES_DEMO_LAYER",
+    "FEATURES_DEMO_IMAGE_SIZE",
+    "FEATURES_DEMO_RECIPE",
+    "FEATURES_DEMO_SCALES",
     "FEATURES_DEMO_SEEDS",
     "FEATURES_DEMO_SHOTS",
     "DemoResult",
@@ -238,14 +244,29 @@ FEATURES_DEMO_SHOTS: tuple[int, ...] = (5, 10, 20)
 FEATURES_DEMO_SEEDS: tuple[int, ...] = (0, 1)
 #: Held-out draws averaged to choose each SVM's C (`features.select_c`).
 FEATURES_DEMO_HOLDOUT_REPEATS = 5
-#: The features demo's descriptor: this layer's maps at the crop size, flattened (8x8 cells,
-#: one per pixel of the 8x8 source digits; docs/features.md says why not fc2 or fc1).
-FEATURES_DEMO_LAYER = "block2_pool"
+#: Side of the features demo's digit images: 64-pixel crops (pool5 2x2), so that fc1 sees
+#: the layout of four quadrants instead of one 1x1 pool5 cell.
+FEATURES_DEMO_IMAGE_SIZE = 72
+#: Where `kvgg demo features` writes its digits (not `kvgg demo`'s 40-pixel ones).
+FEATURES_DEMO_DATA = "runs/digits72"
+#: The features demo's changes to the demo recipe (docs/features.md says how they were chosen).
+FEATURES_DEMO_RECIPE: tuple[str, ...] = (
+    "data.crop_size=64",
+    "data.train_scale=[64, 72]",
+    "data.val_scale=68",
+    "model.fc_units=512",
+    "model.dropout=0.0",
+)
+#: Training epochs of the features demo's nets (at most; the best validation epoch is kept).
+FEATURES_DEMO_EPOCHS = 1
+#: The scales Q of the features demo's descriptors (Appendix B: fc2, dense, pooled, stacked
+#: over the scales, L2; no flip: a flipped digit is another digit).
+FEATURES_DEMO_SCALES: tuple[int, ...] = (64, 96)
 #: The columns of the features demo's table.
 FEATURES_DEMO_COLUMNS: tuple[str, ...] = (
-    "block2_pool maps of the 0-4 nets",
+    "fc2 descriptors of the 0-4 nets",
+    "the same nets untrained",
     "raw pixels (L2)",
-    "raw pixels (standardised)",
 )
 
 
@@ -266,13 +287,27 @@ class FeaturesDemoResult:
     images: int
     seconds: float
 
+    def wins_over(self, column: str) -> tuple[int, ...]:
+        """The N at which the trained nets' descriptors score above `column`."""
+        ours = FEATURES_DEMO_COLUMNS[0]
+        return tuple(n for n, row in self.table.items() if row[ours] > row[column])
+
     @property
     def descriptors_win(self) -> bool:
-        """Whether the descriptors beat both raw-pixel baselines at every N."""
-        ours = FEATURES_DEMO_COLUMNS[0]
-        return all(
-            row[ours] > max(v for k, v in row.items() if k != ours) for row in self.table.values()
-        )
+        """Whether the trained nets' descriptors beat every other column at every N."""
+        return all(self.wins_over(c) == tuple(self.table) for c in FEATURES_DEMO_COLUMNS[1:])
+
+    def verdict(self) -> str:
+        """One line: which baselines the trained nets' descriptors beat, at which N."""
+        parts = []
+        for column in FEATURES_DEMO_COLUMNS[1:]:
+            wins = self.wins_over(column)
+            if wins == tuple(self.table):
+                parts.append(f"{column}: beaten at every N")
+            else:
+                at = ", ".join(map(str, wins)) or "no N"
+                parts.append(f"{column}: beaten at {at} only")
+        return "trained nets' descriptors against " + "; ".join(parts)
 
     def to_markdown(self) -> str:
         """The table in Markdown, one row per N."""
@@ -319,45 +354,32 @@ def _class_files(root: str, splits: tuple[str, ...], classes: tuple[str, ...]):
     return files, np.asarray(labels)
 
 
-def _map_descriptors(run_dirs: list[str], images: list[np.ndarray], size: int) -> np.ndarray:
-    """Each net's `FEATURES_DEMO_LAYER` maps of the images rescaled to `size`, flattened and
-    L2-normalised, the nets stacked (`features.stack_nets`)."""
-    batch = np.stack(
-        [np.asarray(transforms.rescale_isotropic(image, size), np.float32) for image in images]
-    )
-    per_net = []
-    for run_dir in run_dirs:
-        model = evaluation.load_model(run_dir).model
-        maps = features.feature_extractor(model, FEATURES_DEMO_LAYER).predict(batch, verbose=0)
-        flat = np.asarray(maps[FEATURES_DEMO_LAYER]).reshape(len(batch), -1)
-        per_net.append(features.l2_normalize(flat))
-    return features.stack_nets(per_net)
-
-
 def run_features_demo(
     recipe_path: str | os.PathLike = "recipes/demo.toml",
-    data_root: str | os.PathLike = "runs/digits",
+    data_root: str | os.PathLike = FEATURES_DEMO_DATA,
     *,
-    epochs: int = 15,
+    epochs: int = FEATURES_DEMO_EPOCHS,
     shots: tuple[int, ...] = FEATURES_DEMO_SHOTS,
     seeds: tuple[int, ...] = FEATURES_DEMO_SEEDS,
     overwrite: bool = False,
     print_fn: Callable[[str], None] = print,
 ) -> FeaturesDemoResult:
-    """Appendix B on the digits: features of nets that never saw the classes (`kvgg demo
+    """Appendix B on the digits: descriptors of nets that never saw the classes (`kvgg demo
     features`).
 
-    The demo recipe trains on digits 0 to 4 only (`<data_root>-0to4`, `epochs` epochs, FC
-    layers of 512 units without dropout), once per seed in `seeds` (runs `demo_features`,
-    `demo_features_seed1`, ...); every image of digits 5 to 9 gets its descriptor: each
-    net's `FEATURES_DEMO_LAYER` maps of the image rescaled to the crop size, flattened
-    (spatial layout kept) and L2-normalised, the nets stacked; not the paper's fc2, whose
-    input at this size is a 1x1 pool5 of 64 numbers tuned to five digits. Linear SVMs are trained on N images per class, for each
-    N in `shots`, on the descriptors and on the raw pixels of the same images (L2-normalised;
-    and standardised with the 0-4 training images' per-pixel mean and deviation, then
-    L2-normalised, so that one grid of C suits all three columns), C chosen
-    on held-out training images (`FEATURES_DEMO_HOLDOUT_REPEATS` draws averaged); mean class
-    recall over three seeded splits. docs/features.md says why these settings.
+    The digits are written at `FEATURES_DEMO_IMAGE_SIZE` pixels under `data_root`; the demo
+    recipe with `FEATURES_DEMO_RECIPE` trains on digits 0 to 4 only (`<data_root>-0to4`, at
+    most `epochs` epochs), once per seed in `seeds` (runs `demo_features`,
+    `demo_features_seed1`, ...). Every image of digits 5 to 9 gets the library's Appendix B
+    descriptor (`features.describe_images`: fc2 after its ReLU, dense over the image at each
+    of `FEATURES_DEMO_SCALES`, averaged spatially, stacked over the scales, L2-normalised,
+    the nets stacked), without flips (a flipped digit is another digit). Two baselines get
+    the same linear SVMs: the same descriptor from the same nets untrained (each built
+    from its recipe and seed, the weights its training started from), and the raw pixels
+    of the same images (grey, L2-normalised). SVMs are trained on N images per class for
+    each N in `shots`, C chosen on held-out training images (`FEATURES_DEMO_HOLDOUT_REPEATS`
+    draws averaged); mean class recall over three seeded splits. docs/features.md says how
+    the settings were chosen.
 
     Returns:
         A `FeaturesDemoResult`.
@@ -369,7 +391,7 @@ def run_features_demo(
 
     start = time.perf_counter()
     data_root = os.fspath(data_root)
-    write_digits(data_root)
+    write_digits(data_root, size=FEATURES_DEMO_IMAGE_SIZE)
     seen, unseen = tuple("01234"), tuple("56789")
     subset = f"{data_root}-0to4"
     for split in ("train", "val"):
@@ -378,7 +400,7 @@ def run_features_demo(
     if not os.path.isfile(stats_path):
         train = sources.open_source(os.path.join(subset, "train"))
         stats.compute_stats(train).to_json(stats_path)
-    run_dirs = []
+    run_dirs, untrained = [], []
     for seed in seeds:
         recipe = recipe_lib.load_recipe(
             recipe_path,
@@ -389,29 +411,28 @@ def run_features_demo(
                 "run.name=demo_features" + (f"_seed{seed}" if seed else ""),
                 f"run.seed={seed}",
                 f"schedule.epochs={epochs}",
-                # Wide FC layers without dropout: a 5-class net's 128 units with dropout
-                # are too few to describe other classes.
-                "model.fc_units=512",
-                "model.dropout=0.0",
+                *FEATURES_DEMO_RECIPE,
             ],
         )
         if runs.run_status(recipe.run_dir, overwrite)[0] != "finished":
             training.fit(recipe, overwrite=overwrite, print_fn=print_fn)
         run_dirs.append(recipe.run_dir)
+        trained = evaluation.load_model(recipe.run_dir).model
+        # The weights the run started from: `training.fit` seeds, then builds.
+        keras.utils.set_random_seed(seed)
+        untrained.append(
+            training.build_model(recipe, len(seen), "float32", record=record_of(trained))
+        )
     files, labels = _class_files(data_root, tuple(DIGITS_SPLITS), unseen)
     images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-    q = recipe.data.crop_size
-    described = _map_descriptors(run_dirs, images, q)
-    pixels = _grey_pixels(files)
-    source = _grey_pixels(_class_files(subset, ("train",), seen)[0])
-    mean, std = source.mean(axis=0), np.maximum(source.std(axis=0), 1.0)
+    options = {"scales": FEATURES_DEMO_SCALES, "aggregate": "stack", "flip": False}
     columns = dict(
         zip(
             FEATURES_DEMO_COLUMNS,
             (
-                described,
-                features.l2_normalize(pixels),
-                features.l2_normalize((pixels - mean) / std),
+                features.describe_images(run_dirs, images, **options),
+                features.describe_images(untrained, images, **options),
+                features.l2_normalize(_grey_pixels(files)),
             ),
             strict=True,
         )
@@ -431,6 +452,5 @@ def run_features_demo(
     result = FeaturesDemoResult(tuple(run_dirs), table, len(files), time.perf_counter() - start)
     print_fn(f"digits 5-9 ({len(files)} images), linear SVM, mean class recall over 3 splits:")
     print_fn(result.to_markdown())
-    verdict = "beat" if result.descriptors_win else "do not beat"
-    print_fn(f"the descriptors {verdict} raw pixels at every N ({result.seconds:.0f} s)")
+    print_fn(f"{result.verdict()} ({result.seconds:.0f} s)")
     return result
