@@ -29,8 +29,9 @@ def kvgg(*args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
 # pytest-xdist's `--dist loadfile` hands whole files to the workers in collection order; a
 # long file handed out last keeps one core busy while the other has nothing left to run.
 LONGEST_FIRST = (
-    "test_weights_pretrained.py",
+    "test_localization_demo.py",
     "test_features_demo.py",
+    "test_weights_pretrained.py",
     "test_training_resume.py",
     "test_models.py",
     "test_distribute.py",
