@@ -393,6 +393,43 @@ def test_svm_c_is_chosen_on_training_images_only(rng):
     assert got.metrics["mAP 11point"] > 70 and "mAP area" in got.metrics
 
 
+def test_svm_in_the_span_of_few_images_equals_the_full_svm(rng):
+    """Fewer images than dimensions: the SVM fitted in their span answers as LinearSVC."""
+    from sklearn.svm import LinearSVC
+
+    x, labels = _blobs(rng, classes=3, per_class=8, dim=400)
+    x[:, :40] += 2.0  # a shared offset: the intercept matters
+    x += rng.normal(0, 4, x.shape).astype(np.float32)  # errors to count
+    # The C chosen on held-out images, and every C's score, as the full SVMs give them.
+    Cs = (1e-4, 1e-3, 1.0)
+    C, found = features.select_c(x, labels, Cs, seed=1, repeats=2)
+    for c in Cs:
+        by_hand = []
+        for draw in range(2):
+            fit, held = features.holdout_split(labels, seed=2 + draw)
+            svm = LinearSVC(C=c, max_iter=10000).fit(x[fit], labels[fit])
+            by_hand.append(features.mean_class_recall(labels[held], svm.predict(x[held])))
+        assert found[c] == pytest.approx(np.mean(by_hand))
+    assert C == max(Cs, key=lambda c: (found[c], -c)) and len(set(found.values())) > 1
+    # Decision values and predictions on new images.
+    x_new = x + rng.normal(0, 4, x.shape).astype(np.float32)
+    for C in (0.001, 1.0):
+        ours = features.svm.fit_svm(x, labels, C)
+        full = LinearSVC(C=C, max_iter=10000).fit(x, labels)
+        np.testing.assert_allclose(
+            ours.decision_function(x_new), full.decision_function(x_new), rtol=0, atol=1e-4
+        )
+        np.testing.assert_array_equal(ours.predict(x_new), full.predict(x_new))
+    # Multi-label: one SVM per class on the images not ignored for it (-1).
+    multi = np.stack([labels == c for c in range(3)], 1).astype(np.int8)
+    multi[::5, 1] = -1
+    scores = features.svm.fit_svm(x, multi, 0.01).decision_function(x_new)
+    for c in range(3):
+        keep = multi[:, c] >= 0
+        full = LinearSVC(C=0.01, max_iter=10000).fit(x[keep], multi[keep, c] == 1)
+        np.testing.assert_allclose(scores[:, c], full.decision_function(x_new), atol=1e-4)
+
+
 def test_kvgg_features_and_transfer(nets, tmp_path):
     data = tmp_path / "caltech"
     make_class_tree(data, classes=("ant", "bee", "cow"), per_class=5, size=(36, 44))

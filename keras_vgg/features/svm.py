@@ -32,6 +32,7 @@ __all__ = [
     "mean_class_recall",
     "select_c",
     "single_label_transfer",
+    "span_basis",
     "transfer",
     "voc_ap",
     "voc_transfer",
@@ -142,26 +143,80 @@ class _MultiLabelSVM:
         self.svms: list[Any] = []
 
     def fit(self, x, labels):
-        svc = _linear_svc()
         self.svms = []
         for c in range(labels.shape[1]):
             keep = labels[:, c] >= 0
-            self.svms.append(svc(C=self.C, max_iter=10000).fit(x[keep], labels[keep, c] == 1))
+            self.svms.append(_svc(x[keep], self.C).fit(x[keep], labels[keep, c] == 1))
         return self
 
     def decision_function(self, x):
         return np.stack([svm.decision_function(x) for svm in self.svms], axis=1)
 
 
+def span_basis(x: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the span of the rows of `x`: (dimension, images) columns.
+
+    The reduced QR of `x`'s transpose, in float64. Its columns are orthonormal and span
+    (at least) the rows of `x`, so `x @ basis` keeps every dot product among the rows and
+    with any vector of their span.
+    """
+    return np.linalg.qr(np.asarray(x, np.float64).T, mode="reduced")[0]
+
+
+class _InSpan:
+    """A linear SVM fitted on coordinates in the span of its training images.
+
+    An L2-regularised linear SVM's weight vector is a combination of its training images
+    (representer theorem), and `LinearSVC`'s intercept is a separate regularised weight on
+    a constant feature, so with `basis` orthonormal over their span the SVM fitted on
+    `x @ basis` has the same objective, the same dual (the Gram matrix is unchanged), and
+    the same decision values on any `x_new @ basis`, at the cost of `images` dimensions in
+    place of `dimension`.
+    """
+
+    def __init__(self, C: float):
+        self.C = C
+
+    def fit(self, x, labels):
+        self.basis = span_basis(x)
+        # dual=True: the solver `LinearSVC` picks for the images unprojected (fewer images
+        # than dimensions); "auto" would switch to the primal at images == dimensions.
+        svc = _linear_svc()(C=self.C, max_iter=10000, dual=True)
+        self.svm = svc.fit(self._project(x), labels)
+        self.classes_ = self.svm.classes_
+        return self
+
+    def _project(self, x):
+        return np.asarray(x, np.float64) @ self.basis
+
+    def decision_function(self, x):
+        return self.svm.decision_function(self._project(x))
+
+    def predict(self, x):
+        return self.svm.predict(self._project(x))
+
+
 def fit_svm(x: np.ndarray, labels: np.ndarray, C: float) -> Any:
     """A linear SVM: one-vs-rest `LinearSVC` (single label) or one per class (multi-label).
+
+    With fewer training images than dimensions (descriptors, pixels), each `LinearSVC` is
+    fitted on the images' coordinates in an orthonormal basis of their span (`span_basis`)
+    and applied to new images projected on it: the same decision values, up to the
+    solver's tolerance, as the SVM on the full vectors, at a fraction of the cost.
 
     Returns:
         The fitted classifier (`decision_function(x)` gives (images, classes) scores).
     """
     if np.asarray(labels).ndim == 2:
         return _MultiLabelSVM(C).fit(x, labels)
-    return _linear_svc()(C=C, max_iter=10000).fit(x, labels)
+    return _svc(x, C).fit(x, labels)
+
+
+def _svc(x: np.ndarray, C: float) -> Any:
+    """A `LinearSVC` for images `x`: in their span when they are fewer than the dimensions."""
+    if len(x) < np.shape(x)[1]:
+        return _InSpan(C)
+    return _linear_svc()(C=C, max_iter=10000)
 
 
 def _score(classifier: Any, x: np.ndarray, labels: np.ndarray) -> float:
