@@ -26,7 +26,6 @@ step) x images/s / the measured matrix rate. The last column is images/s over
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -229,27 +228,16 @@ def attempt(failures: list[str], what: str, measure):
         return None
 
 
-def keras_sections(args, failures: list[str]) -> dict[str, dict[tuple[str, int], float]]:
-    """{implementation: {(kind, batch): images/s}} for ours under each compilation."""
+def keras_implementations(args) -> dict:
+    """{implementation: measure(batch) -> {kind: images/s}} for ours under each compilation."""
     modes = {f"keras_vgg D ({keras.backend.backend()}, default compile)": "auto"}
     if keras.backend.backend() == "torch" and not args.no_torch_compile:
         modes["keras_vgg D (torch, jit_compile=True)"] = True
-    sections = {}
+    implementations = {}
     for name, jit_compile in modes.items():
         model = keras_model(args.image_size, args.width, jit_compile)
-        sections[name] = {}
-        for batch in args.batch_sizes:
-            rates = attempt(
-                failures,
-                f"{name}, batch {batch}",
-                lambda b=batch, m=model: measure_keras(m, b, args.image_size, args),
-            )
-            for kind in KINDS if rates else ():
-                sections[name][(kind, batch)] = rates[kind]
-        del model
-        keras.backend.clear_session()
-        gc.collect()
-    return sections
+        implementations[name] = lambda b, m=model: measure_keras(m, b, args.image_size, args)
+    return implementations
 
 
 # === The reference: PyTorch's VGG16 ===
@@ -313,8 +301,12 @@ def torch_steps(torch, model, optimizer, x, y) -> dict:
     return {"inference": infer, "training": train}
 
 
-def torch_section(args, failures: list[str]) -> tuple[dict[str, dict[tuple[str, int], float]], str]:
-    """({implementation: {(kind, batch): images/s}}, the reference's source), eager and compiled."""
+def torch_implementations(args) -> tuple[dict, str]:
+    """({implementation: measure(batch) -> {kind: images/s}}, the net's source).
+
+    PyTorch's VGG16 eager and `torch.compile`d with static shapes (`dynamic=False`: one graph
+    per batch size, as a training run of one batch size compiles it).
+    """
     torch = _torch()
     recipe = keras_vgg.load_recipe(str(RECIPE))
     o = recipe.optimizer
@@ -331,28 +323,19 @@ def torch_section(args, failures: list[str]) -> tuple[dict[str, dict[tuple[str, 
     )
     variants = {"torch VGG16 eager": net}
     if not args.no_torch_compile:
-        variants[REFERENCE] = torch.compile(net)
-    sections = {name: {} for name in variants}
-    for batch in args.batch_sizes:
+        variants[REFERENCE] = torch.compile(net, dynamic=False)
+
+    def measure(model, batch: int) -> dict[str, float]:
         x = torch.empty(batch, 3, args.image_size, args.image_size, device=device)
         x = x.uniform_(-128, 128).to(memory_format=torch.channels_last)
         y = torch.randint(0, CLASSES, (batch,), device=device)
-        for name, model in variants.items():
-            steps = torch_steps(torch, model, optimizer, x, y)
-            for kind, step in steps.items():
-                # A first call compiles; the warm-up steps then run the compiled graph.
-                seconds = attempt(
-                    failures,
-                    f"{name} {kind}, batch {batch}",
-                    lambda s=step: time_steps(s, args.steps, args.warmup + 1),
-                )
-                if seconds:
-                    sections[name][(kind, batch)] = batch / seconds
-    del variants, net, optimizer
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return sections, source
+        rates = {}
+        for kind, step in torch_steps(torch, model, optimizer, x, y).items():
+            # A first call compiles; the warm-up steps then run the compiled graph.
+            rates[kind] = batch / time_steps(step, args.steps, args.warmup + 1)
+        return rates
+
+    return {name: lambda b, m=model: measure(m, b) for name, model in variants.items()}, source
 
 
 # === The table ===
@@ -436,20 +419,35 @@ def main(argv=None) -> None:
     )
 
     def save(sections) -> None:
-        # Written after each section: a run stopped at its time limit keeps what it measured.
+        # Written after each measurement: a run stopped at its time limit keeps what it measured.
         result["rows"] = rows_of(sections, flops_per_image, peak)
         if args.json:
             atomic_text(args.json, json.dumps(result, indent=2) + "\n")
 
-    sections = keras_sections(args, result["failures"])
-    save(sections)
+    implementations = keras_implementations(args)
     if with_torch:
-        torch_rates, result["torch_reference"] = torch_section(args, result["failures"])
-        sections.update(torch_rates)
-        save(sections)
+        torch_rates, result["torch_reference"] = torch_implementations(args)
+        implementations.update(torch_rates)
         print(f"PyTorch reference: {result['torch_reference']}")
     elif not args.backend_only:
         print("PyTorch reference: torch is not installed")
+    # Batch by batch, every implementation at each: a run stopped at its time limit still
+    # holds complete comparisons for the batches it finished.
+    sections = {name: {} for name in implementations}
+    for batch in args.batch_sizes:
+        for name, measure in implementations.items():
+            began = time.perf_counter()
+            rates = attempt(
+                result["failures"], f"{name}, batch {batch}", lambda m=measure, b=batch: m(b)
+            )
+            for kind, rate in (rates or {}).items():
+                sections[name][(kind, batch)] = rate
+                print(
+                    f"  {name}, {kind}, batch {batch}: {rate:.1f} img/s "
+                    f"({time.perf_counter() - began:.0f} s with compiling)",
+                    flush=True,
+                )
+            save(sections)
     print(table(result["rows"]))
     if args.json:
         print(f"wrote {args.json}")

@@ -8,9 +8,10 @@
 #
 # The run: the JAX backend with the PyTorch section (keras_vgg under XLA against torchvision's
 # VGG16 eager and torch.compile), then the torch backend with --backend-only (keras_vgg eager
-# and jit_compile=True). Batch 64, 128, 256 at 224x224, full width. Each part has its own time
-# limit and writes its JSON after every section, so a part stopped at its limit keeps what it
-# measured. About 8 minutes at most: a 15-minute lease, start-up included, holds one run.
+# and jit_compile=True). Batch 256, 128, 64 at 224x224, full width, every implementation at
+# one batch before the next batch. Each part has its own time limit and writes its JSON after
+# every measurement, so a part stopped at its limit keeps complete comparisons for the batches
+# it finished. 9 minutes at most: a 15-minute lease, start-up included, holds one run.
 set -u
 
 KERAS_WHEELS=(keras==3.15.1 namex==0.1.0 optree==0.20.0)
@@ -32,7 +33,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
     >"$out/nvidia_smi.csv" 2>&1
 lscpu | grep 'Model name' >>"$out/nvidia_smi.csv"
 
-KERAS_BACKEND=jax timeout 300 python3 benchmarks/gpu_step.py \
+KERAS_BACKEND=jax timeout 390 python3 benchmarks/gpu_step.py --batch-sizes 256,128,64 \
     --json "$out/gpu_step_jax.json" 2>&1 | tee "$out/gpu_step_jax.log"
-KERAS_BACKEND=torch timeout 180 python3 benchmarks/gpu_step.py --backend-only \
-    --json "$out/gpu_step_torch.json" 2>&1 | tee "$out/gpu_step_torch.log"
+KERAS_BACKEND=torch timeout 140 python3 benchmarks/gpu_step.py --backend-only \
+    --batch-sizes 256,128,64 --json "$out/gpu_step_torch.json" 2>&1 | tee "$out/gpu_step_torch.log"
