@@ -217,6 +217,64 @@ def measure_keras(model, batch: int, image_size: int, args) -> dict[str, float]:
     return {"inference": batch / infer, "training": batch / train}
 
 
+def measure_stateless(model, batch: int, image_size: int, args) -> dict[str, float]:
+    """Images/s of one jitted JAX function per step over the model's state (Keras's stateless
+    API: `stateless_call`, `optimizer.stateless_apply`), as a hand-written JAX loop runs it.
+
+    The state stays on the device from one step to the next; `train_on_batch`
+    instead writes it back into the Keras variables and returns the loss to the host at
+    every step.
+    """
+    import jax
+
+    rng = np.random.default_rng(0)
+    x = jax.numpy.asarray(
+        rng.uniform(-128, 128, (batch, image_size, image_size, 3)).astype("float32")
+    )
+    y = jax.numpy.asarray(rng.integers(0, CLASSES, (batch,)).astype("int32"))
+    loss_fn, optimizer = model.loss, model.optimizer
+    state = [
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in optimizer.variables],
+    ]
+
+    def loss_of(trainable, non_trainable):
+        pred, non_trainable, losses = model.stateless_call(
+            trainable, non_trainable, x, training=True, return_losses=True
+        )
+        return loss_fn(y, pred) + sum(losses), non_trainable
+
+    @jax.jit
+    def infer(trainable, non_trainable):
+        return model.stateless_call(trainable, non_trainable, x)[0]
+
+    @jax.jit
+    def train(trainable, non_trainable, optimizer_state):
+        (loss, non_trainable), grads = jax.value_and_grad(loss_of, has_aux=True)(
+            trainable, non_trainable
+        )
+        trainable, optimizer_state = optimizer.stateless_apply(optimizer_state, grads, trainable)
+        return trainable, non_trainable, optimizer_state, loss
+
+    def train_step():
+        *state[:], loss = train(*state)
+        return loss
+
+    def timed(step) -> float:
+        for _ in range(args.warmup + 1):
+            step().block_until_ready()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            out = step()
+        out.block_until_ready()
+        return (time.perf_counter() - start) / args.steps
+
+    rates = {"inference": batch / timed(lambda: infer(state[0], state[1]))}
+    rates["training"] = batch / timed(train_step)
+    return rates
+
+
 def attempt(failures: list[str], what: str, measure):
     """`measure()`, or None with one line in `failures` (a one-shot GPU run keeps going)."""
     try:
@@ -237,6 +295,10 @@ def keras_implementations(args) -> dict:
     for name, jit_compile in modes.items():
         model = keras_model(args.image_size, args.width, jit_compile)
         implementations[name] = lambda b, m=model: measure_keras(m, b, args.image_size, args)
+        if keras.backend.backend() == "jax":
+            implementations["keras_vgg D (jax, jitted stateless step)"] = lambda b, m=model: (
+                measure_stateless(m, b, args.image_size, args)
+            )
     return implementations
 
 

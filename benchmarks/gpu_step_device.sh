@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_step_device.sh fetch   # here (pip, network): the wheels into .whl/
 #   bash benchmarks/gpu_step_device.sh         # there, from the repository root: install
 #                                              # them offline, run, figures into $OUT
+#   bash benchmarks/gpu_step_device.sh jax     # there: the JAX part alone (4-5 minutes)
 #
 # The run: the JAX backend with the PyTorch section (keras_vgg under XLA against torchvision's
 # VGG16 eager and torch.compile), then the torch backend with --backend-only (keras_vgg eager
@@ -35,5 +36,6 @@ lscpu | grep 'Model name' >>"$out/nvidia_smi.csv"
 
 KERAS_BACKEND=jax timeout 390 python3 benchmarks/gpu_step.py --batch-sizes 256,128,64 \
     --json "$out/gpu_step_jax.json" 2>&1 | tee "$out/gpu_step_jax.log"
+[ "${1:-}" = jax ] && exit
 KERAS_BACKEND=torch timeout 140 python3 benchmarks/gpu_step.py --backend-only \
     --batch-sizes 256,128,64 --json "$out/gpu_step_torch.json" 2>&1 | tee "$out/gpu_step_torch.log"

@@ -11,7 +11,8 @@ Public API::
 Names are imported when first used, so that `kvgg --version` does not pay for importing
 Keras. Where Keras is already imported (`import keras` before `import keras_vgg`, the order
 isort gives), importing the package registers its Keras classes (`VGG`, `RecordLayer`,
-`LocalResponseNormalization`, `WindowDense`) at once, so `keras.saving.load_model` reads a saved VGG;
+`LocalResponseNormalization`, `MaxPooling2x2`, `WindowDense`) at once, so
+`keras.saving.load_model` reads a saved VGG;
 otherwise any use of `keras_vgg.build`, `keras_vgg.VGG` or the loaders registers them.
 """
 
@@ -36,6 +37,7 @@ _EXPORTS = {
     "ALIASES": "keras_vgg.configs",
     "canonical_name": "keras_vgg.configs",
     "LocalResponseNormalization": "keras_vgg.layers",
+    "MaxPooling2x2": "keras_vgg.layers",
     "WindowDense": "keras_vgg.layers",
     "IMAGENET_MEAN": "keras_vgg.imagenet",
     "Preprocessing": "keras_vgg.imagenet",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["LocalResponseNormalization", "WindowDense"]
+__all__ = ["LocalResponseNormalization", "MaxPooling2x2", "WindowDense"]
 
 _FORMULAS = ("alexnet", "caffe")
 _DATA_FORMATS = ("channels_last", "channels_first")
@@ -164,3 +164,46 @@ class WindowDense(keras.layers.Conv2D):
                 axis=-1,
             )
         return ops.matmul(inputs, ops.reshape(kernel, (-1, self.filters)))
+
+
+@keras.saving.register_keras_serializable(package="keras_vgg")
+class MaxPooling2x2(keras.layers.MaxPooling2D):
+    """VGG's max pooling (Sec. 2.1: 2x2 windows, stride 2) with a backward pass XLA runs fast.
+
+    `keras.layers.MaxPooling2D(2, strides=2)`: the same config, the same output on every
+    backend. On JAX it takes the maximum of each 2x2 block as a reshape and a reduction (an
+    odd side first loses its last row or column, as "valid" pooling drops it), so its
+    gradient is an elementwise mask that XLA fuses with its neighbours; the plain layer's
+    `reduce_window` differentiates to `select_and_scatter`, which XLA runs far slower on a
+    GPU (full-size D's training step on an H200: docs/benchmarks.md). The one difference
+    is in the gradient of a window whose maximum occurs more than once: it is shared equally
+    among the ties instead of going to one of them. TensorFlow and torch run the plain
+    layer: their pooling kernels' backward passes are already fast.
+
+    Args:
+        pool_size, strides: 2 (the only values it takes; they stay in the config, so a saved
+            model reads as the plain layer's config).
+        padding: "valid".
+        **kwargs: `keras.layers.MaxPooling2D`'s other arguments (data_format, name, dtype).
+    """
+
+    def __init__(self, pool_size=2, strides=2, padding="valid", **kwargs):
+        super().__init__(pool_size, strides=strides, padding=padding, **kwargs)
+        if self.pool_size != (2, 2) or self.strides != (2, 2) or self.padding != "valid":
+            raise ValueError(
+                "MaxPooling2x2 pools 2x2 windows with stride 2 and 'valid' padding. Received: "
+                f"pool_size={self.pool_size}, strides={self.strides}, padding={self.padding!r}"
+            )
+
+    def call(self, inputs):
+        if keras.backend.backend() != "jax":
+            return super().call(inputs)
+        if self.data_format == "channels_last":
+            _, height, width, channels = inputs.shape
+            inputs = inputs[:, : height - height % 2, : width - width % 2, :]
+            blocks = ops.reshape(inputs, (-1, height // 2, 2, width // 2, 2, channels))
+            return ops.max(blocks, axis=(2, 4))
+        _, channels, height, width = inputs.shape
+        inputs = inputs[:, :, : height - height % 2, : width - width % 2]
+        blocks = ops.reshape(inputs, (-1, channels, height // 2, 2, width // 2, 2))
+        return ops.max(blocks, axis=(3, 5))

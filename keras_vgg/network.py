@@ -16,7 +16,7 @@ import keras
 
 from keras_vgg import configs as configs_lib
 from keras_vgg.files import atomic_write
-from keras_vgg.layers import LocalResponseNormalization, WindowDense
+from keras_vgg.layers import LocalResponseNormalization, MaxPooling2x2, WindowDense
 from keras_vgg.record import (
     ModelRecord,
     RecordLayer,
@@ -121,9 +121,7 @@ def _network(arguments: dict[str, Any], *, input_tensor: Any, record: ModelRecor
                     name=f"{layer_name}_bn",
                 )(x)
                 x = keras.layers.Activation("relu", dtype=dtype, name=f"{layer_name}_relu")(x)
-        x = keras.layers.MaxPooling2D(
-            2, strides=2, data_format=data_format, dtype=dtype, name=f"block{block_index}_pool"
-        )(x)
+        x = MaxPooling2x2(data_format=data_format, dtype=dtype, name=f"block{block_index}_pool")(x)
 
     # === Head ===
     if include_top:
