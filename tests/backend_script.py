@@ -3,7 +3,8 @@
 One fresh Python per backend (JAX, torch) for the whole suite: it reads the inputs that
 `conftest.write_backend_inputs` wrote to DIR and writes what this backend computes from them
 (builders' outputs, preprocess_input, the perceptual and style losses with their gradients,
-the device half of the training input and the model steps it runs in)
+the device half of the training input and the model steps it runs in, MaxPooling2x2 and
+its gradient)
 as .npy files next to them. The tests compare them with TensorFlow and NumPy in their own
 process. Not collected by pytest (no test_ prefix).
 """
@@ -120,3 +121,25 @@ plain_loss = net.test_on_batch(finished, labels)  # builds the loss (float input
 augment.attach_device_input(net)
 save("aug_losses", np.array([plain_loss, net.test_on_batch(net_batch, labels)]))
 save("aug_train_loss", np.array(net.train_on_batch(net_batch, labels)))
+
+# MaxPooling2x2 (tests/test_layers.py): output and the gradient of sum(pool(x) * w), both
+# data formats, computed channels last and transposed back for the comparison.
+pool_x, pool_w = np.load(f"{folder}/pool_x.npy"), np.load(f"{folder}/pool_w.npy")
+for data_format, axes in (("channels_last", (0, 1, 2, 3)), ("channels_first", (0, 3, 1, 2))):
+    pool = keras_vgg.MaxPooling2x2(data_format=data_format)
+    back = np.argsort(axes)
+    x_in, w_in = pool_x.transpose(axes), pool_w.transpose(axes)
+    if backend == "jax":
+        value, grad = jax.jit(
+            lambda x, pool=pool, w=w_in: (
+                pool(x),
+                jax.grad(lambda z: (pool(z) * w).sum())(x),
+            )
+        )(x_in)
+    else:
+        x = torch.tensor(x_in, requires_grad=True)
+        value = pool(x)
+        (value * torch.tensor(w_in)).sum().backward()
+        value, grad = value.detach(), x.grad
+    save(f"pool_{data_format}", keras.ops.convert_to_numpy(value).transpose(back))
+    save(f"pool_{data_format}_grad", keras.ops.convert_to_numpy(grad).transpose(back))

@@ -151,6 +151,11 @@ def write_backend_inputs(folder: pathlib.Path) -> None:
     np.save(folder / "aug_net_image.npy", rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8))
     np.save(folder / "a.npy", rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32))
     np.save(folder / "b.npy", rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32))
+    # MaxPooling2x2 (tests/test_layers.py): odd sides, and one window whose maximum is tied.
+    pool_x = rng.normal(0, 1, (2, 9, 11, 3)).astype(np.float32)
+    pool_x[0, 2:4, 4:6, 1] = 5.0
+    np.save(folder / "pool_x.npy", pool_x)
+    np.save(folder / "pool_w.npy", rng.normal(0, 1, (2, 4, 5, 3)).astype(np.float32))
 
 
 @pytest.fixture(scope="session", params=["jax", "torch"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_vgg import LocalResponseNormalization, WindowDense
+from keras_vgg import LocalResponseNormalization, MaxPooling2x2, WindowDense
 
 
 @pytest.mark.parametrize("size", [3, 5, 7])
@@ -98,3 +98,56 @@ def test_window_dense_equals_conv2d_with_its_weights(kernel, shape, rng):
     np.testing.assert_allclose(out[1 % shape[0], 1, 0], by_hand, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="strides 1"):
         WindowDense(6, kernel, strides=2)
+
+
+def pool_by_hand(x, w):
+    """2x2 max pooling, stride 2, of channels-last x (odd sides lose their last row or
+    column), and the gradient of sum(pool(x) * w): each window's w shared equally among
+    the positions that hold its maximum."""
+    n, h, width, c = x.shape
+    blocks = x[:, : h // 2 * 2, : width // 2 * 2].reshape(n, h // 2, 2, width // 2, 2, c)
+    out = blocks.max(axis=(2, 4))
+    at_max = blocks == out[:, :, None, :, None, :]
+    share = at_max / at_max.sum(axis=(2, 4), keepdims=True) * w[:, :, None, :, None, :]
+    grad = np.zeros_like(x)
+    grad[:, : h // 2 * 2, : width // 2 * 2] = share.reshape(n, h // 2 * 2, width // 2 * 2, c)
+    return out, grad, at_max.sum(axis=(2, 4))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_max_pooling_2x2_is_keras_max_pooling(data_format, rng):
+    x = rng.normal(0, 1, (2, 9, 11, 3)).astype("float32")
+    axes = (0, 1, 2, 3) if data_format == "channels_last" else (0, 3, 1, 2)
+    pool = MaxPooling2x2(data_format=data_format)
+    expected, _, _ = pool_by_hand(x, np.zeros((2, 4, 5, 3), np.float32))
+    out = pool(x.transpose(axes)).numpy()
+    np.testing.assert_array_equal(out, expected.transpose(axes))
+    plain = keras.layers.MaxPooling2D(2, strides=2, data_format=data_format)
+    np.testing.assert_array_equal(out, plain(x.transpose(axes)).numpy())
+    config = pool.get_config()
+    assert (config["pool_size"], config["strides"], config["padding"]) == ((2, 2), (2, 2), "valid")
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(pool))
+    assert type(again) is MaxPooling2x2 and again.data_format == data_format
+    with pytest.raises(ValueError, match="2x2 windows with stride 2"):
+        MaxPooling2x2(pool_size=3)
+
+
+def test_max_pooling_2x2_on_other_backends(other_backend):
+    """Same output everywhere; on JAX (the reshape form) a tied maximum shares the gradient
+    equally, on torch (its own pooling kernel) it goes to one of the ties."""
+    backend, folder = other_backend
+    x, w = np.load(folder / "pool_x.npy"), np.load(folder / "pool_w.npy")
+    expected, grad, ties = pool_by_hand(x, w)
+    assert ties[0, 1, 2, 1] == 4 and (ties == 1).sum() == ties.size - 1  # one tied window
+    tied = np.zeros(x.shape, bool)
+    tied[0, 2:4, 4:6, 1] = True
+    for data_format in ("channels_last", "channels_first"):
+        out = np.load(folder / f"pool_{data_format}_{backend}.npy")
+        np.testing.assert_array_equal(out, expected, err_msg=data_format)
+        got = np.load(folder / f"pool_{data_format}_grad_{backend}.npy")
+        np.testing.assert_allclose(got[~tied], grad[~tied], rtol=1e-6, err_msg=data_format)
+        if backend == "jax":
+            np.testing.assert_allclose(got[tied], grad[tied], rtol=1e-6, err_msg=data_format)
+        else:
+            assert np.isclose(got[tied].sum(), w[0, 1, 2, 1]), data_format
+            assert np.count_nonzero(got[tied]) == 1, data_format
