@@ -6,7 +6,8 @@ its flip bit and its colour shift (AlexNet's PCA offset, three numbers on the 0-
 scale). Everything after that runs here, vectorised over the batch, in `keras.ops` on any
 Keras backend, as the first step of the training computation: the flip, the colour shift,
 the model's recorded input convention (`ModelRecord.preprocessing`: the mean RGB for a
-model trained here) and the cast to the compute dtype (`device_batch`).
+model trained here) and the cast to the compute dtype (`device_batch`). Testing feeds its
+uint8 views through the same preprocessing (`device_preprocess`).
 
 `attach_device_input` puts it in front of a model's `train_step` and `test_step`. The hooks
 are attributes of that model object only: the model a user saves (`.keras`,
@@ -27,7 +28,13 @@ from keras import ops
 from keras_vgg.imagenet import Preprocessing, preprocess_input
 from keras_vgg.record import record_of
 
-__all__ = ["BATCH_KEYS", "attach_device_input", "augment_batch", "device_batch"]
+__all__ = [
+    "BATCH_KEYS",
+    "attach_device_input",
+    "augment_batch",
+    "device_batch",
+    "device_preprocess",
+]
 
 #: The keys of a training batch's inputs as the CPU pipeline hands them over: the uint8
 #: crops (batch, crop, crop, 3), the flip bits (batch,) and the RGB colour shifts (batch, 3).
@@ -74,6 +81,26 @@ def device_batch(x: Any, preprocessing: Preprocessing, dtype: str = "float32") -
         x = augment_batch(x["image"], x["flip"], x["color"])
     elif keras.backend.standardize_dtype(x.dtype) != "uint8":
         return x
+    return device_preprocess(x, preprocessing, dtype)
+
+
+def device_preprocess(x: Any, preprocessing: Preprocessing, dtype: str = "float32") -> Any:
+    """RGB pixels on the 0-255 scale -> the network's input, in `keras.ops`.
+
+    The model's recorded input convention (`keras_vgg.imagenet.preprocess_input`: channel
+    order, scale, mean, std) and the cast to the compute dtype: the first operations of
+    every compiled computation fed with pixels, training (`device_batch`) and testing
+    (`keras_vgg.evaluation.scoring.polymorphic_forward`) alike.
+
+    Args:
+        x: (batch, height, width, 3) pixels, any dtype (uint8 as the pipelines hand them
+            over); a backend tensor, a symbolic tensor or a NumPy array.
+        preprocessing: The model's input convention.
+        dtype: The compute dtype to cast to.
+
+    Returns:
+        The preprocessed batch in `dtype`.
+    """
     return ops.cast(preprocess_input(ops.cast(x, "float32"), preprocessing=preprocessing), dtype)
 
 

@@ -102,7 +102,7 @@ def heatmaps(
     net = ScoreNet(loaded.model, preprocessing=loaded.info.preprocessing)
     if scale is None:
         scale = single_test_scale(loaded.info.train_scale) if loaded.info.train_scale else 256
-    rescaled = to_numpy(transforms.rescale_isotropic(np.asarray(pixels), scale))
+    rescaled = to_numpy(transforms.rescaled_view(np.asarray(pixels), scale))
     scores = net.score_maps(rescaled[None])
     posterior = net.pool(scores)[0]
     location = softmax(scores[0].astype(np.float64))

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from keras_vgg import build, evaluation
 from keras_vgg.evaluation import scoring
-from keras_vgg.imagenet import preprocess_input
+from keras_vgg.imagenet import TORCHVISION, preprocess_input
 
 CLASSES = 4
 
@@ -114,8 +114,8 @@ def _recording_forward(monkeypatch):
     batches = []
     real = scoring.polymorphic_forward
 
-    def wrapper(network):
-        forward, compiled = real(network)
+    def wrapper(network, preprocessing=None):
+        forward, compiled = real(network, preprocessing)
 
         def recording(batch):
             batches.append(np.array(batch))
@@ -147,8 +147,10 @@ def test_multi_crop_takes_the_50_crops_of_the_5x5_grid_and_their_flips(model, mo
     # Sec. 3.2: a regular 5x5 grid from the top-left to the bottom-right corner.
     tops, lefts = [0, 8, 16, 24, 32], [0, 19, 38, 57, 76]
     expected = np.stack([image[t : t + 224, s : s + 224] for t in tops for s in lefts])
-    expected = np.concatenate([expected, expected[:, :, ::-1]]).astype(np.float32)
-    np.testing.assert_array_equal(crops, preprocess_input(expected))
+    expected = np.concatenate([expected, expected[:, :, ::-1]])
+    # The crops reach the compiled network as uint8 pixels: it preprocesses them itself.
+    assert crops.dtype == np.uint8
+    np.testing.assert_array_equal(crops, expected)
     # Posterior: mean of the ordinary model's soft-max over those 50 crops.
     reference = model.predict(preprocess_input(expected), verbose=0).mean(axis=0)
     posterior = result.posteriors[result.row("multi_crop").key][0]
@@ -177,6 +179,77 @@ def test_no_flip_halves_the_multi_crops(model, monkeypatch):
         batch_size=64,
     )
     assert sum(len(b) for b in batches) == 25
+
+
+# === uint8 views, preprocessed on the device ===
+
+
+def _numpy_view(image, height, width):
+    """The view by hand: bilinear resize to (height, width), rounded and clipped to uint8."""
+    resized = tf.image.resize(image.astype(np.float32), (height, width), antialias=False)
+    return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+
+
+def test_protocols_read_rounded_uint8_views(model, net):
+    # 300x340 at Q=256 is 256x290 (340 * 256 / 300 = 290.1): a real resize, not the identity.
+    image = _image(300, 340, seed=11)
+    view = _numpy_view(image, 256, 290)
+    result = evaluation.evaluate_images(
+        model, [image], [0], protocols=["center", "dense"], scales=[256], keep_posteriors=True
+    )
+    crop = view[16 : 16 + 224, 33 : 33 + 224]
+    center = model.predict(preprocess_input(crop[None]), verbose=0)[0]
+    np.testing.assert_allclose(result.posteriors[result.row("center").key][0], center, atol=1e-6)
+    # Dense: the score map of the view and of its flip, preprocessed in NumPy, averaged.
+    logits = net.network.predict(preprocess_input(np.stack([view, view[:, ::-1]])), verbose=0)
+    pooled = logits.astype(np.float64).mean(axis=(1, 2))
+    dense = (np.exp(pooled) / np.exp(pooled).sum(-1, keepdims=True)).mean(axis=0)
+    np.testing.assert_allclose(result.posteriors[result.row("dense").key][0], dense, atol=1e-6)
+    # Unrounded float views would give other numbers than the tolerance allows.
+    float_view = tf.image.resize(image.astype(np.float32), (256, 290)).numpy()
+    unrounded = model.predict(preprocess_input(float_view[None, 16:240, 33:257]), verbose=0)[0]
+    assert np.abs(unrounded - center).max() > 1e-5
+
+
+def test_predict_rounds_float_images_to_the_views_of_their_uint8_pixels(net):
+    # Q = 256 is the image's smaller side: the view is the image itself, rounded.
+    pixels = _image(256, 288, seed=12).astype(np.float32)
+    pixels += np.random.default_rng(12).uniform(-0.45, 0.45, pixels.shape).astype(np.float32)
+    pixels = np.clip(pixels, 0, 255)
+    rounded = np.round(pixels).astype(np.uint8)
+    for protocol in ("center", "dense"):
+        np.testing.assert_array_equal(
+            net.predict([pixels], protocol=protocol), net.predict([rounded], protocol=protocol)
+        )
+
+
+def test_float_pixels_keep_their_values_through_a_second_signature(model):
+    net = evaluation.ScoreNet(model)
+    image = _image(256, 256, seed=13)
+    as_uint8 = net.score_maps(image[None])
+    assert net.trace_count in (None, 1)
+    np.testing.assert_allclose(
+        net.score_maps(image[None].astype(np.float64)), as_uint8, rtol=1e-5, atol=1e-6
+    )
+    # Float pixels are not rounded: their maps are those of the float image.
+    shifted = image.astype(np.float32) + 0.4
+    reference = net.network.predict(preprocess_input(shifted[None]), verbose=0)
+    maps = net.score_maps(shifted[None])
+    np.testing.assert_allclose(maps, reference, rtol=1e-4, atol=1e-5)
+    assert np.abs(maps - as_uint8).max() > 1e-5
+    # One trace per dtype met, whatever the sizes that follow.
+    net.score_maps(_image(288, 320, seed=14)[None].astype(np.float32))
+    net.dense_posteriors([_image(230, 300, seed=15)])
+    assert net.trace_count in (None, 2)
+
+
+def test_the_recorded_preprocessing_runs_in_the_network(model):
+    net = evaluation.ScoreNet(model, preprocessing=TORCHVISION)
+    image = _image(224, 256, seed=16)
+    reference = net.network.predict(
+        preprocess_input(image[None], preprocessing=TORCHVISION), verbose=0
+    )
+    np.testing.assert_allclose(net.score_maps(image[None]), reference, rtol=1e-4, atol=1e-5)
 
 
 # === Top-k error, fusion, multi-scale, combination ===

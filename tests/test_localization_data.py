@@ -144,9 +144,7 @@ def test_training_crops_carry_their_boxes(tree):
 
 def test_validation_crops_carry_their_boxes(tree):
     boxes = A.read_boxes(tree / "images", tree / "xml")
-    ds = P.localization_validation_dataset(
-        boxes, batch_size=2, scale=40, crop_size=32, mean=(0, 0, 0)
-    )
+    ds = P.localization_validation_dataset(boxes, batch_size=2, scale=40, crop_size=32)
     batches = list(ds.as_numpy_iterator())
     images = np.concatenate([b[0] for b in batches])
     targets = np.concatenate([b[1] for b in batches])

@@ -320,8 +320,9 @@ def rescaled_views(
     """Every decodable image of a source rescaled to each test scale Q, with its label.
 
     What whole-image testing reads (Sec. 3.2; Appendix B's descriptors): each element is
-    (a tuple of the image isotropically rescaled to each of `scales`, label), in order,
-    two elements prefetched; files that cannot be decoded are skipped into `bad_files`.
+    (a tuple of the image's uint8 `transforms.rescaled_view` at each of `scales`, label),
+    in order, two elements prefetched; files that cannot be decoded are skipped into
+    `bad_files`.
 
     Args:
         source: A `DataSource` or a string for `sources.as_source`.
@@ -334,7 +335,7 @@ def rescaled_views(
     scales = tuple(scales)
     return decoded_images(
         source,
-        lambda image: tuple(transforms.rescale_isotropic(image, q) for q in scales),
+        lambda image: tuple(transforms.rescaled_view(image, q) for q in scales),
         with_labels=True,
         bad_files=bad_files,
     ).prefetch(2)

@@ -293,8 +293,8 @@ def evaluation_dataset(
 ) -> tf.data.Dataset:
     """One pass over a source, in its order, for validation during training (Sec. 3.2).
 
-    Every image is rescaled isotropically so its smaller side is Q = `scale`, then its
-    central crop is taken ("center") and rounded to uint8; batches (batch_size, crop, crop,
+    Every image's uint8 view at Q = `scale` (`transforms.rescaled_view`, as every
+    protocol reads it) gives its central crop ("center"); batches (batch_size, crop, crop,
     3) and labels (batch_size,). The model's input convention (the mean RGB) is applied on
     the device (`keras_vgg.augment.device_batch`; `fit` does it in the model's test step). Undecodable files are skipped and reported
     like in training. The dense and multi-crop protocols (and multi-scale, fusion) are
@@ -323,10 +323,9 @@ def evaluation_dataset(
     _check_sizes(crop_size, [scale], "scale")
 
     def finish(image):
-        image = transforms.rescale_isotropic(image, scale)
-        image = transforms.center_crop(image, crop_size)
+        image = transforms.center_crop(transforms.rescaled_view(image, scale), crop_size)
         image.set_shape([crop_size, crop_size, 3])
-        return transforms.to_uint8(image)
+        return image
 
     ds = decoded_images(
         source,

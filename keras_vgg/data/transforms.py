@@ -8,8 +8,10 @@ Training (Sec. 3.1) has one path: `random_draws` draws the random choices of a b
 images at once (from `draws_seed`), and `training_crop` turns one encoded image and its
 choices into its uint8 crop (`crop_window`, `decode_window`, `resize_crop`, `to_uint8`); the
 flip and colour shift of the same draws are applied on the device
-(`keras_vgg.augment`). Evaluation (Sec. 3.2) uses `decode_image`, `rescale_isotropic`,
-`center_crop`, `multi_crops` and `subtract_mean`.
+(`keras_vgg.augment`). Testing (Sec. 3.2) reads each image at a test scale as a uint8
+`rescaled_view` (`rescale_isotropic`, then `to_uint8`: the rounding of the training crops),
+and takes `center_crop` and `multi_crops` of it; the model's preprocessing follows on the
+device, inside the compiled network.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "random_draws",
     "resize_crop",
     "rescale_isotropic",
+    "rescaled_view",
     "subtract_mean",
     "to_uint8",
     "training_crop",
@@ -381,6 +384,24 @@ def to_uint8(image: tf.Tensor) -> tf.Tensor:
     level of the float crop.
     """
     return tf.saturate_cast(tf.round(image), tf.uint8)
+
+
+def rescaled_view(image: tf.Tensor, scale) -> tf.Tensor:
+    """An image as testing reads it at test scale Q: rescaled isotropically, as uint8.
+
+    Sec. 3.2: the smaller side becomes Q (`rescale_isotropic`, bilinear), and the pixels
+    are rounded to uint8 as the training crops are (`to_uint8`): every protocol, the
+    validation crops and Appendix B's descriptors take their crops or whole images from
+    this view, and the model's preprocessing runs on the device.
+
+    Args:
+        image: A 3-D image (H, W, 3), any numeric dtype, on the 0-255 scale.
+        scale: The test scale Q (the smaller side of the view).
+
+    Returns:
+        A uint8 tensor whose smaller side is `scale`.
+    """
+    return to_uint8(rescale_isotropic(image, scale))
 
 
 def training_crop(

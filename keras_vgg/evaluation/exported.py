@@ -31,7 +31,8 @@ def artifact_view(
 ) -> tf.Tensor:
     """What an artifact of `protocol` is fed for one image at test scale Q (uint8 RGB).
 
-    Sec. 3.2: the image is rescaled isotropically so that its smaller side is Q; "center"
+    Sec. 3.2: the image's uint8 view at Q (`transforms.rescaled_view`, as `ScoreNet`'s
+    protocols read it); "center"
     takes its central crop_size crop, "dense" the whole rescaled image (with `square`, its
     central Q x Q square, so that the views of many images share one shape, as calibration
     needs). Runs eagerly or inside `Dataset.map`.
@@ -46,12 +47,12 @@ def artifact_view(
     Returns:
         A uint8 (height, width, 3) tensor.
     """
-    view = transforms.rescale_isotropic(image, scale)
+    view = transforms.rescaled_view(image, scale)
     if protocol == "center":
         view = transforms.center_crop(view, crop_size)
     elif square:
         view = transforms.center_crop(view, scale)
-    return tf.cast(tf.round(tf.clip_by_value(view, 0.0, 255.0)), tf.uint8)
+    return view
 
 
 class ExportedNet:

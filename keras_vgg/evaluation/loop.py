@@ -84,7 +84,7 @@ def evaluate_images(
 
     def views():
         for image in images:
-            yield tuple(transforms.rescale_isotropic(as_image(image), q) for q in scales)
+            yield tuple(transforms.rescaled_view(as_image(image), q) for q in scales)
 
     return _evaluate(
         loaded,

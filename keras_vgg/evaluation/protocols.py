@@ -231,7 +231,8 @@ def posteriors_per_scale(
 
     Args:
         net: The `ScoreNet`.
-        views: Per image, the image rescaled to each of `scales`, in that order.
+        views: Per image, its uint8 view at each of `scales` (`transforms.rescaled_view`),
+            in that order.
         protocols: Some of `PROTOCOLS`.
         scales: The test scales Q.
         flip: Average with horizontal flips (dense and multi-crop).

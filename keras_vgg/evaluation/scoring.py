@@ -14,11 +14,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vgg.augment import device_preprocess
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import LoadedModel
 from keras_vgg.evaluation.metrics import fuse, softmax
 from keras_vgg.evaluation.protocols import as_image, check_protocol, posteriors_per_scale
-from keras_vgg.imagenet import PAPER, Preprocessing, preprocess_input
+from keras_vgg.imagenet import PAPER, Preprocessing
 from keras_vgg.network import to_fully_convolutional
 from keras_vgg.weights.names import HEAD_LAYERS
 
@@ -27,6 +28,7 @@ __all__ = [
     "ScoreNet",
     "dense_head",
     "dense_pooled",
+    "pixel_batch",
     "polymorphic_forward",
     "score_nets",
 ]
@@ -46,8 +48,10 @@ class ScoreNet:
         model: A model from `keras_vgg.build(..., include_top=True)` (or loaded from a
             `.keras` file saved from one): a linear `predictions` layer whose soft-max is a
             separate final layer.
-        preprocessing: What the model expects of its input; applied by this class to RGB
-            images in [0, 255].
+        preprocessing: What the model expects of its input; applied to the RGB pixels in
+            [0, 255] inside the compiled network, as its first operations
+            (`polymorphic_forward`): the host hands over the pixels themselves (uint8
+            views: a quarter of float32's bytes).
         batch_size: Crops per forward pass for center and multi-crop evaluation, and the
             most images (with their flips) per forward pass in dense evaluation.
         dense_average: One of `DENSE_AVERAGES` (default "logits", see the module docstring).
@@ -104,24 +108,27 @@ class ScoreNet:
             pool5 = fully_conv.get_layer(HEAD_LAYERS[0]).input
             outputs = [head.output, *(h(pool5) for h in heads)]
         self.network = keras.Model(fully_conv.inputs, outputs, name=f"{model.name}_scores")
-        self._forward, self._compiled = polymorphic_forward(self.network)
+        self._forward, self._compiled = polymorphic_forward(self.network, preprocessing)
 
     @property
     def trace_count(self) -> int | None:
         """How many times the network was traced (TensorFlow backend; None elsewhere).
 
-        Stays at 1 whatever the image sizes: the compiled signature leaves them unknown.
+        One trace per input dtype met (`pixel_batch`: uint8, as every protocol feeds it,
+        and float32 for float pixels given to `maps` and the methods built on it),
+        whatever the batch sizes and image sizes: the compiled signatures leave them
+        unknown. So 1 after any number of protocols on any images, at most 2.
         """
         if self._compiled is None:
             return None
-        return int(self._compiled.experimental_get_tracing_count())
+        return sum(int(f.experimental_get_tracing_count()) for f in self._compiled.values())
 
     def score_maps(self, images: np.ndarray) -> np.ndarray:
         """Class score maps (logits) of a batch of images of one size, preprocessed here.
 
         Args:
-            images: (batch, height, width, 3) RGB in [0, 255], height and width at least
-                the crop size.
+            images: (batch, height, width, 3) RGB in [0, 255] (uint8, or float as
+                `pixel_batch` reads it), height and width at least the crop size.
 
         Returns:
             float32 (batch, floor(height/32) - 6, floor(width/32) - 6, classes) for a
@@ -139,10 +146,7 @@ class ScoreNet:
             (class score maps, then one map per head in order), each float32 (batch,
             floor(height/32) - 6, floor(width/32) - 6, outputs) for a 224 crop size.
         """
-        batch = preprocess_input(
-            np.asarray(images, dtype=np.float32), preprocessing=self.preprocessing
-        )
-        outputs = self._forward(batch)
+        outputs = self._forward(images)
         return tuple(outputs) if self.heads else (outputs,)
 
     def crop_posteriors(self, crops: Iterable[tuple[Any, np.ndarray]]) -> dict[Any, np.ndarray]:
@@ -152,7 +156,8 @@ class ScoreNet:
         and those of the next image fill large batches (Sec. 3.2, multi-crop).
 
         Args:
-            crops: (key, crops) pairs; crops (n, crop_size, crop_size, 3) RGB in [0, 255].
+            crops: (key, crops) pairs; crops (n, crop_size, crop_size, 3) RGB in [0, 255]
+                (uint8 as the protocols cut them from their views; float accepted).
 
         Returns:
             key -> float64 (classes,) mean posterior over the group's crops.
@@ -180,7 +185,7 @@ class ScoreNet:
                 del owners[:take]
 
         for key, group in crops:
-            group = np.asarray(group, dtype=np.float32)
+            group = pixel_batch(group)
             pending.append(group)
             owners.extend([key] * len(group))
             flush(self.batch_size)
@@ -227,11 +232,12 @@ class ScoreNet:
     ) -> np.ndarray:
         """Posteriors of raw images under one protocol, averaged over the test scales.
 
-        Each image is rescaled isotropically to every Q (Sec. 3.2); "dense+multi_crop"
+        Each image is read at every Q as its uint8 view (`transforms.rescaled_view`, as
+        `kvgg evaluate` reads files: float images are rounded there too); "dense+multi_crop"
         averages the two protocols' multi-scale posteriors (Sec. 4.3).
 
         Args:
-            images: (height, width, 3) RGB images in [0, 255], any size.
+            images: (height, width, 3) RGB images in [0, 255], any size and dtype.
             protocol: One of `PROTOCOLS` or "dense+multi_crop".
             scales: Test scales Q, each at least the crop size.
             flip: Average with horizontal flips (dense and multi-crop).
@@ -252,8 +258,7 @@ class ScoreNet:
             )
         protocols = ("dense", "multi_crop") if protocol == "dense+multi_crop" else (protocol,)
         views = [
-            tuple(transforms.rescale_isotropic(as_image(image), q) for q in scales)
-            for image in images
+            tuple(transforms.rescaled_view(as_image(image), q) for q in scales) for image in images
         ]
         if not views:
             return np.zeros((0, self.classes))
@@ -289,7 +294,8 @@ def dense_pooled(
 
     Args:
         maps: Batch of same-size images (batch, height, width, 3) -> maps (batch, h, w, d).
-        images: (height, width, 3) images (sizes may differ), as `maps` takes them.
+        images: (height, width, 3) images (sizes may differ), as `maps` takes them
+            (`pixel_batch`: uint8 stays uint8).
         pool: Maps (batch, h, w, d) -> pooled (batch, d).
         min_side: The smallest side an image may have (the crop size).
         batch_size: The most images (with their flips) per forward pass.
@@ -301,7 +307,7 @@ def dense_pooled(
     Raises:
         ValueError: for an image smaller than `min_side`.
     """
-    images = [np.asarray(image, dtype=np.float32) for image in images]
+    images = [pixel_batch(image) for image in images]
     by_size: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
         if image.ndim != 3 or min(image.shape[:2]) < min_side:
@@ -326,29 +332,62 @@ def dense_pooled(
     return np.zeros((0, 0)) if out is None else out
 
 
-def polymorphic_forward(network: keras.Model) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
-    """Compiles `network` once for every batch size, height and width.
+def pixel_batch(x: Any) -> np.ndarray:
+    """Pixels (a batch or an image) as the compiled networks take them, as a NumPy array.
 
-    `ScoreNet` runs its network through this function (looked up in this module when a
-    `ScoreNet` is made, so a test may wrap it to see every batch the network receives).
+    uint8 stays uint8 (what the views and crops of testing are, a quarter of float32's
+    bytes to hand over); any other dtype becomes float32 (float pixels from a library user,
+    kept as they are).
+    """
+    x = np.asarray(x)
+    return x if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+
+
+def polymorphic_forward(
+    network: keras.Model, preprocessing: Preprocessing | None = None
+) -> tuple[Callable[[np.ndarray], Any], Any]:
+    """Compiles `network` once per input dtype for every batch size, height and width.
+
+    With `preprocessing`, the batch is pixels and the model's input convention is applied
+    inside the compiled function, as its first operations (`augment.device_preprocess`),
+    on the device the network runs on. `ScoreNet` runs its network through this function
+    (looked up in this module when a `ScoreNet` is made, so a test may wrap it to see every
+    batch the network receives).
 
     Args:
         network: A Keras model whose input is (batch, height, width, channels).
+        preprocessing: The input convention to apply first, or None for a batch the
+            network takes as it is.
 
     Returns:
-        (forward, compiled): `forward(batch)` maps a float32 NumPy batch to the network's
-        output as a NumPy array (a list of them for a network with several outputs); `compiled` is the `tf.function` on TensorFlow (whose
-        tracing count `ScoreNet.trace_count` reports), None on other backends.
+        (forward, compiled): `forward(batch)` maps a NumPy batch (`pixel_batch`: uint8, or
+        any other dtype as float32) to the network's output as a NumPy array (a list of
+        them for a network with several outputs); `compiled` maps each input dtype to its
+        `tf.function` on TensorFlow (each traced once, on its first batch, whose tracing
+        counts `ScoreNet.trace_count` sums), None on other backends.
     """
     channels = network.inputs[0].shape[-1]
-    if keras.backend.backend() == "tensorflow":
-        # None dimensions: one trace serves every image size (no retracing per shape).
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)])
-        def forward(batch):
-            return network(batch, training=False)
 
-        return (lambda batch: _to_numpy(forward(tf.convert_to_tensor(batch)))), forward
-    return (lambda batch: _to_numpy(network(batch, training=False))), None
+    def run(batch):
+        if preprocessing is not None:
+            batch = device_preprocess(batch, preprocessing)
+        return network(batch, training=False)
+
+    if keras.backend.backend() == "tensorflow":
+        # None dimensions: one trace per dtype serves every image size (no retracing).
+        compiled = {
+            dtype: tf.function(
+                run, input_signature=[tf.TensorSpec([None, None, None, channels], dtype)]
+            )
+            for dtype in (np.uint8, np.float32)
+        }
+
+        def forward(batch):
+            batch = pixel_batch(batch)
+            return _to_numpy(compiled[batch.dtype.type](tf.convert_to_tensor(batch)))
+
+        return forward, compiled
+    return (lambda batch: _to_numpy(run(pixel_batch(batch)))), None
 
 
 def _to_numpy(outputs):

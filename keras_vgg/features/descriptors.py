@@ -20,10 +20,10 @@ import numpy as np
 
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import LoadedModel, load_models
-from keras_vgg.evaluation.protocols import as_image, resolve_scales
+from keras_vgg.evaluation.protocols import as_image, resolve_scales, to_numpy
 from keras_vgg.evaluation.scoring import dense_pooled, polymorphic_forward
 from keras_vgg.features.maps import linear_copy
-from keras_vgg.imagenet import Preprocessing, preprocess_input
+from keras_vgg.imagenet import Preprocessing
 from keras_vgg.network import to_fully_convolutional
 from keras_vgg.record import record_of
 
@@ -98,14 +98,15 @@ class DescriptorNet:
         self.relu = relu
         self.layer = layer
         self.batch_size = batch_size
-        self._forward, _ = polymorphic_forward(self.network)
+        self._forward, _ = polymorphic_forward(self.network, self.preprocessing)
 
     def feature_maps(self, images: np.ndarray) -> np.ndarray:
-        """The layer's maps (batch, h, w, dim) of a batch of same-size RGB images in [0, 255]."""
-        batch = preprocess_input(
-            np.asarray(images, dtype=np.float32), preprocessing=self.preprocessing
-        )
-        return self._forward(batch)
+        """The layer's maps (batch, h, w, dim) of a batch of same-size RGB images in [0, 255].
+
+        The images (uint8 views, or float pixels) are preprocessed inside the compiled
+        network (`scoring.polymorphic_forward`).
+        """
+        return self._forward(images)
 
     def descriptors(self, images: Sequence[np.ndarray], flip: bool = True) -> np.ndarray:
         """One scale's descriptors of images already rescaled to Q (not normalised).
@@ -218,7 +219,7 @@ def describe_images(
 ) -> np.ndarray:
     """Appendix B descriptors of decoded images (in memory: for notebooks and tests).
 
-    Each image is rescaled isotropically to each Q (`transforms.rescale_isotropic`, as in
+    Each image is read at each Q as its uint8 view (`transforms.rescaled_view`, as in
     evaluation). `keras_vgg.features.extract_features` streams a data set to disk instead.
 
     Args:
@@ -240,10 +241,7 @@ def describe_images(
     scales = resolve_scales(scales, loaded)
     nets = descriptor_nets(loaded, relu=relu, batch_size=batch_size, layer=layer)
     views = [
-        tuple(
-            np.asarray(transforms.rescale_isotropic(as_image(image), q), dtype=np.float32)
-            for q in scales
-        )
+        tuple(to_numpy(transforms.rescaled_view(as_image(image), q)) for q in scales)
         for image in images
     ]
     return descriptors_of_views(

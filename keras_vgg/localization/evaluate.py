@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vgg import runs
+from keras_vgg.augment import device_preprocess
 from keras_vgg.data import transforms
 from keras_vgg.drawing import draw_boxes
 from keras_vgg.evaluation.loading import LoadedModel, load_model
@@ -42,7 +43,6 @@ from keras_vgg.evaluation.metrics import softmax
 from keras_vgg.evaluation.protocols import as_image, to_numpy
 from keras_vgg.evaluation.scoring import ScoreNet, dense_head
 from keras_vgg.files import atomic_text
-from keras_vgg.imagenet import preprocess_input
 from keras_vgg.localization.annotations import BoxSet
 from keras_vgg.localization.boxes import IOU_THRESHOLD, boxes_from_window, iou
 from keras_vgg.localization.merge import MAX_DISTANCE, greedy_merge
@@ -169,11 +169,10 @@ def protocol_1_correct(
         batch_size=batch_size,
         scale=scale,
         crop_size=loaded.info.crop_size,
-        mean=(0.0, 0.0, 0.0),
         with_windows=True,
     )
     for images, windows, indices in crops.as_numpy_iterator():
-        batch = preprocess_input(images, preprocessing=loaded.info.preprocessing)
+        batch = device_preprocess(images, loaded.info.preprocessing)
         outputs = to_numpy(loaded.model(batch, training=False))
         labels = np.array([box_set.labels[i] for i in indices])
         predicted = box_of_class(outputs, labels, mode)
@@ -300,7 +299,7 @@ class Localizer:
         per_scale = []
         posteriors = []
         for q in self.scales:
-            rescaled = to_numpy(transforms.rescale_isotropic(image, q))[None]
+            rescaled = to_numpy(transforms.rescaled_view(image, q))[None]
             class_maps = []
             box_maps: list[Any] = [None] * len(self.localizers)
             for k, net in enumerate(self.cls_nets):

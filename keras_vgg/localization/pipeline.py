@@ -14,14 +14,11 @@ sample weight is 0 for a crop that shows nothing of any box of the image's class
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import tensorflow as tf
 
 from keras_vgg.data import pipelines, transforms
 from keras_vgg.data.decoding import decoded_images
-from keras_vgg.imagenet import IMAGENET_MEAN
 from keras_vgg.localization.annotations import BoxSet
 
 __all__ = [
@@ -121,31 +118,32 @@ def localization_validation_dataset(
     batch_size: int,
     scale: int,
     crop_size: int = 224,
-    mean: Sequence[float] = IMAGENET_MEAN,
     with_windows: bool = False,
 ) -> tf.data.Dataset:
-    """Each image's central crop at Q with its box target, in order (no flip).
+    """Each image's central crop at Q, as uint8, with its box target, in order (no flip).
+
+    The crop is the window `center_window` resized to the crop size and rounded
+    (`transforms.resize_crop`, `transforms.to_uint8`), as the training crops are; the net's
+    preprocessing runs on the device (in `fit`, the model's test step:
+    `keras_vgg.augment.device_batch`).
 
     Args:
         box_set: The images and their boxes.
         batch_size: Crops per batch.
         scale: The test scale Q.
         crop_size: Crop side.
-        mean: Mean RGB subtracted (the net's convention).
         with_windows: Also yield each crop's window and its image's index in `box_set`.
 
     Returns:
-        A finite dataset of (images, targets, weights), or with `with_windows` of
+        A finite dataset of (uint8 images, targets, weights), or with `with_windows` of
         (images, windows, indices); undecodable images are skipped and named.
     """
-    offset = -tf.constant(tuple(float(m) for m in mean), tf.float32)
 
     def crop(image):
         shape = tf.shape(image)
         window = center_window(shape[0], shape[1], scale, crop_size)
         patch = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3], :]
-        pixels = transforms.add_per_channel(transforms.resize_crop(patch, crop_size), offset)
-        return pixels, window
+        return transforms.to_uint8(transforms.resize_crop(patch, crop_size)), window
 
     ds = decoded_images(
         box_set.indexed_source(),

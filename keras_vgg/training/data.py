@@ -350,7 +350,6 @@ def _localization_data(recipe, bad_files_path) -> TrainingData:
             batch_size=r.batch_size,
             scale=d.resolved_val_scale,
             crop_size=d.crop_size,
-            mean=mean,
         )
         if r.val_steps is not None:
             val = val.take(r.val_steps)
