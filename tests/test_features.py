@@ -140,6 +140,16 @@ def test_extract_features_streams_a_voc_folder_to_npz(nets, tmp_path, rng):
     images = [tf.io.decode_jpeg(open(f, "rb").read(), channels=3).numpy() for f in loaded.files]
     alone = features.describe_images(nets["A"], images, scales=(32, 48), aggregate="average")
     np.testing.assert_allclose(loaded.descriptors, alone, rtol=1e-4, atol=1e-6)
+    # Both read each scale's view rounded to uint8 pixels, as evaluation does (by hand here).
+    views = []
+    for image in images:
+        h, w = image.shape[:2]
+        sizes = [(round(h * q / min(h, w)), round(w * q / min(h, w))) for q in (32, 48)]
+        resized = [tf.image.resize(image.astype(np.float32), size).numpy() for size in sizes]
+        views.append(tuple(np.clip(np.round(r), 0, 255).astype(np.uint8) for r in resized))
+    dnet = features.DescriptorNet(nets["A"])
+    by_hand = descriptors_lib.descriptors_of_views([dnet], views, aggregate="average")
+    np.testing.assert_allclose(alone, by_hand, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(got.descriptors), loaded.descriptors)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no scratch left
     # A file that is not a features file: one line naming it and the field.

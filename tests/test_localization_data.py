@@ -151,6 +151,17 @@ def test_validation_crops_carry_their_boxes(tree):
     np.testing.assert_array_equal(targets[:, 0], [0, 0, 1])
     for image, target in zip(images, targets, strict=True):
         np.testing.assert_allclose(white_box(image), centers_to_corners(target[1:]), atol=1.5 / 32)
+    # uint8 crops (the net's preprocessing runs on the device): the central window of side
+    # 32 * min(h, w) / 40, resized to 32 and rounded, by hand.
+    assert images.dtype == np.uint8
+    for image, path in zip(images, boxes.files, strict=True):
+        pixels = tf.io.decode_image(open(path, "rb").read(), channels=3).numpy()
+        h, w = pixels.shape[:2]
+        side = round(32 * min(h, w) / 40)
+        top, left = round((h - side) / 2), round((w - side) / 2)
+        window = pixels[top : top + side, left : left + side].astype(np.float32)
+        crop = np.round(tf.image.resize(window, (32, 32)).numpy())
+        np.testing.assert_array_equal(image, np.clip(crop, 0, 255).astype(np.uint8))
 
 
 def test_box_targets_in_graph_equal_the_numpy_reference():

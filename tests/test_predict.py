@@ -81,7 +81,9 @@ def test_predict_cli_dense_multi_scale_text(setup):
     # The dense, multi-scale posterior is the mean over Q of each scale's dense posterior.
     net = evaluation.ScoreNet(setup["model"])
     image = _decode(path)
-    at_288 = tf.image.resize(image, (288, 338)).numpy()
+    # Each scale's view is the rescaled image rounded to uint8 pixels.
+    at_288 = np.clip(np.round(tf.image.resize(image, (288, 338)).numpy()), 0, 255)
+    at_288 = at_288.astype(np.uint8)
     mean = (net.dense_posteriors([image])[0] + net.dense_posteriors([at_288])[0]) / 2
     np.testing.assert_allclose(expected, mean, atol=1e-6)
 
