@@ -419,6 +419,11 @@ def reference_rescale(pixels, q):
     return tf.image.resize(pixels, size, antialias=False).numpy()
 
 
+def reference_view(pixels, q):
+    """What testing reads at Q: the rescaled image rounded and clipped to uint8."""
+    return np.clip(np.round(reference_rescale(pixels, q)), 0, 255).astype(np.uint8)
+
+
 def test_evaluation_center_crops_in_source_order(png_tree):
     source, pixels = png_tree
     mean = np.float32([123.68, 116.779, 103.939])
@@ -455,14 +460,15 @@ def test_evaluate_dense_reads_rescales_and_scores_whole_images_in_source_order(p
         small_net, source, protocols=["dense"], scales=[36, 64], keep_posteriors=True
     )
     assert result.images == len(pixels) and result.skipped == ()
-    # By hand: the whole image rescaled by TensorFlow's resize (and its flip), the class score
-    # map of the fully convolutional twin averaged spatially, then the soft-max.
+    # By hand: the whole image rescaled by TensorFlow's resize and rounded to uint8 (and its
+    # flip), the class score map of the fully convolutional twin averaged spatially, then the
+    # soft-max.
     dense = to_fully_convolutional(small_net)
     scores = keras.Model(dense.inputs, dense.get_layer("predictions").output)
     for q in (36, 64):
         expected = []
         for pix in pixels:
-            big = reference_rescale(pix, q)
+            big = reference_view(pix, q)
             assert min(big.shape[:2]) == q
             views = [big, big[:, ::-1]]
             maps = [scores.predict(preprocess_input(v[None]), verbose=0)[0] for v in views]
@@ -481,7 +487,7 @@ def test_evaluate_multi_crop_takes_the_50_crops_of_each_rescaled_image(png_tree,
     )
     expected = []
     for pix in pixels:
-        crops = T.multi_crops(reference_rescale(pix, 40), 32).numpy()
+        crops = T.multi_crops(reference_view(pix, 40), 32).numpy()
         assert crops.shape == (50, 32, 32, 3)
         expected.append(small_net.predict(preprocess_input(crops), verbose=0).mean(0))
     row = result.row("multi_crop")
