@@ -44,7 +44,8 @@ def test_features_demo_table_verdicts_and_goal(tmp_path, monkeypatch):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert int(cells[0]) == n
         assert cells[1:] == [f"{row[c]:.1f} %" for c in demo.FEATURES_DEMO_COLUMNS]
-    assert f"digits 5-9 ({result.images} images)" in lines[-len(rows) - 4]
+    unseen = demo.FEATURES_DEMO_CLASSES[1]
+    assert f"digits {', '.join(unseen)} ({result.images} images)" in lines[-len(rows) - 4]
     verdict = lines[-1]
     for column, at_n in beaten.items():
         if at_n == list(result.table):
