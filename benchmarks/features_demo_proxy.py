@@ -11,7 +11,7 @@ nets' score minus the better of the two baselines (the same nets untrained, raw 
 the rule: the largest minimum over N of the margin, ties to the larger mean. Settings that
 share training (recipe, epochs, seeds) share the runs.
 
-    python benchmarks/features_demo_proxy.py --settings demo,fc1 --folds 5 -o proxy.jsonl
+    python benchmarks/features_demo_proxy.py --settings 'demo;fc1' --folds 5 -o proxy.jsonl
 
 Prints a Markdown row per setting (per-N means, trained / untrained / pixels, and the
 margins) and appends every fold's table to `-o` as JSON lines.
@@ -36,15 +36,16 @@ SETTINGS: dict[str, dict] = {
     "demo": {},
     "fc2 before ReLU": {"relu": False},
     "3 nets": {"seeds": (0, 1, 2)},
-    "3 nets, fc2 before ReLU": {"seeds": (0, 1, 2), "relu": False},
+    "3 nets + fc2 before ReLU": {"seeds": (0, 1, 2), "relu": False},
+    "4 nets": {"seeds": (0, 1, 2, 3)},
+    "3 nets + fc1": {"seeds": (0, 1, 2), "layer": "fc1"},
+    "3 nets + Q 64/80/96": {"seeds": (0, 1, 2), "scales": (64, 80, 96)},
+    "3 nets + per-scale norm": {"seeds": (0, 1, 2), "per_scale_norm": True},
     "fc1": {"layer": "fc1"},
-    "fc1 before ReLU": {"layer": "fc1", "relu": False},
     "per-scale norm": {"per_scale_norm": True},
-    "Q 64, 80, 96": {"scales": (64, 80, 96)},
-    "Q 64": {"scales": (64,)},
+    "Q 64/80/96": {"scales": (64, 80, 96)},
     "2 epochs": {"epochs": 2},
     "lr 1e-3": {"recipe": (*CROP_64, "optimizer.lr=0.001")},
-    "4 nets": {"seeds": (0, 1, 2, 3)},
 }
 #: The held-out pairs of the folds (the nets train on the other three digits of 0-4).
 FOLDS: tuple[tuple[str, str], ...] = (("3", "4"), ("0", "1"), ("1", "2"), ("2", "3"), ("0", "4"))
@@ -100,7 +101,9 @@ def score(name: str, folds: int, shots, splits: int, recipe: str, data: str, out
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument(
+        "--settings", default=";".join(SETTINGS), help="names of SETTINGS, separated by ;"
+    )
     parser.add_argument("--folds", type=int, default=len(FOLDS))
     parser.add_argument("--shots", default="2,3,5")
     parser.add_argument("--splits", type=int, default=10)
@@ -112,7 +115,7 @@ def main() -> None:
     print(f"{_cpu()}, load average {os.getloadavg()[0]:.1f}; folds: {args.folds}")
     print("| setting | trained | untrained | pixels | margins | min |")
     print("|---|---|---|---|---|---|")
-    for name in args.settings.split(","):
+    for name in args.settings.split(";"):
         result = score(name, args.folds, shots, args.splits, args.recipe, args.data, args.output)
         cols = [
             " / ".join(f"{row[c]:.2f}" for row in result.table.values())
