@@ -31,7 +31,6 @@ import numpy as np
 from keras_vgg import demo
 
 #: The candidates, by name: changes to the demo's setting (`demo.FeaturesSetting`).
-CROP_64 = demo.FEATURES_DEMO_RECIPE
 SETTINGS: dict[str, dict] = {
     "demo": {},
     "fc2 before ReLU": {"relu": False},
@@ -45,7 +44,7 @@ SETTINGS: dict[str, dict] = {
     "per-scale norm": {"per_scale_norm": True},
     "Q 64/80/96": {"scales": (64, 80, 96)},
     "2 epochs": {"epochs": 2},
-    "lr 1e-3": {"recipe": (*CROP_64, "optimizer.lr=0.001")},
+    "lr 1e-3": {"recipe": (*demo.FEATURES_DEMO_RECIPE, "optimizer.lr=0.001")},
 }
 #: The held-out pairs of the folds (the nets train on the other three digits of 0-4).
 FOLDS: tuple[tuple[str, str], ...] = (("3", "4"), ("0", "1"), ("1", "2"), ("2", "3"), ("0", "4"))
