@@ -37,17 +37,22 @@ from keras_vgg.record import record_of
 
 __all__ = [
     "DIGITS_SPLITS",
+    "FEATURES_DEMO_CLASSES",
     "FEATURES_DEMO_COLUMNS",
     "FEATURES_DEMO_DATA",
     "FEATURES_DEMO_EPOCHS",
     "FEATURES_DEMO_HOLDOUT_REPEATS",
     "FEATURES_DEMO_IMAGE_SIZE",
+    "FEATURES_DEMO_LAYER",
     "FEATURES_DEMO_RECIPE",
+    "FEATURES_DEMO_RELU",
     "FEATURES_DEMO_SCALES",
     "FEATURES_DEMO_SEEDS",
     "FEATURES_DEMO_SHOTS",
+    "FEATURES_DEMO_SPLITS",
     "DemoResult",
     "FeaturesDemoResult",
+    "FeaturesSetting",
     "run_demo",
     "run_features_demo",
     "sample_images",
@@ -241,7 +246,7 @@ def run_demo(
 #: Training images per class of the features demo's SVMs.
 FEATURES_DEMO_SHOTS: tuple[int, ...] = (5, 10, 20)
 #: The features demo's nets: the demo recipe on digits 0-4 with these seeds, stacked.
-FEATURES_DEMO_SEEDS: tuple[int, ...] = (0, 1)
+FEATURES_DEMO_SEEDS: tuple[int, ...] = (0, 1, 2)
 #: Held-out draws averaged to choose each SVM's C (`features.select_c`).
 FEATURES_DEMO_HOLDOUT_REPEATS = 5
 #: Side of the features demo's digit images: 64-pixel crops (pool5 2x2), so that fc1 sees
@@ -262,12 +267,60 @@ FEATURES_DEMO_EPOCHS = 1
 #: The scales Q of the features demo's descriptors (Appendix B: fc2, dense, pooled, stacked
 #: over the scales, L2; no flip: a flipped digit is another digit).
 FEATURES_DEMO_SCALES: tuple[int, ...] = (64, 96)
+#: The layer whose activations are the features demo's descriptors ("fc2": Appendix B).
+FEATURES_DEMO_LAYER = "fc2"
+#: Whether the features demo's descriptors are taken after the layer's ReLU (the paper does
+#: not say; the proxy chose before).
+FEATURES_DEMO_RELU = False
+#: The seen and unseen classes of the features demo: nets trained on the first, SVMs on the
+#: second.
+FEATURES_DEMO_CLASSES: tuple[tuple[str, ...], tuple[str, ...]] = (tuple("01234"), tuple("56789"))
+#: Seeded splits of the unseen classes' images per N (mean class recall averaged over them).
+FEATURES_DEMO_SPLITS = 3
 #: The columns of the features demo's table.
 FEATURES_DEMO_COLUMNS: tuple[str, ...] = (
-    "fc2 descriptors of the 0-4 nets",
+    "descriptors of the trained nets",
     "the same nets untrained",
     "raw pixels (L2)",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesSetting:
+    """What the features demo trains and describes with: the levers its proxy compares.
+
+    The defaults are the demo's constants (`FEATURES_DEMO_*`); `benchmarks/features_demo_proxy.py`
+    scores other settings on digits 0-4 only.
+
+    Attributes:
+        recipe: `--set` overrides of the demo recipe for the nets.
+        epochs: Training epochs (at most; the best validation epoch is kept).
+        seeds: One net per seed, stacked.
+        scales: The scales Q of the descriptors, stacked.
+        layer: "fc2" (Appendix B) or "fc1".
+        relu: After the layer's ReLU, or before.
+        per_scale_norm: L2-normalise each scale's descriptor before stacking.
+    """
+
+    recipe: tuple[str, ...] = FEATURES_DEMO_RECIPE
+    epochs: int = FEATURES_DEMO_EPOCHS
+    seeds: tuple[int, ...] = FEATURES_DEMO_SEEDS
+    scales: tuple[int, ...] = FEATURES_DEMO_SCALES
+    layer: str = FEATURES_DEMO_LAYER
+    relu: bool = FEATURES_DEMO_RELU
+    per_scale_norm: bool = False
+
+    def descriptor_options(self) -> dict:
+        """The keyword arguments of `features.describe_images` (no flip: a flipped digit is
+        another digit)."""
+        return {
+            "scales": self.scales,
+            "aggregate": "stack",
+            "flip": False,
+            "layer": self.layer,
+            "relu": self.relu,
+            "per_scale_norm": self.per_scale_norm,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,10 +328,10 @@ class FeaturesDemoResult:
     """What `run_features_demo` measured.
 
     Attributes:
-        run_dirs: The runs of the nets trained on digits 0 to 4.
+        run_dirs: The runs of the nets trained on the seen classes.
         table: Per training images per class N: column (`FEATURES_DEMO_COLUMNS`) -> mean
-            class recall in %, the mean over three seeded splits.
-        images: Number of images of digits 5 to 9 described.
+            class recall in %, the mean over the seeded splits.
+        images: Number of images of the unseen classes described.
         seconds: Wall time of the whole demo (training included).
     """
 
@@ -291,6 +344,11 @@ class FeaturesDemoResult:
         """The N at which the trained nets' descriptors score above `column`."""
         ours = FEATURES_DEMO_COLUMNS[0]
         return tuple(n for n, row in self.table.items() if row[ours] > row[column])
+
+    def margins(self) -> dict[int, float]:
+        """Per N: the trained nets' score minus the better of the other columns (points)."""
+        ours, others = FEATURES_DEMO_COLUMNS[0], FEATURES_DEMO_COLUMNS[1:]
+        return {n: row[ours] - max(row[c] for c in others) for n, row in self.table.items()}
 
     @property
     def descriptors_win(self) -> bool:
@@ -358,9 +416,11 @@ def run_features_demo(
     recipe_path: str | os.PathLike = "recipes/demo.toml",
     data_root: str | os.PathLike = FEATURES_DEMO_DATA,
     *,
-    epochs: int = FEATURES_DEMO_EPOCHS,
+    setting: FeaturesSetting | None = None,
+    classes: tuple[tuple[str, ...], tuple[str, ...]] = FEATURES_DEMO_CLASSES,
     shots: tuple[int, ...] = FEATURES_DEMO_SHOTS,
-    seeds: tuple[int, ...] = FEATURES_DEMO_SEEDS,
+    splits: int = FEATURES_DEMO_SPLITS,
+    run_name: str = "demo_features",
     overwrite: bool = False,
     print_fn: Callable[[str], None] = print,
 ) -> FeaturesDemoResult:
@@ -368,18 +428,20 @@ def run_features_demo(
     features`).
 
     The digits are written at `FEATURES_DEMO_IMAGE_SIZE` pixels under `data_root`; the demo
-    recipe with `FEATURES_DEMO_RECIPE` trains on digits 0 to 4 only (`<data_root>-0to4`, at
-    most `epochs` epochs), once per seed in `seeds` (runs `demo_features`,
-    `demo_features_seed1`, ...). Every image of digits 5 to 9 gets the library's Appendix B
-    descriptor (`features.describe_images`: fc2 after its ReLU, dense over the image at each
-    of `FEATURES_DEMO_SCALES`, averaged spatially, stacked over the scales, L2-normalised,
-    the nets stacked), without flips (a flipped digit is another digit). Two baselines get
-    the same linear SVMs: the same descriptor from the same nets untrained (each built
-    from its recipe and seed, the weights its training started from), and the raw pixels
-    of the same images (grey, L2-normalised). SVMs are trained on N images per class for
-    each N in `shots`, C chosen on held-out training images (`FEATURES_DEMO_HOLDOUT_REPEATS`
-    draws averaged); mean class recall over three seeded splits. docs/features.md says how
-    the settings were chosen.
+    recipe with the setting's overrides (`FeaturesSetting`, by default the demo's constants)
+    trains on the seen classes only (`classes[0]`, digits 0 to 4; their images linked under
+    `<data_root>-<classes>`, at most `setting.epochs` epochs), once per seed (runs
+    `<run_name>`, `<run_name>_seed1`, ...; a finished run is reused). Every image of the
+    unseen classes (`classes[1]`, digits 5 to 9) gets the library's Appendix B descriptor
+    (`features.describe_images`: the setting's layer, dense over the image at each of its
+    scales, averaged spatially, stacked over the scales, L2-normalised, the nets stacked),
+    without flips (a flipped digit is another digit). Two baselines get the same linear
+    SVMs: the same descriptor from the same nets untrained (each built from its recipe and
+    seed, the weights its training started from), and the raw pixels of the same images
+    (grey, L2-normalised). SVMs are trained on N images per class for each N in `shots`, C
+    chosen on held-out training images (`FEATURES_DEMO_HOLDOUT_REPEATS` draws averaged);
+    mean class recall over `splits` seeded splits. The same function with other classes and
+    settings is the proxy the demo's setting was chosen on (docs/features.md).
 
     Returns:
         A `FeaturesDemoResult`.
@@ -389,11 +451,12 @@ def run_features_demo(
     """
     from PIL import Image
 
+    setting = setting or FeaturesSetting()
     start = time.perf_counter()
     data_root = os.fspath(data_root)
     write_digits(data_root, size=FEATURES_DEMO_IMAGE_SIZE)
-    seen, unseen = tuple("01234"), tuple("56789")
-    subset = f"{data_root}-0to4"
+    seen, unseen = classes
+    subset = f"{data_root}-{''.join(seen)}"
     for split in ("train", "val"):
         _link_classes(os.path.join(data_root, split), os.path.join(subset, split), seen)
     stats_path = os.path.join(subset, "stats.json")
@@ -401,17 +464,17 @@ def run_features_demo(
         train = sources.open_source(os.path.join(subset, "train"))
         stats.compute_stats(train).to_json(stats_path)
     run_dirs, untrained = [], []
-    for seed in seeds:
+    for seed in setting.seeds:
         recipe = recipe_lib.load_recipe(
             recipe_path,
             [
                 f"data.root={os.path.join(subset, 'train')}",
                 f"data.val_root={os.path.join(subset, 'val')}",
                 f"data.stats={stats_path}",
-                "run.name=demo_features" + (f"_seed{seed}" if seed else ""),
+                f"run.name={run_name}" + (f"_seed{seed}" if seed else ""),
                 f"run.seed={seed}",
-                f"schedule.epochs={epochs}",
-                *FEATURES_DEMO_RECIPE,
+                f"schedule.epochs={setting.epochs}",
+                *setting.recipe,
             ],
         )
         if runs.run_status(recipe.run_dir, overwrite)[0] != "finished":
@@ -425,7 +488,7 @@ def run_features_demo(
         )
     files, labels = _class_files(data_root, tuple(DIGITS_SPLITS), unseen)
     images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-    options = {"scales": FEATURES_DEMO_SCALES, "aggregate": "stack", "flip": False}
+    options = setting.descriptor_options()
     columns = dict(
         zip(
             FEATURES_DEMO_COLUMNS,
@@ -444,13 +507,16 @@ def run_features_demo(
             result = features.single_label_transfer(
                 features.FeatureSet(x, tuple(files), labels, unseen, {}),
                 n,
-                splits=3,
+                splits=splits,
                 Cs=features.svm.DEFAULT_CS,
                 holdout_repeats=FEATURES_DEMO_HOLDOUT_REPEATS,
             )
             table[n][column] = result.metrics["mean class recall"]
     result = FeaturesDemoResult(tuple(run_dirs), table, len(files), time.perf_counter() - start)
-    print_fn(f"digits 5-9 ({len(files)} images), linear SVM, mean class recall over 3 splits:")
+    print_fn(
+        f"digits {', '.join(unseen)} ({len(files)} images), nets trained on "
+        f"{', '.join(seen)}, linear SVM, mean class recall over {splits} splits:"
+    )
     print_fn(result.to_markdown())
     print_fn(f"{result.verdict()} ({result.seconds:.0f} s)")
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 from keras_vgg import demo
@@ -44,7 +45,8 @@ def test_features_demo_table_verdicts_and_goal(tmp_path, monkeypatch):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert int(cells[0]) == n
         assert cells[1:] == [f"{row[c]:.1f} %" for c in demo.FEATURES_DEMO_COLUMNS]
-    assert f"digits 5-9 ({result.images} images)" in lines[-len(rows) - 4]
+    unseen = demo.FEATURES_DEMO_CLASSES[1]
+    assert f"digits {', '.join(unseen)} ({result.images} images)" in lines[-len(rows) - 4]
     verdict = lines[-1]
     for column, at_n in beaten.items():
         if at_n == list(result.table):
@@ -61,3 +63,16 @@ def test_features_demo_table_verdicts_and_goal(tmp_path, monkeypatch):
     ]
     if missed:
         pytest.xfail("goal missed: " + "; ".join(missed))
+
+
+def test_margins_are_the_trained_column_minus_the_best_baseline():
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(80, 100, (6, 3))
+    table = {
+        n: dict(zip(demo.FEATURES_DEMO_COLUMNS, row, strict=True)) for n, row in enumerate(scores)
+    }
+    result = demo.FeaturesDemoResult((), table, 0, 0.0)
+    expected = scores[:, 0] - scores[:, 1:].max(axis=1)
+    assert (expected > 0).any() and (expected < 0).any()  # both signs exercised
+    np.testing.assert_allclose(list(result.margins().values()), expected)
+    assert list(result.margins()) == list(table)
