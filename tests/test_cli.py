@@ -1,25 +1,37 @@
 """`kvgg` as a real process: version, summary, one-line errors."""
 
-import json
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT, kvgg
+from conftest import kvgg, kvgg_batch
 
 import keras_vgg
 
+SUMMARY = ["summary", "vgg13", "--width", "0.0625", "--classes", "4", "--input-shape", "64,64,3"]
 
-def test_version():
-    result = kvgg("--version")
+# (arguments, the error's fragment): each exit 2, one line, no traceback.
+BAD_INPUT = [
+    (["summary", "F"], "Received: config='F'"),
+    (["summary", "A", "--input-shape", "64,64"], "Received: input_shape=(64, 64)"),
+    (["summary", "A", "--width", "-1"], "Received: width=-1.0"),
+    (["summary"], "either a CONFIG or --all"),
+]
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """The summary first (the batch's TensorFlow start-up is its own), then the version and
+    the bad inputs, all in one `kvgg` process: {arguments: CompletedProcess}."""
+    invocations = [SUMMARY, ["--version"], *[args for args, _ in BAD_INPUT]]
+    return dict(zip(map(tuple, invocations), kvgg_batch(*invocations), strict=True))
+
+
+def test_version(runs):
+    result = runs[("--version",)]
     assert result.returncode == 0
     assert result.stdout.strip() == f"kvgg, version {keras_vgg.__version__}"
 
 
-def test_summary_prints_layers_and_exact_count():
-    result = kvgg(
-        "summary", "vgg13", "--width", "0.0625", "--classes", "4", "--input-shape", "64,64,3"
-    )
+def test_summary_prints_layers_and_exact_count(runs):
+    result = runs[tuple(SUMMARY)]
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "Model: vgg_b"
@@ -31,17 +43,9 @@ def test_summary_prints_layers_and_exact_count():
     assert "absl::InitializeLog" not in result.stderr and "oneDNN" not in result.stderr
 
 
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["summary", "F"], "Received: config='F'"),
-        (["summary", "A", "--input-shape", "64,64"], "Received: input_shape=(64, 64)"),
-        (["summary", "A", "--width", "-1"], "Received: width=-1.0"),
-        (["summary"], "either a CONFIG or --all"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2(args, fragment):
-    result = kvgg(*args)
+@pytest.mark.parametrize("args, fragment", BAD_INPUT)
+def test_bad_input_is_one_line_exit_2(runs, args, fragment):
+    result = runs[tuple(args)]
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert fragment in result.stderr
@@ -80,25 +84,6 @@ CHEAP_MISTAKES = [
     (["demo", "localize", "--prepare-only"], "--prepare-only is for the digits demo"),
 ]
 
-# Runs each mistake through `kvgg`'s own entry point in one fresh process, then reports
-# whether TensorFlow or Keras was ever imported.
-CHEAP_MISTAKES_SCRIPT = """
-import contextlib, io, json, sys
-from keras_vgg.cli import main
-results = []
-for args in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            main(args, prog_name="kvgg")
-            code = 0
-        except SystemExit as exit:
-            code = exit.code
-    results.append([code, err.getvalue()])
-print(json.dumps({"results": results, "imported": sorted(
-    m for m in ("tensorflow", "keras", "jax", "torch") if m in sys.modules)}))
-"""
-
 
 def test_cheap_mistakes_are_answered_before_tensorflow_starts(tmp_path):
     (tmp_path / "bad.toml").write_text("[optimizer]\nlrate = 0.01\n")
@@ -106,17 +91,12 @@ def test_cheap_mistakes_are_answered_before_tensorflow_starts(tmp_path):
         ([a.format(tmp=tmp_path) for a in args], fragment.format(tmp=tmp_path))
         for args, fragment in CHEAP_MISTAKES
     ]
-    out = subprocess.run(
-        [sys.executable, "-c", CHEAP_MISTAKES_SCRIPT, json.dumps([a for a, _ in cases])],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
-    for (args, fragment), (code, stderr) in zip(cases, report["results"], strict=True):
+    # kvgg's own entry point in ONE fresh process, with nothing in its environment that
+    # could point it to TensorFlow; then which heavy packages it had imported.
+    done = kvgg_batch(*[a for a, _ in cases], env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    for (args, fragment), result in zip(cases, done, strict=True):
+        code, stderr = result.returncode, result.stderr
         assert code == 2, (args, stderr)
         assert stderr.startswith("kvgg: error: ") and stderr.count("\n") == 1, (args, stderr)
         assert fragment in stderr, (args, stderr)
-    assert report["imported"] == []
+    assert done.imported == []
