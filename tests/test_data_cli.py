@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import kvgg
+from conftest import kvgg_batch
 from data_images import DECODABLE, UNDECODABLE, make_bad_files, make_class_tree
 
 from keras_vgg.data import sources, stats
@@ -19,10 +19,59 @@ def bad_tree(tmp_path_factory):
     return root, make_bad_files(root / "b")
 
 
-def test_data_check_reports_and_exits_1_on_unreadable(bad_tree, tmp_path):
+@pytest.fixture(scope="module")
+def cli(bad_tree, tmp_path_factory):
+    """Every `kvgg` command line of this file in ONE real `kvgg` process (`kvgg_batch`).
+
+    Returns (runs, tmp): the CompletedProcess of each command by its name here, and the
+    folder its inputs and outputs are in.
+    """
+    root, _ = bad_tree
+    tmp = tmp_path_factory.mktemp("data_cli")
+    for name in ("check", "stats", "both"):
+        (tmp / name).mkdir()
+    make_class_tree(tmp / "clean", classes=("a",), per_class=2, size=(48, 64))
+    (tmp / "tree" / "empty").mkdir(parents=True)
+    make_class_tree(tmp / "tree", classes=("full",), per_class=1, size=(8, 8))
+    (tmp / "flat").mkdir()
+    make_class_tree(tmp / "x", classes=("c",), per_class=2, size=(8, 8))
+    for f in os.listdir(tmp / "x" / "c"):
+        os.rename(tmp / "x" / "c" / f, tmp / "flat" / f)
+    (tmp / "labels.txt").write_text("0\n")
+    flat_labels = (tmp / "flat", "--labels", tmp / "labels.txt")
+    sample = (root, "--sample", 5, "--seed", 1, "-o")
+    commands = {
+        "check_bad": (
+            "data",
+            "check",
+            root,
+            "--workers",
+            2,
+            "--output",
+            tmp / "check" / "report.txt",
+        ),
+        "check_clean": ("data", "check", tmp / "clean", "--min-side", 49),
+        "error_missing": ("data", "check", tmp / "missing"),
+        "error_empty_class": ("data", "check", tmp / "tree"),
+        "error_labels_old": ("stats", *flat_labels),
+        "error_labels_new": ("data", "stats", *flat_labels),
+        "stats": ("stats", root, "-o", tmp / "stats" / "stats.json"),
+        "stats_new": ("data", "stats", *sample, tmp / "both" / "new.json"),
+        "stats_old": ("stats", *sample, tmp / "both" / "old.json"),
+        "help_new": ("data", "stats", "--help"),
+        "help_old": ("stats", "--help"),
+        "help": ("--help",),
+        "help_data": ("data", "--help"),
+    }
+    done = kvgg_batch(*commands.values())
+    return dict(zip(commands, done, strict=True)), tmp
+
+
+def test_data_check_reports_and_exits_1_on_unreadable(bad_tree, cli):
     root, bad = bad_tree
-    report_path = tmp_path / "report.txt"
-    result = kvgg("data", "check", root, "--workers", 2, "--output", report_path)
+    runs, tmp = cli
+    report_path = tmp / "check" / "report.txt"
+    result = runs["check_bad"]
     assert result.returncode == 1, result.stderr
     lines = result.stdout.strip().splitlines()
     expected = {
@@ -38,7 +87,8 @@ def test_data_check_reports_and_exits_1_on_unreadable(bad_tree, tmp_path):
     total = 4 + len(DECODABLE) + len(UNDECODABLE)
     assert lines[-1] == f"{total} files: 4 ok, {len(DECODABLE)} unusual, 3 unreadable"
     assert report_path.read_text() == result.stdout.strip() + "\n"
-    assert os.listdir(tmp_path) == ["report.txt"]  # written atomically: no temporary left
+    # written atomically: no temporary left
+    assert os.listdir(tmp / "check") == ["report.txt"]
     assert "Traceback" not in result.stderr
 
 
@@ -64,48 +114,39 @@ def test_check_report_write_replaces_the_file_atomically(bad_tree, tmp_path, mon
     assert os.listdir(tmp_path) == ["report.txt"]
 
 
-def test_data_check_clean_folder_exits_0_and_min_side(tmp_path):
-    make_class_tree(tmp_path, classes=("a",), per_class=2, size=(48, 64))
+def test_data_check_clean_folder_exits_0_and_min_side(cli):
+    runs, tmp = cli
     # The images are 48x64 and 49x63: only the first is below 49 px; unusual is not an error.
-    result = kvgg("data", "check", tmp_path, "--min-side", 49)
+    result = runs["check_clean"]
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines() == [
-        f"unusual: {tmp_path / 'a' / '000.jpg'}: smaller than 49 px (64x48)",
+        f"unusual: {tmp / 'clean' / 'a' / '000.jpg'}: smaller than 49 px (64x48)",
         "2 files: 1 ok, 1 unusual, 0 unreadable",
     ]
 
 
-def test_user_errors_are_one_line_exit_2(tmp_path):
-    (tmp_path / "tree" / "empty").mkdir(parents=True)
-    make_class_tree(tmp_path / "tree", classes=("full",), per_class=1, size=(8, 8))
-    cases = [
-        (("data", "check", tmp_path / "missing"), f"{tmp_path / 'missing'}: no such directory"),
-        (("data", "check", tmp_path / "tree"), f"{tmp_path / 'tree' / 'empty'}: empty class"),
-    ]
-    (tmp_path / "flat").mkdir()
-    make_class_tree(tmp_path / "x", classes=("c",), per_class=2, size=(8, 8))
-    for f in os.listdir(tmp_path / "x" / "c"):
-        os.rename(tmp_path / "x" / "c" / f, tmp_path / "flat" / f)
-    (tmp_path / "labels.txt").write_text("0\n")
-    cases.append(
-        (
-            ("stats", tmp_path / "flat", "--labels", tmp_path / "labels.txt"),
-            f"{tmp_path / 'labels.txt'}: 1 labels for 2 images",
-        )
-    )
-    cases.append((("data", "stats", *cases[-1][0][1:]), cases[-1][1]))
-    for args, message in cases:
-        result = kvgg(*args)
-        assert result.returncode == 2, (args, result.stderr)
+def test_user_errors_are_one_line_exit_2(cli):
+    runs, tmp = cli
+    labels = f"{tmp / 'labels.txt'}: 1 labels for 2 images"
+    cases = {
+        "error_missing": f"{tmp / 'missing'}: no such directory",
+        "error_empty_class": f"{tmp / 'tree' / 'empty'}: empty class",
+        "error_labels_old": labels,
+        "error_labels_new": labels,
+    }
+    for name, message in cases.items():
+        result = runs[name]
+        assert result.returncode == 2, (name, result.stderr)
         errors = [line for line in result.stderr.splitlines() if line.startswith("kvgg: error:")]
         assert len(errors) == 1 and message in errors[0]
         assert "Traceback" not in result.stderr
 
 
-def test_stats_writes_json_equal_to_the_library(bad_tree, tmp_path):
+def test_stats_writes_json_equal_to_the_library(bad_tree, cli):
     root, _ = bad_tree
-    out = tmp_path / "stats.json"
-    result = kvgg("stats", root, "-o", out)
+    runs, tmp = cli
+    out = tmp / "stats" / "stats.json"
+    result = runs["stats"]
     assert result.returncode == 0, result.stderr
     expected = stats.compute_stats(sources.open_source(root))
     written = stats.DatasetStats.from_json(out)
@@ -117,17 +158,16 @@ def test_stats_writes_json_equal_to_the_library(bad_tree, tmp_path):
     assert json.loads(out.read_text())["scales"]["mean"] == "0-255 pixel values"
 
 
-def test_data_stats_and_its_old_name_stats_give_the_same_output(bad_tree, tmp_path):
-    root, _ = bad_tree
-    new = kvgg("data", "stats", root, "--sample", 5, "--seed", 1, "-o", tmp_path / "new.json")
-    old = kvgg("stats", root, "--sample", 5, "--seed", 1, "-o", tmp_path / "old.json")
+def test_data_stats_and_its_old_name_stats_give_the_same_output(cli):
+    runs, tmp = cli
+    new, old = runs["stats_new"], runs["stats_old"]
     assert new.returncode == old.returncode == 0, (new.stderr, old.stderr)
     assert new.stdout.startswith("images: ")
     assert new.stdout.replace("new.json", "X") == old.stdout.replace("old.json", "X")
-    assert f"wrote {tmp_path / 'new.json'}" in new.stdout.splitlines()
-    assert (tmp_path / "new.json").read_text() == (tmp_path / "old.json").read_text()
+    assert f"wrote {tmp / 'both' / 'new.json'}" in new.stdout.splitlines()
+    assert (tmp / "both" / "new.json").read_text() == (tmp / "both" / "old.json").read_text()
     # The same options under both names.
-    new_help, old_help = kvgg("data", "stats", "--help"), kvgg("stats", "--help")
+    new_help, old_help = runs["help_new"], runs["help_old"]
     options = [line.split()[0] for line in new_help.stdout.splitlines() if line.startswith("  -")]
     assert options == ["--labels", "--sample", "--seed", "-o,", "-h,"]
     assert options == [
@@ -135,6 +175,6 @@ def test_data_stats_and_its_old_name_stats_give_the_same_output(bad_tree, tmp_pa
     ]
     # The old name says it is one, and is out of the command list; the new one is in `data`.
     assert "Old name of `kvgg data stats`" in old_help.stdout
-    commands = kvgg("--help").stdout.split("Commands:")[1].split()
+    commands = runs["help"].stdout.split("Commands:")[1].split()
     assert "stats" not in commands and "data" in commands
-    assert "stats" in kvgg("data", "--help").stdout.split("Commands:")[1].split()
+    assert "stats" in runs["help_data"].stdout.split("Commands:")[1].split()
