@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import kvgg
+from conftest import kvgg_batch
 from data_images import jpeg, write
 
 from keras_vgg import build, evaluation
@@ -73,13 +73,60 @@ def setup(tmp_path_factory):
     }
 
 
-def test_evaluate_cli_matches_the_library_and_a_hand_computation(setup):
-    output = setup["tmp"] / "results.json"
-    result = kvgg(
-        "evaluate", str(setup["run"]), str(setup["other"]), "--data", str(setup["data"]),
-        "--center-crop", "--dense", "--multi-crop", "--scales", "256,288",
-        "--batch-size", "7", "--output", str(output),
-    )  # fmt: skip
+# The command lines of the one-line error test: (case, the error's fragment).
+ERRORS = [
+    ("classes", "its classes differ from those of"),
+    ("scale", "Q=200 is below the model's crop size 224"),
+    ("unreadable", "not a .keras model (not a zip archive"),
+    ("no_scales", "give the test scales"),
+]
+
+
+@pytest.fixture(scope="module")
+def cli(setup):
+    """Every `kvgg evaluate` of this file in ONE real `kvgg` process (`kvgg_batch`).
+
+    Returns the CompletedProcess of each command by its name here. Each command that
+    writes into a run directory has its own run directory.
+    """
+    tmp = setup["tmp"] / "cli"
+    tmp.mkdir()
+    # --limit and an unreadable file, sorted first: the pipeline meets it before the limit.
+    data = tmp / "data"
+    shutil.copytree(setup["data"], data)
+    broken = write(str(data / "cat" / "0_broken.jpg"), b"not a jpeg at all")
+    limited_run = tmp / "limited_run"
+    shutil.copytree(setup["run"], limited_run)
+    # A run whose model has other class names.
+    other_classes = tmp / "other_classes"
+    other_classes.mkdir()
+    model = keras.saving.load_model(setup["run"] / "best.keras")
+    model.record = model.record.replace(class_names=("ant", "bee", "cow"))
+    model.save(other_classes / "best.keras")
+    (tmp / "broken.keras").write_bytes(b"not a zip file")
+    on_data = ("--data", setup["data"])
+    commands = {
+        "all": (
+            "evaluate", setup["run"], setup["other"], *on_data, "--center-crop", "--dense",
+            "--multi-crop", "--scales", "256,288", "--batch-size", "7",
+            "--output", tmp / "results.json",
+        ),
+        "limit": (
+            "evaluate", limited_run, "--data", data, "--center-crop", "--limit", "5",
+            "-o", tmp / "r.json",
+        ),
+        "classes": ("evaluate", other_classes, *on_data),
+        "scale": ("evaluate", setup["run"], *on_data, "--scales", "200,256"),
+        "unreadable": ("evaluate", tmp / "broken.keras", *on_data),
+        "no_scales": ("evaluate", setup["other"], *on_data),
+    }  # fmt: skip
+    done = dict(zip(commands, kvgg_batch(*commands.values()), strict=True))
+    return {"tmp": tmp, "broken": broken, "runs": done}
+
+
+def test_evaluate_cli_matches_the_library_and_a_hand_computation(setup, cli):
+    output = cli["tmp"] / "results.json"
+    result = cli["runs"]["all"]
     assert result.returncode == 0, result.stderr
     data = json.loads(output.read_text())
     assert data["images"] == 6 and data["skipped_files"] == []
@@ -114,16 +161,10 @@ def test_evaluate_cli_matches_the_library_and_a_hand_computation(setup):
     ]
 
 
-def test_evaluate_cli_default_scales_limit_and_skipped_files(setup, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(setup["data"], data)
-    # Sorted first: the pipeline meets it before the --limit is reached.
-    broken = write(str(data / "cat" / "0_broken.jpg"), b"not a jpeg at all")
-    output = tmp_path / "r.json"
-    result = kvgg(
-        "evaluate", str(setup["run"]), "--data", str(data), "--center-crop", "--limit", "5",
-        "-o", str(output),
-    )  # fmt: skip
+def test_evaluate_cli_default_scales_limit_and_skipped_files(cli):
+    broken = cli["broken"]
+    output = cli["tmp"] / "r.json"
+    result = cli["runs"]["limit"]
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text())
     # Sec. 4.2: S = 256 gives Q in {224, 256, 288}.
@@ -177,32 +218,9 @@ def test_write_results_writes_each_file_atomically(setup, tmp_path, monkeypatch)
     assert sorted(os.listdir(run)) == ["best.keras", "evaluation.json", "evaluation.md"]
 
 
-@pytest.mark.parametrize(
-    "case, message",
-    [
-        ("classes", "its classes differ from those of"),
-        ("scale", "Q=200 is below the model's crop size 224"),
-        ("unreadable", "not a .keras model (not a zip archive"),
-        ("no_scales", "give the test scales"),
-    ],
-)
-def test_evaluate_cli_one_line_errors(setup, tmp_path, case, message):
-    args = ["evaluate", str(setup["run"]), "--data", str(setup["data"])]
-    if case == "classes":
-        run = tmp_path / "run"
-        run.mkdir()
-        model = keras.saving.load_model(setup["run"] / "best.keras")
-        model.record = model.record.replace(class_names=("ant", "bee", "cow"))
-        model.save(run / "best.keras")
-        args[1] = str(run)
-    elif case == "scale":
-        args += ["--scales", "200,256"]
-    elif case == "unreadable":
-        (tmp_path / "broken.keras").write_bytes(b"not a zip file")
-        args[1] = str(tmp_path / "broken.keras")
-    else:
-        args[1] = str(setup["other"])
-    result = kvgg(*args)
+@pytest.mark.parametrize("case, message", ERRORS)
+def test_evaluate_cli_one_line_errors(cli, case, message):
+    result = cli["runs"][case]
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
