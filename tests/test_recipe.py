@@ -1,13 +1,12 @@
 """Recipes: parsing, validation (one line naming file and key), --set, and every shipped recipe."""
 
 import dataclasses
-import functools
 import os
 import pathlib
 import re
 
-import conftest
 import pytest
+from conftest import kvgg_batch
 
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.scales import TrainScale
@@ -44,10 +43,6 @@ train_scale = [256, 512]
 [run]
 batch_size = 128
 """
-
-
-# Recipes are named relative to the repository root, as in the README.
-kvgg = functools.partial(conftest.kvgg, cwd=ROOT)
 
 
 def write(tmp_path, text, name="exp.toml"):
@@ -164,36 +159,62 @@ def test_errors_name_file_and_key_in_one_line(tmp_path, text, overrides, key, wo
     assert "\n" not in message
 
 
-def test_cli_error_is_one_line_exit_2_no_traceback(tmp_path):
-    path = write(tmp_path, '[data]\nroot = "/x"\ntrain_scale = [512, 256]\n')
-    result = kvgg("fit", path, "--dry-run")
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """Every `kvgg fit` command line of this file in ONE real `kvgg` process (`kvgg_batch`),
+    run from the repository root (recipes are named relative to it, as in the README).
+
+    Returns (runs, tmp): the CompletedProcess of each command by its name here, and the
+    folder its inputs are in.
+    """
+    tmp = tmp_path_factory.mktemp("recipe_cli")
+    (tmp / "bad").mkdir()
+    bad = write(tmp / "bad", '[data]\nroot = "/x"\ntrain_scale = [512, 256]\n')
+    (tmp / "absent").mkdir()
+    absent = write(
+        tmp / "absent", f'[data]\nroot = "{tmp}/absent/x"\n[run]\nruns_dir = "{tmp}/absent"\n'
+    )
+    commands = {
+        "bad": ("fit", bad, "--dry-run"),
+        "nope": ("fit", tmp / "nope.toml", "--dry-run"),
+        "absent": ("fit", absent),
+        "all": ("fit", "--dry-run", *[str(p.relative_to(ROOT)) for p in RECIPES]),
+        "from_run": ("fit", "recipes/d_256.toml", "--set", f"run.runs_dir={tmp / 'runs'}"),
+    }
+    done = kvgg_batch(*commands.values(), cwd=ROOT)
+    return dict(zip(commands, done, strict=True)), tmp
+
+
+def test_cli_error_is_one_line_exit_2_no_traceback(cli):
+    runs, tmp = cli
+    path, result = str(tmp / "bad" / "exp.toml"), runs["bad"]
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"kvgg: error: {path}: data.train_scale: The training scale needs Smin <= Smax. "
         "Received: train_scale=[512, 256]"
     ), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    missing = kvgg("fit", str(tmp_path / "nope.toml"), "--dry-run")
+    missing = runs["nope"]
     assert missing.returncode == 2 and "recipe file not found" in missing.stderr
 
 
-def test_missing_data_root_at_fit_time_names_the_key(tmp_path):
-    path = write(tmp_path, f'[data]\nroot = "{tmp_path}/absent"\n[run]\nruns_dir = "{tmp_path}"\n')
-    result = kvgg("fit", path)
+def test_missing_data_root_at_fit_time_names_the_key(cli):
+    runs, tmp = cli
+    path, result = str(tmp / "absent" / "exp.toml"), runs["absent"]
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"kvgg: error: {path}: data.root: folder not found: {tmp_path}/absent"
+        f"kvgg: error: {path}: data.root: folder not found: {tmp}/absent/x"
     )
 
 
-def test_every_recipe_passes_dry_run():
-    """`kvgg fit --dry-run` on every recipe of recipes/, in one process.
+def test_every_recipe_passes_dry_run(cli):
+    """`kvgg fit --dry-run` on every recipe of recipes/, in one command.
 
     Every recipe resolves and is planned; the checks fail only on what this checkout lacks
     (the data folders, the runs a recipe starts from), one line per recipe, exit code 2.
     """
     assert len(RECIPES) == 18
-    result = kvgg("fit", "--dry-run", *[str(p.relative_to(ROOT)) for p in RECIPES])
+    result = cli[0]["all"]
     assert result.returncode == 2, result.stderr
     errors = result.stderr.strip().splitlines()
     assert len(errors) == len(RECIPES), result.stderr
@@ -247,11 +268,12 @@ def test_demo_and_finetune_recipes():
     )
 
 
-def test_missing_initial_run_is_named(tmp_path):
-    result = kvgg("fit", "recipes/d_256.toml", "--set", f"run.runs_dir={tmp_path}")
+def test_missing_initial_run_is_named(cli):
+    runs, tmp = cli
+    result = runs["from_run"]
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"kvgg: error: recipes/d_256.toml: init.from_run: {tmp_path}/a_256/best.keras is not "
+        f"kvgg: error: recipes/d_256.toml: init.from_run: {tmp}/runs/a_256/best.keras is not "
         "there yet: train run 'a_256' first (kvgg fit recipes/a_256.toml)"
     )
-    assert not (tmp_path / "d_256").exists()
+    assert not (tmp / "runs" / "d_256").exists()
