@@ -68,12 +68,18 @@ COMMON = textwrap.dedent(
     """
 )
 
-MIRRORED = textwrap.dedent(
+# Two logical CPU devices, configured before anything else touches TensorFlow.
+TWO_DEVICES = textwrap.dedent(
     """
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    """
+)
+
+MIRRORED = textwrap.dedent(
+    """
     import keras
     from keras_vgg import training
     out = sys.argv[1]
@@ -98,10 +104,6 @@ MIRRORED = textwrap.dedent(
 
 DROPOUT = textwrap.dedent(
     """
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
     import keras
     from keras_vgg import training
     out = sys.argv[1]
@@ -148,13 +150,13 @@ WORKER = textwrap.dedent(
 )
 
 
-def run_script(tmp_path, name, body, *args, env=None, timeout=240):
+def run_script(tmp_path, name, *bodies, timeout=240):
+    """COMMON and `bodies` as one script, run in a fresh Python with `tmp_path` as argument."""
     script = tmp_path / f"{name}.py"
-    script.write_text(COMMON + body)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    script.write_text(COMMON + "".join(bodies))
     return subprocess.run(
-        [sys.executable, str(script), str(tmp_path), *map(str, args)],
-        env=env,
+        [sys.executable, str(script), str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -168,8 +170,9 @@ def load(path):
 
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory):
+    """One process on two logical devices: one device against two, then dropout on two."""
     tmp = tmp_path_factory.mktemp("mirrored")
-    result = run_script(tmp, "mirrored", MIRRORED)
+    result = run_script(tmp, "mirrored", TWO_DEVICES, MIRRORED, DROPOUT)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp, json.loads((tmp / "results.json").read_text())
 
@@ -201,11 +204,10 @@ def test_loss_and_metrics_are_averaged_not_summed(mirrored):
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-4)
 
 
-def test_dropout_under_mirrored_strategy(tmp_path):
+def test_dropout_under_mirrored_strategy(mirrored):
     """(3) Dropout drops about half the units and scales the rest by 2 on every replica."""
-    result = run_script(tmp_path, "dropout", DROPOUT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads((tmp_path / "dropout.json").read_text())
+    tmp, _ = mirrored
+    out = json.loads((tmp / "dropout.json").read_text())
     assert 0.35 < out["kept_fraction"] < 0.65
     assert out["scale_ok"] and out["inference_equal"]
     assert all(np.isfinite(out["losses"]))
