@@ -12,6 +12,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from conftest import kvgg_batch
 from data_images import write_class_folders
 
 import keras_vgg  # noqa: F401 - imported after keras: registers VGG for keras.saving.load_model
@@ -66,6 +67,20 @@ def kvgg_fit(root, *args):
     return [sys.executable, "-m", "keras_vgg.cli", "fit", str(root / "exp.toml"), *args], env
 
 
+@pytest.fixture(scope="module")
+def runs(workdir):
+    """In ONE real `kvgg` process (`kvgg_batch`), as its first command, the uninterrupted
+    run "full"; then the same command again (refused: that run has finished); then a run
+    whose loss becomes NaN. {name: CompletedProcess}."""
+    fit = ("fit", workdir / "exp.toml", "--set")
+    commands = {
+        "full": (*fit, "run.name=full"),
+        "again": (*fit, "run.name=full"),
+        "nan": (*fit, "run.name=nan", "--set", "optimizer.lr=1e30", "--set", "model.init='normal'"),
+    }
+    return dict(zip(commands, kvgg_batch(*commands.values(), timeout=480), strict=True))
+
+
 def run_to_end(root, name, timeout=240):
     command, env = kvgg_fit(root, "--set", f"run.name={name}")
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -88,8 +103,8 @@ def written_epochs(run_dir) -> int:
         return 0
 
 
-def test_kill_9_then_rerun_ends_as_an_uninterrupted_run(workdir):
-    full = run_to_end(workdir, "full")
+def test_kill_9_then_rerun_ends_as_an_uninterrupted_run(workdir, runs):
+    full = runs["full"]
     assert full.returncode == 0, full.stderr[-2000:]
 
     # Start the same recipe under another name, kill -9 it during its fourth epoch.
@@ -139,10 +154,9 @@ def test_kill_9_then_rerun_ends_as_an_uninterrupted_run(workdir):
         np.testing.assert_array_equal(a, b)
 
 
-def test_finished_run_is_refused_then_overwritten_on_request(workdir):
-    if not (workdir / "runs" / "full" / "metrics.json").is_file():
-        assert run_to_end(workdir, "full").returncode == 0
-    again = run_to_end(workdir, "full")
+def test_finished_run_is_refused_then_overwritten_on_request(workdir, runs):
+    assert runs["full"].returncode == 0, runs["full"].stderr[-2000:]
+    again = runs["again"]
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1] == (
         f"kvgg: error: {workdir}/runs/full: this run has finished (metrics.json); pass "
@@ -150,17 +164,8 @@ def test_finished_run_is_refused_then_overwritten_on_request(workdir):
     )
 
 
-def test_nan_loss_exits_with_one_line(workdir):
-    command, env = kvgg_fit(
-        workdir,
-        "--set",
-        "run.name=nan",
-        "--set",
-        "optimizer.lr=1e30",
-        "--set",
-        "model.init='normal'",
-    )
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+def test_nan_loss_exits_with_one_line(workdir, runs):
+    result = runs["nan"]
     assert result.returncode == 1, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("kvgg: error: loss became NaN at epoch 1, batch ")
