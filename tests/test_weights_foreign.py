@@ -14,7 +14,7 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import kvgg, write_keras2_h5  # noqa: E402
+from conftest import kvgg_batch, write_keras2_h5  # noqa: E402
 
 import keras_vgg  # noqa: E402
 from keras_vgg import weights as weights_lib  # noqa: E402
@@ -375,12 +375,29 @@ def test_shape_error_names_expected_and_found(tmp_path):
 # === kvgg convert ===
 
 
-def test_kvgg_convert_torchvision_then_load_reproduces_torch(tmp_path):
+@pytest.fixture(scope="module")
+def convert_cli(tmp_path_factory):
+    """Both `kvgg convert` command lines of this file in ONE real `kvgg` process
+    (`kvgg_batch`): a torchvision E-BN file, and a B file converted as D (refused).
+
+    Returns (tmp, source, runs): their folder, the torch model of the first, and the
+    CompletedProcess of each by its name here.
+    """
+    tmp = tmp_path_factory.mktemp("convert_cli")
     source = torch_model("E", True, seed=3)
-    src = str(tmp_path / "vgg19_bn.pth")
-    torch.save(source.state_dict(), src)
-    dest = str(tmp_path / "vgg19_bn.weights.h5")
-    result = kvgg("convert", src, dest, "--config", "vgg19")
+    torch.save(source.state_dict(), tmp / "vgg19_bn.pth")
+    torch.save(torch_model("B", False).state_dict(), tmp / "b.pth")
+    commands = {
+        "e_bn": ("convert", tmp / "vgg19_bn.pth", tmp / "vgg19_bn.weights.h5", "--config", "vgg19"),
+        "b_as_d": ("convert", tmp / "b.pth", tmp / "out.weights.h5", "--config", "D"),
+    }
+    return tmp, source, dict(zip(commands, kvgg_batch(*commands.values()), strict=True))
+
+
+def test_kvgg_convert_torchvision_then_load_reproduces_torch(convert_cli):
+    tmp, source, runs = convert_cli
+    dest = str(tmp / "vgg19_bn.weights.h5")
+    result = runs["e_bn"]
     assert result.returncode == 0, result.stderr
     assert "keras_vgg.build('E', batch_norm=True, width=0.0625" in result.stdout
 
@@ -417,15 +434,15 @@ def test_convert_keras2_and_npz_record_their_preprocessing(tmp_path):
         assert keras_vgg.preprocessing_for(model) == expected
 
 
-def test_kvgg_convert_bad_input_is_one_line_exit_2(tmp_path):
-    src = str(tmp_path / "b.pth")
-    torch.save(torch_model("B", False).state_dict(), src)
-    result = kvgg("convert", src, str(tmp_path / "out.weights.h5"), "--config", "D")
+def test_kvgg_convert_bad_input_is_one_line_exit_2(convert_cli):
+    tmp, _, runs = convert_cli
+    src = str(tmp / "b.pth")
+    result = runs["b_as_d"]
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("kvgg: error:")]
     assert len(errors) == 1 and src in errors[0] and "features." in errors[0]
-    assert not os.path.exists(tmp_path / "out.weights.h5")
+    assert not os.path.exists(tmp / "out.weights.h5")
 
 
 def torchvision_state_dict(model, config):
