@@ -208,29 +208,41 @@ def write_backend_inputs(folder: pathlib.Path) -> None:
 
 @pytest.fixture(scope="session", params=["jax", "torch"])
 def other_backend(request, tmp_path_factory):
-    """(backend, folder): tests/backend_script.py run once per backend for the whole suite.
+    """(backend, folder): tests/backend_script.py run once per backend for the whole run.
 
     The folder holds the inputs (`write_backend_inputs`) and what the backend computed
-    from them; skipped where the backend is not installed.
+    from them; skipped where the backend is not installed. Under pytest-xdist the workers
+    of one run share it (pytest-xdist's own recipe: the run's base temporary folder, and a
+    lock): the first worker to need a backend runs the script, the others wait for it and
+    read the same files, instead of each starting that backend again (~30 s of CPU each).
     """
+    import fcntl
     import importlib.util
 
     backend = request.param
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"the {backend} backend is not installed (pip install -e .[test])")
-    folder = tmp_path_factory.mktemp(f"backend_{backend}")
-    write_backend_inputs(folder)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "backend_script.py"), backend, str(folder)],
-        env={
-            **os.environ,
-            "KERAS_BACKEND": backend,
-            "PYTHONPATH": str(ROOT),
-            "CUDA_VISIBLE_DEVICES": "",
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.getbasetemp().parent / f"backend_{backend}"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp(f"backend_{backend}")
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / "done").exists():
+            write_backend_inputs(folder)
+            result = subprocess.run(
+                [sys.executable, str(ROOT / "tests" / "backend_script.py"), backend, str(folder)],
+                env={
+                    **os.environ,
+                    "KERAS_BACKEND": backend,
+                    "PYTHONPATH": str(ROOT),
+                    "CUDA_VISIBLE_DEVICES": "",
+                },
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+            (folder / "done").touch()
     return backend, folder
