@@ -146,12 +146,15 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
         raise UserError("give either a CONFIG or --all")
     shape = _parse_input_shape(input_shape)
     models = heavy("models")
+    # Only shapes and counts are printed: zero kernels cost no random draws (full-size D
+    # builds in ~0.2 s of CPU instead of ~1.2 s with Glorot's).
     kwargs = dict(
         include_top=not no_top,
         batch_norm=batch_norm,
         width=width,
         classes=classes,
         input_shape=shape,
+        kernel_initializer="zeros",
     )
     if all_configs:
         click.echo(

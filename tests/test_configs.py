@@ -91,7 +91,8 @@ def test_hand_count_reproduces_table_2():
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIG_NAMES)
 def test_full_size_parameter_counts_are_exact(config):
-    model = keras_vgg.build(config)
+    # Zero kernels: the count does not depend on the values, and they are ~6x cheaper.
+    model = keras_vgg.build(config, kernel_initializer="zeros")
     assert model.count_params() == TABLE_2_EXACT[config]
 
 
