@@ -1,7 +1,7 @@
 """`kvgg` as a real process: version, summary, one-line errors."""
 
 import pytest
-from conftest import kvgg, kvgg_batch
+from conftest import kvgg_batch
 
 import keras_vgg
 
@@ -18,9 +18,10 @@ BAD_INPUT = [
 
 @pytest.fixture(scope="module")
 def runs():
-    """The summary first (the batch's TensorFlow start-up is its own), then the version and
-    the bad inputs, all in one `kvgg` process: {arguments: CompletedProcess}."""
-    invocations = [SUMMARY, ["--version"], *[args for args, _ in BAD_INPUT]]
+    """The summary first (the batch's TensorFlow start-up is its own), then Table 2 (six
+    full-size models), the version and the bad inputs, all in one `kvgg` process:
+    {arguments: CompletedProcess}."""
+    invocations = [SUMMARY, ["summary", "--all"], ["--version"], *[a for a, _ in BAD_INPUT]]
     return dict(zip(map(tuple, invocations), kvgg_batch(*invocations), strict=True))
 
 
@@ -52,9 +53,8 @@ def test_bad_input_is_one_line_exit_2(runs, args, fragment):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_summary_all_prints_table_2():
-    result = kvgg("summary", "--all", timeout=600)
+def test_summary_all_prints_table_2(runs):
+    result = runs[("summary", "--all")]
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
     assert rows["A-LRN"][:2] == ["11", "132,863,336"]
