@@ -267,9 +267,21 @@ def test_fit_writes_the_run_directory(tmp_path):
         assert current == pytest.approx(previous) or current == pytest.approx(previous * 0.1)
 
 
-def test_finished_run_is_not_overwritten_silently(tmp_path):
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """A finished one-epoch run of the tiny recipe: (FitResult, its run directory).
+
+    Tests copy the directory into their own runs folder before they change anything.
+    """
+    tmp = tmp_path_factory.mktemp("one_epoch")
+    recipe = tiny_recipe(tmp, schedule={"epochs": 1})
+    result = training.fit(recipe, data=tiny_data(), print_fn=quiet, verbose=0)
+    return result, tmp / "runs" / "tiny"
+
+
+def test_finished_run_is_not_overwritten_silently(tmp_path, one_epoch_run):
     recipe = tiny_recipe(tmp_path, schedule={"epochs": 1})
-    training.fit(recipe, data=tiny_data(), print_fn=quiet, verbose=0)
+    shutil.copytree(one_epoch_run[1], tmp_path / "runs" / "tiny")
     state = (tmp_path / "runs" / "tiny" / "state.npz").read_bytes()
     with pytest.raises(ValueError, match="has finished.*--overwrite"):
         training.fit(recipe, data=tiny_data(), print_fn=quiet, verbose=0)
@@ -343,9 +355,10 @@ def test_a_failed_checkpoint_write_is_one_error_and_keeps_the_epoch_before(tmp_p
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
 
 
-def test_init_from_a_run_copies_the_papers_layers(tmp_path):
-    a = tiny_recipe(tmp_path, name="a_tiny", schedule={"epochs": 1})
-    a_result = training.fit(a, data=tiny_data(), print_fn=quiet, verbose=0)
+def test_init_from_a_run_copies_the_papers_layers(tmp_path, one_epoch_run):
+    # A's run: the tiny recipe (configuration A) trained for one epoch.
+    a_result, a_run = one_epoch_run
+    shutil.copytree(a_run, tmp_path / "runs" / "a_tiny")
     b = tiny_recipe(
         tmp_path,
         name="b_tiny",
