@@ -192,16 +192,26 @@ def keras_model(image_size: int, width: float, jit_compile) -> keras.Model:
 def time_steps(step, steps: int, warmup: int) -> float:
     """Seconds per step: `warmup` untimed calls, then the mean of `steps` timed ones.
 
-    torch's queued GPU work is waited for before the clock stops; Keras's calls return host
-    values, so each of its steps waits for the device anyway.
+    The device's queued work is waited for after the warm-up and before the clock stops
+    (`wait`): a JAX step's output is waited for, torch's queue is synchronised; Keras's
+    calls return host values, so each of its steps waits for the device anyway.
     """
+    out = None
     for _ in range(warmup):
-        step()
+        out = step()
+    wait(out)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
-    synchronize()
+        out = step()
+    wait(out)
     return (time.perf_counter() - start) / steps
+
+
+def wait(out) -> None:
+    """Waits until `out` (a step's output, e.g. a JAX array) and torch's queued GPU work are done."""
+    if hasattr(out, "block_until_ready"):
+        out.block_until_ready()
+    synchronize()
 
 
 def measure_keras(model, batch: int, image_size: int, args) -> dict[str, float]:
@@ -261,17 +271,13 @@ def measure_stateless(model, batch: int, image_size: int, args) -> dict[str, flo
         *state[:], loss = train(*state)
         return loss
 
-    def timed(step) -> float:
-        for _ in range(args.warmup + 1):
-            step().block_until_ready()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            out = step()
-        out.block_until_ready()
-        return (time.perf_counter() - start) / args.steps
-
-    rates = {"inference": batch / timed(lambda: infer(state[0], state[1]))}
-    rates["training"] = batch / timed(train_step)
+    rates = {
+        kind: batch / time_steps(step, args.steps, args.warmup + 1)
+        for kind, step in (
+            ("inference", lambda: infer(state[0], state[1])),
+            ("training", train_step),
+        )
+    }
     return rates
 
 
