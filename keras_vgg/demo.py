@@ -266,12 +266,12 @@ FEATURES_DEMO_RECIPE: tuple[str, ...] = (
 FEATURES_DEMO_EPOCHS = 1
 #: The scales Q of the features demo's descriptors (Appendix B: fc2, dense, pooled, stacked
 #: over the scales, L2; no flip: a flipped digit is another digit).
-FEATURES_DEMO_SCALES: tuple[int, ...] = (64, 96)
+FEATURES_DEMO_SCALES: tuple[int, ...] = (64, 80, 96)
 #: The layer whose activations are the features demo's descriptors ("fc2": Appendix B).
 FEATURES_DEMO_LAYER = "fc2"
 #: Whether the features demo's descriptors are taken after the layer's ReLU (the paper does
-#: not say; the proxy chose before).
-FEATURES_DEMO_RELU = False
+#: not say; the library's default, and the proxy's choice).
+FEATURES_DEMO_RELU = True
 #: The seen and unseen classes of the features demo: nets trained on the first, SVMs on the
 #: second.
 FEATURES_DEMO_CLASSES: tuple[tuple[str, ...], tuple[str, ...]] = (tuple("01234"), tuple("56789"))

@@ -413,14 +413,19 @@ def test_svm_in_the_span_of_few_images_equals_the_full_svm(rng):
     # The C chosen on held-out images, and every C's score, as the full SVMs give them.
     Cs = (1e-4, 1e-3, 1.0)
     C, found = features.select_c(x, labels, Cs, seed=1, repeats=2)
+    loss = dict.fromkeys(Cs, 0.0)
     for c in Cs:
         by_hand = []
         for draw in range(2):
             fit, held = features.holdout_split(labels, seed=2 + draw)
             svm = LinearSVC(C=c, max_iter=10000).fit(x[fit], labels[fit])
             by_hand.append(features.mean_class_recall(labels[held], svm.predict(x[held])))
+            targets = np.where(labels[held, None] == np.arange(3), 1.0, -1.0)
+            loss[c] += _squared_hinge_by_hand(
+                svm.decision_function(x[held]), targets, np.ones_like(targets, bool)
+            )
         assert found[c] == pytest.approx(np.mean(by_hand))
-    assert C == max(Cs, key=lambda c: (found[c], -c)) and len(set(found.values())) > 1
+    assert C == max(Cs, key=lambda c: (found[c], -loss[c])) and len(set(found.values())) > 1
     # Decision values and predictions on new images.
     x_new = x + rng.normal(0, 4, x.shape).astype(np.float32)
     for C in (0.001, 1.0):
@@ -459,3 +464,56 @@ def test_kvgg_features_and_transfer(nets, tmp_path):
     written = json.loads(report.read_text())
     expected = features.transfer(out, train_per_class=3, splits=2)
     assert written["metrics"] == pytest.approx(expected.metrics)
+
+
+def _squared_hinge_by_hand(scores, targets, keep):
+    """NumPy: mean of max(0, 1 - t s)^2 over the kept (image, class) pairs."""
+    losses = [
+        max(0.0, 1.0 - t * s) ** 2
+        for s, t, k in zip(scores.ravel(), targets.ravel(), keep.ravel(), strict=True)
+        if k
+    ]
+    return sum(losses) / len(losses)
+
+
+def test_ties_of_held_out_scores_go_to_the_smaller_held_out_loss(rng):
+    """Few held-out images score every C alike: the SVMs' own held-out loss decides."""
+    from sklearn.svm import LinearSVC
+
+    x, labels = _blobs(rng, classes=3, per_class=10, dim=6)
+    x[:, :3] += 6.0 * np.eye(3)[labels]  # separable: every C scores 100 % held out
+    Cs = (0.001, 0.01, 0.1, 1.0)
+    C, found = features.select_c(x, labels, Cs, seed=3, repeats=2)
+    assert set(found.values()) == {1.0}
+    by_hand = {}
+    for c in Cs:
+        total = 0.0
+        for draw in range(2):
+            fit, held = features.holdout_split(labels, seed=3 * 2 + draw)
+            svm = LinearSVC(C=c, max_iter=10000).fit(x[fit], labels[fit])
+            targets = np.where(labels[held, None] == np.arange(3), 1.0, -1.0)
+            scores = svm.decision_function(x[held])
+            total += _squared_hinge_by_hand(scores, targets, np.ones_like(targets, bool)) / 2
+            ours = features.heldout_loss(svm, x[held], labels[held])
+            assert ours == pytest.approx(
+                _squared_hinge_by_hand(scores, targets, np.ones_like(targets, bool))
+            )
+        by_hand[c] = total
+    assert C == min(Cs, key=lambda c: by_hand[c]) and C != min(Cs)
+    # Two classes: LinearSVC gives one value s, the second class's; the first's is -s.
+    two = labels < 2
+    svm = LinearSVC(C=1.0, max_iter=10000).fit(x[two], labels[two])
+    s = svm.decision_function(x[two])
+    t = np.where(labels[two] == 1, 1.0, -1.0)
+    both = np.stack([-s, s], 1), np.stack([-t, t], 1)
+    assert features.heldout_loss(svm, x[two], labels[two]) == pytest.approx(
+        _squared_hinge_by_hand(*both, np.ones_like(both[1], bool))
+    )
+    # Multi-label: entries marked ignored (-1) are left out of the loss.
+    multi = np.stack([labels == c for c in range(3)], 1).astype(np.int8)
+    multi[::4, 2] = -1
+    svm = features.svm.fit_svm(x, multi, 0.1)
+    targets = np.where(multi == 1, 1.0, -1.0)
+    assert features.heldout_loss(svm, x, multi) == pytest.approx(
+        _squared_hinge_by_hand(svm.decision_function(x), targets, multi >= 0)
+    )

@@ -27,6 +27,7 @@ __all__ = [
     "TransferResult",
     "class_splits",
     "fit_svm",
+    "heldout_loss",
     "holdout_split",
     "mean_average_precision",
     "mean_class_recall",
@@ -219,6 +220,33 @@ def _svc(x: np.ndarray, C: float) -> Any:
     return _linear_svc()(C=C, max_iter=10000)
 
 
+def heldout_loss(classifier: Any, x: np.ndarray, labels: np.ndarray) -> float:
+    """The SVMs' own loss on images they were not trained on: `LinearSVC`'s squared hinge.
+
+    For each image and class, with target t = +1 if the image is of the class and -1 if
+    not, and the class's decision value s: max(0, 1 - t s)^2, averaged over every (image,
+    class) pair; multi-label entries marked ignored (-1) are left out. One-vs-rest, so a
+    two-class single-label SVM counts both of its sides (the second class's value is s,
+    the first's -s).
+
+    Args:
+        classifier: A fitted `fit_svm` classifier.
+        x: The held-out descriptors.
+        labels: Their labels (1-D class labels or a VOC matrix of 1 / 0 / -1).
+    """
+    scores = np.asarray(classifier.decision_function(x), np.float64)
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        keep = labels >= 0
+        targets = np.where(labels == 1, 1.0, -1.0)
+    else:
+        if scores.ndim == 1:
+            scores = np.stack([-scores, scores], axis=1)
+        targets = np.where(labels[:, None] == np.asarray(classifier.classes_)[None], 1.0, -1.0)
+        keep = np.ones_like(targets, dtype=bool)
+    return float(np.mean(np.maximum(0.0, 1.0 - targets * scores)[keep] ** 2))
+
+
 def _score(classifier: Any, x: np.ndarray, labels: np.ndarray) -> float:
     """The selection score: mAP (11-point) for multi-label, mean class recall otherwise."""
     scores = classifier.decision_function(x)
@@ -242,7 +270,11 @@ def select_c(
     held-out ones (`holdout_split`); with `repeats` > 1 the scores are averaged over that
     many held-out draws (seeds `seed * repeats` to `seed * repeats + repeats - 1`), which
     matters when a class has a handful of training images and one held-out draw scores
-    every C alike. Ties go to the smaller C.
+    every C alike. Ties (few held-out images often score every C at 100 %) go to the C
+    with the smaller held-out loss (`heldout_loss`: the SVMs' squared hinge on the held-out
+    images, averaged over the draws), then to the smaller C. Broken by the smaller C
+    alone, the ties chose the most regularised candidate nearly every time on the digits,
+    the worst of them for every descriptor (docs/features.md).
 
     Args:
         x: Training descriptors.
@@ -260,13 +292,15 @@ def select_c(
     labels = np.asarray(labels)
     Cs = sorted(float(c) for c in Cs)
     found = dict.fromkeys(Cs, 0.0)
+    losses = dict.fromkeys(Cs, 0.0)
     for draw in range(repeats):
         draw_seed = seed if repeats == 1 else seed * repeats + draw
         fit_index, held_index = holdout_split(labels, holdout, draw_seed)
         for C in Cs:
             classifier = fit_svm(x[fit_index], labels[fit_index], C)
             found[C] += _score(classifier, x[held_index], labels[held_index]) / repeats
-    best = max(found, key=lambda c: (found[c], -c))
+            losses[C] += heldout_loss(classifier, x[held_index], labels[held_index]) / repeats
+    best = max(found, key=lambda c: (found[c], -losses[c], -c))
     return best, found
 
 
