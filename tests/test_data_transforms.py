@@ -392,3 +392,25 @@ def test_add_per_channel_equals_broadcast(mode, shape):
         ],
     )
     np.testing.assert_array_equal(unknown(image, offset).numpy(), expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_to_uint8_rounds_half_to_even_and_in_range_skips_only_the_clip(mode):
+    # Bilinear resizes of uint8 windows at the extremes (0/255 checkerboards, flat 255,
+    # up- and downscaled): values at the bounds and exact halves between two levels.
+    board = (np.indices((7, 9)).sum(0) % 2 * 255).astype(np.uint8)
+    windows = [np.stack([board, 255 - board, board], -1), np.full((5, 6, 3), 255, np.uint8)]
+    windows.append(photo(40, 30, 1))
+    for window in windows:
+        for size in (4, 16, 33):
+            resized = T.resize_crop(tf.constant(window), size).numpy()
+            fast = run(mode, lambda x: T.to_uint8(x, in_range=True), resized)
+            np.testing.assert_array_equal(fast, rounded(resized))
+            np.testing.assert_array_equal(run(mode, T.to_uint8, resized), rounded(resized))
+    halves = np.array([0.5, 1.5, 2.5, 253.5, 254.5, 254.49], np.float32)
+    np.testing.assert_array_equal(
+        run(mode, lambda x: T.to_uint8(x, in_range=True), halves), [0, 2, 2, 254, 254, 254]
+    )
+    # Out of range, only the default clips.
+    wild = np.array([-3.0, -0.4, 255.4, 300.0], np.float32)
+    np.testing.assert_array_equal(run(mode, T.to_uint8, wild), [0, 0, 255, 255])

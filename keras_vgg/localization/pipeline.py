@@ -143,7 +143,7 @@ def localization_validation_dataset(
         shape = tf.shape(image)
         window = center_window(shape[0], shape[1], scale, crop_size)
         patch = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3], :]
-        return transforms.to_uint8(transforms.resize_crop(patch, crop_size)), window
+        return transforms.to_uint8(transforms.resize_crop(patch, crop_size), in_range=True), window
 
     ds = decoded_images(
         box_set.indexed_source(),
