@@ -249,9 +249,8 @@ def heldout_loss(classifier: Any, x: np.ndarray, labels: np.ndarray) -> float:
 
 def _score(classifier: Any, x: np.ndarray, labels: np.ndarray) -> float:
     """The selection score: mAP (11-point) for multi-label, mean class recall otherwise."""
-    scores = classifier.decision_function(x)
     if labels.ndim == 2:
-        return mean_average_precision(scores, labels)[0]
+        return mean_average_precision(classifier.decision_function(x), labels)[0]
     return mean_class_recall(labels, classifier.predict(x))
 
 
