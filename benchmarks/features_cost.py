@@ -105,7 +105,7 @@ def main() -> None:
             {
                 "pipeline_only": pipeline_only,
                 "extract_features": lambda: extract_features(
-                    model, data, out, scales=scales, batch_size=args.batch_size
+                    model, data, out, scales=scales, batch_size=args.batch_size, overwrite=True
                 ),
                 "describe_images": lambda: describe_images(
                     model, images, scales=scales, batch_size=args.batch_size

@@ -452,6 +452,7 @@ def evaluate(
 @click.option("--no-flip", is_flag=True, help="Do not average with horizontal flips.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per pass.")
 @click.option("-o", "--output", required=True, help="The .npz file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @user_errors
 def features(
     models,
@@ -464,6 +465,7 @@ def features(
     no_flip,
     batch_size,
     output,
+    overwrite,
 ):
     """Appendix B descriptors of every image of --data, by MODELS (stacked), into a .npz.
 
@@ -487,6 +489,7 @@ def features(
             batch_size=batch_size,
             progress=callback,
             layer=layer,
+            overwrite=overwrite,
         )
     rows, size = result.descriptors.shape
     if result.meta["skipped"]:

@@ -8,7 +8,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import BACKEND_SETTINGS, SMALL, kvgg, preprocess_by_hand, write_backend_inputs
+from conftest import (
+    BACKEND_SETTINGS,
+    SMALL,
+    kvgg,
+    kvgg_batch,
+    preprocess_by_hand,
+    write_backend_inputs,
+)
 from data_images import jpeg, make_class_tree, truncated_jpeg, write
 
 import keras_vgg
@@ -464,6 +471,43 @@ def test_kvgg_features_and_transfer(nets, tmp_path):
     written = json.loads(report.read_text())
     expected = features.transfer(out, train_per_class=3, splits=2)
     assert written["metrics"] == pytest.approx(expected.metrics)
+    # A features file is never replaced unless asked: refused before anything is computed.
+    # Bad transfer arguments and data sets too small for them: one line naming the file.
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match="already exists"):
+        features.extract_features(tmp_path / "a.keras", data, out, scales=(32,))
+    assert out.read_bytes() == before
+    again = ("features", tmp_path / "a.keras", "--data", data, "--scales", "32", "-o", out)
+    bad = (
+        (("--train-per-class", "5"), "class 'ant' has 5 images: none left to test with 5"),
+        (("--train-per-class", "0"), "training images per class must be a positive integer"),
+        (("--test-per-class", "0"), "test images per class must be a positive integer"),
+        (("--splits", "0"), "splits must be a positive integer, got 0"),
+        (("--train-per-class", "1"), "choosing C needs held-out training images"),
+        (
+            ("--C", "0,1", "--train-per-class", "3"),
+            "the SVM's C values must be positive numbers, got [0.0, 1.0]",
+        ),
+    )
+    refused, *wrong, single, replaced = kvgg_batch(
+        again,
+        *[("transfer", out, *args) for args, _ in bad],
+        # One training image per class is enough with a single C: nothing to choose.
+        ("transfer", out, "--train-per-class", "1", "--C", "1"),
+        (*again, "--overwrite"),
+    )
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"kvgg: error: {out}: already exists; choose another path, or replace it with "
+        "--overwrite (overwrite=True)"
+    )
+    assert "describing" not in refused.stderr  # refused before describing anything
+    for (args, message), result in zip(bad, wrong, strict=True):
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith(f"kvgg: error: {out}: {message}"), (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert single.returncode == 0 and "[1.0, 1.0, 1.0]" in single.stdout, single.stderr
+    assert replaced.returncode == 0, replaced.stderr
+    assert out.read_bytes() != before and features.FeatureSet.load(out).meta["scales"] == [32]
 
 
 def _squared_hinge_by_hand(scores, targets, keep):

@@ -128,6 +128,7 @@ def extract_features(
     batch_size: int = 32,
     progress: Callable[[int, int | None], None] | None = None,
     layer: str = "fc2",
+    overwrite: bool = False,
 ) -> FeatureSet:
     """Appendix B descriptors of every image of a data set, streamed to a `.npz` file.
 
@@ -147,13 +148,22 @@ def extract_features(
         batch_size: Images per chunk (and per forward pass).
         progress: Called as `progress(images_done, total)` after each chunk.
         layer: "fc2" (default, Appendix B) or "fc1".
+        overwrite: Replace an existing `output` (when it is written, at the end). Without
+            it an existing file is refused before anything is computed: a features file
+            can cost hours.
 
     Returns:
         The `FeatureSet` written (its descriptors still memory-mapped, not in memory).
 
     Raises:
-        ValueError: for an unreadable data set or model, or a bad option.
+        ValueError: for an existing `output` (without `overwrite`), an unreadable data set
+            or model, or a bad option.
     """
+    if os.path.lexists(output) and not overwrite:
+        raise ValueError(
+            f"{os.fspath(output)}: already exists; choose another path, or replace it with "
+            "--overwrite (overwrite=True)"
+        )
     loaded = load_models(models)
     scales = resolve_scales(scales, loaded)
     nets = descriptor_nets(loaded, relu=relu, batch_size=batch_size, layer=layer)

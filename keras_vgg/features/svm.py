@@ -284,17 +284,31 @@ def select_c(
         repeats: Number of held-out draws averaged.
 
     Returns:
-        (the chosen C, C -> mean held-out score).
+        (the chosen C, C -> mean held-out score); a single candidate is returned as it is,
+        with no score.
+
+    Raises:
+        ValueError: for a C that is not a positive number, or training images too few to
+            hold any out.
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"`repeats` must be a positive integer. Received: repeats={repeats!r}")
     labels = np.asarray(labels)
     Cs = sorted(float(c) for c in Cs)
+    if not Cs or not all(np.isfinite(c) and c > 0 for c in Cs):
+        raise ValueError(f"the SVM's C values must be positive numbers, got {Cs}")
+    if len(Cs) == 1:
+        return Cs[0], {}
     found = dict.fromkeys(Cs, 0.0)
     losses = dict.fromkeys(Cs, 0.0)
     for draw in range(repeats):
         draw_seed = seed if repeats == 1 else seed * repeats + draw
         fit_index, held_index = holdout_split(labels, holdout, draw_seed)
+        if not len(held_index):
+            raise ValueError(
+                "choosing C needs held-out training images: at least 2 training images of a "
+                "class (or a single C)"
+            )
         for C in Cs:
             classifier = fit_svm(x[fit_index], labels[fit_index], C)
             found[C] += _score(classifier, x[held_index], labels[held_index]) / repeats
@@ -304,7 +318,11 @@ def select_c(
 
 
 def class_splits(
-    labels: np.ndarray, train_per_class: int, test_per_class: int | None = None, seed: int = 0
+    labels: np.ndarray,
+    train_per_class: int,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random split: `train_per_class` training images per class, the rest to test.
 
@@ -313,19 +331,26 @@ def class_splits(
         train_per_class: Training images per class (Caltech-101: 30, Caltech-256: 60).
         test_per_class: At most this many test images per class (Caltech-101: 50), or all.
         seed: The split's seed.
+        class_names: Each class index's name, for the error message.
 
     Raises:
-        ValueError: for a class with no image left to test.
+        ValueError: for a class with no image left to test, naming the class, its count and
+            the smallest class's.
     """
     rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    short = counts <= train_per_class
+    if short.any():
+        c = int(classes[np.argmax(short)])
+        name = repr(class_names[c]) if class_names is not None else str(c)
+        raise ValueError(
+            f"class {name} has {counts[np.argmax(short)]} images: none left to test with "
+            f"{train_per_class} training images per class (the smallest class has "
+            f"{counts.min()}; train on fewer)"
+        )
     train, test = [], []
-    for c in np.unique(labels):
+    for c in classes:
         members = rng.permutation(np.flatnonzero(labels == c))
-        if len(members) <= train_per_class:
-            raise ValueError(
-                f"class {c} has {len(members)} images: none left to test with "
-                f"{train_per_class} training images per class"
-            )
         train.extend(members[:train_per_class])
         rest = members[train_per_class:]
         test.extend(rest if test_per_class is None else rest[:test_per_class])
@@ -416,9 +441,16 @@ def single_label_transfer(
     """
     if features.multi_label:
         raise ValueError("single-label transfer needs a features file of a class-folder tree")
+    for value, what in ((train_per_class, "training"), (test_per_class, "test")):
+        if value is not None and (not isinstance(value, int | np.integer) or value < 1):
+            raise ValueError(f"{what} images per class must be a positive integer, got {value!r}")
+    if not isinstance(splits, int | np.integer) or splits < 1:
+        raise ValueError(f"splits must be a positive integer, got {splits!r}")
     recalls, chosen = [], []
     for s in range(splits):
-        train, test = class_splits(features.labels, train_per_class, test_per_class, seed + s)
+        train, test = class_splits(
+            features.labels, train_per_class, test_per_class, seed + s, features.class_names
+        )
         x, y = features.descriptors[train], features.labels[train]
         C, _ = select_c(x, y, Cs, seed=seed + s, repeats=holdout_repeats)
         predicted = fit_svm(x, y, C).predict(features.descriptors[test])
@@ -462,16 +494,28 @@ def transfer(
 
     Returns:
         A `TransferResult`.
+
+    Raises:
+        ValueError: one line for a bad argument or a data set too small for it (a class
+            with no image left to test, too few images to hold any out for C), prefixed
+            with the file's path when `features` is one.
     """
+    source = None
     if not isinstance(features, FeatureSet):
+        source = os.fspath(features)
         features = FeatureSet.load(features)
-    if features.multi_label:
-        return voc_transfer(features, Cs, seed)
-    return single_label_transfer(
-        features,
-        train_per_class,
-        test_per_class=test_per_class,
-        splits=splits,
-        seed=seed,
-        Cs=Cs,
-    )
+    try:
+        if features.multi_label:
+            return voc_transfer(features, Cs, seed)
+        return single_label_transfer(
+            features,
+            train_per_class,
+            test_per_class=test_per_class,
+            splits=splits,
+            seed=seed,
+            Cs=Cs,
+        )
+    except ValueError as exc:
+        if source is None:
+            raise
+        raise ValueError(f"{source}: {exc}") from None
