@@ -43,6 +43,7 @@ BASE = demo.FeaturesSetting(
 )
 #: The candidates, by name: their changes to `BASE`.
 THREE_PRE = {"seeds": (0, 1, 2), "relu": False}
+THREE_QS = {"seeds": (0, 1, 2), "scales": (64, 80, 96)}
 SETTINGS: dict[str, dict] = {
     "2 nets": {},
     "2 nets + fc2 before ReLU": {"relu": False},
@@ -50,12 +51,21 @@ SETTINGS: dict[str, dict] = {
     "3 nets + fc2 before ReLU": THREE_PRE,
     "4 nets": {"seeds": (0, 1, 2, 3)},
     "3 nets + fc1": {"seeds": (0, 1, 2), "layer": "fc1"},
-    "3 nets + Q 64/80/96": {"seeds": (0, 1, 2), "scales": (64, 80, 96)},
+    "3 nets + Q 64/80/96": THREE_QS,
     "3 nets + per-scale norm": {"seeds": (0, 1, 2), "per_scale_norm": True},
     "3 nets + fc2 before ReLU + 2 epochs": {**THREE_PRE, "epochs": 2},
     "3 nets + fc2 before ReLU + lr 1e-3": {
         **THREE_PRE,
         "recipe": (*demo.FEATURES_DEMO_RECIPE, "optimizer.lr=0.001"),
+    },
+    "3 nets + Q 64/80/96 + S 64-96": {
+        **THREE_QS,
+        "recipe": (*demo.FEATURES_DEMO_RECIPE, "data.train_scale=[64, 96]"),
+    },
+    "3 nets + Q 64/96/128 + S 64-128": {
+        "seeds": (0, 1, 2),
+        "scales": (64, 96, 128),
+        "recipe": (*demo.FEATURES_DEMO_RECIPE, "data.train_scale=[64, 128]"),
     },
 }
 #: The held-out pairs of the folds (the nets train on the other three digits of 0-4).

@@ -196,15 +196,16 @@ _PREPROCESSING_CHOICES = ("paper", "keras_caffe", "torchvision")
     help="What the weights expect (default: keras_caffe for .h5, torchvision for .pth, "
     "paper for .npz).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing DEST.")
 @user_errors
-def convert(src, dest, config, preprocessing):
+def convert(src, dest, config, preprocessing, overwrite):
     """Write a Keras 2 .h5, torchvision .pth or .npz weights file SRC as DEST (.weights.h5)."""
     from keras_vgg import imagenet
 
     chosen = None if preprocessing is None else getattr(imagenet, preprocessing.upper())
     weights = heavy("weights")
     try:
-        result = weights.convert(src, dest, config, preprocessing=chosen)
+        result = weights.convert(src, dest, config, preprocessing=chosen, overwrite=overwrite)
     except ImportError as exc:  # a .pth without the optional torch
         raise UserError(str(exc)) from None
     kept = result.pop("preprocessing")

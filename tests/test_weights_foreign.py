@@ -390,6 +390,8 @@ def convert_cli(tmp_path_factory):
     commands = {
         "e_bn": ("convert", tmp / "vgg19_bn.pth", tmp / "vgg19_bn.weights.h5", "--config", "vgg19"),
         "b_as_d": ("convert", tmp / "b.pth", tmp / "out.weights.h5", "--config", "D"),
+        # Onto the first one's file: refused (the load test below still finds E-BN in it).
+        "onto_e_bn": ("convert", tmp / "b.pth", tmp / "vgg19_bn.weights.h5", "--config", "B"),
     }
     return tmp, source, dict(zip(commands, kvgg_batch(*commands.values()), strict=True))
 
@@ -406,6 +408,11 @@ def test_kvgg_convert_torchvision_then_load_reproduces_torch(convert_cli):
     x = images(size=224)
     np.testing.assert_allclose(model.predict(x, verbose=0), torch_forward(source, x), atol=1e-4)
     assert keras_vgg.preprocessing_for(model) == TORCHVISION
+    refused = runs["onto_e_bn"]
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"kvgg: error: {dest}: already exists; choose another path, or replace it with "
+        "--overwrite (overwrite=True)"
+    )
 
 
 def test_convert_keras2_and_npz_record_their_preprocessing(tmp_path):
@@ -432,6 +439,13 @@ def test_convert_keras2_and_npz_record_their_preprocessing(tmp_path):
         keras_vgg.load_weights(model, dest)
         np.testing.assert_allclose(model.predict(x, verbose=0), source.predict(x, verbose=0))
         assert keras_vgg.preprocessing_for(model) == expected
+    # An existing destination is replaced only when asked.
+    first = str(tmp_path / "d.h5.weights.h5")
+    with pytest.raises(ValueError, match="already exists"):
+        weights_lib.convert(npz, first, "vgg16", preprocessing=TORCHVISION)
+    weights_lib.convert(npz, first, "vgg16", preprocessing=TORCHVISION, overwrite=True)
+    keras_vgg.load_weights(model, first)
+    assert keras_vgg.preprocessing_for(model) == TORCHVISION
 
 
 def test_kvgg_convert_bad_input_is_one_line_exit_2(convert_cli):

@@ -113,6 +113,7 @@ def convert(
     config: str,
     *,
     preprocessing: Preprocessing | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Writes a Keras 2 `.h5`, torchvision `.pth` or `.npz` file as this package's weights.
 
@@ -131,6 +132,8 @@ def convert(
         destination: The `.weights.h5` file to write.
         config: The configuration letter of the source weights.
         preprocessing: Overrides the source's default preprocessing (see `load_weights`).
+        overwrite: Replace an existing `destination` (refused without it: it may be a
+            user's trained weights).
 
     Returns:
         The `build` keyword arguments that make a model this file fits, with "config" and
@@ -139,13 +142,18 @@ def convert(
     Raises:
         ValueError: for a file that does not fit `config` (naming the layer and shapes),
             whose conv layers' channels no single width factor gives (naming the first
-            layer that no width fits together with those before it), or a destination not
-            ending in `.weights.h5`.
+            layer that no width fits together with those before it), a destination not
+            ending in `.weights.h5`, or an existing one without `overwrite`.
     """
     source, destination = os.fspath(source), os.fspath(destination)
     key = configs_lib.canonical_name(config)
     if not destination.endswith(".weights.h5"):
         raise ValueError(f"The destination must end in .weights.h5. Received: {destination!r}")
+    if os.path.lexists(destination) and not overwrite:
+        raise ValueError(
+            f"{destination}: already exists; choose another path, or replace it with "
+            "--overwrite (overwrite=True)"
+        )
     if not os.path.isfile(source):
         raise ValueError(f"Weights file not found: {source}")
     if layout_of(source) not in ("keras2_h5", "torchvision", "npz"):
