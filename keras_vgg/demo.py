@@ -333,12 +333,15 @@ class FeaturesDemoResult:
             class recall in %, the mean over the seeded splits.
         images: Number of images of the unseen classes described.
         seconds: Wall time of the whole demo (training included).
+        spread: Per N: column -> standard deviation of the mean class recall over the
+            splits, in points (empty when not measured).
     """
 
     run_dirs: tuple[str, ...]
     table: dict[int, dict[str, float]]
     images: int
     seconds: float
+    spread: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def wins_over(self, column: str) -> tuple[int, ...]:
         """The N at which the trained nets' descriptors score above `column`."""
@@ -367,14 +370,21 @@ class FeaturesDemoResult:
                 parts.append(f"{column}: beaten at {at} only")
         return "trained nets' descriptors against " + "; ".join(parts)
 
+    def cell(self, n: int, column: str) -> str:
+        """One cell of the table: the mean, and its spread over the splits when known."""
+        mean = f"{self.table[n][column]:.1f}"
+        if n in self.spread:
+            return f"{mean} ± {self.spread[n][column]:.1f} %"
+        return f"{mean} %"
+
     def to_markdown(self) -> str:
-        """The table in Markdown, one row per N."""
+        """The table in Markdown, one row per N (mean ± standard deviation over the splits)."""
         lines = [
             "| training images per class | " + " | ".join(FEATURES_DEMO_COLUMNS) + " |",
             "|---" * (len(FEATURES_DEMO_COLUMNS) + 1) + "|",
         ]
-        for n, row in self.table.items():
-            cells = " | ".join(f"{row[c]:.1f} %" for c in FEATURES_DEMO_COLUMNS)
+        for n in self.table:
+            cells = " | ".join(self.cell(n, c) for c in FEATURES_DEMO_COLUMNS)
             lines.append(f"| {n} | {cells} |")
         return "\n".join(lines)
 
@@ -501,8 +511,9 @@ def run_features_demo(
         )
     )
     table: dict[int, dict[str, float]] = {}
+    spread: dict[int, dict[str, float]] = {}
     for n in shots:
-        table[n] = {}
+        table[n], spread[n] = {}, {}
         for column, x in columns.items():
             result = features.single_label_transfer(
                 features.FeatureSet(x, tuple(files), labels, unseen, {}),
@@ -512,10 +523,14 @@ def run_features_demo(
                 holdout_repeats=FEATURES_DEMO_HOLDOUT_REPEATS,
             )
             table[n][column] = result.metrics["mean class recall"]
-    result = FeaturesDemoResult(tuple(run_dirs), table, len(files), time.perf_counter() - start)
+            spread[n][column] = result.metrics["std"]
+    result = FeaturesDemoResult(
+        tuple(run_dirs), table, len(files), time.perf_counter() - start, spread
+    )
     print_fn(
         f"digits {', '.join(unseen)} ({len(files)} images), nets trained on "
-        f"{', '.join(seen)}, linear SVM, mean class recall over {splits} splits:"
+        f"{', '.join(seen)}, linear SVM, mean class recall over {splits} splits "
+        "(± their standard deviation):"
     )
     print_fn(result.to_markdown())
     print_fn(f"{result.verdict()} ({result.seconds:.0f} s)")

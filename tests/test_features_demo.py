@@ -6,13 +6,15 @@ cells, after every other check has passed; once it is met, the test passes."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from keras_vgg import demo
+from keras_vgg import demo, features
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,6 +28,7 @@ def test_features_demo_table_verdicts_and_goal(tmp_path, monkeypatch):
         ROOT / "recipes" / "demo.toml", tmp_path / "digits", print_fn=printed.append
     )
     trained, untrained, pixels = demo.FEATURES_DEMO_COLUMNS
+    unseen = demo.FEATURES_DEMO_CLASSES[1]
     assert list(result.table) == list(demo.FEATURES_DEMO_SHOTS)
     for row in result.table.values():
         assert set(row) == set(demo.FEATURES_DEMO_COLUMNS)
@@ -44,8 +47,29 @@ def test_features_demo_table_verdicts_and_goal(tmp_path, monkeypatch):
     for line, (n, row) in zip(rows, result.table.items(), strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert int(cells[0]) == n
-        assert cells[1:] == [f"{row[c]:.1f} %" for c in demo.FEATURES_DEMO_COLUMNS]
-    unseen = demo.FEATURES_DEMO_CLASSES[1]
+        assert cells[1:] == [
+            f"{row[c]:.1f} ± {result.spread[n][c]:.1f} %" for c in demo.FEATURES_DEMO_COLUMNS
+        ]
+    # The pixels column by hand: the unseen digits' grey levels, L2-normalised, through the
+    # library's SVM protocol; its mean and spread over the splits are the demo's.
+    files, labels = [], []
+    for split in demo.DIGITS_SPLITS:
+        for label, name in enumerate(unseen):
+            folder = tmp_path / "digits" / split / name
+            files += sorted(str(folder / f) for f in os.listdir(folder))
+            labels += [label] * len(os.listdir(folder))
+    grey = np.stack([np.asarray(Image.open(f).convert("L"), np.float64).ravel() for f in files])
+    grey /= np.linalg.norm(grey, axis=1, keepdims=True)
+    for n in result.table:
+        by_hand = features.single_label_transfer(
+            features.FeatureSet(grey, tuple(files), np.asarray(labels), unseen, {}),
+            n,
+            splits=demo.FEATURES_DEMO_SPLITS,
+            holdout_repeats=demo.FEATURES_DEMO_HOLDOUT_REPEATS,
+        )
+        assert result.table[n][pixels] == pytest.approx(by_hand.metrics["mean class recall"])
+        recalls = by_hand.details["recalls"]
+        assert result.spread[n][pixels] == pytest.approx(np.std(recalls)) and np.std(recalls) > 0
     assert f"digits {', '.join(unseen)} ({result.images} images)" in lines[-len(rows) - 4]
     verdict = lines[-1]
     for column, at_n in beaten.items():
@@ -76,3 +100,14 @@ def test_margins_are_the_trained_column_minus_the_best_baseline():
     assert (expected > 0).any() and (expected < 0).any()  # both signs exercised
     np.testing.assert_allclose(list(result.margins().values()), expected)
     assert list(result.margins()) == list(table)
+
+
+def test_the_table_shows_each_cell_with_its_spread_over_the_splits():
+    columns = demo.FEATURES_DEMO_COLUMNS
+    table = {5: dict(zip(columns, (86.26, 88.31, 87.64), strict=True))}
+    spread = {5: dict(zip(columns, (2.04, 0.96, 1.57), strict=True))}
+    lines = demo.FeaturesDemoResult((), table, 0, 0.0, spread).to_markdown().splitlines()
+    assert lines[0] == "| training images per class | " + " | ".join(columns) + " |"
+    assert lines[2] == "| 5 | 86.3 ± 2.0 % | 88.3 ± 1.0 % | 87.6 ± 1.6 % |"
+    bare = demo.FeaturesDemoResult((), table, 0, 0.0).to_markdown().splitlines()
+    assert bare[2] == "| 5 | 86.3 % | 88.3 % | 87.6 % |"
