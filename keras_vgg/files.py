@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-__all__ = ["WriteError", "atomic_text", "atomic_write", "partial_path"]
+__all__ = ["WriteError", "atomic_text", "atomic_write", "partial_path", "refuse_existing"]
 
 
 class WriteError(OSError):
@@ -33,6 +33,23 @@ class WriteError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+def refuse_existing(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuses to replace an existing file unless asked: what a user made is never lost.
+
+    For outputs that are costly or may be someone's own work (a features file, converted
+    weights), checked before anything is computed.
+
+    Raises:
+        ValueError: one line naming `path` and `--overwrite` (`overwrite=True`), if it exists
+            (a dangling link counts) and `overwrite` is false.
+    """
+    if not overwrite and os.path.lexists(path):
+        raise ValueError(
+            f"{os.fspath(path)}: already exists; choose another path, or replace it with "
+            "--overwrite (overwrite=True)"
+        )
 
 
 def partial_path(path: str | os.PathLike) -> str:

@@ -159,11 +159,7 @@ def extract_features(
         ValueError: for an existing `output` (without `overwrite`), an unreadable data set
             or model, or a bad option.
     """
-    if os.path.lexists(output) and not overwrite:
-        raise ValueError(
-            f"{os.fspath(output)}: already exists; choose another path, or replace it with "
-            "--overwrite (overwrite=True)"
-        )
+    files_lib.refuse_existing(output, overwrite)
     loaded = load_models(models)
     scales = resolve_scales(scales, loaded)
     nets = descriptor_nets(loaded, relu=relu, batch_size=batch_size, layer=layer)

@@ -20,7 +20,7 @@ import numpy as np
 
 from keras_vgg import configs as configs_lib
 from keras_vgg import models
-from keras_vgg.files import atomic_write
+from keras_vgg.files import atomic_write, refuse_existing
 from keras_vgg.imagenet import Preprocessing
 from keras_vgg.record import attach_record, read_h5_record, record_of, write_h5_record
 from keras_vgg.weights.load import load_weights, preprocessing_for, read_keras_model
@@ -149,11 +149,7 @@ def convert(
     key = configs_lib.canonical_name(config)
     if not destination.endswith(".weights.h5"):
         raise ValueError(f"The destination must end in .weights.h5. Received: {destination!r}")
-    if os.path.lexists(destination) and not overwrite:
-        raise ValueError(
-            f"{destination}: already exists; choose another path, or replace it with "
-            "--overwrite (overwrite=True)"
-        )
+    refuse_existing(destination, overwrite)
     if not os.path.isfile(source):
         raise ValueError(f"Weights file not found: {source}")
     if layout_of(source) not in ("keras2_h5", "torchvision", "npz"):
