@@ -334,17 +334,20 @@ def class_splits(
         class_names: Each class index's name, for the error message.
 
     Raises:
-        ValueError: for a class with no image left to test, naming the class, its count and
-            the smallest class's.
+        ValueError: for a count that is not a positive integer, or a class with no image
+            left to test, naming the class, its count and the smallest class's.
     """
+    for value, what in ((train_per_class, "training"), (test_per_class, "test")):
+        if value is not None and (not isinstance(value, int | np.integer) or value < 1):
+            raise ValueError(f"{what} images per class must be a positive integer, got {value!r}")
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
-    short = counts <= train_per_class
-    if short.any():
-        c = int(classes[np.argmax(short)])
+    short = np.flatnonzero(counts <= train_per_class)
+    if len(short):
+        c = int(classes[short[0]])
         name = repr(class_names[c]) if class_names is not None else str(c)
         raise ValueError(
-            f"class {name} has {counts[np.argmax(short)]} images: none left to test with "
+            f"class {name} has {counts[short[0]]} images: none left to test with "
             f"{train_per_class} training images per class (the smallest class has "
             f"{counts.min()}; train on fewer)"
         )
@@ -441,9 +444,6 @@ def single_label_transfer(
     """
     if features.multi_label:
         raise ValueError("single-label transfer needs a features file of a class-folder tree")
-    for value, what in ((train_per_class, "training"), (test_per_class, "test")):
-        if value is not None and (not isinstance(value, int | np.integer) or value < 1):
-            raise ValueError(f"{what} images per class must be a positive integer, got {value!r}")
     if not isinstance(splits, int | np.integer) or splits < 1:
         raise ValueError(f"splits must be a positive integer, got {splits!r}")
     recalls, chosen = [], []
