@@ -23,8 +23,9 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT
+from conftest import ROOT, kvgg_batch
 from data_images import jpeg, photo, truncated_jpeg, write, write_class_folders
+from hostile import Case, check_outcome, snapshot
 from PIL import Image
 
 import keras_vgg
@@ -437,3 +438,85 @@ def test_data_check_speaks_of_files_not_tensorflow_nodes(tmp_path):
     assert report.status == "unusual"
     assert report.problems == ("EXIF orientation 6 ignored (pixels used as stored)",)
     assert check.inspect_file(write(tmp_path / "t.jpg", truncated_jpeg())).status == "unreadable"
+
+
+# === The hostile catalogue (docs/safety.md lists every row) ===
+#
+# One row per hostile file or command (tests/hostile.py: `Case`). Each section below adds
+# its rows to CATALOGUE; the rows without `alone` / `max_rss_gb` run in one real `kvgg`
+# process (`kvgg_batch`), the others each in a fresh process of their own.
+
+CATALOGUE: list[Case] = []
+
+
+@pytest.fixture(scope="module")
+def catalogue_run(tmp_path_factory):
+    """Builds every batched row in its own folder, runs them in one process, snapshots."""
+    root = tmp_path_factory.mktemp("catalogue")
+    rows = [c for c in CATALOGUE if not c.alone and c.max_rss_gb is None]
+    prepared = []
+    for case in rows:
+        folder = root / case.id
+        folder.mkdir()
+        args = [str(a) for a in case.build(folder)]
+        prepared.append((case, folder, args, snapshot(folder, case.kept)))
+    done = (
+        kvgg_batch(*[args for _, _, args, _ in prepared], timeout=1200, cwd=root)
+        if prepared
+        else []
+    )
+    return {
+        case.id: (folder, before, r)
+        for (case, folder, _, before), r in zip(prepared, done, strict=True)
+    }
+
+
+def _run_alone(case, folder):
+    """The row's command in a fresh process; its peak resident memory in GiB."""
+    args = [str(a) for a in case.build(folder)]
+    before = snapshot(folder, case.kept)
+    code = (
+        "import resource, subprocess, sys\n"
+        "p = subprocess.run([sys.executable, '-m', 'keras_vgg.cli', *sys.argv[1:]], "
+        "capture_output=True, text=True)\n"
+        "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "sys.stderr.write(f'\\nRSS_KB {rss}\\n'); sys.exit(p.returncode)\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=folder,
+    )
+    stderr, _, rss = process.stderr.rpartition("RSS_KB ")
+    return before, process.returncode, stderr, int(rss) / 2**20
+
+
+def pytest_generate_tests(metafunc):
+    # At collection, once the whole module (every section's rows) has been read.
+    if "case" in metafunc.fixturenames:
+        metafunc.parametrize("case", CATALOGUE, ids=[c.id for c in CATALOGUE])
+
+
+def test_hostile_catalogue(case, catalogue_run, tmp_path):
+    if case.alone or case.max_rss_gb is not None:
+        before, returncode, stderr, rss_gb = _run_alone(case, tmp_path)
+        check_outcome(case, tmp_path, before, returncode, stderr)
+        if case.max_rss_gb is not None:
+            assert rss_gb < case.max_rss_gb, (case.id, f"peak memory {rss_gb:.2f} GiB")
+        return
+    folder, before, result = catalogue_run[case.id]
+    check_outcome(case, folder, before, result.returncode, result.stderr)
+
+
+# --- A first row: the catalogue's own check (an unknown model file is one line) ---
+
+
+def _missing_model(folder):
+    return ["predict", "--model", folder / "nothing.keras", folder / "x.png"]
+
+
+CATALOGUE.append(Case("missing-model", _missing_model, 2, r"^kvgg: error: .*nothing\.keras"))
