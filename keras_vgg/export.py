@@ -15,6 +15,7 @@ its own runtime against the Keras model, and only then renamed into place.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -35,7 +36,7 @@ from keras_vgg.evaluation.loading import load_model
 from keras_vgg.evaluation.prediction import image_files
 from keras_vgg.evaluation.protocols import predict_scale
 from keras_vgg.evaluation.scoring import DENSE_AVERAGES, ScoreNet
-from keras_vgg.files import atomic_text
+from keras_vgg.files import atomic_text, partial_path, remove_leftovers
 from keras_vgg.imagenet import Preprocessing, preprocess_input
 from keras_vgg.record import describe, has_record
 
@@ -350,9 +351,8 @@ def export_model(
     feed = (
         views if input == "uint8" else preprocess_input(views, preprocessing=record.preprocessing)
     )
-    tmp = out.parent / f".{out.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_leftovers(out)
+    tmp = Path(partial_path(out))
     try:
         tmp.mkdir(parents=True)
         # Called first: Keras's ONNX exporter refuses a model that was never called.
@@ -369,11 +369,35 @@ def export_model(
             max_abs_diff=float(np.abs(got - expected).max()),
             top1_agreement=float(np.mean(got.argmax(-1) == expected.argmax(-1))),
         )
-        os.replace(tmp, out)
+        _rename_new(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return report
+
+
+def _rename_new(tmp: Path, out: Path) -> None:
+    """Renames the finished artifact to `out`, which must still not exist.
+
+    Another process may have written `out` since the run began: its folder is never
+    replaced. (POSIX `rename` fails on a non-empty folder or a file, but replaces an empty
+    folder: the check before it keeps one made meanwhile, but for a moment's window.)
+
+    Raises:
+        ValueError: one line naming `out`, if it exists now.
+    """
+    appeared = ValueError(
+        f"{out}: already exists (written by another process while this export ran); "
+        "this export is not kept; choose another path or remove it"
+    )
+    if os.path.lexists(out):
+        raise appeared
+    try:
+        os.rename(tmp, out)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise appeared from None
+        raise
 
 
 def _write_savedmodel(serving, folder: Path, info: ExportInfo, feed, verbose) -> None:

@@ -3,15 +3,30 @@
 Every file the package writes for a user (run directories, evaluation results, reports,
 statistics, converted weights) goes through `atomic_write`, so a kill or a full disk
 mid-write leaves the previous file as it was and no partial file behind. A write that fails
-raises `WriteError`: one line naming the file, the reason and what was kept.
+raises `WriteError`: one line naming the file, the reason and what was kept. Temporary names
+are unique to their process and call (`partial_path`), so two processes writing one file
+never share one; a killed process's leftovers are removed once it is gone
+(`remove_leftovers`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import secrets
+import shutil
+import socket
 from collections.abc import Callable
 
-__all__ = ["WriteError", "atomic_text", "atomic_write", "partial_path", "refuse_existing"]
+__all__ = [
+    "WriteError",
+    "atomic_text",
+    "atomic_write",
+    "partial_path",
+    "refuse_existing",
+    "remove_leftovers",
+]
 
 
 class WriteError(OSError):
@@ -52,22 +67,106 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool = False) -> None:
         )
 
 
-def partial_path(path: str | os.PathLike) -> str:
-    """The temporary file `atomic_write` writes `path` through: `.<stem>.partial<suffixes>`.
+# The partial name's fields after the stem: owner pid, owner host, a random token. The host
+# is a short hash of the host name: a pid only says whether its owner lives on this host.
+_OWNER = r"(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{6})\.[0-9a-f]{8}"
 
-    All the name's suffixes are kept (`a.weights.h5` -> `.a.partial.weights.h5`), so writers
-    that check them, such as `keras.Model.save` and `save_weights`, accept the name.
-    """
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _split_name(path: str | os.PathLike) -> tuple[str, str, str]:
     directory, name = os.path.split(os.fspath(path))
     stem, dot, suffixes = name.lstrip(".").partition(".")
-    return os.path.join(directory, f".{stem}.partial{dot}{suffixes}")
+    return directory, stem, dot + suffixes
+
+
+def partial_path(path: str | os.PathLike) -> str:
+    """A temporary name for `path`, unique to this call.
+
+    `.<stem>.<pid>-<host>.<token>.partial<suffixes>`: the one naming rule of every
+    temporary file or folder the package writes before a rename (`atomic_write`, scratch
+    files, exported artifacts): two processes, or two threads, aimed at one output never
+    share one. `<pid>` and `<host>` (a 6-hex-digit hash of the
+    host name) name the owner, so `remove_leftovers` can tell a dead process's leftover
+    from a live one's; `<token>` is 8 random hex digits. All the name's suffixes are kept
+    (`a.weights.h5` -> `.a.4711-3fa9c1.0b1c2d3e.partial.weights.h5`), so writers that check
+    them, such as `keras.Model.save` and `save_weights`, accept the name. Names starting
+    with `.` are hidden: image folders never list them.
+
+    Args:
+        path: The file or folder that will be written.
+
+    Returns:
+        A path in the same folder as `path`.
+    """
+    directory, stem, suffixes = _split_name(path)
+    # A name, not a result: randomness here changes no output.
+    token = secrets.token_hex(4)
+    name = f".{stem}.{os.getpid()}-{_host_tag()}.{token}.partial{suffixes}"
+    return os.path.join(directory, name)
+
+
+def _owner_is_gone(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return False  # pid 0 would signal our own process group; our own files are live
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False  # PermissionError: alive, another user's; an impossible pid: not ours
+    return False
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[str]:
+    """Removes the temporary files and folders of `path` whose owner process is gone.
+
+    A leftover is a `partial_path` name of `path` left by a process killed before its
+    rename. It is removed only if its owner ran on this host and no process with its pid
+    exists now (`os.kill(pid, 0)` raises `ProcessLookupError`): never while its owner lives,
+    never one of another host's. A pid reused by a new process keeps its leftover until
+    that process ends. Failures to remove are ignored (a leftover is hidden and harmless).
+
+    Args:
+        path: The file or folder about to be written.
+
+    Returns:
+        The paths removed.
+    """
+    directory, stem, suffixes = _split_name(path)
+    pattern = re.compile(rf"\.{re.escape(stem)}\.{_OWNER}\.partial{re.escape(suffixes)}")
+    host = _host_tag()
+    removed = []
+    try:
+        with os.scandir(directory or ".") as listing:
+            entries = list(listing)
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or match["host"] != host or not _owner_is_gone(int(match["pid"])):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
+        except OSError:
+            continue
+        removed.append(os.path.join(directory, entry.name))
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Writes a file through a temporary file in the same folder, fsyncs it, renames it.
 
     The rename is atomic on POSIX. If `write`, the fsync or the rename fails, the temporary
-    file is removed and the previous file is left as it was.
+    file is removed and the previous file is left as it was. The temporary name is unique
+    to the call (`partial_path`): of two processes writing one file, the later rename wins
+    whole and a reader sees one complete content. Leftovers of dead writers of `path` are
+    removed first (`remove_leftovers`).
 
     Args:
         path: The file to write.
@@ -77,6 +176,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         WriteError: (an `OSError`) naming `path`, if writing failed with an `OSError`.
     """
     path = os.fspath(path)
+    remove_leftovers(path)
     tmp = partial_path(path)
     try:
         write(tmp)

@@ -11,6 +11,7 @@ exit codes are checked in-process with click's runner; the lock and the full dis
 import contextlib
 import json
 import os
+import re
 import resource
 import select
 import signal
@@ -140,27 +141,35 @@ def test_every_writer_keeps_the_previous_file_when_the_disk_is_full(tmp_path):
 
 def test_weights_files_are_written_through_a_partial_file(tmp_path):
     """`.weights.h5` writers (HDF5 crashes on a write that fails mid-file, so the failure
-    here is the partial file's creation): the old file stays, the error names it."""
+    here is the partial file's creation: a name that fits, whose partial name is longer
+    than a file name may be): the old file stays, the error names it."""
     model = keras_vgg.build("A", width=1 / 16, fc_units=8, classes=3, input_shape=(32, 32, 3))
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     attach_record(plain, ModelRecord())
+    names = []
     for name, write_file in {
         "vgg.weights.h5": model.save_weights,
         "plain.weights.h5": lambda p: keras_vgg.weights.save_weights(plain, p),
     }.items():
-        path = tmp_path / name
-        write_file(path)
+        path = tmp_path / ("w" * (250 - len(name)) + name)
+        write_file(tmp_path / name)
+        os.rename(tmp_path / name, path)
         before = path.read_bytes()
-        (tmp_path / files.partial_path(name)).mkdir()  # the partial file cannot be created
         with pytest.raises(files.WriteError, match=f"^could not write {path}: .*; the previous"):
             write_file(path)
         assert path.read_bytes() == before
-        (tmp_path / files.partial_path(name)).rmdir()
+        names.append(path.name)
+    assert tree(tmp_path) == sorted(names)
 
 
-def test_partial_names_keep_every_suffix():
-    assert files.partial_path("a/x.weights.h5") == os.path.join("a", ".x.partial.weights.h5")
-    assert files.partial_path("last.keras") == ".last.partial.keras"
+def test_partial_names_keep_every_suffix_and_name_their_owner():
+    owner = rf"{os.getpid()}-[0-9a-f]{{6}}\.[0-9a-f]{{8}}"
+    weights = files.partial_path("a/x.weights.h5")
+    assert re.fullmatch(rf"a/\.x\.{owner}\.partial\.weights\.h5", weights), weights
+    assert re.fullmatch(rf"\.last\.{owner}\.partial\.keras", files.partial_path("last.keras"))
+    assert re.fullmatch(rf"\.served\.{owner}\.partial", files.partial_path(".served"))
+    # Unique to each call, so two threads of one process never share one either.
+    assert len({files.partial_path("last.keras") for _ in range(100)}) == 100
 
 
 # === One process per run directory; a full disk during fit ===

@@ -173,8 +173,10 @@ def extract_features(
     bad_files = decoding.BadFileLog()
     dataset = decoding.rescaled_views(source, scales, bad_files)
     output = os.fspath(output)
-    directory, name = os.path.split(output)
-    scratch = os.path.join(directory, f".{name}.descriptors.npy")
+    # Unique to this run: two runs aimed at one output never write each other's rows.
+    rows_file = f"{output}.descriptors.npy"
+    files_lib.remove_leftovers(rows_file)
+    scratch = files_lib.partial_path(rows_file)
     rows = None
     positions: list[int] = []
     try:
