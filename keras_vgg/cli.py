@@ -11,7 +11,7 @@ import tempfile
 
 import click
 
-from keras_vgg import __version__
+from keras_vgg import __version__, limits
 
 # ERROR lines of TensorFlow's C++ runtime too: its decoders log what a failed decode (which
 # the command reports in its own words) met, e.g. "Premature end of JPEG data".
@@ -184,6 +184,27 @@ def summary(config, all_configs, batch_norm, width, classes, no_top, input_shape
 
 _PREPROCESSING_CHOICES = ("paper", "keras_caffe", "torchvision")
 
+# The input convention of a model that records none (keras.applications' VGG16, a plain
+# Keras file): the model door (`keras_vgg.handle.open_model`) refuses such a model without it.
+_model_preprocessing_option = click.option(
+    "--preprocessing",
+    "model_preprocessing",
+    type=click.Choice(["paper", "caffe", "torchvision"]),
+    default=None,
+    help="What a model without a record expects (paper, caffe: keras.applications, "
+    "torchvision). Models made by keras_vgg record it.",
+)
+_overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace existing output files (never an input)."
+)
+
+
+def _check_outputs(outputs, inputs, overwrite):
+    """The output door (`keras_vgg.outputs.check_outputs`), before any model is loaded."""
+    from keras_vgg import outputs as outputs_lib
+
+    outputs_lib.check_outputs(outputs, inputs, overwrite=overwrite)
+
 
 @main.command()
 @click.argument("src", type=click.Path(dir_okay=False))
@@ -243,8 +264,9 @@ def data():
 @click.option("--sample", type=int, default=None, help="Use a seeded sample of N images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
 @click.option("-o", "--output", default=None, help="Write the statistics as JSON here.")
+@_overwrite_option
 @user_errors
-def data_stats(root, labels_file, sample, seed, output):
+def data_stats(root, labels_file, sample, seed, output, overwrite):
     """Mean RGB and RGB covariance PCA of the images under ROOT (Sec. 2.1, 3.1).
 
     The eigenvalues are on the 0-1 pixel scale, like AlexNet's published ImageNet values.
@@ -253,6 +275,7 @@ def data_stats(root, labels_file, sample, seed, output):
 
     if sample is not None and sample < 1:
         raise UserError(f"--sample must be a positive integer, got {sample}")
+    _check_outputs([output], [root, labels_file], overwrite)
     source = sources.as_source(root, labels_file)
     stats_lib = heavy("data.stats")
     try:
@@ -270,7 +293,7 @@ def data_stats(root, labels_file, sample, seed, output):
         click.echo("  " + " ".join(f"{v:+.4f}" for v in row))
     if output:
         result.to_json(output)
-        click.echo(f"wrote {output}")
+        click.echo(f"wrote {output}", err=True)
 
 
 # The old spelling `kvgg stats`: the same command under its old name, out of `kvgg --help`.
@@ -298,11 +321,13 @@ main.add_command(
     help="Also report images whose smaller side is below this.",
 )
 @click.option("--output", default=None, help="Also write the report to this file.")
+@_overwrite_option
 @user_errors
-def data_check(root, labels_file, workers, min_side, output):
+def data_check(root, labels_file, workers, min_side, output, overwrite):
     """Scan ROOT for unreadable and unusual images; exit 1 if any is unreadable."""
     from keras_vgg.data import sources
 
+    _check_outputs([output], [root, labels_file], overwrite)
     source = sources.open_source(root, labels_file)
     check = heavy("data.check")
     with _progress_bar(len(source), "files") as bar:
@@ -318,9 +343,12 @@ def _parse_scales(value: str | None):
     if value is None:
         return None
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        parsed = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise UserError(f"--scales: expected integers like 256,384,512, got {value!r}") from None
+    from keras_vgg.scales import check_scales
+
+    return check_scales(parsed, None, "--scales")  # the crop size is the model's: checked later
 
 
 class _RateProgress:
@@ -390,10 +418,12 @@ class _RateProgress:
 @click.option("--limit", type=int, default=None, help="Only the first N images (a quick look).")
 @click.option("-o", "--output", default=None, help="Write the results as JSON here.")
 @click.option("--markdown", default=None, help="Write the Markdown table here.")
+@_model_preprocessing_option
+@_overwrite_option
 @user_errors
 def evaluate(
     models, data_root, labels_file, scales, dense, multi_crop, center_crop, no_flip,
-    dense_average, ties, batch_size, limit, output, markdown,
+    dense_average, ties, batch_size, limit, output, markdown, model_preprocessing, overwrite,
 ):  # fmt: skip
     """Top-1 / top-5 error of MODELS on --data with the protocols of Sec. 3.2 (Tables 3-6).
 
@@ -401,16 +431,18 @@ def evaluate(
     --dense and --multi-crop also give their combination (Table 5). The Markdown table is
     also written to evaluation.md (and the JSON to evaluation.json) in each run directory.
     """
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be a positive integer, got {limit}")
+    limits.check_count(batch_size, "--batch-size", limits.MAX_BATCH_SIZE)
+    if limit is not None:
+        limits.check_count(limit, "--limit", limits.MAX_IMAGES)
     parsed_scales = _parse_scales(scales)
+    _check_outputs([output, markdown], [*models, data_root, labels_file], overwrite)
     evaluation = heavy("evaluation")
     protocols = [
         p for p, on in (("center", center_crop), ("dense", dense), ("multi_crop", multi_crop)) if on
     ]
-    loaded = [evaluation.load_model(m) for m in models]
+    loaded = evaluation.load_models(
+        models, preprocessing=model_preprocessing, command="kvgg evaluate"
+    )
     with _RateProgress("evaluating") as callback:
         result = evaluation.evaluate(
             loaded,
@@ -431,7 +463,7 @@ def evaluate(
     if result.skipped:  # each was reported by the data pipeline as it was met
         click.echo(f"{len(result.skipped)} unreadable images skipped", err=True)
     for path in evaluation.write_results(result, loaded, output=output, markdown=markdown):
-        click.echo(f"wrote {path}")
+        click.echo(f"wrote {path}", err=True)
 
 
 @main.command()
@@ -454,6 +486,7 @@ def evaluate(
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per pass.")
 @click.option("-o", "--output", required=True, help="The .npz file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+@_model_preprocessing_option
 @user_errors
 def features(
     models,
@@ -467,15 +500,16 @@ def features(
     batch_size,
     output,
     overwrite,
+    model_preprocessing,
 ):
     """Appendix B descriptors of every image of --data, by MODELS (stacked), into a .npz.
 
     The penultimate FC layer of each net, dense over the image rescaled to each Q, pooled,
     averaged with the flip, combined over the scales, L2-normalised.
     """
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
+    limits.check_count(batch_size, "--batch-size", limits.MAX_BATCH_SIZE)
     parsed_scales = _parse_scales(scales)
+    _check_outputs([output], [*models, data_root], overwrite)
     features_lib = heavy("features")
     with _RateProgress("describing") as callback:
         result = features_lib.extract_features(
@@ -491,11 +525,12 @@ def features(
             progress=callback,
             layer=layer,
             overwrite=overwrite,
+            preprocessing=model_preprocessing,
         )
     rows, size = result.descriptors.shape
     if result.meta["skipped"]:
         click.echo(f"{len(result.meta['skipped'])} unreadable images skipped", err=True)
-    click.echo(f"wrote {output}: {rows} images, {size}-D descriptors")
+    click.echo(f"wrote {output}: {rows} images, {size}-D descriptors", err=True)
 
 
 @main.command()
@@ -508,8 +543,9 @@ def features(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--C", "cs", default=None, help="SVM C values to choose from, e.g. 0.1,1,10.")
 @click.option("-o", "--output", default=None, help="Write the result as JSON here.")
+@_overwrite_option
 @user_errors
-def transfer(features_file, train_per_class, test_per_class, splits, seed, cs, output):
+def transfer(features_file, train_per_class, test_per_class, splits, seed, cs, output, overwrite):
     """Linear SVMs on a `kvgg features` file: VOC mAP or mean class recall (Table 11)."""
     import json
 
@@ -519,6 +555,7 @@ def transfer(features_file, train_per_class, test_per_class, splits, seed, cs, o
         candidates = None if cs is None else tuple(map(float, cs.split(",")))
     except ValueError:
         raise UserError(f"--C: expected numbers like 0.1,1,10, got {cs!r}") from None
+    _check_outputs([output], [features_file], overwrite)
     transfer_lib = heavy("features.svm")
     candidates = transfer_lib.DEFAULT_CS if candidates is None else candidates
     try:
@@ -536,7 +573,7 @@ def transfer(features_file, train_per_class, test_per_class, splits, seed, cs, o
     click.echo(f"C chosen on held-out training images: {list(result.chosen_c)}")
     if output:
         files_lib.atomic_text(output, json.dumps(result.to_dict(), indent=2) + "\n")
-        click.echo(f"wrote {output}")
+        click.echo(f"wrote {output}", err=True)
 
 
 @main.command()
@@ -565,13 +602,16 @@ def transfer(features_file, train_per_class, test_per_class, splits, seed, cs, o
     "--heatmap",
     default=None,
     metavar="OUT/",
-    help="Also write OUT/<image>_heatmap.png: the dense class score map of the top 3 classes "
+    help="Also write OUT/<image>_heatmap.png (sub-folders of the inputs mirrored): the dense "
+    "class score map of the top 3 classes "
     "over the image.",
 )
+@_model_preprocessing_option
+@_overwrite_option
 @user_errors
 def predict(
     images, model_path, config, weights, top, dense, multi_crop, scales, no_flip, batch_size,
-    as_json, heatmap,
+    as_json, heatmap, model_preprocessing, overwrite,
 ):  # fmt: skip
     """Top-k classes of IMAGES (files or folders).
 
@@ -592,21 +632,33 @@ def predict(
     if model_path is not None and weights is not None:
         raise UserError("--weights goes with --config; --model files hold their own weights")
     parsed_scales = _parse_scales(scales)
-    evaluation, weights_lib = heavy("evaluation", "weights")
-    if config is not None:
-        try:
-            model = weights_lib.model_from_weights(weights, config)
-        except ImportError as exc:  # a .pth without the optional torch
-            raise UserError(str(exc)) from None
-    else:
-        model = model_path  # a model file, run directory or exported artifact
+    evaluation, handle_lib, outputs_lib = heavy("evaluation", "handle", "outputs")
+    files = evaluation.image_files(images)
+    # The output door: one heat map per image, none over an input, before any model loads.
+    heat_paths = outputs_lib.per_image_outputs(files, heatmap, "_heatmap.png") if heatmap else {}
+    _check_outputs(heat_paths.values(), [*files, model_path, weights], overwrite)
+    try:
+        model = handle_lib.open_model(
+            model_path if config is None else weights,
+            config=config,
+            needs="classifier",
+            preprocessing=model_preprocessing,
+            command="kvgg predict",
+        )
+    except ImportError as exc:  # a .pth without the optional torch
+        raise UserError(str(exc)) from None
+    if heatmap is not None and model.kind == "artifact":
+        raise UserError(
+            f"{model.source}: {model.describe()}; --heatmap needs a Keras model (its dense "
+            "score map): give the .keras file or run directory it was exported from"
+        )
     if dense and multi_crop:
         protocol = "dense+multi_crop"
     else:
         protocol = "dense" if dense else "multi_crop" if multi_crop else "center"
     results = evaluation.predict(
         model,
-        images,
+        files,
         top=top,
         protocol=protocol,
         scales=parsed_scales,
@@ -627,15 +679,14 @@ def predict(
         drawing, loc_evaluate = heavy("drawing", "localization.evaluate")
         for r in results:
             if r.error is None:
-                stem = os.path.splitext(os.path.basename(r.path))[0]
-                out = os.path.join(heatmap, f"{stem}_heatmap.png")
+                out = heat_paths[r.path]
                 drawing.heatmaps(
                     model,
                     loc_evaluate.read_image(r.path),
                     out,
                     scale=parsed_scales[0] if parsed_scales else None,
                 )
-                click.echo(f"wrote {out}")
+                click.echo(f"wrote {out}", err=True)
     for r in failed:
         click.echo(f"kvgg: skipped unreadable image: {r.path}: {r.error}", err=True)
     if failed:
@@ -678,8 +729,12 @@ def predict(
     help="Test scale Q of the calibration images (default: as predict).",
 )
 @click.option("--no-flip", is_flag=True, help="Dense: do not average with horizontal flips.")
+@_model_preprocessing_option
 @user_errors
-def export_command(model, out, format_, protocol, input_, quantize, calibration, scale, no_flip):  # fmt: skip
+def export_command(
+    model, out, format_, protocol, input_, quantize, calibration, scale, no_flip,
+    model_preprocessing,
+):  # fmt: skip
     """Export MODEL (.keras file or run directory) to the folder OUT for serving.
 
     The artifact takes uint8 RGB images (batch, height, width, 3), the model's
@@ -687,6 +742,7 @@ def export_command(model, out, format_, protocol, input_, quantize, calibration,
     with it. It is checked in its own runtime against the Keras model before it is
     written; the size and the agreement are printed.
     """
+    _check_outputs([out], [model, calibration], False)
     report = heavy("export").export_model(
         model,
         out,
@@ -697,6 +753,7 @@ def export_command(model, out, format_, protocol, input_, quantize, calibration,
         calibration=calibration,
         scale=scale,
         flip=not no_flip,
+        preprocessing=model_preprocessing,
     )
     click.echo(report.summary())
 
@@ -707,7 +764,11 @@ def localize():
 
 
 def _localizer_classes(paths):
-    return heavy("evaluation").load_model(paths[0]).info.class_names
+    return (
+        heavy("evaluation")
+        .load_model(paths[0], needs="localizer", command="kvgg localize")
+        .info.class_names
+    )
 
 
 @localize.command("evaluate")
@@ -721,14 +782,18 @@ def _localizer_classes(paths):
 @click.option("--protocol", type=click.Choice(["1", "2"]), default="2", show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("-o", "--output", default=None, help="Write the results as JSON here.")
+@_model_preprocessing_option
+@_overwrite_option
 @user_errors
 def localize_evaluate(
-    locnets, classifiers, data_root, annotations, scales, protocol, batch_size, output
-):
+    locnets, classifiers, data_root, annotations, scales, protocol, batch_size, output,
+    model_preprocessing, overwrite,
+):  # fmt: skip
     """Localisation error of LOCNET... (Tables 8 and 9): protocol 1 or 2."""
     if protocol == "2" and not classifiers:
         raise UserError("--protocol 2 needs --classifier CLSNET (it rates the boxes)")
     parsed_scales = _parse_scales(scales)
+    _check_outputs([output], [*locnets, *classifiers, data_root, annotations], overwrite)
     annotations_lib, evaluate_lib = heavy("localization.annotations", "localization.evaluate")
     box_set = annotations_lib.read_boxes(
         data_root, annotations, class_names=_localizer_classes(locnets)
@@ -744,11 +809,12 @@ def localize_evaluate(
         scales=parsed_scales,
         protocol=int(protocol),
         batch_size=batch_size,
+        preprocessing=model_preprocessing,
     )
     click.echo(result.to_markdown())
     if output is not None:
         result.write(output)
-        click.echo(f"wrote {output}")
+        click.echo(f"wrote {output}", err=True)
 
 
 @localize.command("predict")
@@ -757,22 +823,38 @@ def localize_evaluate(
 @click.option("--classifier", "classifiers", multiple=True, required=True, help="Classifier(s).")
 @click.option("--scales", default=None, help="Test scales Q (default: the net's single Q).")
 @click.option("--top", type=int, default=5, show_default=True, help="(class, box) guesses.")
-@click.option("--draw", default=None, metavar="OUT/", help="Write OUT/<image>_boxes.png.")
+@click.option(
+    "--draw",
+    default=None,
+    metavar="OUT/",
+    help="Write OUT/<image>_boxes.png (sub-folders of the inputs mirrored).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_model_preprocessing_option
+@_overwrite_option
 @user_errors
-def localize_predict(images, models, classifiers, scales, top, draw, as_json):
+def localize_predict(
+    images, models, classifiers, scales, top, draw, as_json, model_preprocessing, overwrite
+):
     """Top (class, box, score) guesses for IMAGES (protocol 2), optionally drawn."""
     import json
 
     parsed = _parse_scales(scales)
-    evaluation, protocols, evaluate_lib = heavy(
-        "evaluation", "evaluation.protocols", "localization.evaluate"
+    evaluation, protocols, evaluate_lib, outputs_lib = heavy(
+        "evaluation", "evaluation.protocols", "localization.evaluate", "outputs"
     )
+    files = evaluation.image_files(images)
+    drawn = outputs_lib.per_image_outputs(files, draw, "_boxes.png") if draw else {}
+    _check_outputs(drawn.values(), [*files, *models, *classifiers], overwrite)
     if parsed is None:
-        train_scale = evaluation.load_model(models[0]).info.train_scale
+        train_scale = evaluation.load_model(
+            models[0], needs="localizer", command="kvgg localize predict"
+        ).info.train_scale
         parsed = (protocols.single_test_scale(train_scale) if train_scale else 256,)
-    localizer = evaluate_lib.Localizer(models, classifiers, scales=parsed, top=top)
-    found = evaluate_lib.predict_boxes(localizer, evaluation.image_files(images), draw=draw)
+    localizer = evaluate_lib.Localizer(
+        models, classifiers, scales=parsed, top=top, preprocessing=model_preprocessing
+    )
+    found = evaluate_lib.predict_boxes(localizer, files, draw=draw)
     if as_json:
         click.echo(
             json.dumps(
@@ -786,7 +868,7 @@ def localize_predict(images, models, classifiers, scales, top, draw, as_json):
             box = ", ".join(f"{v:.1f}" for v in g.box)
             click.echo(f"  {g.score:.4f}  {g.name}  box ({box})")
         if drawn is not None:
-            click.echo(f"  wrote {drawn}")
+            click.echo(f"wrote {drawn}", err=True)
 
 
 class RunFailed(click.ClickException):

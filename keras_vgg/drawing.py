@@ -81,6 +81,7 @@ def heatmaps(
     *,
     top: int = 3,
     scale: int | None = None,
+    preprocessing: Any = None,
 ) -> list[tuple[str, float]]:
     """The dense class score map of the top classes, laid over the image, as one PNG.
 
@@ -94,11 +95,13 @@ def heatmaps(
         path: The PNG to write.
         top: How many classes (panels).
         scale: Test scale Q (default: the model's single test scale, or 256).
+        preprocessing: The input convention of a model that records none (see
+            `keras_vgg.handle.open_model`).
 
     Returns:
         (class name, posterior) of each panel.
     """
-    loaded = load_model(model)
+    loaded = load_model(model, needs="keras", preprocessing=preprocessing, command="heat maps")
     net = ScoreNet(loaded.model, preprocessing=loaded.info.preprocessing)
     if scale is None:
         scale = single_test_scale(loaded.info.train_scale) if loaded.info.train_scale else 256

@@ -207,10 +207,15 @@ class InitSection:
         mode: "a_layers" (B-E from a trained A: its first four conv and three FC layers),
             "all" (S = 384 from S = 256, jittered from S = 384), or "all_but_head" (fine-tuning
             to another number of classes).
+        partial: Start from a source some of whose weight layers have no place in this
+            model (a BN source for a model without batch norm): those layers are left out.
+            False (the default) refuses such a source, naming the recipe key that would
+            take its layers (`model.batch_norm = true`, `model.width`).
     """
 
     from_run: str | None = None
     mode: str = "all"
+    partial: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_vgg.configs import BOX_MODES, TASKS
 from keras_vgg.imagenet import PAPER, Preprocessing
@@ -38,6 +39,7 @@ __all__ = [
     "describe",
     "fit_record",
     "has_record",
+    "is_record_array",
     "read_h5_record",
     "record_of",
     "write_h5_record",
@@ -46,6 +48,8 @@ __all__ = [
 # The attributes of a `.weights.h5` file that hold the record and the build arguments.
 H5_RECORD_ATTR = "keras_vgg_record"
 H5_BUILD_ATTR = "keras_vgg_build"
+# The array a `RecordLayer` stores among Keras's weights (`save_own_variables`).
+H5_RECORD_ARRAY = "record"
 # Files written by keras-vgg 0.1 recorded the preprocessing alone, under this name.
 _H5_LEGACY_PREPROCESSING_ATTR = "keras_vgg_preprocessing"
 # The attribute of a model without a `RecordLayer` that holds its record.
@@ -240,6 +244,31 @@ class RecordLayer(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "record": self.record.to_dict()}
 
+    # Keras's own `save_weights` / `load_weights` (and the weights inside `.keras` files)
+    # store each layer's state through these: the record goes with the weights as one
+    # uint8 array of its JSON, so a plain functional clone saved by Keras keeps it too.
+    def save_own_variables(self, store) -> None:
+        store[H5_RECORD_ARRAY] = np.frombuffer(
+            json.dumps(self.record.to_dict()).encode("utf-8"), np.uint8
+        )
+
+    def load_own_variables(self, store) -> None:
+        if H5_RECORD_ARRAY in store:
+            self.record = _record_from_array(store[H5_RECORD_ARRAY], f"layer {self.name!r}")
+
+
+def _record_from_array(array: Any, source: str) -> ModelRecord:
+    try:
+        data = json.loads(np.asarray(array, np.uint8).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise ValueError(f"{source}: its stored record is malformed: {exc}") from None
+    return ModelRecord.from_dict(data, source=source)
+
+
+def is_record_array(name: str) -> bool:
+    """Whether a dataset path of a `.weights.h5` file is a `RecordLayer`'s record array."""
+    return name.endswith(f"/vars/{H5_RECORD_ARRAY}")
+
 
 def _record_layer(model: Any) -> RecordLayer | None:
     for layer in getattr(model, "layers", ()):
@@ -418,11 +447,22 @@ def read_h5_record(path: str | os.PathLike) -> tuple[ModelRecord | None, dict | 
             raw = f.attrs.get(H5_RECORD_ATTR)
             legacy = f.attrs.get(_H5_LEGACY_PREPROCESSING_ATTR)
             build = f.attrs.get(H5_BUILD_ATTR)
+            # Keras's own save_weights: the record layer's array (no attributes).
+            arrays: list[Any] = []
+            f.visititems(
+                lambda name, obj: (
+                    arrays.append(obj[()])
+                    if is_record_array(name) and isinstance(obj, h5py.Dataset)
+                    else None
+                )
+            )
     except OSError as exc:
         raise ValueError(f"{path}: not a readable HDF5 weights file ({exc})") from None
     try:
         if raw is not None:
             record = ModelRecord.from_dict(json.loads(raw), source=path)
+        elif arrays:
+            record = _record_from_array(arrays[0], path)
         elif legacy is not None:
             record = ModelRecord(preprocessing=Preprocessing.from_dict(json.loads(legacy)))
         else:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_vgg import limits
 from keras_vgg.artifacts import Runner, open_runner
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.metrics import fuse
@@ -73,8 +74,7 @@ class ExportedNet:
     """
 
     def __init__(self, artifact: str | os.PathLike | Runner, *, batch_size: int = 32):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
+        limits.check_count(batch_size, "`batch_size`", limits.MAX_BATCH_SIZE)
         self.runner = artifact if isinstance(artifact, Runner) else open_runner(artifact)
         self.info = self.runner.info
         self.classes = self.runner.classes

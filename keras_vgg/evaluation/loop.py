@@ -45,6 +45,7 @@ def evaluate_images(
     total: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     keep_posteriors: bool = False,
+    preprocessing: Any = None,
 ) -> EvaluationResult:
     """Evaluates one or several nets on decoded images with the protocols of Sec. 3.2.
 
@@ -71,6 +72,8 @@ def evaluate_images(
         progress: Called as `progress(images_done, total)` after each chunk.
         keep_posteriors: Keep every row's posteriors in the result (memory grows with the
             data set: for notebooks and tests).
+        preprocessing: The input convention of a model that records none ("paper",
+            "caffe", "torchvision"; see `keras_vgg.handle.open_model`).
 
     Returns:
         An `EvaluationResult`.
@@ -79,7 +82,7 @@ def evaluate_images(
         ValueError: for a bad protocol or scale, nets whose classes differ, no images, or a
             label out of range.
     """
-    loaded = load_models(models)
+    loaded = load_models(models, preprocessing=preprocessing, command="keras_vgg.evaluate")
     scales = resolve_scales(scales, loaded)
 
     def views():
@@ -116,6 +119,7 @@ def evaluate(
     limit: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     keep_posteriors: bool = False,
+    preprocessing: Any = None,
 ) -> EvaluationResult:
     """Evaluates nets on a labelled data set: what `kvgg evaluate` runs.
 
@@ -137,6 +141,7 @@ def evaluate(
         limit: Evaluate only the first `limit` decodable images of the source.
         progress: As `evaluate_images`.
         keep_posteriors: As `evaluate_images`.
+        preprocessing: As `evaluate_images`.
 
     Returns:
         An `EvaluationResult`; its `skipped` lists undecodable files.
@@ -145,7 +150,7 @@ def evaluate(
         ValueError: for classes that differ between nets and data, an empty data set, a
             scale below the crop size, or an unreadable model.
     """
-    loaded = load_models(models)
+    loaded = load_models(models, preprocessing=preprocessing, command="keras_vgg.evaluate")
     scales = resolve_scales(scales, loaded)
     source = sources.as_source(data, labels_file)
     label = os.fspath(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_vgg.artifacts import is_artifact
 from keras_vgg.data import check, sources, transforms
 from keras_vgg.data.sources import IMAGE_EXTENSIONS
 from keras_vgg.evaluation.exported import ExportedNet
@@ -20,6 +19,7 @@ from keras_vgg.evaluation.loop import chunks
 from keras_vgg.evaluation.metrics import fuse
 from keras_vgg.evaluation.protocols import check_protocol, predict_scale, resolve_scales
 from keras_vgg.evaluation.scoring import score_nets
+from keras_vgg.handle import ModelHandle, open_model
 from keras_vgg.imagenet import decode_predictions
 
 __all__ = ["Prediction", "image_files", "predict", "predict_images", "resolve_models"]
@@ -60,6 +60,7 @@ def predict_images(
     flip: bool = True,
     dense_average: str = "logits",
     batch_size: int = 32,
+    preprocessing: Any = None,
 ) -> np.ndarray:
     """Class posteriors of images under one protocol, averaged over scales (and nets).
 
@@ -74,6 +75,8 @@ def predict_images(
         flip: As `evaluate_images`.
         dense_average: As `evaluate_images`.
         batch_size: As `evaluate_images`.
+        preprocessing: The input convention of a model that records none ("paper",
+            "caffe", "torchvision"; see `keras_vgg.handle.open_model`).
 
     Returns:
         float64 (images, classes) posteriors.
@@ -81,7 +84,7 @@ def predict_images(
     Raises:
         ValueError: for a bad protocol, a scale below the crop size, or a bad image.
     """
-    models = resolve_models(models, batch_size)
+    models = resolve_models(models, batch_size, preprocessing=preprocessing)
     check_protocol(protocol)
     if isinstance(models, ExportedNet):
         nets = [models]
@@ -104,7 +107,11 @@ def predict_images(
 
 
 def resolve_models(
-    models: Sequence[Any] | Any, batch_size: int = 32
+    models: Sequence[Any] | Any,
+    batch_size: int = 32,
+    *,
+    preprocessing: Any = None,
+    command: str = "keras_vgg.predict",
 ) -> list[LoadedModel] | ExportedNet:
     """What predicts: Keras models (loaded, with their records) or one exported artifact.
 
@@ -112,18 +119,32 @@ def resolve_models(
         models: As `predict_images`: models, `.keras` files, run directories, or the folder
             of an artifact of `keras_vgg.export` (or its `ExportedNet`).
         batch_size: Most images per call of an artifact.
+        preprocessing: The input convention of a model that records none.
+        command: How refusals name the caller.
 
     Returns:
         The `LoadedModel`s (`load_models`), or an `ExportedNet`.
 
     Raises:
-        ValueError: for a path that holds neither, or an unreadable one.
+        ValueError: for a path that holds neither, an unreadable one, or one that is not a
+            classifier (the door's refusals, `keras_vgg.handle.open_model`).
     """
     if isinstance(models, ExportedNet):
         return models
-    if is_artifact(models):
-        return ExportedNet(models, batch_size=batch_size)
-    return load_models(models)
+    if isinstance(models, (str, os.PathLike, ModelHandle)):
+        handle = open_model(
+            models, needs="classifier", preprocessing=preprocessing, command=command
+        )
+        if handle.kind == "artifact":
+            if preprocessing is not None:
+                raise ValueError(
+                    f"{handle.source}: an exported artifact carries its own preprocessing; "
+                    "--preprocessing is for Keras models without a record"
+                )
+            return ExportedNet(handle.source, batch_size=batch_size)
+        models = [handle]
+    # Several nets are fused: Keras models only (an artifact runs alone).
+    return load_models(models, needs="keras", preprocessing=preprocessing, command=command)
 
 
 def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
@@ -172,6 +193,7 @@ def predict(
     flip: bool = True,
     dense_average: str = "logits",
     batch_size: int = 32,
+    preprocessing: Any = None,
 ) -> list[Prediction]:
     """Top-k classes of image files: what `kvgg predict` runs.
 
@@ -188,6 +210,7 @@ def predict(
         flip: As `predict_images`.
         dense_average: As `predict_images`.
         batch_size: As `predict_images`.
+        preprocessing: As `predict_images`.
 
     Returns:
         One `Prediction` per file, in order; unreadable files have `error` set.
@@ -195,7 +218,7 @@ def predict(
     Raises:
         ValueError: for a missing path, an unreadable model or a bad argument.
     """
-    model = resolve_models(model, batch_size)
+    model = resolve_models(model, batch_size, preprocessing=preprocessing, command="kvgg predict")
     if isinstance(model, ExportedNet):
         record, classes = model.info.record, model.classes
     else:

@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import LoadedModel
 from keras_vgg.evaluation.metrics import fuse
-from keras_vgg.scales import TrainScale
+from keras_vgg.scales import TrainScale, check_scales
 
 if TYPE_CHECKING:  # scoring imports this module: ScoreNet.predict runs the protocols
     from keras_vgg.evaluation.scoring import ScoreNet
@@ -109,8 +109,9 @@ def resolve_scales(scales: Sequence[int] | None, loaded: list[LoadedModel]) -> t
         The scales as ints, without repeats, in the order given.
 
     Raises:
-        ValueError: for no known training scale, a scale that is not an integer, or one
-            below the crop size (Sec. 3.2: Q is the smallest image side).
+        ValueError: for no known training scale, a scale that is not an integer, one
+            below the crop size (Sec. 3.2: Q is the smallest image side) or one over the
+            largest scale (`scales.check_scales`).
     """
     if scales is None:
         train_scale = loaded[0].info.train_scale
@@ -134,7 +135,7 @@ def resolve_scales(scales: Sequence[int] | None, loaded: list[LoadedModel]) -> t
             f"test scale Q={low[0]} is below the model's crop size {crop} (Sec. 3.2: Q is "
             f"the smallest image side). Received: scales={list(scales)}"
         )
-    return tuple(int(q) for q in scales)
+    return check_scales((int(q) for q in scales), crop)
 
 
 def combined_protocols(protocols: tuple[str, ...]) -> tuple[str, ...]:

@@ -14,13 +14,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vgg import limits
 from keras_vgg.augment import device_preprocess
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import LoadedModel
 from keras_vgg.evaluation.metrics import fuse, softmax
 from keras_vgg.evaluation.protocols import as_image, check_protocol, posteriors_per_scale
-from keras_vgg.imagenet import PAPER, Preprocessing
+from keras_vgg.handle import open_model
+from keras_vgg.imagenet import Preprocessing
 from keras_vgg.network import to_fully_convolutional
+from keras_vgg.record import has_record, record_of
 from keras_vgg.weights.names import HEAD_LAYERS
 
 __all__ = [
@@ -51,7 +54,8 @@ class ScoreNet:
         preprocessing: What the model expects of its input; applied to the RGB pixels in
             [0, 255] inside the compiled network, as its first operations
             (`polymorphic_forward`): the host hands over the pixels themselves (uint8
-            views: a quarter of float32's bytes).
+            views: a quarter of float32's bytes). Default: the model's record; a model
+            without one needs it (`keras_vgg.handle.open_model`: nothing is assumed).
         batch_size: Crops per forward pass for center and multi-crop evaluation, and the
             most images (with their flips) per forward pass in dense evaluation.
         dense_average: One of `DENSE_AVERAGES` (default "logits", see the module docstring).
@@ -68,24 +72,28 @@ class ScoreNet:
         self,
         model: keras.Model,
         *,
-        preprocessing: Preprocessing = PAPER,
+        preprocessing: Preprocessing | str | None = None,
         batch_size: int = 32,
         dense_average: str = "logits",
         heads: Sequence[keras.Model] = (),
     ):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
+        limits.check_count(batch_size, "`batch_size`", limits.MAX_BATCH_SIZE)
         if dense_average not in DENSE_AVERAGES:
             raise ValueError(
                 f"`dense_average` must be one of {DENSE_AVERAGES}. "
                 f"Received: dense_average={dense_average!r}"
             )
+        # The package's one door: a classifier (or a box net, whose heads score boxes) with
+        # its FC head, channels last, and a known input convention.
+        boxes = has_record(model) and record_of(model).task == "localization"
+        handle = open_model(
+            model,
+            needs="localizer" if boxes else "keras",
+            preprocessing=preprocessing,
+            command="ScoreNet",
+        )
+        model, preprocessing = handle.model, handle.info.preprocessing
         shape = tuple(model.inputs[0].shape[1:3])
-        if None in shape:
-            raise ValueError(
-                f"{model.name}: needs the model with its FC head and fixed input size. "
-                f"Received: input shape {tuple(model.inputs[0].shape)}"
-            )
         fully_conv = to_fully_convolutional(model)
         try:
             head = fully_conv.get_layer("predictions")

@@ -18,6 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_vgg import limits
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import LoadedModel, load_models
 from keras_vgg.evaluation.protocols import as_image, resolve_scales, to_numpy
@@ -80,8 +81,7 @@ class DescriptorNet:
             raise ValueError(
                 f"`layer` must be one of {DESCRIPTOR_LAYERS}. Received: layer={layer!r}"
             )
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
+        limits.check_count(batch_size, "`batch_size`", limits.MAX_BATCH_SIZE)
         fully_conv = to_fully_convolutional(model)
         try:
             fc = fully_conv.get_layer(layer)
@@ -216,6 +216,7 @@ def describe_images(
     per_scale_norm: bool = False,
     batch_size: int = 32,
     layer: str = "fc2",
+    preprocessing: Any = None,
 ) -> np.ndarray:
     """Appendix B descriptors of decoded images (in memory: for notebooks and tests).
 
@@ -233,11 +234,15 @@ def describe_images(
         per_scale_norm: L2-normalise each scale before aggregating.
         batch_size: Images per forward pass.
         layer: "fc2" (default, Appendix B) or "fc1".
+        preprocessing: The input convention of a model that records none ("paper",
+            "caffe", "torchvision" or a `Preprocessing`; see `keras_vgg.handle.open_model`).
 
     Returns:
         float64 (images, descriptor size), each row of unit L2 norm.
     """
-    loaded = load_models(models)
+    loaded = load_models(
+        models, needs="classifier", preprocessing=preprocessing, command="describe_images"
+    )
     scales = resolve_scales(scales, loaded)
     nets = descriptor_nets(loaded, relu=relu, batch_size=batch_size, layer=layer)
     views = [

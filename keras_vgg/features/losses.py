@@ -23,6 +23,8 @@ from typing import Any
 import keras
 
 from keras_vgg.features.maps import feature_extractor
+from keras_vgg.handle import open_model
+from keras_vgg.imagenet import Preprocessing
 
 __all__ = ["PerceptualLoss", "StyleLoss", "gram_matrix"]
 
@@ -50,11 +52,14 @@ class _FeatureLoss(keras.losses.Loss):
         name: str | None = None,
         reduction: str = "sum_over_batch_size",
         dtype: Any = None,
+        preprocessing: Any = None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.model_source = model if isinstance(model, (str, os.PathLike)) else None
-        if self.model_source is not None:
-            model = keras.saving.load_model(os.fspath(model), compile=False)
+        # The package's one door: files, run directories and models, checked alike.
+        model = open_model(
+            model, needs="body", preprocessing=preprocessing, command=type(self).__name__
+        ).model
         self.vgg = model
         self.extractor = feature_extractor(
             model, layers, pre_activation=pre_activation, pooling=pooling, input_range=input_range
@@ -73,6 +78,11 @@ class _FeatureLoss(keras.losses.Loss):
             "pre_activation": pre_activation,
             "pooling": pooling,
             "input_range": input_range,
+            "preprocessing": (
+                preprocessing.to_dict()
+                if isinstance(preprocessing, Preprocessing)
+                else preprocessing
+            ),
         }
 
     def _pairs(self, y_true, y_pred):
@@ -111,6 +121,8 @@ class PerceptualLoss(_FeatureLoss):
         pooling: "max" or "avg".
         input_range: The images' range: 255.0 or 1.0.
         name, reduction, dtype: As `keras.losses.Loss`.
+        preprocessing: The input convention of a model that records none (keras.applications'
+            VGG16: "caffe"); a model without a record and without it is refused.
     """
 
     def __init__(self, model, layers="johnson", layer_weights=None, **kwargs):

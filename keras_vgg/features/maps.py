@@ -26,8 +26,8 @@ from typing import Any
 
 import keras
 
+from keras_vgg.handle import open_model
 from keras_vgg.imagenet import Preprocessing, preprocess_input
-from keras_vgg.record import record_of
 
 __all__ = [
     "LAYER_SETS",
@@ -158,6 +158,7 @@ def feature_extractor(
     pooling: str = "max",
     input_range: float | None = 255.0,
     name: str | None = None,
+    preprocessing: Any = None,
 ) -> keras.Model:
     """A multi-output model returning named feature maps of a VGG's conv body.
 
@@ -177,6 +178,9 @@ def feature_extractor(
             and the extractor takes RGB in [0, input_range]. None: it takes inputs already
             preprocessed.
         name: The model's name (default `<model.name>_features`).
+        preprocessing: The input convention of a model that records none (keras.applications'
+            VGG16: "caffe"), for `input_range`; see `keras_vgg.handle.open_model`. A model
+            without a record and without it is refused: no convention is assumed.
 
     Returns:
         A `keras.Model` whose output is a dict: layer name -> map (batch, h, w, channels).
@@ -186,6 +190,17 @@ def feature_extractor(
     """
     if pooling not in ("max", "avg"):
         raise ValueError(f"`pooling` must be 'max' or 'avg'. Received: pooling={pooling!r}")
+    # Through the door: a localisation net's or a classifier's body, channels last, and a
+    # known input convention when the extractor takes pixels.
+    handle = open_model(
+        model,
+        needs="body",
+        preprocessing=preprocessing,
+        command="feature_extractor",
+        takes_pixels=input_range is not None,
+    )
+    model = handle.model
+    convention = handle.info.preprocessing
     if isinstance(layers, str):
         names = layer_set(model, layers) if layers in LAYER_SETS else (layers,)
     else:
@@ -207,7 +222,7 @@ def feature_extractor(
     inputs = keras.Input((None, None, channels), name="images")
     x = inputs
     if input_range is not None:
-        x = InputPreprocessing(record_of(model).preprocessing, input_range, name="preprocess")(x)
+        x = InputPreprocessing(convention, input_range, name="preprocess")(x)
     outputs = {}
     deepest = max(known.index(f"{n}_relu" if f"{n}_relu" in known else n) for n in names)
     for layer in body[: deepest + 1]:

@@ -36,19 +36,22 @@ import tensorflow as tf
 
 from keras_vgg import runs
 from keras_vgg.augment import device_preprocess
-from keras_vgg.data import transforms
+from keras_vgg.data import check, transforms
 from keras_vgg.drawing import draw_boxes
 from keras_vgg.evaluation.loading import LoadedModel, load_model
 from keras_vgg.evaluation.metrics import softmax
 from keras_vgg.evaluation.protocols import as_image, to_numpy
 from keras_vgg.evaluation.scoring import ScoreNet, dense_head
 from keras_vgg.files import atomic_text
+from keras_vgg.handle import check_pair
 from keras_vgg.localization.annotations import BoxSet
 from keras_vgg.localization.boxes import IOU_THRESHOLD, boxes_from_window, iou
 from keras_vgg.localization.merge import MAX_DISTANCE, greedy_merge
 from keras_vgg.localization.network import box_of_class
 from keras_vgg.localization.pipeline import localization_validation_dataset
+from keras_vgg.outputs import per_image_outputs
 from keras_vgg.record import RecordLayer
+from keras_vgg.scales import check_scales
 from keras_vgg.weights.names import HEAD_LAYERS
 
 __all__ = [
@@ -70,13 +73,8 @@ STRIDE = 32
 
 
 def _check_localizer(loaded: LoadedModel) -> str:
-    mode = loaded.info.box_mode
-    if loaded.info.task != "localization" or mode is None:
-        raise ValueError(
-            f"{loaded.name}: not a localisation net (its record says task="
-            f"{loaded.info.task!r}); give a net trained with model.task = 'localization'"
-        )
-    return mode
+    # The door refused anything else (`open_model(needs="localizer")`).
+    return loaded.info.box_mode
 
 
 def _body(model) -> list:
@@ -129,7 +127,8 @@ def shares_body(localizer: Any, classifier: Any) -> bool:
     Returns:
         True when the classifier's dense network may compute the localisation net's pool5.
     """
-    loc, cls = load_model(localizer), load_model(classifier)
+    loc = load_model(localizer, needs="localizer")
+    cls = load_model(classifier)
     if not _frozen_body(loc):
         return False
     if (loc.info.crop_size, loc.info.preprocessing) != (cls.info.crop_size, cls.info.preprocessing):
@@ -161,7 +160,7 @@ def protocol_1_correct(
         bool (len(box_set),): IoU > 0.5 with some ground-truth box of the image's class.
         An undecodable image counts as wrong (and is named in `box_set.bad`).
     """
-    loaded = load_model(model)
+    loaded = load_model(model, needs="localizer")
     mode = _check_localizer(loaded)
     correct = np.zeros(len(box_set), bool)
     crops = localization_validation_dataset(
@@ -220,6 +219,8 @@ class Localizer:
         share: Run a localisation net that shares a classifier's conv body
             (`shares_body`) as a box head of that classifier's network; False runs every
             net whole.
+        preprocessing: The input convention of a classifier that records none (the
+            localisation nets are made by this package and record theirs).
 
     Attributes:
         shared: Per localisation net, the index of the classifier whose body it shares, or
@@ -236,17 +237,36 @@ class Localizer:
         max_distance: float = MAX_DISTANCE,
         batch_size: int = 8,
         share: bool = True,
+        preprocessing: Any = None,
     ):
-        self.localizers = [load_model(m) for m in localizers]
-        self.classifiers = [load_model(m) for m in classifiers]
+        self.localizers = [
+            load_model(m, needs="localizer", command="Localizer") for m in localizers
+        ]
+        self.classifiers = [
+            load_model(m, preprocessing=preprocessing, command="Localizer (classifier)")
+            for m in classifiers
+        ]
         if not self.localizers or not self.classifiers:
             raise ValueError(
                 "protocol 2 needs at least one localisation and one classification net"
             )
         self.modes = [_check_localizer(m) for m in self.localizers]
-        for c in self.classifiers:
-            if c.info.task != "classification":
-                raise ValueError(f"{c.name}: --classifier needs a classification net")
+        # Pairs agree: fused classifiers, and each box net with the classifier that names
+        # and rates its boxes (boxes of one class named by another's would be silent).
+        for other in self.classifiers[1:]:
+            check_pair(
+                self.classifiers[0],
+                other,
+                roles=("classifier", "classifier"),
+                why="fusion needs nets over the same classes",
+            )
+        for loc in self.localizers:
+            check_pair(
+                self.classifiers[0],
+                loc,
+                roles=("classifier", "localisation net"),
+                why="its boxes would be named and rated by another net's classes",
+            )
         crop = {m.info.crop_size for m in self.localizers + self.classifiers}
         if len(crop) != 1:
             raise ValueError(
@@ -256,12 +276,7 @@ class Localizer:
         self.classes = self.classifiers[0].classes
         names = self.classifiers[0].info.class_names
         self.class_names = tuple(names) if names else tuple(str(i) for i in range(self.classes))
-        self.scales = tuple(int(q) for q in scales)
-        if not self.scales or min(self.scales) < self.crop_size:
-            raise ValueError(
-                f"test scales must be at least the crop size {self.crop_size}. "
-                f"Received: scales={list(self.scales)}"
-            )
+        self.scales = check_scales((int(q) for q in scales), self.crop_size)
         self.top = top
         self.max_distance = max_distance
         self.shared = tuple(
@@ -400,8 +415,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     try:
         return transforms.decode_image(tf.io.read_file(os.fspath(path))).numpy()
-    except (tf.errors.OpError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    except (tf.errors.OpError, ValueError):
+        # Never decoded when too large (the pixel limit); the data checker says why in words.
+        why = "; ".join(check.inspect_file(path).problems) or "cannot be decoded"
+        raise ValueError(f"{path}: not a readable image ({why})") from None
 
 
 def localization_errors(correct: np.ndarray) -> float:
@@ -454,6 +471,7 @@ def evaluate_localization(
     scales: Sequence[int] | None = None,
     protocol: int = 2,
     batch_size: int = 8,
+    preprocessing: Any = None,
 ) -> LocalizationResult:
     """Protocol 1 (each net at each scale) or protocol 2 (all nets together) over a set.
 
@@ -461,6 +479,7 @@ def evaluate_localization(
         localizers: Localisation nets.
         box_set: Images and boxes (`annotations.read_boxes`).
         classifiers: Classification nets (protocol 2).
+        preprocessing: The input convention of a classifier that records none.
         scales: Test scales Q (default: the first localisation net's single test scale).
         protocol: 1 or 2.
         batch_size: Images (crops) per forward pass.
@@ -470,7 +489,7 @@ def evaluate_localization(
     """
     if protocol not in (1, 2):
         raise ValueError(f"`protocol` must be 1 or 2. Received: protocol={protocol!r}")
-    loaded = [load_model(m) for m in localizers]
+    loaded = [load_model(m, needs="localizer") for m in localizers]
     modes = [_check_localizer(m) for m in loaded]
     if scales is None:
         train_scale = loaded[0].info.train_scale
@@ -482,7 +501,9 @@ def evaluate_localization(
                 correct = protocol_1_correct(m, box_set, scale=q, batch_size=batch_size)
                 rows.append(_row([m.name], [mode], [], 1, [q], correct))
     else:
-        localizer = Localizer(loaded, classifiers, scales=scales, batch_size=batch_size)
+        localizer = Localizer(
+            loaded, classifiers, scales=scales, batch_size=batch_size, preprocessing=preprocessing
+        )
         correct = np.zeros(len(box_set), bool)
         for index, path in enumerate(box_set.files):
             try:
@@ -530,7 +551,9 @@ def predict_boxes(
     Args:
         localizer: The nets (`Localizer`).
         images: Image files.
-        draw: A folder for `<stem>_boxes.png` copies with the boxes and labels, or None.
+        draw: A folder for `<stem>_boxes.png` copies with the boxes and labels, or None;
+            named by the output door (`keras_vgg.outputs.per_image_outputs`: sub-folders
+            of the images mirrored, so no two images share a picture).
 
     Returns:
         (path, guesses, the PNG drawn or None) per image.
@@ -538,17 +561,17 @@ def predict_boxes(
     Raises:
         ValueError: naming an image that cannot be read.
     """
+    drawn_paths = per_image_outputs(images, draw, "_boxes.png") if draw is not None else {}
     out = []
     for path in images:
         pixels = read_image(path)
         guesses = localizer.localize(pixels)
         drawn = None
         if draw is not None:
-            stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
             drawn = draw_boxes(
                 pixels,
                 [(f"{g.name} {g.score:.2f}", g.box) for g in guesses],
-                os.path.join(os.fspath(draw), f"{stem}_boxes.png"),
+                drawn_paths[os.fspath(path)],
             )
         out.append((os.fspath(path), guesses, drawn))
     return out

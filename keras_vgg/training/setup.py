@@ -145,6 +145,8 @@ def initialize(
     except (ValueError, NotImplementedError) as exc:
         raise ValueError(f"{recipe.path}: {key}: {exc}") from None
     run_record = record_of(model)
+    if recipe.init.mode != "a_layers" and not recipe.init.partial:
+        _check_source_fits(recipe, key, source_path, source, model)
     try:
         if recipe.init.mode == "a_layers":
             copied = initialize_from_a(source, model)
@@ -160,6 +162,39 @@ def initialize(
     # The run feeds its own input (RGB minus `mean`) whatever the source expected.
     attach_record(model, run_record)
     return copied
+
+
+def _check_source_fits(recipe, key: str, source_path: str, source, model) -> None:
+    """Pairs agree: every weight layer of the source has a place in the run's model.
+
+    A source layer with nowhere to go (a BN source's batch norms for a model without them,
+    a wider source's kernels) would be dropped in silence, and the start would not be the
+    source's network; named here with the recipe key that would take it.
+    """
+    ours = {layer.name: layer for layer in model.layers if layer.weights}
+    skip = {"predictions"} if recipe.init.mode == "all_but_head" else set()
+    for layer in source.layers:
+        if not layer.weights or layer.name in skip:
+            continue
+        if layer.name not in ours:
+            fix = (
+                "model.batch_norm = true"
+                if layer.name.endswith("_bn")
+                else "the source's configuration in model.config"
+            )
+            raise ValueError(
+                f"{recipe.path}: {key}: {source_path} has layer {layer.name!r} that this "
+                f"model has no place for; set {fix}, or init.partial = true to leave it out"
+            )
+        theirs = [tuple(w.shape) for w in layer.weights]
+        expected = [tuple(w.shape) for w in ours[layer.name].weights]
+        if theirs != expected and layer.name == "block1_conv1":
+            width = theirs[0][-1] / 64
+            raise ValueError(
+                f"{recipe.path}: {key}: {source_path} layer 'block1_conv1' has weights of "
+                f"shapes {theirs}, this model {expected}: set model.width = {width:g} to "
+                "take it"
+            )
 
 
 def make_optimizer(recipe, precision: str) -> keras.optimizers.Optimizer:

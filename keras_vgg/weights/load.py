@@ -25,7 +25,14 @@ import numpy as np
 from keras_vgg import configs as configs_lib
 from keras_vgg import network as _network  # noqa: F401 - registers VGG with Keras
 from keras_vgg.imagenet import KERAS_CAFFE, PAPER, TORCHVISION, Preprocessing
-from keras_vgg.record import ModelRecord, attach_record, fit_record, read_h5_record, record_of
+from keras_vgg.record import (
+    ModelRecord,
+    attach_record,
+    fit_record,
+    is_record_array,
+    read_h5_record,
+    record_of,
+)
 from keras_vgg.weights.names import HEAD_LAYERS, infer_config
 from keras_vgg.weights.readers import layout_of, read_layout
 from keras_vgg.weights.registry import REGISTRY, PretrainedWeights, fetch_pretrained
@@ -249,8 +256,10 @@ def _check_same_arrays(model: keras.Model, path: str) -> None:
                     ".weights.h5 file saved by this package"
                 )
             f.visititems(
-                lambda _, obj: (
-                    shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None
+                lambda name, obj: (
+                    shapes.append(tuple(obj.shape))
+                    if isinstance(obj, h5py.Dataset) and not is_record_array(name)
+                    else None
                 )
             )
     except OSError as exc:

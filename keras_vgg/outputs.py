@@ -1,0 +1,122 @@
+"""The one door for outputs: where each file a command writes goes, checked before any work.
+
+Every command that writes files for a user asks here first, before it loads a model or
+reads an image:
+
+- `per_image_outputs`: one output per input image (heat maps, drawn boxes), named from the
+  image's path relative to the inputs' common folder, sub-folders mirrored, so no two inputs
+  share an output (`a/0.png` and `b/0.png` give `OUT/a/0_heatmap.png` and
+  `OUT/b/0_heatmap.png`).
+- `check_outputs`: no output is one of the command's inputs (paths resolved, links and hard
+  links followed), none inside an input folder, and an existing file is refused unless the
+  caller asked to replace it (`--overwrite`); the outputs' folders are made.
+
+The files themselves are then written through `keras_vgg.files.atomic_write`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from keras_vgg.files import refuse_existing
+
+__all__ = ["check_outputs", "per_image_outputs"]
+
+
+def per_image_outputs(
+    images: Sequence[str | os.PathLike], folder: str | os.PathLike, suffix: str
+) -> dict[str, str]:
+    """The output file of each input image, unique per image.
+
+    Args:
+        images: The input image files.
+        folder: The folder the outputs go to.
+        suffix: What replaces each image's extension (e.g. "_heatmap.png").
+
+    Returns:
+        Image path (as given) -> its output path: `folder/<relative folder>/<stem><suffix>`,
+        the relative folder taken from the images' common folder. Two images that differ
+        only by extension (`x.png`, `x.jpg`) keep it in the name (`x_png<suffix>`).
+    """
+    images = [os.fspath(p) for p in images]
+    if not images:
+        return {}
+    absolute = [os.path.abspath(p) for p in images]
+    common = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    stems = [os.path.splitext(os.path.relpath(p, common))[0] for p in absolute]
+    clash = {s for s in stems if stems.count(s) > 1}
+    out = {}
+    for path, full, stem in zip(images, absolute, stems, strict=True):
+        if stem in clash:
+            stem = f"{stem}_{os.path.splitext(full)[1].lstrip('.').lower()}"
+        out[path] = os.path.join(os.fspath(folder), stem + suffix)
+    return out
+
+
+def check_outputs(
+    outputs: Iterable[str | os.PathLike | None],
+    inputs: Iterable[str | os.PathLike | None],
+    *,
+    overwrite: bool = False,
+    make_folders: bool = True,
+) -> None:
+    """Refuses outputs that would replace an input or, without `overwrite`, any file.
+
+    Checked before anything is computed, so a refused command has read and written nothing.
+
+    Args:
+        outputs: The files the command will write (None entries are ignored).
+        inputs: The files and folders the command reads (models, run directories, data
+            folders, features files, annotation files; None entries are ignored).
+        overwrite: Whether existing outputs may be replaced (never an input).
+        make_folders: Make each output's missing parent folders.
+
+    Raises:
+        ValueError: one line naming the output and, where it is one, the input it would
+            replace; or an output that is a folder, or that two outputs share.
+    """
+    inputs = [Path(os.fspath(p)) for p in inputs if p is not None]
+    seen: dict[str, str] = {}
+    outputs = [os.fspath(p) for p in outputs if p is not None]
+    for output in outputs:
+        resolved = os.path.realpath(output)
+        if resolved in seen:
+            raise ValueError(f"{output}: written twice by this command (also as {seen[resolved]})")
+        seen[resolved] = output
+        for source in inputs:
+            if _same(output, source):
+                raise ValueError(
+                    f"{output}: is an input of this command ({source}); choose another path"
+                )
+            if source.is_dir() and os.path.lexists(output) and _inside(resolved, source):
+                raise ValueError(
+                    f"{output}: lies inside the input folder {source}; choose a path outside it"
+                )
+        if os.path.isdir(output):
+            raise ValueError(f"{output}: is a folder; give a file path")
+        refuse_existing(output, overwrite)
+    if make_folders:
+        for output in outputs:
+            parent = os.path.dirname(os.path.abspath(output))
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(
+                    f"{output}: cannot make its folder {parent}: {exc.strerror}"
+                ) from None
+
+
+def _same(output: str, source: Path) -> bool:
+    if os.path.realpath(output) == os.path.realpath(source):
+        return True
+    try:
+        return os.path.samefile(output, source)  # a hard link to the input
+    except OSError:
+        return False
+
+
+def _inside(resolved: str, folder: Path) -> bool:
+    root = os.path.realpath(folder)
+    return os.path.commonpath([resolved, root]) == root
