@@ -39,6 +39,7 @@ from keras_vgg.evaluation.scoring import DENSE_AVERAGES, ScoreNet
 from keras_vgg.files import atomic_text, partial_path, remove_leftovers
 from keras_vgg.imagenet import Preprocessing, preprocess_input
 from keras_vgg.record import describe, has_record
+from keras_vgg.scales import check_scales
 
 __all__ = [
     "EXPORT_PROTOCOLS",
@@ -314,6 +315,8 @@ def export_model(
     """
     _check_choice("format", format, FORMATS)
     _check_choice("quantize", quantize, QUANTIZATIONS)
+    if scale is not None:
+        check_scales([scale], None, "scale")  # the upper bound, before the model is read
     if quantize != "none" and format == "savedmodel":
         raise ValueError(f"quantize {quantize!r} is for the onnx and litert formats")
     if quantize == "int8" and calibration is None:
@@ -330,6 +333,7 @@ def export_model(
     record = loaded.info
     if scale is None:
         scale = predict_scale(record.train_scale)
+    (scale,) = check_scales([scale], record.crop_size, "scale")
     if calibration is not None:
         views = calibration_views(
             calibration, protocol=protocol, crop_size=record.crop_size, scale=scale

@@ -18,6 +18,7 @@ import codecs
 import dataclasses
 import itertools
 import json
+import numbers
 import os
 import re
 from typing import Any
@@ -25,17 +26,25 @@ from typing import Any
 __all__ = [
     "MAX_BATCH_SIZE",
     "MAX_JSON_BYTES",
+    "MAX_IMAGES",
     "MAX_JSON_DEPTH",
     "MAX_PIXELS",
+    "MAX_PIXELS_KEY",
     "MAX_SCALE",
     "MAX_SPLITS",
     "Bound",
     "check_count",
+    "check_image_bytes",
     "decode_utf8",
+    "header_size",
+    "image_header",
     "json_depth",
     "load_json",
     "max_pixels",
     "max_scale",
+    "pixel_assert",
+    "pixel_check",
+    "too_many_pixels",
 ]
 
 
@@ -73,9 +82,9 @@ class Bound:
             ) from None
 
     def how_to_raise(self, extra: str = "") -> str:
-        """The words a message gives for raising the bound: "raise it with ENV=N" (or
-        `extra`, e.g. a recipe key, first), or "" for a fixed bound."""
-        ways = [w for w in (extra, f"{self.env}=N" if self.env else "") if w]
+        """The words a message gives for raising the bound: "raise it with ENV=N" (then
+        `extra`, e.g. a recipe key), or "" for a fixed bound."""
+        ways = [w for w in (f"{self.env}=N" if self.env else "", extra) if w]
         return f"raise it with {' or '.join(ways)}" if ways else ""
 
 
@@ -94,8 +103,13 @@ MAX_PIXELS = Bound("pixels per image", 100_000_000, "KVGG_MAX_PIXELS")
 MAX_SCALE = Bound("test scale", 2048, "KVGG_MAX_SCALE")
 # Random splits of `kvgg transfer` (each fits every class's SVMs again).
 MAX_SPLITS = Bound("splits", 1000)
-# Images or crops per pass (`--batch-size`): beyond this a batch only costs memory.
-MAX_BATCH_SIZE = Bound("batch size", 4096)
+# A count of images a user asks for (`--limit`, `--sample`): more than a data set holds only
+# means all of them, but tf.data counts in int64 and some counts size arrays.
+MAX_IMAGES = Bound("images", 2**31 - 1)
+# Images or crops per forward pass when testing (`--batch-size` of evaluate, predict,
+# features, localize): beyond this a batch only costs memory. Training batches are the
+# recipe's (`run.batch_size`), not bounded here.
+MAX_BATCH_SIZE = Bound("batch size", 4096, "KVGG_MAX_BATCH_SIZE")
 # A JSON file a user hands the package (model_info.json, statistics, artifact metadata):
 # those the package writes are a few kB.
 MAX_JSON_BYTES = Bound("JSON file size", 16 * 2**20, "KVGG_MAX_JSON_BYTES")
@@ -118,8 +132,8 @@ def check_count(value: Any, name: str, bound: Bound, *, low: int = 1, given: int
     """Checks a user's count (splits, batch size) against `low` and a bound.
 
     Args:
-        value: The count.
-        name: How to name it in errors ("--splits", "batch_size").
+        value: The count (an int or a NumPy integer).
+        name: How to name it in errors ("--splits", "`batch_size`").
         bound: Its upper `Bound`.
         low: Its smallest value.
         given: The upper bound, if not the bound's own value.
@@ -128,16 +142,16 @@ def check_count(value: Any, name: str, bound: Bound, *, low: int = 1, given: int
         The count, an int.
 
     Raises:
-        ValueError: one line naming `name`, the value and the bound.
+        ValueError: "NAME must be from LOW to HIGH. Received: VALUE".
     """
     high = bound.value(given)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}: must be an integer. Received: {name}={value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer. Received: {value!r}")
+    value = int(value)
     if not low <= value <= high:
         how = bound.how_to_raise()
         raise ValueError(
-            f"{name}: must be from {low} to {high}{f' ({how})' if how else ''}. "
-            f"Received: {name}={value}"
+            f"{name} must be from {low} to {high}{f' ({how})' if how else ''}. Received: {value}"
         )
     return value
 
@@ -250,3 +264,209 @@ def _check_json_size(size: int, source: str, limit: int) -> None:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+# === Image headers: the pixels an image declares, read before it is decoded ===
+
+# Where a recipe raises the pixel limit (messages name it beside the variable).
+MAX_PIXELS_KEY = "data.max_pixels"
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # not DHT, JPG, DAC
+
+
+def _big(data: bytes, start: int, size: int) -> int:
+    return int.from_bytes(data[start : start + size], "big")
+
+
+def _little(data: bytes, start: int, size: int) -> int:
+    return int.from_bytes(data[start : start + size], "little")
+
+
+def image_header(data: bytes) -> tuple[str, int, int] | None:
+    """(format, width, height) as an image file's header declares them, without decoding.
+
+    Reads what TensorFlow's decoders read: PNG's IHDR, a JPEG's first SOF marker, GIF's
+    logical screen, BMP's info header (a negative height is a top-down image), WebP's VP8,
+    VP8L or VP8X header.
+
+    Args:
+        data: The file's first bytes (a JPEG's SOF can follow large EXIF blocks: pass the
+            whole file).
+
+    Returns:
+        ("PNG" | "JPEG" | "GIF" | "BMP" | "WEBP", width, height), or None if the bytes are
+        none of these formats or the header is cut short.
+    """
+    if data.startswith(_PNG) and len(data) >= 24:
+        return "PNG", _big(data, 16, 4), _big(data, 20, 4)
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return "GIF", _little(data, 6, 2), _little(data, 8, 2)
+    if data.startswith(b"BM") and len(data) >= 26:
+        width = int.from_bytes(data[18:22], "little", signed=True)
+        height = int.from_bytes(data[22:26], "little", signed=True)
+        return "BMP", abs(width), abs(height)
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8 ":
+            return "WEBP", _little(data, 26, 2) & 0x3FFF, _little(data, 28, 2) & 0x3FFF
+        if kind == b"VP8L":
+            bits = _little(data, 21, 4)
+            return "WEBP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if kind == b"VP8X":
+            return "WEBP", _little(data, 24, 3) + 1, _little(data, 27, 3) + 1
+        return None
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_header(data)
+    return None
+
+
+def _jpeg_header(data: bytes) -> tuple[str, int, int] | None:
+    """A JPEG's size from its first start-of-frame marker (walking the segments)."""
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            at += 2
+            continue
+        if marker in _JPEG_SOF:
+            if at + 9 > len(data):
+                return None
+            return "JPEG", _big(data, at + 7, 2), _big(data, at + 5, 2)
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before
+            return None
+        at += 2 + _big(data, at + 2, 2)
+    return None
+
+
+def too_many_pixels(width: int, height: int, limit: int | None = None) -> str | None:
+    """Why an image of `width` x `height` is refused, or None if it is within the limit.
+
+    Args:
+        width: Its width.
+        height: Its height.
+        limit: The pixel limit (default: `max_pixels()`).
+
+    Returns:
+        "W x H = N pixels, over the limit of L (raise it with KVGG_MAX_PIXELS=N or
+        data.max_pixels in a recipe)", or None.
+    """
+    limit = max_pixels(limit)
+    if width * height <= limit:
+        return None
+    how = MAX_PIXELS.how_to_raise(f"{MAX_PIXELS_KEY} in a recipe")
+    return f"{width} x {height} = {width * height} pixels, over the limit of {limit} ({how})"
+
+
+def check_image_bytes(data: bytes, source: str, limit: int | None = None) -> None:
+    """Refuses an image whose header declares more pixels than the limit, before decoding.
+
+    Args:
+        data: The encoded file (its header is enough but for JPEGs with large EXIF blocks).
+        source: The file, as the error names it.
+        limit: The pixel limit (default: `max_pixels()`).
+
+    Raises:
+        ValueError: `SOURCE: W x H = N pixels, over the limit of L (raise it with ...)`.
+    """
+    header = image_header(data)
+    problem = None if header is None else too_many_pixels(header[1], header[2], limit)
+    if problem:
+        raise ValueError(f"{source}: {problem}")
+
+
+def pixel_check(contents, limit: int | None = None):
+    """`contents` (an encoded image, scalar string tensor) once its header is within the
+    pixel limit; graph ops only, for `tf.data` maps and eager code alike.
+
+    The size is read as `image_header` reads it (a JPEG's with
+    `tf.image.extract_jpeg_shape`); bytes of no known format pass (their decoder fails).
+
+    Args:
+        contents: A scalar string tensor.
+        limit: The pixel limit (default: `max_pixels()`, read when the graph is built).
+
+    Returns:
+        `contents`, behind an assertion that fails (InvalidArgumentError) when the image
+        declares more pixels than the limit; `too_many_pixels` says why in words.
+    """
+    import tensorflow as tf
+
+    with tf.control_dependencies([pixel_assert(*header_size(contents), limit)]):
+        return tf.identity(contents)
+
+
+def pixel_assert(width, height, limit: int | None = None):
+    """An assertion op that fails (InvalidArgumentError) when `width` x `height` (integer
+    tensors) is over the pixel limit (default: `max_pixels()`, read when the graph is built)."""
+    import tensorflow as tf
+
+    limit = max_pixels(limit)
+    pixels = tf.cast(width, tf.float64) * tf.cast(height, tf.float64)
+    message = tf.strings.format(
+        "image of {} x {} pixels, over the limit of " + str(limit), (width, height)
+    )
+    return tf.debugging.Assert(pixels <= float(limit), [message])
+
+
+def header_size(contents):
+    """(width, height) as int64 scalar tensors from an encoded image's header (graph ops).
+
+    -1, -1 for bytes of no known format (see `image_header`, whose reading this repeats).
+    """
+    import tensorflow as tf
+
+    # The first 30 bytes, padded with zeros: every read below stays inside them.
+    prefix = tf.strings.substr(
+        tf.strings.join([tf.strings.substr(contents, 0, 30), "\0" * 30]), 0, 30
+    )
+    head = tf.cast(tf.io.decode_raw(prefix, tf.uint8), tf.int64)
+
+    def number(start, size, little):
+        places = range(size) if little else range(size - 1, -1, -1)
+        return sum(head[start + i] * (256**p) for i, p in zip(range(size), places, strict=True))
+
+    def signed32(value):
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    def starts(magic, at=0):
+        return tf.equal(tf.strings.substr(prefix, at, len(magic)), magic)
+
+    vp8l = number(21, 4, True)
+    cases = [
+        (starts(_PNG), (number(16, 4, False), number(20, 4, False))),
+        (
+            tf.logical_or(starts(b"GIF87a"), starts(b"GIF89a")),
+            (number(6, 2, True), number(8, 2, True)),
+        ),
+        (starts(b"BM"), (signed32(number(18, 4, True)), signed32(number(22, 4, True)))),
+    ]
+    webp = tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8))
+    cases += [
+        (
+            tf.logical_and(webp, starts(b"VP8 ", 12)),
+            (number(26, 2, True) % 0x4000, number(28, 2, True) % 0x4000),
+        ),
+        (
+            tf.logical_and(webp, starts(b"VP8L", 12)),
+            (vp8l % 0x4000 + 1, (vp8l // 0x4000) % 0x4000 + 1),
+        ),
+        (
+            tf.logical_and(webp, starts(b"VP8X", 12)),
+            (number(24, 3, True) + 1, number(27, 3, True) + 1),
+        ),
+    ]
+    width = height = tf.constant(-1, tf.int64)
+    for condition, (w, h) in reversed(cases):
+        width, height = tf.where(condition, w, width), tf.where(condition, h, height)
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(contents), tf.int64)
+        return shape[1], shape[0]
+
+    return tf.cond(tf.io.is_jpeg(contents), jpeg, lambda: (width, height))

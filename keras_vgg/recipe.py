@@ -6,7 +6,7 @@ A recipe has six sections, every key optional except `data.root`::
                  task, box_mode, fine_tune
     [data]       root, val_root, labels_file, label_offset, val_split, train_scale,
                  val_scale, crop_size, stats, flip, color_shift, annotations,
-                 val_annotations, threads
+                 val_annotations, threads, max_pixels
     [optimizer]  name, lr, momentum, weight_decay, weight_decay_mode
     [schedule]   epochs, plateau_patience, factor, min_delta, max_reductions
     [init]       from_run, mode
@@ -28,8 +28,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from keras_vgg import configs as configs_lib
+from keras_vgg import limits
 from keras_vgg.configs import BOX_MODES, TASKS
-from keras_vgg.scales import TrainScale
+from keras_vgg.scales import TrainScale, check_scales
 
 try:
     import tomllib
@@ -123,6 +124,9 @@ class DataSection:
         threads: CPU threads that read, decode and augment the images (training and
             validation); None means one per core. Lower it to leave cores to the model
             or to other jobs on the machine; the batches are the same for any value.
+        max_pixels: The most pixels an image may declare (width x height, read from its
+            header); larger images are skipped and named, never decoded. None means
+            `KVGG_MAX_PIXELS`, else 100 megapixels (`keras_vgg.limits.MAX_PIXELS`).
     """
 
     root: str = ""
@@ -139,6 +143,7 @@ class DataSection:
     annotations: str | None = None
     val_annotations: str | None = None
     threads: int | None = None
+    max_pixels: int | None = None
 
     @property
     def scale_jitter(self) -> bool:
@@ -289,16 +294,12 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recip
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: recipe file not found")
+    with open(path, "rb") as f:
+        text = limits.decode_utf8(f.read(), path, "a TOML recipe")
     try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
-            "a TOML recipe is UTF-8"
-        ) from None
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for item in overrides:
         _apply_override(raw, item, path)
@@ -468,6 +469,8 @@ def _check(recipe: Recipe, path: str) -> None:
         fail("data.root", "missing: the folder of training images (one sub-folder per class)")
     if not 0 <= d.val_split < 1:
         fail("data.val_split", f"must be in [0, 1), got {d.val_split}")
+    if d.max_pixels is not None and d.max_pixels < 1:
+        fail(limits.MAX_PIXELS_KEY, f"must be >= 1, got {d.max_pixels}")
     if d.crop_size < 32:
         fail("data.crop_size", f"must be >= 32 (five 2x2 poolings), got {d.crop_size}")
     if d.train_scale.smin < d.crop_size:
@@ -478,6 +481,15 @@ def _check(recipe: Recipe, path: str) -> None:
         )
     if d.val_scale is not None and d.val_scale < d.crop_size:
         fail("data.val_scale", f"Q = {d.val_scale} is smaller than the crop {d.crop_size}")
+    for key, values in (
+        ("data.train_scale", d.train_scale.bounds),
+        ("data.val_scale", [d.val_scale]),
+    ):
+        if values[-1] is not None:
+            try:
+                check_scales(values, None, key)  # the largest scale (limits.MAX_SCALE)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
     if d.threads is not None and d.threads < 1:
         fail("data.threads", f"must be >= 1, got {d.threads}")
     if o.name not in OPTIMIZERS:

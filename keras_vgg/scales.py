@@ -3,15 +3,66 @@
 One type, `TrainScale`, stands for both of the paper's training set-ups: a fixed S
 (single-scale training) and S jittered in [Smin, Smax] (scale jittering). Recipes, model
 records, evaluation and the input pipeline all take and give this type; `TrainScale.parse`
-is the one place where an int, a pair or a string becomes one.
+is the one place where an int, a pair or a string becomes one. `check_scales` checks the
+scales a user asks for against the crop they must hold and the largest scale
+(`limits.MAX_SCALE`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["TrainScale"]
+from keras_vgg import limits
+
+__all__ = ["TrainScale", "check_scales"]
+
+
+def check_scales(
+    scales: Iterable[Any], crop_size: int | None = None, what: str = "scales"
+) -> tuple[int, ...]:
+    """Scales a user asked for (test scales Q, a training S, an export's scale), checked
+    before any work: integers, at least the crop they must hold, at most the largest scale.
+
+    An image rescaled so its smaller side is Q holds at least Q * Q pixels, and the
+    network's first activations 64 floats for each of them: a Q of 20000 on a 40-pixel
+    image asks for 100 GB. The bound is `limits.MAX_SCALE` (2048; `KVGG_MAX_SCALE` raises
+    it).
+
+    Args:
+        scales: The scales.
+        crop_size: The side of the model's crop (a scale below it has no crop to take), or
+            None to check the upper bound only.
+        what: How errors name the scales ("--scales", "scales", "data.train_scale").
+
+    Returns:
+        The scales, a tuple of ints.
+
+    Raises:
+        ValueError: one line naming `what`, the scale and the bound.
+    """
+    scales = tuple(scales)
+    if not scales:
+        raise ValueError(f"{what}: at least one scale is needed. Received: {what}=()")
+    high = limits.max_scale()
+    for q in scales:
+        if isinstance(q, bool) or not isinstance(q, int):
+            raise ValueError(f"{what}: scales are integers. Received: {what}={q!r}")
+        if crop_size is not None and q < crop_size:
+            raise ValueError(
+                f"{what}: {q} is below the model's crop size {crop_size} (a scale is the "
+                f"smaller side of the rescaled image, which must hold the crop). "
+                f"Received: {what}={q}"
+            )
+        if q < 1:
+            raise ValueError(f"{what}: scales are positive. Received: {what}={q}")
+        if q > high:
+            raise ValueError(
+                f"{what}: {q} is over the largest scale, {high} "
+                f"({limits.MAX_SCALE.how_to_raise()}). Received: {what}={q}"
+            )
+    return scales
 
 
 @dataclasses.dataclass(frozen=True)

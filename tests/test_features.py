@@ -482,7 +482,7 @@ def test_kvgg_features_and_transfer(nets, tmp_path):
         (("--train-per-class", "5"), "class 'ant' has 5 images: none left to test with 5"),
         (("--train-per-class", "0"), "training images per class must be a positive integer"),
         (("--test-per-class", "0"), "test images per class must be a positive integer"),
-        (("--splits", "0"), "splits must be a positive integer, got 0"),
+        (("--splits", "0"), "splits must be from 1 to 1000. Received: 0"),
         (("--train-per-class", "1"), "choosing C needs held-out training images"),
         (
             ("--C", "0,1", "--train-per-class", "3"),

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from keras_vgg import limits
 from keras_vgg.data import sources, transforms
 from keras_vgg.files import atomic_text
 
@@ -122,12 +123,19 @@ def _decoder_message(exc: Exception) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
-def inspect_file(path: str | os.PathLike, min_side: int = 0) -> FileReport:
+def inspect_file(
+    path: str | os.PathLike, min_side: int = 0, max_pixels: int | None = None
+) -> FileReport:
     """Checks one file the way the training pipeline would read it.
+
+    An image whose header declares more pixels than the limit is unreadable ("too large:
+    W x H = N pixels, over the limit of L (raise it with ...)"), as the pipelines skip it,
+    and is never decoded.
 
     Args:
         path: The image file.
         min_side: Report images whose smaller side is below this (0: never).
+        max_pixels: The pixel limit (default: `limits.max_pixels()`).
 
     Returns:
         A `FileReport`.
@@ -140,9 +148,15 @@ def inspect_file(path: str | os.PathLike, min_side: int = 0) -> FileReport:
         return FileReport(path, "unreadable", (f"cannot read file: {exc.strerror}",))
     if not data:
         return FileReport(path, "unreadable", ("empty file (0 bytes)",))
+    header = limits.image_header(data)
+    too_large = header and limits.too_many_pixels(header[1], header[2], max_pixels)
+    if too_large:
+        return FileReport(path, "unreadable", (f"too large: {too_large}",))
     fmt, mode, size, frames, info, orientation = _pil_info(data)
+    if fmt is None and header is not None:
+        fmt = header[0]  # Pillow refuses some images ours reads (its own pixel limit)
     try:
-        shape = transforms.decode_image(tf.constant(data)).shape
+        shape = transforms.decode_image(tf.constant(data), max_pixels).shape
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
         if fmt is None:
             reason = f"not an image (starts with {data[:8]!r})"
@@ -179,6 +193,7 @@ def check_source(
     *,
     workers: int | None = None,
     min_side: int = 0,
+    max_pixels: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> CheckReport:
     """Scans every file of a folder source in parallel.
@@ -187,6 +202,8 @@ def check_source(
         source: An `ImageSource`, or a folder for `sources.as_source`.
         workers: Threads (default: the number of CPUs).
         min_side: Report images whose smaller side is below this (0: never).
+        max_pixels: The pixel limit (default: `limits.max_pixels()`); larger images are
+            unreadable.
         progress: Called with 1 after each file.
 
     Returns:
@@ -199,9 +216,10 @@ def check_source(
     if not isinstance(source, sources.ImageSource):
         raise ValueError(f"{source!r}: data check scans image folders only")
     workers = workers or os.cpu_count() or 1
+    max_pixels = limits.max_pixels(max_pixels)
     reports = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for report in pool.map(lambda p: inspect_file(p, min_side), source.files):
+        for report in pool.map(lambda p: inspect_file(p, min_side, max_pixels), source.files):
             if report.status != "ok":
                 reports.append(report)
             if progress is not None:

@@ -18,11 +18,12 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from keras_vgg import limits
 from keras_vgg.data import check, transforms
 from keras_vgg.data import sources as sources_lib
 from keras_vgg.data.sources import DataSource
 
-__all__ = ["BadFileLog", "decode_groups", "decoded_images", "empty_batch"]
+__all__ = ["BadFileLog", "bad_file_log", "decode_groups", "decoded_images", "empty_batch"]
 
 logger = logging.getLogger("keras_vgg.data")
 
@@ -36,13 +37,16 @@ class BadFileLog:
 
     Attributes:
         path: Text file the names are appended to, or None.
+        max_pixels: The pixel limit of the images the pipeline decodes
+            (`limits.max_pixels()` unless given), which the reasons of too large ones name.
         skipped: How many elements were skipped (a bad file counts once per epoch).
         names: The distinct bad files, in the order they were met.
         reasons: Why each of `names` was skipped, by name.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, max_pixels: int | None = None):
         self.path = None if path is None else os.fspath(path)
+        self.max_pixels = limits.max_pixels(max_pixels)
         self.skipped = 0
         self.names: list[str] = []
         self.reasons: dict[str, str] = {}
@@ -68,7 +72,7 @@ class BadFileLog:
             self._seen.add(name)
             self.names.append(name)
         if reason is None:
-            reason = _reason(name)
+            reason = _reason(name, self.max_pixels)
             logger.warning("skipped unreadable image %s (%s)", name, reason)
         else:
             logger.warning("skipped %s", reason)
@@ -79,10 +83,33 @@ class BadFileLog:
                 f.write(f"{name}\t{reason}\n")
 
 
-def _reason(name: str) -> str:
+def bad_file_log(
+    bad_files: BadFileLog | None,
+    path: str | os.PathLike | None = None,
+    max_pixels: int | None = None,
+) -> BadFileLog:
+    """The log a pipeline reports into: `bad_files`, or a new one on `path` with `max_pixels`.
+
+    The log holds the pipeline's pixel limit (its decoders read it there), so a limit given
+    beside a log of another limit is refused.
+
+    Raises:
+        ValueError: if `max_pixels` differs from the limit of the given log.
+    """
+    if bad_files is None:
+        return BadFileLog(path, max_pixels)
+    if max_pixels is not None and limits.max_pixels(max_pixels) != bad_files.max_pixels:
+        raise ValueError(
+            f"`max_pixels` differs from the limit of `bad_files` ({bad_files.max_pixels}). "
+            f"Received: max_pixels={max_pixels}"
+        )
+    return bad_files
+
+
+def _reason(name: str, max_pixels: int) -> str:
     if not os.path.lexists(name):
         return "undecodable record"
-    problems = check.inspect_file(name).problems
+    problems = check.inspect_file(name, max_pixels=max_pixels).problems
     return "; ".join(problems) if problems else "undecodable"
 
 
@@ -217,6 +244,7 @@ def decoded_images(
     bad_files: BadFileLog | None = None,
     bad_files_path: str | os.PathLike | None = None,
     group_size: int = 1,
+    max_pixels: int | None = None,
 ) -> tf.data.Dataset:
     """Every decodable image of a source as uint8 RGB, in order, optionally through `map_fn`.
 
@@ -236,6 +264,8 @@ def decoded_images(
         bad_files: A `BadFileLog` to report skipped files into.
         bad_files_path: Text file for skipped files, if `bad_files` is not given.
         group_size: Images per group; more than 1 only for outputs of one static shape.
+        max_pixels: The pixel limit (default: that of `bad_files`, else
+            `limits.max_pixels()`): larger images are skipped, never decoded.
 
     Returns:
         A finite dataset.
@@ -248,15 +278,14 @@ def decoded_images(
     if group_size < 1:
         raise ValueError(f"`group_size` must be positive. Received: group_size={group_size}")
     source = sources_lib.as_source(source)
-    if bad_files is None:
-        bad_files = BadFileLog(bad_files_path)
+    bad_files = bad_file_log(bad_files, bad_files_path, max_pixels)
     shuffle = False
     if sample is not None:
         if isinstance(source, sources_lib.ImageSource):
             source = source.sample(sample, seed=seed)
         else:
             shuffle = True
-    _check_decodable(source)
+    _check_decodable(source, bad_files.max_pixels)
     elements = source.elements(0, seed=seed, shuffle=shuffle)
     if sample is not None:
         elements = elements.take(sample)
@@ -264,7 +293,7 @@ def decoded_images(
     def load(payload, label, draw):
         del draw
         contents, label = source.read(payload, label)
-        image = transforms.decode_image(contents)
+        image = transforms.decode_image(contents, bad_files.max_pixels)
         output = image if map_fn is None else map_fn(image)
         return (output, tf.cast(label, tf.int32)) if with_labels else output
 
@@ -292,12 +321,12 @@ def decoded_images(
     return ds.unbatch().with_options(options)
 
 
-def _check_decodable(source: DataSource, tries: int = 64) -> None:
+def _check_decodable(source: DataSource, max_pixels: int, tries: int = 64) -> None:
     """Raises ValueError naming the source if none of its first `tries` elements decodes."""
     for payload, label, _ in source.elements().take(tries):
         try:
             contents, _ = source.read(payload, label)
-            transforms.decode_image(contents)
+            transforms.decode_image(contents, max_pixels)
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
             continue
         return

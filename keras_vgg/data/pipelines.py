@@ -30,10 +30,16 @@ import tensorflow as tf
 
 from keras_vgg.data import sources as sources_lib
 from keras_vgg.data import transforms
-from keras_vgg.data.decoding import BadFileLog, decode_groups, decoded_images, empty_batch
+from keras_vgg.data.decoding import (
+    BadFileLog,
+    bad_file_log,
+    decode_groups,
+    decoded_images,
+    empty_batch,
+)
 from keras_vgg.data.sources import DataSource
 from keras_vgg.data.stats import IMAGENET_STATS, DatasetStats
-from keras_vgg.scales import TrainScale
+from keras_vgg.scales import TrainScale, check_scales
 
 __all__ = [
     "EVALUATION_MODES",
@@ -110,14 +116,12 @@ def _full_batches(
     return ds.filter(lambda batch, emit: emit).map(lambda batch, emit: batch)
 
 
-def _check_sizes(crop_size: int, scales: Sequence[int], what: str) -> None:
+def _check_sizes(crop_size: int, scales: Sequence[int], what: str, batch_size: int) -> None:
     if crop_size < 1:
         raise ValueError(f"`crop_size` must be positive. Received: crop_size={crop_size}")
-    for s in scales:
-        if s < crop_size:
-            raise ValueError(
-                f"`{what}` must be >= crop_size ({crop_size}) so a crop fits. Received: {what}={s}"
-            )
+    check_scales(scales, crop_size, f"`{what}`")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be positive. Received: batch_size={batch_size}")
 
 
 def _options(threads: int | None = None) -> tf.data.Options:
@@ -175,6 +179,7 @@ def training_dataset(
     parallel_calls: int | None = None,
     threads: int | None = None,
     targets: Callable | None = None,
+    max_pixels: int | None = None,
 ) -> tf.data.Dataset:
     """The training input of Sec. 3.1 up to the device, repeating forever from `start_epoch`.
 
@@ -216,6 +221,8 @@ def training_dataset(
             the window of the original image the crop shows and whether it was flipped
             (the localisation targets of `keras_vgg.localization.pipeline`: the boxes move
             with the crop's own random choices).
+        max_pixels: The pixel limit (default: that of `bad_files`, else
+            `limits.max_pixels()`): larger images are skipped and named, never decoded.
 
     Returns:
         A dataset of (inputs, int32 labels (batch,)); with `targets`, (inputs, targets,
@@ -227,9 +234,7 @@ def training_dataset(
         ValueError: on a bad argument or a source that cannot be opened.
     """
     train_scale = TrainScale.parse(train_scale)
-    _check_sizes(crop_size, train_scale.bounds, "train_scale")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be positive. Received: batch_size={batch_size}")
+    _check_sizes(crop_size, train_scale.bounds, "train_scale", batch_size)
     if start_epoch < 0:
         raise ValueError(f"`start_epoch` must be >= 0. Received: start_epoch={start_epoch}")
     source = sources_lib.as_source(source)
@@ -243,13 +248,14 @@ def training_dataset(
     source.shard(num_shards, shard_index)  # checks the arguments
     if not global_order:
         source = source.shard(num_shards, shard_index)
-    if bad_files is None:
-        bad_files = BadFileLog(bad_files_path)
+    bad_files = bad_file_log(bad_files, bad_files_path, max_pixels)
     global_batch = batch_size * num_shards
 
     def load(payload, label, draw):
         contents, label = source.read(payload, label)
-        image, window = transforms.training_crop(contents, draw, crop_size, with_window=True)
+        image, window = transforms.training_crop(
+            contents, draw, crop_size, with_window=True, max_pixels=bad_files.max_pixels
+        )
         inputs = {"image": image, "flip": draw["flip"], "color": draw["color"]}
         if targets is None:
             return inputs, tf.cast(label, tf.int32)
@@ -290,6 +296,7 @@ def evaluation_dataset(
     bad_files_path: str | os.PathLike | None = None,
     bad_files: BadFileLog | None = None,
     threads: int | None = None,
+    max_pixels: int | None = None,
 ) -> tf.data.Dataset:
     """One pass over a source, in its order, for validation during training (Sec. 3.2).
 
@@ -309,6 +316,7 @@ def evaluation_dataset(
         bad_files_path: Text file to which undecodable files are appended.
         bad_files: A `BadFileLog` to report into.
         threads: CPU threads the pipeline may use for its work (default: one per core).
+        max_pixels: The pixel limit (as `training_dataset`'s).
 
     Returns:
         A finite dataset of (uint8 images, int32 labels).
@@ -318,9 +326,7 @@ def evaluation_dataset(
     """
     if mode not in EVALUATION_MODES:
         raise ValueError(f"`mode` must be one of {EVALUATION_MODES}. Received: mode={mode!r}")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be positive. Received: batch_size={batch_size}")
-    _check_sizes(crop_size, [scale], "scale")
+    _check_sizes(crop_size, [scale], "scale", batch_size)
 
     def finish(image):
         image = transforms.center_crop(transforms.rescaled_view(image, scale), crop_size)
@@ -334,6 +340,7 @@ def evaluation_dataset(
         bad_files=bad_files,
         bad_files_path=bad_files_path,
         group_size=batch_size,
+        max_pixels=max_pixels,
     ).batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
 

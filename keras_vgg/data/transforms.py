@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
+from keras_vgg import limits
 from keras_vgg.scales import TrainScale
 
 __all__ = [
@@ -89,23 +90,28 @@ def rescale_isotropic(image: tf.Tensor, smallest_side, method: str = "bilinear")
 # === Decoding ===
 
 
-def decode_image(contents: tf.Tensor) -> tf.Tensor:
+def decode_image(contents: tf.Tensor, max_pixels: int | None = None) -> tf.Tensor:
     """Decodes an encoded image of any common format to uint8 RGB (H, W, 3).
 
     The format is read from the bytes, not the file name, so ImageNet's PNG named `.JPEG`
-    decodes. CMYK and greyscale JPEGs, greyscale and RGBA PNGs (alpha dropped), BMPs and
-    GIFs (first frame) all become 3-channel RGB.
+    decodes. CMYK and greyscale JPEGs, greyscale and RGBA PNGs (alpha dropped), BMPs, GIFs
+    (first frame) and WebPs all become 3-channel RGB. An image whose header declares more
+    pixels than `max_pixels` is never decoded (`limits.pixel_check`): a 1 MB PNG can declare
+    20000 x 20000 pixels, 1.2 GB of RGB.
 
     Args:
         contents: A scalar string tensor holding the encoded file.
+        max_pixels: The pixel limit (default: `limits.max_pixels()`, read when traced).
 
     Returns:
         A uint8 tensor (H, W, 3).
 
     Raises:
-        tf.errors.InvalidArgumentError: if the bytes are not a decodable image (when run
-            eagerly; inside `Dataset.map` the error surfaces when the element is produced).
+        tf.errors.InvalidArgumentError: if the bytes are not a decodable image or declare
+            too many pixels (when run eagerly; inside `Dataset.map` the error surfaces when
+            the element is produced; `check.inspect_file` says why in words).
     """
+    contents = limits.pixel_check(contents, max_pixels)
     image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
@@ -337,7 +343,13 @@ def resize_crop(window: tf.Tensor, crop_size: int = 224) -> tf.Tensor:
     return image
 
 
-def decode_window(contents: tf.Tensor, window_fn: Callable, *, with_window: bool = False):
+def decode_window(
+    contents: tf.Tensor,
+    window_fn: Callable,
+    *,
+    with_window: bool = False,
+    max_pixels: int | None = None,
+):
     """Decodes the window `window_fn(height, width)` of an image, as uint8 RGB.
 
     For JPEGs only the window is decoded (`tf.image.extract_jpeg_shape` +
@@ -349,8 +361,9 @@ def decode_window(contents: tf.Tensor, window_fn: Callable, *, with_window: bool
     Args:
         contents: Scalar string tensor, the encoded image.
         window_fn: (height, width) of the original image -> int32 [top, left, h, w].
-
         with_window: Also return the window itself.
+        max_pixels: The pixel limit of the whole image (`decode_image`); over it, nothing is
+            decoded.
 
     Returns:
         The uint8 window (h, w, 3); with `with_window`, (that, the int32 window [top, left,
@@ -363,10 +376,11 @@ def decode_window(contents: tf.Tensor, window_fn: Callable, *, with_window: bool
     def jpeg_window():
         shape = tf.image.extract_jpeg_shape(contents)
         window = window_fn(shape[0], shape[1])
-        return tf.image.decode_and_crop_jpeg(contents, window, channels=3), window
+        with tf.control_dependencies([limits.pixel_assert(shape[1], shape[0], max_pixels)]):
+            return tf.image.decode_and_crop_jpeg(contents, window, channels=3), window
 
     def whole():
-        image = decode_image(contents)
+        image = decode_image(contents, max_pixels)
         shape = tf.shape(image)
         window = window_fn(shape[0], shape[1])
         patch = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3], :]
@@ -419,6 +433,7 @@ def training_crop(
     crop_size: int = 224,
     *,
     with_window: bool = False,
+    max_pixels: int | None = None,
 ):
     """The CPU part of Sec. 3.1's training input: one image's random crop, as uint8.
 
@@ -436,6 +451,7 @@ def training_crop(
         crop_size: Output side.
         with_window: Also return the window of the original image the crop shows, so
             that what is attached to the image (its boxes) moves with it.
+        max_pixels: The pixel limit (`decode_image`).
 
     Returns:
         A uint8 tensor (crop_size, crop_size, 3); with `with_window`, (that, the int32
@@ -451,6 +467,7 @@ def training_crop(
             height, width, draw["scale"], crop_size, draw["top"], draw["left"]
         ),
         with_window=True,
+        max_pixels=max_pixels,
     )
     image = to_uint8(resize_crop(patch, crop_size), in_range=True)
     return (image, window) if with_window else image

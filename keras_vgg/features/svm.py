@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_vgg import limits
 from keras_vgg.features.store import FeatureSet
 
 __all__ = [
@@ -444,8 +445,7 @@ def single_label_transfer(
     """
     if features.multi_label:
         raise ValueError("single-label transfer needs a features file of a class-folder tree")
-    if not isinstance(splits, int | np.integer) or splits < 1:
-        raise ValueError(f"splits must be a positive integer, got {splits!r}")
+    splits = limits.check_count(splits, "splits", limits.MAX_SPLITS)
     recalls, chosen = [], []
     for s in range(splits):
         train, test = class_splits(
@@ -500,6 +500,8 @@ def transfer(
             with no image left to test, too few images to hold any out for C), prefixed
             with the file's path when `features` is one.
     """
+    # Before the file is read: a billion splits is refused at once, not after the first.
+    limits.check_count(splits, "splits", limits.MAX_SPLITS)
     source = None
     if not isinstance(features, FeatureSet):
         source = os.fspath(features)

@@ -203,6 +203,7 @@ def recipe_data(
             crop_size=d.crop_size,
             mode="center",
             threads=d.threads,
+            max_pixels=d.max_pixels,
         )
         if r.val_steps is not None:
             val = val.take(r.val_steps)
@@ -280,6 +281,7 @@ def _training_fn(pipeline, source, recipe, stats, bad_files_path):
             shard_index=shard_index,
             bad_files_path=bad_files_path,
             threads=d.threads,
+            max_pixels=d.max_pixels,
         )
 
     return train
@@ -300,7 +302,8 @@ def _read_boxes(recipe, key, images, annotations, class_names=None, bad_files_pa
             images,
             annotations,
             class_names=class_names,
-            bad=BadFileLog(bad_files_path),
+            # Its pixel limit is the one the box set's images are decoded under.
+            bad=BadFileLog(bad_files_path, recipe.data.max_pixels),
         )
     except ValueError as exc:
         raise ValueError(f"{recipe.path}: {key}: {exc}") from None
