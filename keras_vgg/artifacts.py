@@ -14,20 +14,29 @@ quantisation), its class names, and the record of the model it came from
 (`keras_vgg.record.describe`). `read_export_info` finds it for any format, `open_runner`
 loads an artifact in its own runtime (TensorFlow, ONNX Runtime, LiteRT) as a callable from
 a batch of images to class posteriors.
+
+An artifact is a file a user hands us, so its graph is checked before any runtime sees it
+(`inspect_graph`, called by `read_export_info` and so by `open_runner`): only pure tensor
+ops (an allow-list for SavedModels, built-in ops for LiteRT, standard ops for ONNX), no
+data from files outside its folder, and metadata that agrees with the graph
+(`check_interface`: input kind, crop size, class count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
-import json
+import mmap
 import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from keras_vgg import limits
 from keras_vgg.imagenet import class_index
 from keras_vgg.record import ModelRecord
 
@@ -36,12 +45,18 @@ __all__ = [
     "FORMATS",
     "INPUTS",
     "METADATA_FILE",
+    "ONNX_DOMAINS",
+    "SAVEDMODEL_OPS",
+    "SAVER_OPS",
     "ExportInfo",
+    "GraphInterface",
     "MissingExtra",
     "Runner",
     "artifact_file",
+    "check_interface",
     "class_labels",
     "file_size",
+    "inspect_graph",
     "is_artifact",
     "open_runner",
     "read_export_info",
@@ -238,15 +253,346 @@ def read_export_info(path: str | os.PathLike) -> ExportInfo:
         source = str(meta)
         if not meta.is_file():
             raise ValueError(f"{source}: missing (not exported by keras_vgg)")
-        raw = meta.read_text(encoding="utf-8")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{source}: not valid JSON: {exc}") from None
+        raw = meta
+    # Size and nesting bounded before parsing (a JSON bomb is one line naming the file).
+    data = limits.load_json(raw, source)
     info = ExportInfo.from_dict(data, source=source)
     if info.format != format:
         raise ValueError(f"{source}: field 'format' says {info.format!r}, the files {format!r}")
+    check_interface(info, inspect_graph(folder, format), source)
     return info
+
+
+# === What an artifact's graph may hold, read from its files before any runtime loads it ===
+
+#: The ops a SavedModel's graphs may hold: pure tensor math on the images, shapes, variables
+#: held in memory, and calls of functions that are checked in turn. It is what `kvgg export`
+#: writes for every configuration (LRN and batch norm included), protocol, input, flip,
+#: dense average and dtype (tests/test_export.py exports each and checks it stays so).
+#: Nothing else is run: no file, string, queue, random or Python op.
+SAVEDMODEL_OPS: frozenset[str] = frozenset(
+    {
+        # The graph, its calls and its variables (in memory).
+        "Placeholder", "Const", "Identity", "NoOp", "StatefulPartitionedCall",
+        "PartitionedCall", "VarHandleOp", "ReadVariableOp", "AssignVariableOp",
+        "VarIsInitializedOp", "DisableCopyOnRead",
+        # The network: preprocessing, convolutions, LRN, batch norm, pooling, head.
+        "Cast", "Sub", "Mul", "RealDiv", "AddV2", "Square", "Pow", "Rsqrt", "Pad",
+        "Conv2D", "BiasAdd", "Relu", "MaxPool", "MatMul", "Softmax", "Mean", "Prod",
+        # Shapes, flips and gathers (channel order, dense views, averaging).
+        "Shape", "Reshape", "Squeeze", "Transpose", "StridedSlice", "GatherV2", "Pack",
+        "ConcatV2", "ReverseV2", "Select",
+    }
+)  # fmt: skip
+#: Ops only the saver's functions may hold besides (`saver_def`: the variables' checkpoint
+#: that `tf.saved_model.save` writes and TensorFlow 1 loaders restore with them). TensorFlow
+#: 2 loading, the only kind `open_runner` does (a SavedModel without an object graph is
+#: refused), restores the variables with its own ops on the folder's `variables/` and never
+#: runs these functions; nothing else in the graph may call them.
+SAVER_OPS: frozenset[str] = frozenset(
+    {"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename", "StringJoin",
+     "StaticRegexFullMatch"}
+)  # fmt: skip
+#: The operator domains an ONNX artifact may use: the standard ONNX operators, all that
+#: tf2onnx and ONNX Runtime's quantiser write for `kvgg export` (a custom or contrib domain
+#: runs code of whatever library registers it).
+ONNX_DOMAINS: frozenset[str] = frozenset({"", "ai.onnx"})
+# The refusal's reason, one for every format.
+_NO_FILES = "refused: an exported model must not read or write files"
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphInterface:
+    """What an artifact's graph takes and gives, read from its files (never run).
+
+    Attributes:
+        input: The input's element type: "uint8" and "float" as `INPUTS` names them, else
+            the runtime's own name ("int32", "float16", ...).
+        input_shape: The input's dimensions, None where any size is taken.
+        output_shape: The output's dimensions, None where any size is given.
+    """
+
+    input: str
+    input_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]
+
+
+def inspect_graph(path: str | os.PathLike, format: str | None = None) -> GraphInterface:
+    """Checks an artifact's graph before anything runs it, and reads its interface.
+
+    A SavedModel: every op of its MetaGraph and of every function in its library is in
+    `SAVEDMODEL_OPS` (the saver's functions: also `SAVER_OPS`, and nothing else calls
+    them), parsed with TensorFlow's protobuf classes without loading it. ONNX: every node
+    (subgraphs included) of a domain in `ONNX_DOMAINS`, and external data only in files
+    inside the artifact's folder. LiteRT: only built-in ops (no custom op, no TensorFlow
+    "Flex" op of SELECT_TF_OPS).
+
+    Args:
+        path: The artifact's folder (or its .onnx / .tflite file).
+        format: One of `FORMATS` (default: from the files).
+
+    Returns:
+        The graph's `GraphInterface` (one input, one output).
+
+    Raises:
+        ValueError: one line naming the model file and the op, tensor or field, for a
+            file that is not a readable model of its format, an op or a file that is not
+            allowed, or a graph without one input and one output.
+        MissingExtra: for an ONNX or LiteRT artifact without its package.
+    """
+    folder = _folder(path)
+    format = format or _format_of(folder)
+    if format not in FORMATS:
+        raise ValueError(
+            f"{path}: not an exported model (no saved_model.pb, model.onnx or model.tflite)"
+        )
+    return _INSPECTORS[format](folder)
+
+
+def check_interface(info: ExportInfo, graph: GraphInterface, source: str) -> None:
+    """Checks an artifact's metadata against its graph (before the first image).
+
+    Args:
+        info: The metadata.
+        graph: The graph's interface (`inspect_graph`).
+        source: How errors name the metadata (its file).
+
+    Raises:
+        ValueError: one line naming `source` and the field that disagrees with the graph:
+            the input kind, the crop size (a center artifact's input height and width), a
+            dense artifact's fixed size, the number of classes.
+    """
+    shape, out = graph.input_shape, graph.output_shape
+    if graph.input != info.input:
+        raise ValueError(
+            f"{source}: field 'input' says {info.input!r}, but the graph takes {graph.input} images"
+        )
+    if len(shape) != 4 or shape[3] != 3:
+        raise ValueError(
+            f"{source}: the graph's input has shape {_dims(shape)}, not (batch, height, "
+            "width, 3) images"
+        )
+    crop = info.crop_size
+    if info.protocol == "center" and shape[1:3] != (crop, crop):
+        raise ValueError(
+            f"{source}: field 'model.crop_size' says {crop}, but the graph of this center "
+            f"artifact takes {_dims(shape[1:3])} images"
+        )
+    if info.protocol == "dense" and shape[1:3] != (None, None):
+        raise ValueError(
+            f"{source}: field 'protocol' says 'dense' (images of any size), but the graph "
+            f"takes only {_dims(shape[1:3])} images"
+        )
+    if len(out) != 2 or out[1] != len(info.class_names):
+        raise ValueError(
+            f"{source}: field 'class_names' names {len(info.class_names)} classes, but the "
+            f"graph's output has shape {_dims(out)}"
+        )
+
+
+def _dims(shape: tuple[int | None, ...]) -> str:
+    return " x ".join("?" if d is None else str(d) for d in shape) or "()"
+
+
+def _kind(name: str) -> str:
+    # "DT_UINT8" (TensorFlow), "UINT8" (ONNX, LiteRT), "FLOAT32" to `INPUTS`'s names.
+    name = name.lower().removeprefix("dt_")
+    return "float" if name in ("float", "float32") else name
+
+
+def _calls(node: Any, functions: Mapping[str, Any]) -> list[str]:
+    """The library functions a TensorFlow NodeDef calls (its op, or function attributes)."""
+    called = [node.op] if node.op in functions else []
+    for attr in node.attr.values():
+        if attr.HasField("func"):
+            called.append(attr.func.name)
+        called.extend(f.name for f in attr.list.func)
+    return called
+
+
+def _inspect_savedmodel(folder: Path) -> GraphInterface:
+    require("tensorflow", "reading a SavedModel")
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    file = folder / "saved_model.pb"
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString(file.read_bytes())
+    except DecodeError as exc:
+        raise ValueError(f"{file}: not a SavedModel ({exc})") from None
+    if len(proto.meta_graphs) != 1 or not proto.meta_graphs[0].HasField("object_graph_def"):
+        raise ValueError(
+            f"{file}: not a TensorFlow 2 SavedModel (one MetaGraph with an object graph); "
+            "refused: its loader would run the graph's own restore ops"
+        )
+    meta = proto.meta_graphs[0]
+    graph = meta.graph_def
+    functions = {f.signature.name: f for f in graph.library.function}
+    # The saver's functions: those its save and restore nodes call, and theirs in turn.
+    saver_nodes = {meta.saver_def.save_tensor_name.split(":")[0], meta.saver_def.restore_op_name}
+    saver: set[str] = set()
+    todo = [f for n in graph.node if n.name in saver_nodes for f in _calls(n, functions)]
+    while todo:
+        name = todo.pop()
+        if name in functions and name not in saver:
+            saver.add(name)
+            todo.extend(f for n in functions[name].node_def for f in _calls(n, functions))
+    # (node, where it is, whether it belongs to the saver)
+    places = [(n, "the graph", n.name in saver_nodes) for n in graph.node]
+    for name, function in functions.items():
+        places.extend((n, f"function {name}", name in saver) for n in function.node_def)
+    for node, where, in_saver in places:
+        allowed = SAVEDMODEL_OPS | SAVER_OPS if in_saver else SAVEDMODEL_OPS
+        if node.op not in allowed and node.op not in functions:
+            raise ValueError(
+                f"{file}: op {node.op!r} (node {node.name} in {where}) is not a pure tensor "
+                f"op; {_NO_FILES}"
+            )
+        for called in _calls(node, functions):
+            if called in saver and not in_saver:
+                raise ValueError(
+                    f"{file}: node {node.name} in {where} calls the saver's function "
+                    f"{called}; {_NO_FILES}"
+                )
+            if called not in functions:
+                raise ValueError(
+                    f"{file}: node {node.name} in {where} calls {called!r}, which the "
+                    "SavedModel does not define"
+                )
+    exposed = set(meta.object_graph_def.concrete_functions) & saver
+    if exposed:
+        raise ValueError(
+            f"{file}: the object graph exposes the saver's function {min(exposed)}; {_NO_FILES}"
+        )
+    signature = meta.signature_def.get("serving_default")
+    if signature is None or len(signature.inputs) != 1 or len(signature.outputs) != 1:
+        raise ValueError(f"{file}: no 'serving_default' signature of one input and one output")
+    (given,), (out,) = signature.inputs.values(), signature.outputs.values()
+
+    def dims(tensor) -> tuple[int | None, ...]:
+        return tuple(None if d.size < 0 else d.size for d in tensor.tensor_shape.dim)
+
+    return GraphInterface(_kind(types_pb2.DataType.Name(given.dtype)), dims(given), dims(out))
+
+
+def _inspect_onnx(folder: Path) -> GraphInterface:
+    onnx = require("onnx", "reading an ONNX artifact")
+    file = artifact_file(folder, "onnx")
+    try:
+        proto = onnx.load(str(file), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is the file's fault
+        raise ValueError(f"{file}: cannot read the ONNX model: {exc}") from None
+    root = folder.resolve()
+
+    def check_tensor(tensor, where: str) -> None:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            return
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        target = (folder / location).resolve()
+        if not location or os.path.isabs(location) or not target.is_relative_to(root):
+            raise ValueError(
+                f"{file}: tensor {tensor.name!r} ({where}) keeps its data in {location!r}, "
+                f"outside the artifact's folder; refused: an exported model reads no file "
+                "but its own"
+            )
+        if not target.is_file():
+            raise ValueError(
+                f"{file}: tensor {tensor.name!r} ({where}): its data file {location!r} is missing"
+            )
+
+    def check_graph(graph, where: str) -> None:
+        for tensor in graph.initializer:
+            check_tensor(tensor, where)
+        for sparse in graph.sparse_initializer:
+            check_tensor(sparse.values, where)
+            check_tensor(sparse.indices, where)
+        for node in graph.node:
+            if node.domain not in ONNX_DOMAINS:
+                raise ValueError(
+                    f"{file}: op {node.op_type!r} of domain {node.domain!r} (node {node.name} "
+                    f"in {where}) is not a standard ONNX op; refused: an exported model holds "
+                    "only standard ONNX ops"
+                )
+            for attr in node.attribute:
+                for tensor in [attr.t, *attr.tensors]:
+                    check_tensor(tensor, f"node {node.name}")
+                for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+                    check_graph(sub, f"a subgraph of node {node.name}")
+
+    check_graph(proto.graph, "the graph")
+    weights = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in weights]
+    if len(inputs) != 1 or len(proto.graph.output) != 1:
+        raise ValueError(f"{file}: the graph has not one input and one output")
+
+    def dims(value) -> tuple[int | None, ...]:
+        shape = value.type.tensor_type.shape.dim
+        return tuple(d.dim_value if d.HasField("dim_value") else None for d in shape)
+
+    (given,), (out,) = inputs, proto.graph.output
+    kind = onnx.TensorProto.DataType.Name(given.type.tensor_type.elem_type)
+    return GraphInterface(_kind(kind), dims(given), dims(out))
+
+
+def _inspect_litert(folder: Path) -> GraphInterface:
+    schema = require("ai_edge_litert.schema_py_generated", "reading a LiteRT artifact")
+    file = artifact_file(folder, "litert")
+    with open(file, "rb") as f:
+        # Mapped, not read: the flat buffer is walked in place, whatever its size.
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file
+            data = b""
+    try:
+        if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
+            raise ValueError(f"{file}: not a LiteRT model (no 'TFL3' flat buffer)")
+        try:
+            return _litert_interface(schema, schema.Model.GetRootAsModel(data, 0), file)
+        except (IndexError, struct.error, UnicodeDecodeError, OverflowError):
+            raise ValueError(
+                f"{file}: not a readable LiteRT model (truncated or corrupt)"
+            ) from None
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+
+
+def _litert_interface(schema: Any, model: Any, file: Path) -> GraphInterface:
+    custom = schema.BuiltinOperator.CUSTOM
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        if custom in (code.BuiltinCode(), code.DeprecatedBuiltinCode()):
+            name = (code.CustomCode() or b"").decode("utf-8", "replace")
+            what = (
+                "a TensorFlow op (Flex, SELECT_TF_OPS)"
+                if name.startswith("Flex")
+                else "a custom op"
+            )
+            raise ValueError(
+                f"{file}: op {name!r} is {what}, not a LiteRT built-in op; refused: an "
+                "exported model holds only built-in ops"
+            )
+    if model.SignatureDefsLength() != 1:
+        raise ValueError(f"{file}: not one signature (has {model.SignatureDefsLength()})")
+    signature = model.SignatureDefs(0)
+    if signature.InputsLength() != 1 or signature.OutputsLength() != 1:
+        raise ValueError(f"{file}: the signature has not one input and one output")
+    graph = model.Subgraphs(signature.SubgraphIndex())
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+
+    def tensor(entry) -> tuple[str, tuple[int | None, ...]]:
+        t = graph.Tensors(entry.TensorIndex())
+        shape = t.ShapeSignatureAsNumpy() if t.ShapeSignatureLength() else t.ShapeAsNumpy()
+        dims = () if isinstance(shape, int) else tuple(None if d < 0 else int(d) for d in shape)
+        return _kind(types.get(t.Type(), str(t.Type()))), dims
+
+    (kind, shape), (_, out) = tensor(signature.Inputs(0)), tensor(signature.Outputs(0))
+    return GraphInterface(kind, shape, out)
+
+
+_INSPECTORS = {"savedmodel": _inspect_savedmodel, "onnx": _inspect_onnx, "litert": _inspect_litert}
 
 
 class Runner:
@@ -288,12 +634,23 @@ class Runner:
         raise NotImplementedError
 
 
+@contextlib.contextmanager
+def _loading(file: Path, runtime: str):
+    """A runtime's failure to load a checked artifact as one line naming the file."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - whatever the runtime raises, the file's fault
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"{file}: {runtime} cannot load it ({reason[:300]})") from None
+
+
 class _SavedModelRunner(Runner):
     def __init__(self, path, info):
         super().__init__(path, info)
         tf = require("tensorflow", "running a SavedModel")
         self._tf = tf
-        self._fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+        with _loading(path / "saved_model.pb", "TensorFlow"):
+            self._fn = tf.saved_model.load(str(path)).signatures["serving_default"]
 
     def _run(self, images):
         (out,) = self._fn(self._tf.constant(images)).values()
@@ -304,9 +661,9 @@ class _OnnxRunner(Runner):
     def __init__(self, path, info):
         super().__init__(path, info)
         ort = require("onnxruntime", "running an ONNX artifact")
-        self._session = ort.InferenceSession(
-            str(artifact_file(path, "onnx")), providers=["CPUExecutionProvider"]
-        )
+        file = artifact_file(path, "onnx")
+        with _loading(file, "ONNX Runtime"):
+            self._session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
 
     def _run(self, images):
@@ -317,9 +674,11 @@ class _LiteRTRunner(Runner):
     def __init__(self, path, info):
         super().__init__(path, info)
         interpreter = require("ai_edge_litert.interpreter", "running a LiteRT artifact")
-        self._interpreter = interpreter.Interpreter(str(artifact_file(path, "litert")))
-        # The signature runner resizes the input to each batch's shape.
-        self._runner = self._interpreter.get_signature_runner()
+        file = artifact_file(path, "litert")
+        with _loading(file, "LiteRT"):
+            self._interpreter = interpreter.Interpreter(str(file))
+            # The signature runner resizes the input to each batch's shape.
+            self._runner = self._interpreter.get_signature_runner()
         (signature,) = self._interpreter.get_signature_list().values()
         self._input = signature["inputs"][0]
 
