@@ -36,7 +36,7 @@ from keras_vgg.evaluation.loading import load_model
 from keras_vgg.evaluation.prediction import image_files
 from keras_vgg.evaluation.protocols import predict_scale
 from keras_vgg.evaluation.scoring import DENSE_AVERAGES, ScoreNet
-from keras_vgg.files import atomic_text, partial_path, remove_leftovers
+from keras_vgg.files import WriteError, atomic_text, partial_path, remove_leftovers
 from keras_vgg.imagenet import Preprocessing, preprocess_input
 from keras_vgg.record import describe, has_record
 from keras_vgg.scales import check_scales
@@ -361,7 +361,10 @@ def export_model(
         tmp.mkdir(parents=True)
         # Called first: Keras's ONNX exporter refuses a model that was never called.
         expected = serving.predict(feed, batch_size=8, verbose=0)
-        _WRITERS[format](serving, tmp, info, feed, verbose)
+        try:
+            _WRITERS[format](serving, tmp, info, feed, verbose)
+        except (OSError, tf.errors.OpError) as exc:
+            raise _write_error(out, exc) from None
         net = ExportedNet(tmp)
         got = np.concatenate([net.feed(views[i : i + 8]) for i in range(0, len(views), 8)])
         report = ExportReport(
@@ -378,6 +381,31 @@ def export_model(
         if tmp.exists():
             shutil.rmtree(tmp)
     return report
+
+
+# TensorFlow's words for a failed file write (EFBIG, ENOSPC, EACCES / EROFS).
+_TF_WRITE_ERRORS = (
+    tf.errors.OutOfRangeError,
+    tf.errors.ResourceExhaustedError,
+    tf.errors.PermissionDeniedError,
+)
+
+
+def _write_error(out: Path, exc: BaseException) -> BaseException:
+    """A writer's failure to write (disk full, read-only) as one line naming `out`.
+
+    The writers fail in their own words: Python's `OSError`, TensorFlow's file system as an
+    `OpError` ("{{function_node ...}} PATH; File too large [Op:SaveV2]") naming the
+    temporary folder or TensorFlow's own scratch folder, never the destination. Any other
+    failure is returned as it is.
+    """
+    if isinstance(exc, OSError):
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+    elif isinstance(exc, _TF_WRITE_ERRORS):
+        reason = exc.message.rsplit("; ", 1)[-1].split(" [Op:")[0].strip()
+    else:
+        return exc
+    return WriteError(str(out), reason, getattr(exc, "errno", None))
 
 
 def _rename_new(tmp: Path, out: Path) -> None:
