@@ -13,11 +13,12 @@ The recipe's batch is the global batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
+
+from keras_vgg import limits
 
 __all__ = [
     "DistributionPlan",
@@ -80,7 +81,7 @@ def _tf_config_workers(tf_config: str | None) -> tuple[int, int]:
     if not tf_config:
         return 1, 0
     try:
-        config = json.loads(tf_config)
+        config = limits.load_json(tf_config, "TF_CONFIG")
         cluster = config.get("cluster", {})
         workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
         task = config.get("task", {})

@@ -18,6 +18,7 @@ import codecs
 import dataclasses
 import itertools
 import json
+import math
 import numbers
 import os
 import re
@@ -28,10 +29,12 @@ __all__ = [
     "MAX_JSON_BYTES",
     "MAX_IMAGES",
     "MAX_JSON_DEPTH",
+    "MAX_NPZ_BYTES",
     "MAX_PIXELS",
     "MAX_PIXELS_KEY",
     "MAX_SCALE",
     "MAX_SPLITS",
+    "NPZ_MAX_RATIO",
     "Bound",
     "check_count",
     "check_image_bytes",
@@ -42,6 +45,7 @@ __all__ = [
     "load_json",
     "max_pixels",
     "max_scale",
+    "npz_arrays",
     "pixel_assert",
     "pixel_check",
     "too_many_pixels",
@@ -470,3 +474,100 @@ def header_size(contents):
         return shape[1], shape[0]
 
     return tf.cond(tf.io.is_jpeg(contents), jpeg, lambda: (width, height))
+
+
+# === .npz archives: the bytes their arrays declare, read before any array is loaded ===
+
+# The arrays of one .npz (features, weights, a run's state): VGG-19's weights are 575 MB.
+MAX_NPZ_BYTES = Bound("declared .npz size", 8 * 2**30, "KVGG_MAX_NPZ_BYTES")
+# A compressed archive may declare more than it holds, but not this many times more (plus
+# `_NPZ_SLACK`): float weights and descriptors compress less than 2:1; a 17 MB file of zeros
+# declaring 4 GB is a bomb.
+NPZ_MAX_RATIO = Bound(".npz compression ratio", 100, "KVGG_MAX_NPZ_RATIO")
+_NPZ_SLACK = 64 * 2**20
+
+
+def npz_arrays(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, tuple]:
+    """The arrays a `.npz` declares, checked before any is loaded.
+
+    Reads the zip's member headers and each `.npy` header (shape and dtype) only. Refused:
+    a file that is not a zip archive (numpy would try it as a pickle), a member that is not
+    a `.npy` array, an array of Python objects, an array larger than its member, and an
+    archive declaring more than `MAX_NPZ_BYTES` (`KVGG_MAX_NPZ_BYTES`) or more than
+    `NPZ_MAX_RATIO` times its own size (`KVGG_MAX_NPZ_RATIO`) plus 64 MiB.
+
+    Args:
+        path: The `.npz` file.
+        max_bytes: The size limit, if not `MAX_NPZ_BYTES`'s.
+
+    Returns:
+        Array name -> (shape, dtype), in the archive's order.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: one line naming the file (and the array).
+    """
+    import zipfile
+
+    import numpy as np
+
+    path = os.fspath(path)
+    limit = MAX_NPZ_BYTES.value(max_bytes)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: file not found")
+    arrays: dict[str, tuple] = {}
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                name = member.filename.removesuffix(".npy")
+                with archive.open(member) as f:
+                    shape, dtype, header = _npy_header(f, np)
+                if dtype.hasobject:
+                    raise ValueError(
+                        f"array {name!r} holds Python objects (dtype {dtype}); refused: "
+                        "loading it could run code"
+                    )
+                size = math.prod(shape) * dtype.itemsize
+                if size > member.file_size - header:
+                    raise ValueError(
+                        f"array {name!r} declares {size} bytes in a member of "
+                        f"{member.file_size} (corrupt)"
+                    )
+                arrays[name] = (shape, dtype)
+                total += size
+    except zipfile.BadZipFile as exc:
+        raise ValueError(
+            f"{path}: not a .npz archive (not a readable zip file: {_one_line(exc)})"
+        ) from None
+    except (ValueError, OSError, EOFError, zipfile.LargeZipFile) as exc:
+        raise ValueError(f"{path}: {_one_line(exc)}") from None
+    file_size = os.path.getsize(path)
+    if total > limit:
+        raise ValueError(
+            f"{path}: its arrays declare {total} bytes, over the limit of {limit} "
+            f"({MAX_NPZ_BYTES.how_to_raise()})"
+        )
+    ratio = NPZ_MAX_RATIO.value()
+    if total > ratio * file_size + _NPZ_SLACK:
+        raise ValueError(
+            f"{path}: its arrays declare {total} bytes in a file of {file_size}, over "
+            f"{ratio} times its size (a compression bomb; {NPZ_MAX_RATIO.how_to_raise()})"
+        )
+    return arrays
+
+
+def _npy_header(f, np) -> tuple[tuple[int, ...], Any, int]:
+    """(shape, dtype, header length) of a `.npy` stream, from its header alone."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unknown .npy version {version}")
+    except (ValueError, SyntaxError, EOFError) as exc:
+        member = getattr(f, "name", "?")
+        raise ValueError(f"member {member!r} is not a NumPy array ({_one_line(exc)})") from None
+    return tuple(int(d) for d in shape), dtype, f.tell()

@@ -25,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_vgg import limits
 from keras_vgg.configs import BOX_MODES, TASKS
 from keras_vgg.imagenet import PAPER, Preprocessing
 from keras_vgg.scales import TrainScale
@@ -258,10 +259,8 @@ class RecordLayer(keras.layers.Layer):
 
 
 def _record_from_array(array: Any, source: str) -> ModelRecord:
-    try:
-        data = json.loads(np.asarray(array, np.uint8).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise ValueError(f"{source}: its stored record is malformed: {exc}") from None
+    text = np.asarray(array, np.uint8).tobytes()
+    data = limits.load_json(text, f"{source}: its stored record")  # bounded: a user's file
     return ModelRecord.from_dict(data, source=source)
 
 
@@ -460,14 +459,15 @@ def read_h5_record(path: str | os.PathLike) -> tuple[ModelRecord | None, dict | 
         raise ValueError(f"{path}: not a readable HDF5 weights file ({exc})") from None
     try:
         if raw is not None:
-            record = ModelRecord.from_dict(json.loads(raw), source=path)
+            record = ModelRecord.from_dict(limits.load_json(raw, f"{path}: record"), source=path)
         elif arrays:
             record = _record_from_array(arrays[0], path)
         elif legacy is not None:
-            record = ModelRecord(preprocessing=Preprocessing.from_dict(json.loads(legacy)))
+            legacy = limits.load_json(legacy, f"{path}: preprocessing")
+            record = ModelRecord(preprocessing=Preprocessing.from_dict(legacy))
         else:
             record = None
-        build_kwargs = None if build is None else json.loads(build)
+        build_kwargs = None if build is None else limits.load_json(build, f"{path}: build")
     except (json.JSONDecodeError, TypeError) as exc:
         raise ValueError(f"{path}: attribute {H5_RECORD_ATTR!r} is malformed: {exc}") from None
     return record, build_kwargs

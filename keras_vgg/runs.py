@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_vgg import limits
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.files import WriteError, atomic_text, atomic_write  # noqa: F401 - this API
 from keras_vgg.record import describe
@@ -125,8 +126,7 @@ HISTORY_COLUMNS = (
 
 def _read_json(path: str | os.PathLike):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return limits.load_json(Path(path))
     except (OSError, ValueError):
         return None
 
@@ -141,8 +141,7 @@ class RunInUse(RuntimeError):
 def _holder(path: str) -> str:
     """Who holds a lock file, as written by `lock_run`: "process N on HOST (COMMAND)"."""
     try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
+        info = limits.load_json(Path(path))
         return f"process {info['pid']} on {info['host']} ({info['command']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"  # between its lock and its note of who it is
@@ -273,9 +272,9 @@ def read_model_info(path: str | os.PathLike) -> dict[str, Any]:
         ValueError: naming the file, if it cannot be read or is not JSON.
     """
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read: {exc}") from None
+        return limits.load_json(Path(path))  # size and nesting bounded (a user's file)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def start_bad_files(run_dir: str | os.PathLike) -> str:
@@ -445,6 +444,7 @@ def _corrupt_state(path, exc) -> ValueError:
 @contextlib.contextmanager
 def _open_state(path):
     try:
+        limits.npz_arrays(path)  # declared sizes, before any array is read
         state = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, FileNotFoundError):
@@ -456,7 +456,7 @@ def _open_state(path):
 
 def _state_meta(path, state) -> dict[str, Any]:
     try:
-        meta = json.loads(str(state["meta"]))
+        meta = limits.load_json(str(state["meta"]), f"{path}: meta")
         meta["epoch"] = int(meta["epoch"])
         return meta
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:

@@ -114,7 +114,7 @@ def test_read_model_info_names_the_file(tmp_path):
     path.write_text('{"config": "D"}')
     assert runs.read_model_info(path) == {"config": "D"}
     path.write_text("{not json")
-    with pytest.raises(ValueError, match=rf"^{path}: cannot read: "):
+    with pytest.raises(ValueError, match=rf"^{path}: not valid JSON "):
         runs.read_model_info(path)
 
 

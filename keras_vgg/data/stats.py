@@ -16,10 +16,12 @@ import json
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from keras_vgg import limits
 from keras_vgg.data import sources
 from keras_vgg.data.decoding import decoded_images
 from keras_vgg.data.sources import DataSource
@@ -76,12 +78,9 @@ class DatasetStats:
                 field is missing, or a field has the wrong shape or a non-finite value.
         """
         try:
-            with open(path) as f:
-                raw = json.load(f)
+            raw = limits.load_json(Path(path))  # size and nesting bounded before parsing
         except FileNotFoundError:
             raise ValueError(f"{path}: no such statistics file") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object with mean, eigenvalues, eigenvectors")
         fields = {}

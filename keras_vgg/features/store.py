@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from keras_vgg import files as files_lib
+from keras_vgg import limits
 from keras_vgg.data import decoding, sources
 from keras_vgg.evaluation.loading import load_models
 from keras_vgg.evaluation.loop import chunks
@@ -88,6 +89,9 @@ class FeatureSet:
             ValueError: naming the file and the field that is missing or malformed.
         """
         path = os.fspath(path)
+        # The sizes its arrays declare first (a bomb or a non-npz is one line, not numpy's
+        # allow_pickle advice), then the arrays, never pickles.
+        limits.npz_arrays(path)
         try:
             data = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -100,7 +104,7 @@ class FeatureSet:
                 descriptors = np.asarray(data["descriptors"], dtype=np.float32)
                 labels = np.asarray(data["labels"])
                 names = tuple(str(n) for n in data["class_names"])
-                meta = json.loads(str(data["meta"]))
+                meta = limits.load_json(str(data["meta"]), f"{path}: field 'meta'")
                 image_files = tuple(str(f) for f in data["files"])
                 split = np.asarray(data["split"]) if "split" in data.files else None
             except ValueError as exc:

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from keras_vgg import configs as configs_lib
+from keras_vgg import limits
 from keras_vgg.weights.names import HEAD_LAYERS, infer_config
 
 __all__ = [
@@ -191,9 +192,11 @@ def read_npz(path: str | os.PathLike) -> LayerWeights:
         Layer name -> list of arrays in Keras's order.
 
     Raises:
-        ValueError: for an unreadable file or an array name not of that form.
+        ValueError: for an unreadable file, arrays declaring more bytes than the limit
+            (`limits.npz_arrays`) or an array name not of that form.
     """
     path = os.fspath(path)
+    limits.npz_arrays(path)  # declared sizes, before any array is read
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
