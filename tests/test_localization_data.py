@@ -93,7 +93,7 @@ def test_csv_manifest(tree, tmp_path):
         f"{rel('cat/b.jpg')},cat,5,40,65,90\n"  # 65 > width 64
         f"{rel('dog/c.png')},dog,x,30,70,70\n"
     )
-    boxes = A.read_boxes("", manifest)
+    boxes = A.read_boxes(tree / "images", manifest)  # the images lie outside tmp_path
     assert boxes.class_names == ("cat", "dog") and boxes.labels == (0,)
     np.testing.assert_array_equal(boxes.boxes[0], [[10, 20, 50, 50], [0, 0, 5, 5]])
     np.testing.assert_array_equal(boxes.box_labels[0], [0, 1])

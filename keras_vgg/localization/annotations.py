@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 import numpy as np
 
+from keras_vgg import limits
 from keras_vgg.data.decoding import BadFileLog
 from keras_vgg.data.sources import IMAGE_EXTENSIONS, ImageSource
 from keras_vgg.files import atomic_text
@@ -68,11 +71,24 @@ class Annotation:
     boxes: np.ndarray
 
 
+# Most characters of a field a message quotes (a hostile file's field can be 131,072 long).
+_QUOTED = 40
+
+
+def _shown(text: str | None) -> str | None:
+    return text if text is None or len(text) <= _QUOTED else text[:_QUOTED] + "..."
+
+
 def _number(text: str | None, source: str, field: str) -> float:
     try:
-        return float(text)
-    except (TypeError, ValueError):
-        raise AnnotationError(f"{source}: field '{field}': not a number: {text!r}") from None
+        value = float(text)
+    except (TypeError, ValueError, OverflowError):
+        value = None
+    if value is None or not math.isfinite(value):
+        # NaN and infinity ("1e999") are no pixel: the annotation is skipped, not scored.
+        what = "not a number" if value is None else "not a finite number"
+        raise AnnotationError(f"{source}: field '{field}': {what}: {_shown(text)!r}")
+    return value
 
 
 def _check_box(box: Sequence[float], size, source: str, field: str) -> None:
@@ -99,6 +115,8 @@ def read_voc_xml(path: str | os.PathLike) -> Annotation:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise AnnotationError(f"{path}: not an XML annotation ({exc})") from None
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot read the annotation ({exc.strerror})") from None
     size = None
     size_node = root.find("size")
     if size_node is not None:
@@ -164,47 +182,73 @@ def write_voc_xml(path: str | os.PathLike, filename: str, size: tuple[int, int],
     atomic_text(path, voc_xml(filename, size, objects))
 
 
-def read_csv_manifest(path: str | os.PathLike) -> tuple[dict[str, Annotation], list[str]]:
+def read_csv_manifest(
+    path: str | os.PathLike, root: str | os.PathLike | None = None
+) -> tuple[dict[str, Annotation], list[str]]:
     """A CSV manifest `path,class,xmin,ymin,xmax,ymax`: the annotation of each image.
+
+    UTF-8 text; a byte-order mark (what Excel writes first) is accepted. A row that cannot
+    be used (a wrong number of fields, a missing, non-numeric or non-finite coordinate, an
+    empty class, an image path outside the data set) is named, and its image is skipped
+    with it: an image is scored only against all of its boxes.
 
     Args:
         path: The CSV file; image paths in it are relative to its folder.
+        root: The data set's image folder. An image path must lie inside it or inside the
+            CSV file's folder (lexically: `..` and absolute paths that leave both are
+            skipped without being read, so a skip reason never shows another file's bytes).
 
     Returns:
         (annotations by absolute image path, in first-seen order; messages of the rows that
         could not be read, each naming the file, line and field).
 
     Raises:
-        ValueError: if the file is missing or its header is not the six fields.
+        ValueError: one line naming the file if it is missing, not UTF-8, not CSV (a field
+            over the csv module's limit of 131,072 characters, a NUL byte) or its header is
+            not the six fields.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such CSV manifest")
     folder = os.path.dirname(os.path.abspath(path))
-    rows: dict[str, list[tuple[str, list[float]]]] = {}
+    inside = [folder] if root is None else [folder, os.path.abspath(root)]
+    with open(path, "rb") as f:
+        text = limits.decode_utf8(f.read(), path, "a CSV manifest")
+    rows: dict[str, list[tuple[str, list[float], str]]] = {}
     problems: list[str] = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
+    skipped: set[str] = set()  # images with a bad row
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header) != _CSV_FIELDS:
             raise ValueError(f"{path}: line 1: header must be {','.join(_CSV_FIELDS)}")
         for number, row in enumerate(reader, start=2):
             if not row:
                 continue
-            source = f"{path}:{number}"
+            source, image = f"{path}:{number}", None
             try:
                 if len(row) != len(_CSV_FIELDS):
                     raise AnnotationError(f"{source}: expected 6 fields, got {len(row)}")
-                image = os.path.join(folder, row[0].strip())
+                image = os.path.normpath(os.path.join(folder, row[0].strip()))
+                if not any(os.path.commonpath([d, image]) == d for d in inside):
+                    raise AnnotationError(
+                        f"{source}: field 'path': {_shown(row[0].strip())!r} is outside the "
+                        f"data set ({' and '.join(inside)})"
+                    )
                 box = [_number(v, source, k) for k, v in zip(_CSV_FIELDS[2:], row[2:], strict=True)]
                 if not row[1].strip():
                     raise AnnotationError(f"{source}: field 'class': empty")
             except AnnotationError as exc:
                 problems.append(str(exc))
+                skipped.add(image)
                 continue
             rows.setdefault(image, []).append((row[1].strip(), box, source))
+    except csv.Error as exc:
+        raise ValueError(f"{path}:{reader.line_num}: not a readable CSV manifest ({exc})") from None
     annotations = {}
     for image, objects in rows.items():
+        if image in skipped:
+            continue
         annotations[image] = Annotation(
             objects[0][2],
             None,
@@ -267,8 +311,9 @@ def _image_size(path: str) -> tuple[int, int] | None:
     try:
         with Image.open(path) as image:
             return image.size
-    except (OSError, ValueError):
-        return None  # Not an image: the pipelines skip and name it as an undecodable file.
+    except (OSError, ValueError, Image.DecompressionBombError):
+        # Not an image, or one over Pillow's pixel limit: the pipelines skip and name it.
+        return None
 
 
 def read_boxes(
@@ -282,7 +327,8 @@ def read_boxes(
 
     Args:
         images: A class-folder tree (`IMAGES/<class>/<image>`) or a flat folder of images,
-            for XML annotations; for a CSV manifest, ignored when empty ("").
+            for XML annotations; for a CSV manifest, the folder its images may lie in
+            besides the manifest's own folder ("": only that).
         annotations: The folder of XML files, or a `.csv` manifest.
         class_names: The class list (default: the tree's class folders, else the sorted
             classes the annotations name). A box of another class skips its image.
@@ -299,7 +345,7 @@ def read_boxes(
     annotations = os.fspath(annotations)
     found: list[tuple[str, str | None, Annotation | AnnotationError]] = []
     if annotations.lower().endswith(".csv"):
-        manifest, problems = read_csv_manifest(annotations)
+        manifest, problems = read_csv_manifest(annotations, os.fspath(images) or None)
         for problem in problems:
             bad.record(problem.split(": ")[0], reason=problem)
         for image, annotation in manifest.items():
