@@ -856,19 +856,23 @@ def localize_predict(
     )
     found = evaluate_lib.predict_boxes(localizer, files, draw=draw)
     if as_json:
-        click.echo(
-            json.dumps(
-                [{"path": p, "guesses": [g.to_dict() for g in gs]} for p, gs, _ in found], indent=2
-            )
-        )
-        return
-    for path, guesses, drawn in found:
-        click.echo(path)
-        for g in guesses:
-            box = ", ".join(f"{v:.1f}" for v in g.box)
-            click.echo(f"  {g.score:.4f}  {g.name}  box ({box})")
-        if drawn is not None:
-            click.echo(f"wrote {drawn}", err=True)
+        click.echo(json.dumps([r.to_dict() for r in found], indent=2))
+    else:
+        for r in found:
+            if r.error is None:
+                click.echo(r.path)
+                for g in r.guesses:
+                    box = ", ".join(f"{v:.1f}" for v in g.box)
+                    click.echo(f"  {g.score:.4f}  {g.name}  box ({box})")
+    for r in found:
+        if r.drawn is not None:
+            click.echo(f"wrote {r.drawn}", err=True)
+    # As kvgg predict: every readable image's guesses, then each unreadable one, exit 1.
+    failed = [r for r in found if r.error is not None]
+    for r in failed:
+        click.echo(f"kvgg: skipped unreadable image: {r.path}: {r.error}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 class RunFailed(click.ClickException):

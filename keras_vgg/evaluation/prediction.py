@@ -22,7 +22,18 @@ from keras_vgg.evaluation.scoring import score_nets
 from keras_vgg.handle import ModelHandle, open_model
 from keras_vgg.imagenet import decode_predictions
 
-__all__ = ["Prediction", "image_files", "predict", "predict_images", "resolve_models"]
+__all__ = ["Prediction", "check_top", "image_files", "predict", "predict_images", "resolve_models"]
+
+
+def check_top(top: Any) -> int:
+    """Checks how many guesses per image a user asked for (`predict`, the `Localizer`).
+
+    Raises:
+        ValueError: one line, if `top` is not a positive integer (`--top 0`, `--top -3`).
+    """
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise ValueError(f"`top` must be a positive integer. Received: top={top!r}")
+    return top
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,13 +229,12 @@ def predict(
     Raises:
         ValueError: for a missing path, an unreadable model or a bad argument.
     """
+    check_top(top)  # before any model is loaded
     model = resolve_models(model, batch_size, preprocessing=preprocessing, command="kvgg predict")
     if isinstance(model, ExportedNet):
         record, classes = model.info.record, model.classes
     else:
         record, classes = model[0].info, model[0].classes
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        raise ValueError(f"`top` must be a positive integer. Received: top={top!r}")
     files = image_files(paths)
     readable: list[str] = []
     errors: dict[str, str] = {}

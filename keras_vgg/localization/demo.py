@@ -259,11 +259,9 @@ def run_localization_demo(
     )
     print_fn(second.to_markdown())
     localizer = Localizer(nets, [run_dirs["classifier"]], scales=[q, 2 * q], top=3)
-    ((_, guesses, drawn),) = predict_boxes(
-        localizer, [test.files[0]], draw=os.path.join(data_root, "drawn")
-    )
-    print_fn(f"{test.files[0]}: " + ", ".join(f"{g.name} ({g.score:.2f})" for g in guesses))
-    print_fn(f"drew {drawn}")
+    (found,) = predict_boxes(localizer, [test.files[0]], draw=os.path.join(data_root, "drawn"))
+    print_fn(f"{test.files[0]}: " + ", ".join(f"{g.name} ({g.score:.2f})" for g in found.guesses))
+    print_fn(f"drew {found.drawn}")
     seconds = time.perf_counter() - start
     print_fn(f"demo: {seconds:.0f} s")
-    return LocalizationDemoResult(data_root, run_dirs, first, second, drawn, seconds)
+    return LocalizationDemoResult(data_root, run_dirs, first, second, found.drawn, seconds)

@@ -40,6 +40,7 @@ from keras_vgg.data import check, transforms
 from keras_vgg.drawing import draw_boxes
 from keras_vgg.evaluation.loading import LoadedModel, load_model
 from keras_vgg.evaluation.metrics import softmax
+from keras_vgg.evaluation.prediction import check_top
 from keras_vgg.evaluation.protocols import as_image, to_numpy
 from keras_vgg.evaluation.scoring import ScoreNet, dense_head
 from keras_vgg.files import atomic_text
@@ -55,6 +56,7 @@ from keras_vgg.scales import check_scales
 from keras_vgg.weights.names import HEAD_LAYERS
 
 __all__ = [
+    "BoxPrediction",
     "Guess",
     "LocalizationResult",
     "Localizer",
@@ -239,6 +241,7 @@ class Localizer:
         share: bool = True,
         preprocessing: Any = None,
     ):
+        self.top = check_top(top)  # before any model is loaded
         self.localizers = [
             load_model(m, needs="localizer", command="Localizer") for m in localizers
         ]
@@ -277,7 +280,6 @@ class Localizer:
         names = self.classifiers[0].info.class_names
         self.class_names = tuple(names) if names else tuple(str(i) for i in range(self.classes))
         self.scales = check_scales((int(q) for q in scales), self.crop_size)
-        self.top = top
         self.max_distance = max_distance
         self.shared = tuple(
             next((k for k, c in enumerate(self.classifiers) if share and shares_body(m, c)), None)
@@ -540,13 +542,41 @@ def _row(localizers, modes, classifiers, protocol, scales, correct) -> dict:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class BoxPrediction:
+    """Protocol 2's guesses for one image file, or why it could not be read.
+
+    Attributes:
+        path: The image file.
+        guesses: The top (class, box) `Guess`es, best first; empty on error.
+        drawn: The PNG the guesses were drawn onto, or None.
+        error: Why the image was skipped, or None.
+    """
+
+    path: str
+    guesses: tuple[Guess, ...] = ()
+    drawn: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready (what `kvgg localize predict --json` prints)."""
+        return {
+            "path": self.path,
+            "guesses": [g.to_dict() for g in self.guesses],
+            "error": self.error,
+        }
+
+
 def predict_boxes(
     localizer: Localizer,
     images: Sequence[str | os.PathLike],
     *,
     draw: str | os.PathLike | None = None,
-) -> list[tuple[str, list[Guess], str | None]]:
+) -> list[BoxPrediction]:
     """Protocol 2's top guesses for image files, optionally drawn onto copies of them.
+
+    An image that cannot be read is skipped with its reason (`BoxPrediction.error`), as
+    `keras_vgg.evaluation.predict` does: the other images' guesses are kept.
 
     Args:
         localizer: The nets (`Localizer`).
@@ -556,22 +586,22 @@ def predict_boxes(
             of the images mirrored, so no two images share a picture).
 
     Returns:
-        (path, guesses, the PNG drawn or None) per image.
-
-    Raises:
-        ValueError: naming an image that cannot be read.
+        One `BoxPrediction` per image, in order.
     """
     drawn_paths = per_image_outputs(images, draw, "_boxes.png") if draw is not None else {}
     out = []
-    for path in images:
-        pixels = read_image(path)
-        guesses = localizer.localize(pixels)
+    for path in map(os.fspath, images):
+        try:
+            pixels = read_image(path)
+        except ValueError as exc:
+            # read_image's message starts with the path; the reason is what follows.
+            out.append(BoxPrediction(path, error=str(exc).removeprefix(f"{path}: ")))
+            continue
+        guesses = tuple(localizer.localize(pixels))
         drawn = None
         if draw is not None:
             drawn = draw_boxes(
-                pixels,
-                [(f"{g.name} {g.score:.2f}", g.box) for g in guesses],
-                drawn_paths[os.fspath(path)],
+                pixels, [(f"{g.name} {g.score:.2f}", g.box) for g in guesses], drawn_paths[path]
             )
-        out.append((os.fspath(path), guesses, drawn))
+        out.append(BoxPrediction(path, guesses, drawn))
     return out
