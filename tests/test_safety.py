@@ -30,7 +30,7 @@ from hostile import Case, check_outcome, snapshot
 from PIL import Image
 
 import keras_vgg
-from keras_vgg import evaluation, files, runs, training
+from keras_vgg import artifacts, evaluation, features, files, runs, training
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.cli import main
 from keras_vgg.data import check, decoding, sources
@@ -529,3 +529,246 @@ def _missing_model(folder):
 
 
 CATALOGUE.append(Case("missing-model", _missing_model, 2, r"^kvgg: error: .*nothing\.keras"))
+
+
+# --- Two processes, one output (unique temporary names, leftovers of dead writers) ---
+#
+# Real processes aimed at one output at the same time. Every temporary file or folder is
+# named for its process (`files.partial_path`): the later rename wins whole, no run mixes
+# another's rows or deletes another's folder.
+
+_WRITER = """
+import os, sys, time
+from keras_vgg import files
+target, tag, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+while not os.path.exists(go):
+    time.sleep(0.001)
+failed = 0
+for i in range(count):
+    try:
+        files.atomic_text(target, f"{tag} {i}\\n" + tag * 65536)
+    except OSError as exc:
+        failed += 1
+        print(exc, file=sys.stderr)
+sys.exit(1 if failed else 0)
+"""
+
+
+def _python(code, *args, **kwargs):
+    """A real Python process on this checkout's code, running `code` with `args`."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _start_kvgg(*args, cwd):
+    return subprocess.Popen(
+        [sys.executable, "-m", "keras_vgg.cli", *map(str, args)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+    )
+
+
+def _kvgg_at_once(*invocations, cwd):
+    """Starts one real `kvgg` process per invocation, all at once; waits for them all."""
+    processes = [_start_kvgg(*args, cwd=cwd) for args in invocations]
+    try:
+        return [(p, *p.communicate(timeout=300)) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+
+
+def _first_to_map(processes, suffix, timeout=300):
+    """The first of `processes` to memory-map a file whose name ends with `suffix`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in processes:
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{p.pid}/maps") as maps:
+                    if any(line.rstrip().endswith(suffix) for line in maps):
+                        return p
+        assert all(p.poll() is None for p in processes), [p.stderr.read() for p in processes]
+        time.sleep(0.01)
+    raise AssertionError(f"no process mapped a *{suffix} file in {timeout} s")
+
+
+def _one_line_error(stderr):
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("kvgg: error:")]
+    return len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in stderr
+
+
+def test_two_processes_write_one_file_200_times_each(tmp_path):
+    """Two writers, 200 atomic writes each of 64 KiB on one file, and a reader reading all
+    the while: never a failed write; every read is one writer's whole content."""
+    target, go = tmp_path / "shared.txt", tmp_path / "go"
+    writers = [_python(_WRITER, target, tag, 200, go) for tag in "AB"]
+    seen = set()
+    try:
+        go.touch()
+        while any(w.poll() is None for w in writers) or not seen:
+            try:
+                text = target.read_text()
+            except FileNotFoundError:
+                assert not seen, "the file vanished between two writes"
+                continue
+            head, _, body = text.partition("\n")
+            tag, _, index = head.partition(" ")
+            assert tag in ("A", "B") and body == tag * 65536, (head, len(body), body[:20])
+            seen.add((tag, int(index)))
+        errors = [w.communicate(timeout=60)[1] for w in writers]
+    finally:
+        for w in writers:
+            w.kill()
+    assert [w.returncode for w in writers] == [0, 0], errors
+    assert len(seen) > 10  # the reader did read while they wrote
+    assert tree(tmp_path) == ["go", "shared.txt"]  # no partial file left
+
+
+_OWNER = """
+import os, sys
+from keras_vgg import files
+target, served = sys.argv[1], sys.argv[2]
+partial = files.partial_path(target)
+open(partial, "w").close()
+folder = files.partial_path(served)
+os.mkdir(folder)
+open(os.path.join(folder, "saved_model.pb"), "w").close()
+print(partial, folder, sep="\\n", flush=True)
+sys.stdin.read()  # lives until its stdin closes
+"""
+
+
+def test_a_dead_writers_leftovers_are_removed_and_a_live_ones_kept(tmp_path):
+    target, served = tmp_path / "x.keras", tmp_path / "served"
+    owners = [
+        _python(_OWNER, target, served, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    dead, live = owners
+    try:
+        dead_file, dead_folder = (dead.stdout.readline().strip() for _ in range(2))
+        live_file, live_folder = (live.stdout.readline().strip() for _ in range(2))
+        dead.kill()  # SIGKILL before its rename
+        dead.wait(timeout=60)
+        # Not leftovers of this file's dead writers: another host's (its pid means nothing
+        # here), a name that only looks alike, other files, a dead writer's of another file.
+        name = os.path.basename(dead_file)
+        host = re.search(r"-([0-9a-f]{6})\.", name)[1]
+        other_host = name.replace(f"-{host}.", f"-{'0' if host[0] != '0' else '1'}{host[1:]}.")
+        others = [other_host, ".x.partial.keras", "x.keras.bak", name.replace(".x.", ".y.", 1)]
+        for other in others:
+            (tmp_path / other).touch()
+        files.atomic_text(target, "new")
+        assert target.read_text() == "new"
+        assert not os.path.exists(dead_file)
+        assert os.path.exists(live_file) and all((tmp_path / p).exists() for p in others)
+        # Folders (exported artifacts) likewise, whole.
+        assert files.remove_leftovers(served) == [dead_folder]
+        assert os.path.isdir(live_folder) and not os.path.exists(dead_folder)
+        # Once its owner is gone, the live writer's leftovers go too.
+        live.communicate(timeout=60)
+        files.atomic_text(target, "newer")
+        assert files.remove_leftovers(served) == [live_folder]
+    finally:
+        for owner in owners:
+            owner.kill()
+    assert tree(tmp_path) == sorted([*others, "x.keras"])
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """Two tiny nets of different weights as `.keras` files, and 30 small images."""
+    folder = tmp_path_factory.mktemp("two_models")
+    for seed, name in enumerate("ab"):
+        keras.utils.set_random_seed(seed)
+        model = keras_vgg.build("A", width=0.125, fc_units=16, classes=3, input_shape=(32, 32, 3))
+        model.save(folder / f"{name}.keras")
+    # Enough images that a run is still streaming its rows when it is stopped.
+    write_class_folders(folder / "images", classes=3, per_class=10, size=32)
+    return folder
+
+
+# The two runs of `kvgg features`: other models, other descriptor sizes (other scratch
+# file sizes: a shared one would be cut under the other run, its "Bus error").
+_FEATURE_RUNS = {"a": (32, 40), "b": (40,)}
+
+
+def test_two_kvgg_features_to_one_output(two_models, tmp_path):
+    """Two real `kvgg features --overwrite` runs to one `-o`: the first to stream its rows
+    is stopped (SIGSTOP) while the other runs whole, then goes on. The file holds exactly
+    the later run's rows; never a Bus error, never a scratch file left."""
+    out = tmp_path / "f.npz"
+    processes = {
+        name: _start_kvgg(
+            *("features", two_models / f"{name}.keras", "--data", two_models / "images"),
+            *("--scales", ",".join(map(str, scales)), "--batch-size", "1", "-o", out),
+            "--overwrite",
+            cwd=tmp_path,
+        )
+        for name, scales in _FEATURE_RUNS.items()
+    }
+    try:
+        first = _first_to_map(list(processes.values()), "descriptors.npy")
+        first.send_signal(signal.SIGSTOP)
+        (other,) = [p for p in processes.values() if p is not first]
+        other_err = other.communicate(timeout=300)[1]
+        first.send_signal(signal.SIGCONT)
+        first_err = first.communicate(timeout=300)[1]
+    finally:
+        for p in processes.values():
+            p.kill()
+    assert (first.returncode, other.returncode) == (0, 0), (first_err[-3000:], other_err[-3000:])
+    stored = features.FeatureSet.load(out)
+    (later,) = [name for name, p in processes.items() if p is first]
+    assert stored.meta["models"] == [later]
+    alone = features.extract_features(
+        two_models / f"{later}.keras",
+        two_models / "images",
+        tmp_path / "alone.npz",
+        scales=_FEATURE_RUNS[later],
+        batch_size=1,
+    )
+    assert stored.meta == alone.meta
+    np.testing.assert_allclose(stored.descriptors, alone.descriptors, rtol=1e-5, atol=1e-6)
+    assert tree(tmp_path) == ["alone.npz", "f.npz"]
+
+
+def test_two_kvgg_exports_to_one_destination(two_models, tmp_path):
+    """Two real `kvgg export` runs to one destination: the first is stopped (SIGSTOP) once
+    its temporary folder exists, the second runs whole, then the first goes on. The second's
+    artifact stays, whole; the first exits 2 in one line saying the destination now exists
+    and leaves nothing."""
+    out = tmp_path / "served"
+    args = ("export", two_models / "a.keras", out, "--format", "savedmodel")
+    first = _start_kvgg(*args, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while not [n for n in os.listdir(tmp_path) if n.startswith(".served.")]:
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)
+        second = _start_kvgg(*args, cwd=tmp_path)
+        second_err = second.communicate(timeout=300)[1]
+        first.send_signal(signal.SIGCONT)
+        first_err = first.communicate(timeout=300)[1]
+    finally:
+        first.kill()
+    assert second.returncode == 0, second_err[-3000:]
+    assert first.returncode == 2 and _one_line_error(first_err), first_err[-3000:]
+    assert f"{out}: already exists (written by another process while this export" in first_err
+    assert tree(tmp_path) == ["served"]
+    info = artifacts.read_export_info(out)
+    assert info.format == "savedmodel" and info.class_names == ("0", "1", "2")
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    posteriors = artifacts.open_runner(out)(images)
+    np.testing.assert_allclose(np.sum(posteriors, axis=-1), 1, rtol=1e-5)
