@@ -772,3 +772,431 @@ def test_two_kvgg_exports_to_one_destination(two_models, tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     posteriors = artifacts.open_runner(out)(images)
     np.testing.assert_allclose(np.sum(posteriors, axis=-1), 1, rtol=1e-5)
+
+
+# --- Artifacts are checked before they run; annotation files and --top in one line ---
+#
+# Each artifact row starts from a real tiny `kvgg export` (made once per session, copied):
+# the metadata is what the exporter writes, the graph beside it hostile or at odds with it.
+
+_NETS: dict[str, bytes] = {}
+from keras_vgg.artifacts import METADATA_FILE  # noqa: E402 - this section's own import
+
+
+def _tiny_export(folder, format):
+    """A real center export of the tiny classifier (`_loc_nets`) as `folder`/served; made
+    once per session and format, copied."""
+    import shutil
+
+    from keras_vgg.export import export_model
+
+    store = folder.parent / f".export-{format}"
+    if not store.exists():
+        export_model(_loc_nets(folder)[1], store, format=format)
+    shutil.copytree(store, folder / "served")
+    return folder / "served"
+
+
+def _image(folder):
+    return write(folder / "x.jpg", jpeg(40, 40))
+
+
+def _evil_savedmodel(folder):
+    """A SavedModel whose serving function reads a file outside its folder and writes
+    another, with the metadata of a real export beside it."""
+    import shutil
+
+    import tensorflow as tf
+
+    secret, marker = folder / "secret.txt", folder / "marker.txt"
+    secret.write_text("outside the artifact\n")
+
+    class Evil(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8)])
+        def serve(self, images):
+            tf.io.write_file(str(marker), tf.io.read_file(str(secret)))
+            # Otherwise only allowed ops: with the check off, it would run and predict.
+            means = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2])
+            return {"output_0": tf.nn.softmax(means)}
+
+    evil = Evil()
+    tf.saved_model.save(evil, str(folder / "evil"), signatures={"serving_default": evil.serve})
+    meta = _tiny_export(folder, "savedmodel") / "assets" / METADATA_FILE
+    (folder / "evil" / "assets").mkdir(exist_ok=True)
+    shutil.copy(meta, folder / "evil" / "assets" / METADATA_FILE)
+    return ["predict", "--model", folder / "evil", _image(folder)]
+
+
+def _litert_flex(folder):
+    """A LiteRT model with a TensorFlow op (cumprod has no built-in: SELECT_TF_OPS keeps it)."""
+    import tensorflow as tf
+
+    class Flex(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8)])
+        def serve(self, images):
+            means = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2])
+            return {"output_0": tf.nn.softmax(tf.math.cumprod(means, axis=1))}
+
+    flex = Flex()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [flex.serve.get_concrete_function()], flex
+    )
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+        tf.lite.OpsSet.SELECT_TF_OPS,
+    ]
+    served = _tiny_export(folder, "litert")
+    (served / "model.tflite").write_bytes(converter.convert())
+    return ["predict", "--model", served, _image(folder)]
+
+
+def _onnx_outside(folder):
+    """An ONNX model whose weight's external data lies outside the artifact's folder."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    served = _tiny_export(folder, "onnx")
+    meta = onnx.load(str(served / "model.onnx")).metadata_props
+    (folder / "outside.bin").write_bytes(np.ones(3, np.float32).tobytes())
+    gain = TensorProto(name="gain", data_type=TensorProto.FLOAT, dims=[3])
+    gain.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../outside.bin"), ("offset", "0"), ("length", "12")):
+        entry = gain.external_data.add()
+        entry.key, entry.value = key, value
+    nodes = [
+        helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("Mul", ["mean", "gain"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["posteriors"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "outside",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, [None, 32, 32, 3])],
+        [helper.make_tensor_value_info("posteriors", TensorProto.FLOAT, [None, 3])],
+        [gain],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.metadata_props.extend(meta)
+    (served / "model.onnx").write_bytes(model.SerializeToString())
+    return ["predict", "--model", served, _image(folder)]
+
+
+def _garbage_tflite(folder):
+    served = _tiny_export(folder, "litert")
+    (served / "model.tflite").write_bytes(np.random.default_rng(0).bytes(4096))
+    return ["predict", "--model", served, _image(folder)]
+
+
+def _metadata_says(format, field, value):
+    """A real export whose metadata's `field` ("model.crop_size": nested) says `value`."""
+
+    def build(folder):
+        served = _tiny_export(folder, format)
+        if format == "onnx":
+            import onnx
+
+            proto = onnx.load(str(served / "model.onnx"))
+            (entry,) = [p for p in proto.metadata_props if p.key == "keras_vgg_export"]
+            data = json.loads(entry.value)
+        else:
+            meta = served / ("assets" if format == "savedmodel" else "") / METADATA_FILE
+            data = json.loads(meta.read_text())
+        *parents, key = field.split(".")
+        target = data
+        for parent in parents:
+            target = target[parent]
+        target[key] = value
+        if format == "onnx":
+            entry.value = json.dumps(data)
+            onnx.save(proto, str(served / "model.onnx"))
+        else:
+            meta.write_text(json.dumps(data))
+        return ["predict", "--model", served, _image(folder)]
+
+    return build
+
+
+_REFUSED = "refused: an exported model must not read or write files"
+CATALOGUE += [
+    Case(
+        "evil-savedmodel",
+        _evil_savedmodel,
+        2,
+        r"evil/saved_model\.pb: op '(ReadFile|WriteFile)' \(node \S+ in function \S+\) is not "
+        rf"a pure tensor op; {_REFUSED}$",
+        kept=("secret.txt", "evil"),
+        absent=("marker.txt",),
+    ),
+    Case(
+        "litert-flex",
+        _litert_flex,
+        2,
+        r"served/model\.tflite: op 'FlexCumprod' is a TensorFlow op \(Flex, SELECT_TF_OPS\), "
+        r"not a LiteRT built-in op; refused",
+        kept=("served",),
+    ),
+    Case(
+        "onnx-external-data-outside",
+        _onnx_outside,
+        2,
+        r"served/model\.onnx: tensor 'gain' \(the graph\) keeps its data in '\.\./outside\.bin', "
+        r"outside the artifact's folder; refused",
+        kept=("served", "outside.bin"),
+    ),
+    Case(
+        "garbage-tflite",
+        _garbage_tflite,
+        2,
+        r"served/model\.tflite: not a LiteRT model \(no 'TFL3' flat buffer\)$",
+    ),
+    Case(
+        "metadata-input-kind",
+        _metadata_says("savedmodel", "input", "float"),
+        2,
+        r"served/assets/keras_vgg_export\.json: field 'input' says 'float', but the graph takes "
+        r"uint8 images$",
+    ),
+    Case(
+        "metadata-crop-size",
+        _metadata_says("litert", "model.crop_size", 40),
+        2,
+        r"served/keras_vgg_export\.json: field 'model\.crop_size' says 40, but the graph of "
+        r"this center artifact takes 32 x 32 images$",
+    ),
+    Case(
+        "metadata-class-count",
+        _metadata_says("onnx", "class_names", ["a", "b", "c", "d"]),
+        2,
+        r"served/model\.onnx: field 'class_names' names 4 classes, but the graph's output has "
+        r"shape \? x 3$",
+    ),
+]
+
+
+def test_a_full_disk_during_export_is_one_line(tmp_path):
+    """A real `kvgg export` per format whose files cannot grow past 200 kB (the weights are
+    about 600 kB): one line naming the destination, exit 1, nothing left behind."""
+    _, model = _loc_nets(tmp_path)
+    formats = ("savedmodel", "onnx", "litert")
+    with file_size_limit(200_000):  # inherited by the kvgg process
+        done = kvgg_batch(
+            *[["export", model, tmp_path / f, "--format", f] for f in formats], cwd=tmp_path
+        )
+    for format, result in zip(formats, done, strict=True):
+        assert result.returncode == 1, (format, result.stderr[-3000:])
+        assert "Traceback" not in result.stderr, (format, result.stderr[-3000:])
+        last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+        assert last == (
+            f"kvgg: error: could not write {tmp_path / format}: File too large; nothing was written"
+        ), format
+    assert tree(tmp_path) == ["cls.keras", "loc.keras"]
+
+
+def _loc_nets(folder):
+    """A tiny SCR localisation net and classifier (classes a, b, c; 32-pixel crops) as
+    `folder`/loc.keras and `folder`/cls.keras; built once per session, copied."""
+    if not _NETS:
+        from keras_vgg.localization.network import build_localizer
+
+        record = ModelRecord(crop_size=32, class_names=("a", "b", "c"))
+        kwargs = dict(classes=3, input_shape=(32, 32, 3), width=0.125, fc_units=16, record=record)
+        keras.utils.set_random_seed(0)
+        for name, model in (
+            ("loc", build_localizer("A", box_mode="scr", **kwargs)),
+            ("cls", keras_vgg.build("A", **kwargs)),
+        ):
+            model.save(folder / f"{name}.keras")
+            _NETS[name] = (folder / f"{name}.keras").read_bytes()
+    for name, data in _NETS.items():
+        (folder / f"{name}.keras").write_bytes(data)
+    return folder / "loc.keras", folder / "cls.keras"
+
+
+def _localize_evaluate(folder, annotations, *more):
+    loc, _ = _loc_nets(folder)
+    return [
+        "localize", "evaluate", loc, "--data", folder / "images", "--annotations", annotations,
+        "--protocol", "1", "--scales", "32", *more,
+    ]  # fmt: skip
+
+
+def _voc_text(width, box):
+    """A VOC annotation of a 40-pixel-high image whose size/width and box are these texts."""
+    corners = "".join(
+        f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True)
+    )
+    return (
+        f"<annotation><size><width>{width}</width><height>40</height></size><object>"
+        f"<name>a</name><bndbox>{corners}</bndbox></object></annotation>"
+    )
+
+
+def _voc(width="40", box=("1", "1", "30", "30")):
+    """One image x.jpg with a VOC file whose size/width and box are these texts."""
+
+    def build(folder):
+        write(folder / "images" / "x.jpg", jpeg(40, 40))
+        (folder / "xml").mkdir()
+        (folder / "xml" / "x.xml").write_text(_voc_text(width, box))
+        return _localize_evaluate(folder, folder / "xml")
+
+    return build
+
+
+def _csv(rows: bytes, *more):
+    """Images x.jpg and y.jpg with a CSV manifest of these bytes."""
+
+    def build(folder):
+        for name in ("x", "y"):
+            write(folder / "images" / f"{name}.jpg", jpeg(40, 40))
+        (folder / "boxes.csv").write_bytes(rows)
+        extra = [m(folder) if callable(m) else m for m in more]
+        return _localize_evaluate(folder, folder / "boxes.csv", *extra)
+
+    return build
+
+
+def _csv_outside(folder):
+    """A manifest row naming a file outside the data set (its bytes must never be shown)."""
+    (folder / "secret").mkdir()
+    (folder / "secret" / "secret.txt").write_text("TOPSECRET\n")
+    (folder / "data").mkdir()
+    write(folder / "data" / "images" / "x.jpg", jpeg(40, 40))
+    (folder / "data" / "boxes.csv").write_text(
+        "path,class,xmin,ymin,xmax,ymax\n../secret/secret.txt,a,1,1,4,1\n"
+    )
+    loc, _ = _loc_nets(folder)
+    return [
+        "localize", "evaluate", loc, "--data", folder / "data" / "images", "--annotations",
+        folder / "data" / "boxes.csv", "--protocol", "1", "--scales", "32",
+    ]  # fmt: skip
+
+
+def _localize_predict_later_unreadable(folder):
+    loc, cls = _loc_nets(folder)
+    good = write(folder / "good.jpg", jpeg(40, 40))
+    bad = write(folder / "bad.jpg", b"not an image")
+    return ["localize", "predict", good, bad, "--model", loc, "--classifier", cls,
+            "--scales", "32", "--top", "2"]  # fmt: skip
+
+
+def _top(value, localize=False):
+    def build(folder):
+        if localize:
+            loc, cls = _loc_nets(folder)
+            return ["localize", "predict", _image(folder), "--model", loc, "--classifier", cls,
+                    "--top", value]  # fmt: skip
+        return ["predict", "--model", _loc_nets(folder)[1], _image(folder), "--top", value]
+
+    return build
+
+
+_HEADER = b"path,class,xmin,ymin,xmax,ymax\n"
+_NO_IMAGE = r"no image with a usable annotation \(1 skipped; first: "
+CATALOGUE += [
+    Case(
+        "csv-field-over-the-csv-limit",
+        _csv(_HEADER + b"images/x.jpg," + b"a" * 140_000 + b",1,1,30,30\n"),
+        2,
+        r"boxes\.csv:2: not a readable CSV manifest \(field larger than field limit \(131072\)\)$",
+    ),
+    Case(
+        "voc-width-1e999",
+        _voc(width="1e999"),
+        2,
+        rf"{_NO_IMAGE}\S+/x\.xml: field 'size/width': not a finite number: '1e999'\)$",
+    ),
+    Case(
+        "voc-nan-box",
+        _voc(box=("nan", "1", "30", "30")),
+        2,
+        rf"{_NO_IMAGE}\S+/x\.xml: field 'object\[0\]/bndbox/xmin': not a finite number: 'nan'\)$",
+    ),
+    Case(
+        "voc-box-backwards",
+        _voc(box=("30", "1", "10", "30")),
+        2,
+        rf"{_NO_IMAGE}\S+/x\.xml: field 'object\[0\]/bndbox': xmin/ymin after xmax/ymax",
+    ),
+    Case(
+        "csv-nan-box",
+        _csv(_HEADER + b"images/x.jpg,a,NaN,1,30,30\n"),
+        2,
+        rf"{_NO_IMAGE}\S+/boxes\.csv:2: field 'xmin': not a finite number: 'NaN'\)$",
+    ),
+    Case(
+        "csv-not-utf8",
+        _csv(_HEADER + b"images/caf\xe9.jpg,a,1,1,30,30\n"),
+        2,
+        r"boxes\.csv: not UTF-8 text \(byte 41: b'\\xe9'\); a CSV manifest is UTF-8$",
+    ),
+    Case(
+        "csv-with-bom",
+        _csv(
+            b"\xef\xbb\xbf" + _HEADER + b"images/x.jpg,a,1,1,30,30\r\n",
+            "-o",
+            lambda f: f / "o.json",
+        ),
+        0,
+        r"^wrote \S+/o\.json$",
+    ),
+    Case(
+        "csv-path-outside-the-data-set",
+        _csv_outside,
+        2,
+        rf"^(?!.*TOPSECRET).*{_NO_IMAGE}\S+/boxes\.csv:2: field 'path': '\.\./secret/secret\.txt' "
+        r"is outside the data set",
+        kept=("secret",),
+    ),
+    Case(
+        "localize-predict-later-unreadable",
+        _localize_predict_later_unreadable,
+        1,
+        r"^kvgg: skipped unreadable image: \S+/bad\.jpg: ",
+    ),
+    Case("predict-top-0", _top("0"), 2, r"`top` must be a positive integer\. Received: top=0$"),
+    Case(
+        "localize-predict-top-negative",
+        _top("-3", localize=True),
+        2,
+        r"`top` must be a positive integer\. Received: top=-3$",
+    ),
+]
+
+
+def test_localize_predict_prints_the_images_before_an_unreadable_one(catalogue_run):
+    folder, _, result = catalogue_run["localize-predict-later-unreadable"]
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(folder / "good.jpg") and len(lines) == 3, result.stdout
+    assert all(re.fullmatch(r"  \d\.\d{4}  [abc]  box \(.*\)", line) for line in lines[1:])
+    assert "bad.jpg" not in result.stdout
+
+
+def test_a_bad_annotation_skips_its_image_and_the_rest_is_kept(tmp_path):
+    """VOC: NaN, 1e999, a backwards box each skip their image, named with file and field; a
+    CSV image with one NaN row is skipped whole (scored only against all its boxes)."""
+    from keras_vgg.localization import annotations
+
+    for name in ("good", "nan", "inf", "backwards"):
+        write(tmp_path / "images" / f"{name}.jpg", jpeg(40, 40))
+    objects = {"good": (1, 1, 30, 30), "nan": ("nan", 1, 30, 30), "backwards": (30, 1, 10, 30)}
+    (tmp_path / "xml").mkdir()
+    for name, box in {**objects, "inf": (1, 1, 30, 30)}.items():
+        width = "1e999" if name == "inf" else "40"
+        (tmp_path / "xml" / f"{name}.xml").write_text(_voc_text(width, box))
+    boxes = annotations.read_boxes(tmp_path / "images", tmp_path / "xml")
+    assert boxes.files == (str(tmp_path / "images" / "good.jpg"),)
+    assert sorted(os.path.basename(n) for n in boxes.bad.names) == [
+        "backwards.xml", "inf.xml", "nan.xml",
+    ]  # fmt: skip
+    manifest = tmp_path / "boxes.csv"
+    manifest.write_bytes(
+        b"\xef\xbb\xbf" + _HEADER + b"images/good.jpg,a,1,1,30,30\r\n"
+        b"images/nan.jpg,a,1,1,30,30\r\nimages/nan.jpg,b,nan,1,30,30\r\n"
+    )
+    boxes = annotations.read_boxes(tmp_path / "images", manifest)
+    assert boxes.files == (str(tmp_path / "images" / "good.jpg"),)
+    assert list(boxes.bad.reasons.values()) == [
+        f"{manifest}:4: field 'xmin': not a finite number: 'nan'"
+    ]
