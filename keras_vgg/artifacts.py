@@ -274,8 +274,8 @@ SAVEDMODEL_OPS: frozenset[str] = frozenset(
     {
         # The graph, its calls and its variables (in memory).
         "Placeholder", "Const", "Identity", "NoOp", "StatefulPartitionedCall",
-        "PartitionedCall", "VarHandleOp", "ReadVariableOp", "AssignVariableOp",
-        "VarIsInitializedOp", "DisableCopyOnRead",
+        "VarHandleOp", "ReadVariableOp", "AssignVariableOp", "VarIsInitializedOp",
+        "DisableCopyOnRead",
         # The network: preprocessing, convolutions, LRN, batch norm, pooling, head.
         "Cast", "Sub", "Mul", "RealDiv", "AddV2", "Square", "Pow", "Rsqrt", "Pad",
         "Conv2D", "BiasAdd", "Relu", "MaxPool", "MatMul", "Softmax", "Mean", "Prod",

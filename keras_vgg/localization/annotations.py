@@ -420,7 +420,7 @@ def read_boxes(
     if not files:
         raise ValueError(
             f"{annotations}: no image with a usable annotation ({bad.skipped} skipped"
-            + (f"; first: {bad.names[0]}" if bad.names else "")
+            + (f"; first: {bad.reasons.get(bad.names[0], bad.names[0])}" if bad.names else "")
             + ")"
         )
     return BoxSet(tuple(files), tuple(labels), tuple(boxes), tuple(box_labels), class_names, bad)
