@@ -273,3 +273,67 @@ def test_cli_export_then_predict(models, photographs, tmp_path):
     (expected,) = predict(models["D"], [image], protocol="dense", scales=[CROP], top=1)
     _, name, probability = expected.top[0]
     assert result.stdout.splitlines()[1].split() == [f"{probability:.4f}", name]
+
+
+# === Every artifact the exporter writes passes the checks made before one runs ===
+
+# Every protocol, input, flip and dense average (each in one export).
+VARIANTS = [
+    dict(protocol="center", input="uint8"),
+    dict(protocol="center", input="float"),
+    dict(protocol="dense", input="uint8", flip=True, dense_average="logits"),
+    dict(protocol="dense", input="float", flip=False, dense_average="softmax"),
+]
+
+
+def _savedmodel_ops(folder):
+    """Every op of a SavedModel's graph and function library (TensorFlow's protobuf)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((folder / "saved_model.pb").read_bytes())
+    graph = proto.meta_graphs[0].graph_def
+    return {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+
+
+@pytest.mark.slow
+def test_every_artifact_the_exporter_writes_passes_the_checks(models, photographs, tmp_path):
+    """SavedModels of every variant on LRN and batch-norm nets, ONNX and LiteRT of every
+    quantisation: each passes `inspect_graph` and `check_interface` (`read_export_info`),
+    and the SavedModel allow-list is exactly the ops they hold (none unused)."""
+    _skip_without("onnx")
+    _skip_without("litert")
+    keras.utils.set_random_seed(0)
+    batch_norm = keras_vgg.build(
+        "C",
+        batch_norm=True,
+        input_shape=(CROP, CROP, 3),
+        record=ModelRecord(preprocessing=KERAS_CAFFE, crop_size=CROP, class_names=NAMES),
+        **SMALL,
+    )
+    exports = [
+        (net, "savedmodel", "none", v) for net in (models["A-LRN"], batch_norm) for v in VARIANTS
+    ]
+    exports += [
+        (batch_norm, format, quantize, v)
+        for format in ("onnx", "litert")
+        for quantize in ("none", "float16", "int8")
+        for v in (VARIANTS[0], VARIANTS[3])
+    ]
+    ops = set()
+    for index, (net, format, quantize, variant) in enumerate(exports):
+        calibration = photographs / "calibration" if quantize == "int8" else None
+        out = tmp_path / f"{index}-{format}"
+        export_model(
+            net, out, format=format, quantize=quantize, calibration=calibration, scale=CROP,
+            **variant,
+        )  # fmt: skip
+        info = artifacts.read_export_info(out)  # the checks: they raise on any disagreement
+        graph = artifacts.inspect_graph(out)
+        side = CROP if variant["protocol"] == "center" else None
+        assert (info.input, graph.input) == (variant["input"], variant["input"])
+        assert graph.input_shape == (None, side, side, 3)
+        assert graph.output_shape == (None, len(NAMES))
+        if format == "savedmodel":
+            ops |= _savedmodel_ops(out)
+    assert ops == artifacts.SAVEDMODEL_OPS | artifacts.SAVER_OPS
