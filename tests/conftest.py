@@ -6,6 +6,10 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow turns oneDNN on by itself only on some x86 CPUs (Intel's); without it a CPU runs
+# no channels-first convolution ("Conv2D ... only supports NHWC on the CPU", seen on AMD
+# EPYC), and tests/test_channels_first.py checks those. Inherited by the kvgg processes.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import h5py  # noqa: E402
 import keras  # noqa: E402
