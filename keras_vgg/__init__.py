@@ -56,6 +56,8 @@ _EXPORTS = {
     "training_dataset": "keras_vgg.data.pipelines",
     "evaluation_dataset": "keras_vgg.data.pipelines",
     "open_source": "keras_vgg.data.sources",
+    "open_model": "keras_vgg.handle",
+    "ModelHandle": "keras_vgg.handle",
     "ImageSource": "keras_vgg.data.sources",
     "TFRecordSource": "keras_vgg.data.sources",
     "TFDSSource": "keras_vgg.data.sources",

@@ -200,10 +200,22 @@ _overwrite_option = click.option(
 
 
 def _check_outputs(outputs, inputs, overwrite):
-    """The output door (`keras_vgg.outputs.check_outputs`), before any model is loaded."""
+    """The output door (`keras_vgg.outputs.check_outputs`), before any model is loaded.
+
+    Returns:
+        The outputs, for `_make_folders` once the inputs are open.
+    """
     from keras_vgg import outputs as outputs_lib
 
+    outputs = [o for o in outputs if o is not None]
     outputs_lib.check_outputs(outputs, inputs, overwrite=overwrite)
+    return outputs
+
+
+def _make_folders(outputs):
+    from keras_vgg import outputs as outputs_lib
+
+    outputs_lib.make_folders(outputs)
 
 
 @main.command()
@@ -224,6 +236,7 @@ def convert(src, dest, config, preprocessing, overwrite):
     from keras_vgg import imagenet
 
     chosen = None if preprocessing is None else getattr(imagenet, preprocessing.upper())
+    _check_outputs([dest], [src], overwrite)
     weights = heavy("weights")
     try:
         result = weights.convert(src, dest, config, preprocessing=chosen, overwrite=overwrite)
@@ -275,7 +288,7 @@ def data_stats(root, labels_file, sample, seed, output, overwrite):
 
     if sample is not None and sample < 1:
         raise UserError(f"--sample must be a positive integer, got {sample}")
-    _check_outputs([output], [root, labels_file], overwrite)
+    _make_folders(_check_outputs([output], [root, labels_file], overwrite))
     source = sources.as_source(root, labels_file)
     stats_lib = heavy("data.stats")
     try:
@@ -327,7 +340,7 @@ def data_check(root, labels_file, workers, min_side, output, overwrite):
     """Scan ROOT for unreadable and unusual images; exit 1 if any is unreadable."""
     from keras_vgg.data import sources
 
-    _check_outputs([output], [root, labels_file], overwrite)
+    _make_folders(_check_outputs([output], [root, labels_file], overwrite))
     source = sources.open_source(root, labels_file)
     check = heavy("data.check")
     with _progress_bar(len(source), "files") as bar:
@@ -435,7 +448,7 @@ def evaluate(
     if limit is not None:
         limits.check_count(limit, "--limit", limits.MAX_IMAGES)
     parsed_scales = _parse_scales(scales)
-    _check_outputs([output, markdown], [*models, data_root, labels_file], overwrite)
+    written = _check_outputs([output, markdown], [*models, data_root, labels_file], overwrite)
     evaluation = heavy("evaluation")
     protocols = [
         p for p, on in (("center", center_crop), ("dense", dense), ("multi_crop", multi_crop)) if on
@@ -443,6 +456,7 @@ def evaluate(
     loaded = evaluation.load_models(
         models, preprocessing=model_preprocessing, command="kvgg evaluate"
     )
+    _make_folders(written)
     with _RateProgress("evaluating") as callback:
         result = evaluation.evaluate(
             loaded,
@@ -509,7 +523,7 @@ def features(
     """
     limits.check_count(batch_size, "--batch-size", limits.MAX_BATCH_SIZE)
     parsed_scales = _parse_scales(scales)
-    _check_outputs([output], [*models, data_root], overwrite)
+    _make_folders(_check_outputs([output], [*models, data_root], overwrite))
     features_lib = heavy("features")
     with _RateProgress("describing") as callback:
         result = features_lib.extract_features(
@@ -555,7 +569,7 @@ def transfer(features_file, train_per_class, test_per_class, splits, seed, cs, o
         candidates = None if cs is None else tuple(map(float, cs.split(",")))
     except ValueError:
         raise UserError(f"--C: expected numbers like 0.1,1,10, got {cs!r}") from None
-    _check_outputs([output], [features_file], overwrite)
+    _make_folders(_check_outputs([output], [features_file], overwrite))
     transfer_lib = heavy("features.svm")
     candidates = transfer_lib.DEFAULT_CS if candidates is None else candidates
     try:
@@ -652,6 +666,7 @@ def predict(
             f"{model.source}: {model.describe()}; --heatmap needs a Keras model (its dense "
             "score map): give the .keras file or run directory it was exported from"
         )
+    _make_folders(heat_paths.values())
     if dense and multi_crop:
         protocol = "dense+multi_crop"
     else:
@@ -793,7 +808,9 @@ def localize_evaluate(
     if protocol == "2" and not classifiers:
         raise UserError("--protocol 2 needs --classifier CLSNET (it rates the boxes)")
     parsed_scales = _parse_scales(scales)
-    _check_outputs([output], [*locnets, *classifiers, data_root, annotations], overwrite)
+    _make_folders(
+        _check_outputs([output], [*locnets, *classifiers, data_root, annotations], overwrite)
+    )
     annotations_lib, evaluate_lib = heavy("localization.annotations", "localization.evaluate")
     box_set = annotations_lib.read_boxes(
         data_root, annotations, class_names=_localizer_classes(locnets)
@@ -854,6 +871,7 @@ def localize_predict(
     localizer = evaluate_lib.Localizer(
         models, classifiers, scales=parsed, top=top, preprocessing=model_preprocessing
     )
+    _make_folders(drawn.values())
     found = evaluate_lib.predict_boxes(localizer, files, draw=draw)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in found], indent=2))

@@ -37,8 +37,9 @@ from keras_vgg.evaluation.prediction import image_files
 from keras_vgg.evaluation.protocols import predict_scale
 from keras_vgg.evaluation.scoring import DENSE_AVERAGES, ScoreNet
 from keras_vgg.files import WriteError, atomic_text, partial_path, remove_leftovers
+from keras_vgg.handle import rebuild_vgg
 from keras_vgg.imagenet import Preprocessing, preprocess_input
-from keras_vgg.record import describe, has_record
+from keras_vgg.record import describe
 from keras_vgg.scales import check_scales
 
 __all__ = [
@@ -174,6 +175,7 @@ def serving_model(
     input: str = "uint8",
     flip: bool = True,
     dense_average: str = "logits",
+    preprocessing: Any = None,
 ) -> keras.Model:
     """The network an application feeds: images in, class posteriors out.
 
@@ -188,6 +190,8 @@ def serving_model(
             float32 images already preprocessed.
         flip: As above (dense only).
         dense_average: One of `DENSE_AVERAGES` (dense only).
+        preprocessing: The input convention of a model that records none (see
+            `keras_vgg.handle.open_model`).
 
     Returns:
         A functional Keras model with one input named "images".
@@ -199,18 +203,8 @@ def serving_model(
     _check_choice("protocol", protocol, EXPORT_PROTOCOLS)
     _check_choice("input", input, INPUTS)
     _check_choice("dense_average", dense_average, DENSE_AVERAGES)
-    loaded = load_model(model)
+    loaded = load_model(model, needs="keras", preprocessing=preprocessing, command="kvgg export")
     net = loaded.model
-    if not has_record(net):
-        raise ValueError(
-            f"{loaded.name}: the model has no record (what input its weights expect); build "
-            "it with keras_vgg.build or attach one with keras_vgg.record.attach_record"
-        )
-    if net.inputs[0].shape[-1] != 3:
-        raise ValueError(
-            f"{loaded.name}: export needs a channels-last model (batch, height, width, 3). "
-            f"Received: input shape {tuple(net.inputs[0].shape)}"
-        )
     record = loaded.info
     side = None if protocol == "dense" else record.crop_size
     images = keras.Input(
@@ -282,6 +276,7 @@ def export_model(
     flip: bool = True,
     dense_average: str = "logits",
     verbose: bool = False,
+    preprocessing: Any = None,
 ) -> ExportReport:
     """Exports a model with its preprocessing, class names and record (`kvgg export`).
 
@@ -304,6 +299,8 @@ def export_model(
         flip: As `serving_model`.
         dense_average: As `serving_model`.
         verbose: Let Keras's exporters print.
+        preprocessing: The input convention of a model that records none (see
+            `keras_vgg.handle.open_model`).
 
     Returns:
         An `ExportReport`.
@@ -326,7 +323,18 @@ def export_model(
     out = Path(out)
     if out.exists():
         raise ValueError(f"{out}: already exists; choose another path or remove it")
-    loaded = load_model(model)
+    loaded = load_model(model, needs="keras", preprocessing=preprocessing, command="kvgg export")
+    if loaded.dtype != "float32" and format != "savedmodel":
+        # ONNX and LiteRT converters take float32 graphs: the same VGG in float32 (its
+        # variables are float32 already under a mixed policy).
+        try:
+            loaded = dataclasses.replace(loaded, model=rebuild_vgg(loaded.model, dtype="float32"))
+        except ValueError:
+            raise ValueError(
+                f"{loaded.source}: a {loaded.dtype} model that is not a keras_vgg.VGG; the "
+                f"{format} format takes float32 models: rebuild it in float32 and load these "
+                "weights (keras_vgg.build(..., dtype='float32', weights=FILE))"
+            ) from None
     serving = serving_model(
         loaded, protocol=protocol, input=input, flip=flip, dense_average=dense_average
     )

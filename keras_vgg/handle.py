@@ -26,10 +26,10 @@ from typing import Any
 
 import keras
 
-from keras_vgg import network as _network  # noqa: F401 - registers VGG with Keras
 from keras_vgg import runs
 from keras_vgg.artifacts import ExportInfo, is_artifact, read_export_info
 from keras_vgg.imagenet import KERAS_CAFFE, PAPER, TORCHVISION, Preprocessing
+from keras_vgg.network import VGG  # also registers VGG with Keras
 from keras_vgg.record import ModelRecord, attach_record, has_record, read_h5_record, record_of
 from keras_vgg.weights.conversion import model_from_weights
 from keras_vgg.weights.load import read_keras_model
@@ -42,6 +42,7 @@ __all__ = [
     "check_pair",
     "open_model",
     "preprocessing_named",
+    "rebuild_vgg",
 ]
 
 #: What a caller can need of a model, and how a refusal words it.
@@ -140,8 +141,13 @@ class ModelHandle:
         """The model's dtype policy ("float32", "mixed_bfloat16", ...)."""
         if self.model is None:
             return "float32"
-        policy = getattr(self.model, "dtype_policy", None)
-        return getattr(policy, "name", None) or str(self.model.dtype)
+        # The conv layers' policy (a functional model's own may be the global default).
+        try:
+            layer = self.model.get_layer("block1_conv1")
+        except ValueError:
+            layer = self.model
+        policy = getattr(layer, "dtype_policy", None)
+        return getattr(policy, "name", None) or str(layer.dtype)
 
     @property
     def label(self) -> str:
@@ -229,6 +235,12 @@ def open_model(
     else:
         handle = _open_path(model, config, who)
     if handle.kind == "artifact":
+        if handle.task == "localization" and needs != "any":
+            raise ValueError(
+                f"{handle.source}: an exported localisation net ({handle.box_mode.upper()} "
+                f"boxes); {who} needs {NEEDS[needs]}: its outputs are box numbers, not class "
+                "posteriors"
+            )
         if needs in ("keras", "body", "localizer"):
             raise ValueError(
                 f"{handle.source}: {handle.describe()}; {who} needs {NEEDS[needs]}: give the "
@@ -237,6 +249,8 @@ def open_model(
         return handle
     if takes_pixels or given is not None:
         handle = _with_record(handle, given, who)
+    if handle.data_format == "channels_first":
+        handle = _channels_last(handle, who)
     _check_needs(handle, needs, who)
     return handle
 
@@ -331,6 +345,61 @@ def _with_record(handle: ModelHandle, given: Preprocessing | None, who: str) -> 
     return handle
 
 
+def rebuild_vgg(model: keras.Model, **changes: Any) -> keras.Model:
+    """The same VGG (build arguments, record, weights) with some build arguments changed.
+
+    For arguments that do not change the weights' meaning: `data_format` (a channels-first
+    VGG's weights are laid out as a channels-last one's: `Flatten` moves the channels last
+    first) and `dtype` (a mixed-precision model keeps float32 variables).
+
+    Args:
+        model: A `keras_vgg.VGG` (from `build`, or loaded from its `.keras` file).
+        **changes: Build arguments to change ("data_format", "dtype").
+
+    Returns:
+        A new `keras_vgg.VGG` holding a copy of the weights.
+
+    Raises:
+        ValueError: for a model that is not a `keras_vgg.VGG` (e.g. a plain functional
+            clone), or another argument.
+    """
+    if not isinstance(model, VGG):
+        raise ValueError(
+            f"{model.name}: not a keras_vgg.VGG (a plain Keras model or clone); only a VGG "
+            "knows its build arguments"
+        )
+    unknown = set(changes) - {"data_format", "dtype"}
+    if unknown:
+        raise ValueError(f"rebuild_vgg changes data_format and dtype only. Received: {unknown}")
+    config = dict(model.get_config())
+    before = config.get("data_format") or "channels_last"
+    after = changes.get("data_format", before)
+    if before != after and config.get("input_shape") is not None:
+        shape = list(config["input_shape"])
+        config["input_shape"] = (
+            shape[1:] + shape[:1] if after == "channels_last" else shape[-1:] + shape[:-1]
+        )
+    config.update(changes)
+    twin = VGG.from_config(config)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _channels_last(handle: ModelHandle, who: str) -> ModelHandle:
+    # Every path of the package feeds (batch, height, width, 3): a channels-first VGG is
+    # taken as its channels-last twin, weights for weights (tests/test_channels_first.py).
+    try:
+        twin = rebuild_vgg(handle.model, data_format="channels_last")
+    except ValueError:
+        raise ValueError(
+            f"{handle.source}: a channels_first model (input "
+            f"{tuple(handle.model.inputs[0].shape[1:])}) that is not a keras_vgg.VGG; {who} "
+            "takes channels_last models: build it under the default "
+            "keras.config.set_image_data_format('channels_last') and load its weights"
+        ) from None
+    return dataclasses.replace(handle, model=twin, info=record_of(twin))
+
+
 def _convention_name(preprocessing: Preprocessing) -> str:
     for name, value in PREPROCESSING_NAMES.items():
         if value == preprocessing:
@@ -344,12 +413,6 @@ def _check_needs(handle: ModelHandle, needs: str, who: str) -> None:
     if "block1_conv1" not in names:
         raise ValueError(
             f"{handle.source}: not a VGG (no layer 'block1_conv1'); {who} needs {NEEDS[needs]}"
-        )
-    if handle.data_format == "channels_first":
-        raise ValueError(
-            f"{handle.source}: a channels_first model (input {tuple(model.inputs[0].shape[1:])}); "
-            f"{who} takes channels_last models: build it under the default "
-            "keras.config.set_image_data_format('channels_last') and load its weights"
         )
     localizer = handle.task == "localization"
     if needs in ("classifier", "keras") and localizer:

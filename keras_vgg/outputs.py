@@ -8,8 +8,9 @@ reads an image:
   share an output (`a/0.png` and `b/0.png` give `OUT/a/0_heatmap.png` and
   `OUT/b/0_heatmap.png`).
 - `check_outputs`: no output is one of the command's inputs (paths resolved, links and hard
-  links followed), none inside an input folder, and an existing file is refused unless the
-  caller asked to replace it (`--overwrite`); the outputs' folders are made.
+  links followed), no existing file inside an input folder, and an existing file is refused
+  unless the caller asked to replace it (`--overwrite`).
+- `make_folders`: the outputs' missing folders, made once the inputs are open.
 
 The files themselves are then written through `keras_vgg.files.atomic_write`.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from keras_vgg.files import refuse_existing
 
-__all__ = ["check_outputs", "per_image_outputs"]
+__all__ = ["check_outputs", "make_folders", "per_image_outputs"]
 
 
 def per_image_outputs(
@@ -60,7 +61,6 @@ def check_outputs(
     inputs: Iterable[str | os.PathLike | None],
     *,
     overwrite: bool = False,
-    make_folders: bool = True,
 ) -> None:
     """Refuses outputs that would replace an input or, without `overwrite`, any file.
 
@@ -71,7 +71,6 @@ def check_outputs(
         inputs: The files and folders the command reads (models, run directories, data
             folders, features files, annotation files; None entries are ignored).
         overwrite: Whether existing outputs may be replaced (never an input).
-        make_folders: Make each output's missing parent folders.
 
     Raises:
         ValueError: one line naming the output and, where it is one, the input it would
@@ -97,15 +96,25 @@ def check_outputs(
         if os.path.isdir(output):
             raise ValueError(f"{output}: is a folder; give a file path")
         refuse_existing(output, overwrite)
-    if make_folders:
-        for output in outputs:
-            parent = os.path.dirname(os.path.abspath(output))
-            try:
-                os.makedirs(parent, exist_ok=True)
-            except OSError as exc:
-                raise ValueError(
-                    f"{output}: cannot make its folder {parent}: {exc.strerror}"
-                ) from None
+
+
+def make_folders(outputs: Iterable[str | os.PathLike | None]) -> None:
+    """Makes the missing folders of outputs that `check_outputs` passed.
+
+    Called once the command's inputs are open (a refused model writes nothing, not even a
+    folder) and before the first output is computed.
+
+    Raises:
+        ValueError: naming the output whose folder cannot be made.
+    """
+    for output in outputs:
+        if output is None:
+            continue
+        parent = os.path.dirname(os.path.abspath(os.fspath(output)))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{output}: cannot make its folder {parent}: {exc.strerror}") from None
 
 
 def _same(output: str, source: Path) -> bool:

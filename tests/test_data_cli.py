@@ -164,7 +164,7 @@ def test_data_stats_and_its_old_name_stats_give_the_same_output(cli):
     assert new.returncode == old.returncode == 0, (new.stderr, old.stderr)
     assert new.stdout.startswith("images: ")
     assert new.stdout.replace("new.json", "X") == old.stdout.replace("old.json", "X")
-    assert f"wrote {tmp / 'both' / 'new.json'}" in new.stdout.splitlines()
+    assert f"wrote {tmp / 'both' / 'new.json'}" in new.stderr.splitlines()
     assert (tmp / "both" / "new.json").read_text() == (tmp / "both" / "old.json").read_text()
     # The same options under both names.
     new_help, old_help = runs["help_new"], runs["help_old"]

@@ -153,7 +153,9 @@ def test_evaluate_cli_matches_the_library_and_a_hand_computation(setup, cli):
     markdown = (setup["run"] / "evaluation.md").read_text()
     assert markdown.startswith("| ConvNet | evaluation method | test scale Q |")
     assert json.loads((setup["run"] / "evaluation.json").read_text())["rows"] == data["rows"]
-    wrote = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    # Messages on stderr: stdout is the table alone.
+    assert "wrote " not in result.stdout
+    wrote = [line for line in result.stderr.splitlines() if line.startswith("wrote ")]
     assert wrote == [
         f"wrote {output}",
         f"wrote {setup['run'] / 'evaluation.json'}",

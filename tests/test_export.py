@@ -238,7 +238,7 @@ def test_bad_input_leaves_nothing(models, tmp_path, monkeypatch):
         export_model(models["C"], out, format="litert", quantize="int8", calibration=bad)
     plain = keras.Sequential([keras.Input((CROP, CROP, 3)), keras.layers.Flatten()])
     plain = keras.Model(plain.inputs, keras.layers.Dense(3, name="predictions")(plain.outputs[0]))
-    with pytest.raises(ValueError, match="has no record"):
+    with pytest.raises(ValueError, match="records no input convention"):
         export_model(plain, out)
     # A missing optional package: one line naming the extra.
     monkeypatch.setitem(sys.modules, "tf2onnx", None)

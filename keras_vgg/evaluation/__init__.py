@@ -44,7 +44,7 @@ Where things live (each module one job; each imports only those listed above it)
 
 from __future__ import annotations
 
-from keras_vgg.evaluation.loading import LoadedModel, check_classes, load_model
+from keras_vgg.evaluation.loading import LoadedModel, check_classes, load_model, load_models
 from keras_vgg.evaluation.loop import evaluate, evaluate_images
 from keras_vgg.evaluation.metrics import TIES, fuse, softmax, top_k_credit, top_k_error
 from keras_vgg.evaluation.prediction import Prediction, image_files, predict, predict_images
@@ -70,6 +70,7 @@ __all__ = [
     "predict_images",
     "fuse",
     "load_model",
+    "load_models",
     "single_test_scale",
     "softmax",
     "top_k_credit",

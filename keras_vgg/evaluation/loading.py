@@ -69,6 +69,8 @@ def load_models(
     """
     if isinstance(models, (str, os.PathLike, keras.Model, ModelHandle)):
         models = [models]
+    # Keras nets only: an artifact runs alone (`prediction.resolve_models`).
+    needs = "keras" if needs == "classifier" else needs
     loaded = [
         load_model(m, needs=needs, preprocessing=preprocessing, command=command) for m in models
     ]

@@ -133,6 +133,7 @@ def extract_features(
     progress: Callable[[int, int | None], None] | None = None,
     layer: str = "fc2",
     overwrite: bool = False,
+    preprocessing: Any = None,
 ) -> FeatureSet:
     """Appendix B descriptors of every image of a data set, streamed to a `.npz` file.
 
@@ -155,6 +156,8 @@ def extract_features(
         overwrite: Replace an existing `output` (when it is written, at the end). Without
             it an existing file is refused before anything is computed: a features file
             can cost hours.
+        preprocessing: The input convention of a model that records none ("paper",
+            "caffe", "torchvision" or a `Preprocessing`; see `keras_vgg.handle.open_model`).
 
     Returns:
         The `FeatureSet` written (its descriptors still memory-mapped, not in memory).
@@ -164,7 +167,9 @@ def extract_features(
             or model, or a bad option.
     """
     files_lib.refuse_existing(output, overwrite)
-    loaded = load_models(models)
+    loaded = load_models(
+        models, needs="classifier", preprocessing=preprocessing, command="kvgg features"
+    )
     scales = resolve_scales(scales, loaded)
     nets = descriptor_nets(loaded, relu=relu, batch_size=batch_size, layer=layer)
     images = data if isinstance(data, LabelledImages) else open_labelled_images(data)
