@@ -774,6 +774,470 @@ def test_two_kvgg_exports_to_one_destination(two_models, tmp_path):
     np.testing.assert_allclose(np.sum(posteriors, axis=-1), 1, rtol=1e-5)
 
 
+# --- Bounded memory (keras_vgg/limits.py: pixels, scales, counts, .npz and JSON sizes) ---
+#
+# Hostile files made cheaply with real bytes: a PNG whose IHDR declares 20000 x 20000 pixels
+# (1-bit rows of zeros, 49 kB; decoded as RGB it is 1.2 GB), a .npz whose deflated member
+# declares 4000 MiB of float32 (4 MB on disk), JSON nested 200,000 deep. The memory rows run
+# alone, their peak resident memory bounded (issue 31: no command over 2 GB at width 1/8).
+
+_BOMB_SIDE = 20000
+
+
+def png_bomb(path, width=_BOMB_SIDE, height=_BOMB_SIDE, rows=True):
+    """A 1-bit greyscale PNG of zeros declaring `width` x `height`, written by hand (its
+    IDAT holds every row, deflated: a valid image; or, with `rows=False`, none)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    idat = b""
+    if rows:
+        block = row * 1000
+        idat = b"".join(compressor.compress(block) for _ in range(height // 1000))
+        idat += compressor.compress(row * (height % 1000)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+    return write(path, png + chunk(b"IEND", b""))
+
+
+def npz_bomb(path, name="descriptors", mib=4000, **arrays):
+    """A .npz whose member `name`.npy declares `mib` MiB of float32 zeros, written by hand:
+    one deflated MiB of zeros repeated (a valid stream), 1 kB per MiB on disk; then
+    `arrays`, appended by numpy. The bomb's CRC is not computed (a reader that trusts the
+    headers has spent the memory before it gets there)."""
+    import io
+    import struct
+    import zipfile
+    import zlib
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (mib, 2**18)}
+    )
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    start = compressor.compress(header.getvalue()) + compressor.flush(zlib.Z_FULL_FLUSH)
+    unit = compressor.compress(bytes(2**20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    data = start + unit * mib + compressor.flush()
+    size, member = len(header.getvalue()) + mib * 2**20, f"{name}.npy".encode()
+    fields = (8, 0, 0, 0, len(data), size, len(member))  # deflate, no time, CRC 0
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, *fields, 0) + member
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, *fields, 0, 0, 0, 0, 0, 0)
+    central += member
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local + data), 0)
+    write(path, local + data + central + end)
+    with zipfile.ZipFile(path, "a") as archive:
+        for key, value in arrays.items():
+            with archive.open(f"{key}.npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(value))
+    return str(path)
+
+
+def json_bomb(path, depth=200_000):
+    return write(path, b"[" * depth + b"]" * depth)
+
+
+_TINY_MODEL: dict[str, bytes] = {}
+
+
+def _tiny_model(folder):
+    """A width-1/8 configuration A for 32-pixel crops (3 classes) as `folder`/m.keras; built
+    once per test session, copied."""
+    if not _TINY_MODEL:
+        keras.utils.set_random_seed(0)
+        model = keras_vgg.build("A", width=0.125, fc_units=16, classes=3, input_shape=(32, 32, 3))
+        model.save(folder / "built.keras")
+        _TINY_MODEL["bytes"] = (folder / "built.keras").read_bytes()
+        (folder / "built.keras").unlink()
+    path = folder / "m.keras"
+    path.write_bytes(_TINY_MODEL["bytes"])
+    return path
+
+
+def _tree_with_bomb(folder):
+    """3 classes of 4 images (40 pixels) and the PNG bomb in class0."""
+    write_class_folders(folder / "images", classes=3, per_class=4, size=40)
+    png_bomb(folder / "images" / "class0" / "bomb.png")
+    return folder / "images"
+
+
+_TOO_LARGE = (
+    rf"too large: {_BOMB_SIDE} x {_BOMB_SIDE} = {_BOMB_SIDE**2} pixels, over the limit of "
+    r"100000000 \(raise it with KVGG_MAX_PIXELS=N or data\.max_pixels in a recipe\)"
+)
+
+
+def _bomb_predict(folder):
+    images = _tree_with_bomb(folder)
+    return ["predict", "--model", _tiny_model(folder), images / "class0" / "bomb.png", images]
+
+
+def _bomb_evaluate(folder):
+    return ["evaluate", _tiny_model(folder), "--data", _tree_with_bomb(folder), "--scales", 32]
+
+
+def _bomb_features(folder):
+    data = _tree_with_bomb(folder)
+    return ["features", _tiny_model(folder), "--data", data, "--scales", "32,40", "-o", "f.npz"]
+
+
+def _bomb_fit(folder):
+    _tree_with_bomb(folder)
+    write_class_folders(folder / "val", classes=3, per_class=1, size=40)
+    text = RECIPE.format(root=folder, name="bomb", epochs=1).replace("0.0625", "0.125")
+    (folder / "bomb.toml").write_text(text.replace(f"{folder}/train", f"{folder}/images"))
+    return ["fit", folder / "bomb.toml"]
+
+
+def _bomb_data_check(folder):
+    return ["data", "check", _tree_with_bomb(folder), "--output", "report.txt"]
+
+
+_MEMORY = dict(max_rss_gb=2.0, kept=("images",))
+CATALOGUE += [
+    Case(
+        "png-bomb-predict",
+        _bomb_predict,
+        1,
+        rf"^kvgg: skipped unreadable image: .*bomb\.png: {_TOO_LARGE}$",
+        **_MEMORY,
+    ),
+    Case("png-bomb-evaluate", _bomb_evaluate, 0, r"^1 unreadable images skipped$", **_MEMORY),
+    Case("png-bomb-features", _bomb_features, 0, r"^wrote f\.npz: 12 images, ", **_MEMORY),
+    Case(
+        "png-bomb-fit",
+        _bomb_fit,
+        0,
+        rf"^skipped unreadable image .*bomb\.png \({_TOO_LARGE}\)$",
+        **_MEMORY,
+    ),
+    Case("png-bomb-data-check", _bomb_data_check, 1, r"", **_MEMORY),
+]
+
+
+def _predict_scales(q):
+    def build(folder):
+        image = write(folder / "x.jpg", jpeg(40, 40))
+        return ["predict", "--model", _tiny_model(folder), image, "--scales", q]
+
+    return build
+
+
+def _export_scale(q):
+    def build(folder):
+        return ["export", _tiny_model(folder), folder / "served", "--scale", q]
+
+    return build
+
+
+def _features_scales(folder):
+    data = _tree_with_bomb(folder)
+    return ["features", _tiny_model(folder), "--data", data, "--scales", 3000, "-o", "f.npz"]
+
+
+def _features_file(folder):
+    """A real features file of 12 images in 3 classes."""
+    rng = np.random.default_rng(0)
+    descriptors = rng.normal(size=(12, 8)).astype(np.float32)
+    features.FeatureSet(
+        descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True),
+        tuple(f"c{i % 3}/{i}.png" for i in range(12)),
+        np.arange(12) % 3,
+        ("a", "b", "c"),
+        {"models": ["m"]},
+    ).save(folder / "f.npz")
+    return folder / "f.npz"
+
+
+def _transfer_splits(folder):
+    return ["transfer", _features_file(folder), "--splits", 10**9, "--train-per-class", 2]
+
+
+def _evaluate_option(option, value):
+    def build(folder):
+        data = _tree_with_bomb(folder)
+        return ["evaluate", _tiny_model(folder), "--data", data, "--scales", 32, option, value]
+
+    return build
+
+
+_SCALE_OVER = r"is over the largest scale, 2048 \(raise it with KVGG_MAX_SCALE=N\)"
+CATALOGUE += [
+    Case("predict-scales-100000", _predict_scales(100000), 2, rf"--scales: 100000 {_SCALE_OVER}"),
+    Case("predict-scales-20000", _predict_scales(20000), 2, rf"--scales: 20000 {_SCALE_OVER}"),
+    Case(
+        "export-scale-20000",
+        _export_scale(20000),
+        2,
+        rf"scale: 20000 {_SCALE_OVER}",
+        absent=("served",),
+    ),
+    Case(
+        "export-scale-10",
+        _export_scale(10),
+        2,
+        r"^kvgg: error: scale: 10 is below the model's crop size 32 ",
+        absent=("served",),
+    ),
+    Case(
+        "features-scales-3000",
+        _features_scales,
+        2,
+        rf"--scales: 3000 {_SCALE_OVER}",
+        absent=("f.npz",),
+    ),
+    Case(
+        "transfer-splits-1e9",
+        _transfer_splits,
+        2,
+        r"^kvgg: error: splits must be from 1 to 1000\. Received: 1000000000$",
+        kept=("f.npz",),
+    ),
+    Case(
+        "evaluate-batch-size-1e8",
+        _evaluate_option("--batch-size", 10**8),
+        2,
+        r"^kvgg: error: --batch-size must be from 1 to 4096 \(raise it with KVGG_MAX_BATCH_SIZE",
+    ),
+    Case(
+        "evaluate-limit-1e30",
+        _evaluate_option("--limit", 10**30),
+        2,
+        r"^kvgg: error: --limit must be from 1 to 2147483647\. Received: 10{30}$",
+    ),
+]
+
+
+def _npz_transfer(folder):
+    """The bomb as the descriptors of a features file whose other fields are all there."""
+    fields = dict(files=np.array(["a.png"] * 4), labels=np.arange(4) % 2)
+    fields |= dict(class_names=np.array(["a", "b"]), meta=np.array(json.dumps({"models": []})))
+    return ["transfer", npz_bomb(folder / "bomb.npz", **fields)]
+
+
+def _npz_convert(folder):
+    source = npz_bomb(folder / "bomb.npz", name="block1_conv1/kernel")
+    return ["convert", source, folder / "out.weights.h5", "--config", "A"]
+
+
+def _garbage_transfer(folder):
+    return ["transfer", write(folder / "garbage.npz", b"not an archive, a note " * 40)]
+
+
+def _objects_transfer(folder):
+    np.savez(folder / "objects.npz", descriptors=np.array([{"a": 1}], dtype=object))
+    return ["transfer", folder / "objects.npz"]
+
+
+_NPZ_BOMB = (
+    r"bomb\.npz: its arrays declare 4194304\d{3} bytes in a file of \d+, over 100 times its "
+    r"size \(a compression bomb; raise it with KVGG_MAX_NPZ_RATIO=N\)$"
+)
+CATALOGUE += [
+    Case("npz-bomb-transfer", _npz_transfer, 2, _NPZ_BOMB, kept=("bomb.npz",), max_rss_gb=2.0),
+    Case("npz-bomb-convert", _npz_convert, 2, _NPZ_BOMB, absent=("out.weights.h5",)),
+    Case(
+        "npz-garbage-transfer",
+        _garbage_transfer,
+        2,
+        r"^(?!.*allow_pickle)kvgg: error: .*garbage\.npz: not a \.npz archive \(not a readable zip",
+    ),
+    Case(
+        "npz-objects-transfer",
+        _objects_transfer,
+        2,
+        r"objects\.npz: array 'descriptors' holds Python objects \(dtype object\); refused",
+    ),
+]
+
+
+def _json_stats(folder):
+    write_class_folders(folder / "train", classes=3, per_class=2, size=40)
+    write_class_folders(folder / "val", classes=3, per_class=1, size=40)
+    json_bomb(folder / "stats.json")
+    text = RECIPE.format(root=folder, name="deep", epochs=1)
+    stats = f"[data]\nstats = {json.dumps(str(folder / 'stats.json'))}\n"
+    (folder / "deep.toml").write_text(text.replace("[data]\n", stats))
+    return ["fit", folder / "deep.toml", "--dry-run"]
+
+
+def _json_model_info(folder):
+    """A Keras model without a record beside a `model_info.json` nested 200,000 deep (the
+    model door reads it for the record)."""
+    plain = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    plain.save(folder / "plain.keras")
+    json_bomb(folder / "model_info.json")
+    image = write(folder / "x.jpg", jpeg(40, 40))
+    return ["predict", "--model", folder / "plain.keras", image]
+
+
+_DEEP = r"JSON nested 200000 deep, over the limit of 64"
+CATALOGUE += [
+    Case("json-bomb-stats", _json_stats, 2, rf"stats\.json: {_DEEP}"),
+    Case("json-bomb-model-info", _json_model_info, 2, rf"model_info\.json: {_DEEP}"),
+]
+
+
+def _encoded(height, width):
+    """One real file per format the decoders read, `height` x `width`, by Pillow."""
+    from data_images import encode
+
+    pixels = photo(height, width)
+    return {
+        "png": encode(pixels, "PNG"),
+        "jpeg": jpeg(height, width),
+        "progressive.jpg": jpeg(height, width, progressive=True),
+        "gif": encode(pixels, "GIF"),
+        "bmp": encode(pixels, "BMP"),
+        "webp": encode(pixels, "WEBP"),
+        "lossless.webp": encode(pixels, "WEBP", lossless=True),
+        "alpha.webp": encode(pixels, "WEBP", mode="RGBA", exif=b"Exif\0\0MM\0*\0\0\0\x08\0\0"),
+    }
+
+
+def _declaring(data, width, height):
+    """The same file with its header patched to declare `width` x `height` (the rest kept)."""
+    import struct
+
+    data = bytearray(data)
+    if data.startswith(b"\x89PNG"):
+        data[16:24] = struct.pack(">II", width, height)
+    elif data.startswith(b"\xff\xd8"):
+        at = next(i for i in range(2, len(data)) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC2))
+        data[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    elif data.startswith(b"GIF"):
+        data[6:10] = struct.pack("<HH", width, height)
+    elif data.startswith(b"BM"):
+        data[18:26] = struct.pack("<ii", width, -height)  # top-down
+    else:
+        assert data[12:16] == b"VP8X", data[12:16]
+        data[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
+def test_image_headers_read_alike_in_python_graphs_and_decoders():
+    """The size each format's header declares, read by `limits.image_header` (Python) and
+    `limits.header_size` (graph ops, eagerly and inside tf.data), is what the decoder
+    gives; a top-down BMP's negative height counts; other bytes are unknown (-1)."""
+    import tensorflow as tf
+
+    from keras_vgg import limits
+    from keras_vgg.data import transforms
+
+    files_ = {f"{h}x{w}.{k}": v for h, w in [(37, 53), (61, 29)] for k, v in _encoded(h, w).items()}
+    files_["top-down.bmp"] = _declaring(files_["37x53.bmp"], 53, 37)
+    names = sorted(files_)
+    graph = (
+        tf.data.Dataset.from_tensor_slices([files_[n] for n in names])
+        .map(lambda c: tf.stack(limits.header_size(c)))
+        .batch(len(names))
+    )
+    in_graph = next(iter(graph)).numpy().tolist()
+    for name, sizes in zip(names, in_graph, strict=True):
+        data = files_[name]
+        height, width = transforms.decode_image(tf.constant(data)).shape[:2]
+        kind = limits.image_header(data)
+        assert kind[1:] == (width, height) and sizes == [width, height], (name, kind, sizes)
+        eager = [int(v) for v in limits.header_size(tf.constant(data))]
+        assert eager == sizes, name
+        assert kind[0] in name.upper() or (kind[0] == "JPEG" and name.endswith("jpg")), name
+    for junk in (b"", b"\x89PNG", b"GIF8", b"RIFF", b"text, not an image"):
+        assert limits.image_header(junk) is None
+        assert [int(v) for v in limits.header_size(tf.constant(junk))] == [-1, -1]
+
+
+def test_the_pixel_limit_holds_on_every_path_and_can_be_raised(tmp_path):
+    """40 x 40 = 1600 pixels pass a limit of 1600, 40 x 41 do not, on every path that decodes
+    images: decoding in graphs (evaluation, training), the data checker, the recipe key; the
+    too large image is skipped and named with its size, never decoded."""
+    import tensorflow as tf
+
+    from keras_vgg import limits
+    from keras_vgg.data import pipelines, transforms
+
+    write_class_folders(tmp_path / "images", classes=2, per_class=4, size=40)
+    tall = write(tmp_path / "images" / "class1" / "tall.png", encode_png(photo(41, 40)))
+    why = (
+        "too large: 40 x 41 = 1640 pixels, over the limit of 1600 (raise it with "
+        "KVGG_MAX_PIXELS=N or data.max_pixels in a recipe)"
+    )
+    assert check.inspect_file(tall, max_pixels=1600) == check.FileReport(tall, "unreadable", (why,))
+    assert check.inspect_file(tall, max_pixels=1640).status == "ok"
+    with pytest.raises(tf.errors.InvalidArgumentError, match="41 pixels, over the limit of 1600"):
+        transforms.decode_image(tf.io.read_file(tall), 1600)
+    log = decoding.BadFileLog(max_pixels=1600)
+    images = list(decoding.decoded_images(tmp_path / "images", bad_files=log))
+    assert len(images) == 8 and log.names == [tall] and log.reasons[tall] == why
+    trained = decoding.BadFileLog(max_pixels=1600)
+    batch = pipelines.training_dataset(
+        tmp_path / "images", batch_size=4, train_scale=36, crop_size=32, bad_files=trained
+    )
+    sizes = [inputs["image"].shape[0] for inputs, _ in batch.take(3)]  # a whole epoch read
+    assert sizes == [4, 4, 4] and trained.reasons == {tall: why}
+    with pytest.raises(ValueError, match="`max_pixels` differs from the limit of `bad_files`"):
+        decoding.decoded_images(tmp_path / "images", bad_files=log, max_pixels=99)
+    # The recipe key reaches the training and validation pipelines.
+    path = recipe_file(tmp_path, "limited", root=str(tmp_path / "images"))
+    path.write_text(path.read_text().replace(f'val_root = "{tmp_path}/val"\n', ""))
+    recipe = recipe_lib.load_recipe(path, ["data.max_pixels=1600", "data.val_split=0.0"])
+    assert recipe.data.max_pixels == 1600
+    bad_path = tmp_path / "bad_files.txt"
+    data = training.recipe_data(recipe, bad_files_path=str(bad_path))
+    list(data.train(start_epoch=0, batch_size=4).take(3))
+    assert bad_path.read_text() == f"{tall}\t{why}\n"
+    with pytest.raises(ValueError, match=r"limited\.toml: data\.max_pixels: must be >= 1, got 0"):
+        recipe_lib.load_recipe(path, ["data.max_pixels=0"])
+    # The variable, for every command; a bad value is one line.
+    os.environ[limits.MAX_PIXELS.env] = "1_640"
+    try:
+        assert limits.max_pixels() == 1640 and check.inspect_file(tall).status == "ok"
+        os.environ[limits.MAX_PIXELS.env] = "lots"
+        with pytest.raises(ValueError, match="^KVGG_MAX_PIXELS: must be a positive integer"):
+            check.inspect_file(tall)
+    finally:
+        del os.environ[limits.MAX_PIXELS.env]
+
+
+def encode_png(pixels):
+    from data_images import encode
+
+    return encode(pixels, "PNG")
+
+
+def test_data_check_names_every_format_over_the_limit(tmp_path):
+    """A real `kvgg data check`: an image of each format declaring more pixels than the
+    limit (a 50000 x 50000 PNG too, which Pillow calls a decompression bomb) is reported by
+    name and size, never decoded; exit 1."""
+    folder = tmp_path / "images"
+    write_class_folders(folder, classes=1, per_class=2, size=40)
+    sizes = {"png": (30000, 20000), "jpeg": (30000, 30000), "gif": (65535, 65535)}
+    sizes["bmp"] = (20000, 20000)  # (WebP files are not listed by image folders)
+    for name, data in _encoded(40, 40).items():
+        if name in sizes:
+            write(folder / "class0" / f"big.{name}", _declaring(data, *sizes[name]))
+    png_bomb(folder / "class0" / "huge.png", 50000, 50000, rows=False)
+    sizes["huge.png"] = (50000, 50000)
+    (strict,) = kvgg_batch(["data", "check", folder], cwd=tmp_path)
+    assert strict.returncode == 1, strict.stderr[-2000:]
+    for name, (width, height) in sizes.items():
+        path = folder / "class0" / (name if name == "huge.png" else f"big.{name}")
+        line = (
+            f"unreadable: {path}: too large: {width} x {height} = {width * height} pixels, "
+            "over the limit of 100000000 (raise it with KVGG_MAX_PIXELS=N or data.max_pixels"
+        )
+        assert line in strict.stdout, (name, strict.stdout)
+    assert strict.stdout.endswith(
+        f"{len(sizes) + 2} files: 2 ok, 0 unusual, {len(sizes)} unreadable\n"
+    )
+
+
 # --- Artifacts are checked before they run; annotation files and --top in one line ---
 #
 # Each artifact row starts from a real tiny `kvgg export` (made once per session, copied):
