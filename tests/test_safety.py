@@ -1664,3 +1664,101 @@ def test_a_bad_annotation_skips_its_image_and_the_rest_is_kept(tmp_path):
     assert list(boxes.bad.reasons.values()) == [
         f"{manifest}:4: field 'xmin': not a finite number: 'nan'"
     ]
+
+
+# --- Outputs never over inputs (keras_vgg/outputs.py: checked before any model loads) ---
+
+
+def _bytes(path, data=b"someone's work"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _out_transfer_same(folder):
+    f = _bytes(folder / "f.npz")
+    return ["transfer", f, "-o", f, "--overwrite"]
+
+
+def _out_transfer_existing(folder):
+    _bytes(folder / "result.json")
+    return ["transfer", _bytes(folder / "f.npz"), "-o", folder / "result.json"]
+
+
+def _out_transfer_hard_link(folder):
+    f = _bytes(folder / "f.npz")
+    os.link(f, folder / "link.json")
+    return ["transfer", f, "-o", folder / "link.json", "--overwrite"]
+
+
+def _out_transfer_symlink(folder):
+    f = _bytes(folder / "f.npz")
+    os.symlink(f, folder / "link.json")
+    return ["transfer", f, "-o", folder / "link.json", "--overwrite"]
+
+
+def _out_evaluate_model(folder):
+    _bytes(folder / "run" / "best.keras")
+    _bytes(folder / "data" / "a" / "0.png")
+    return ["evaluate", folder / "run", "--data", folder / "data", "-o",
+            folder / "run" / "best.keras", "--overwrite"]  # fmt: skip
+
+
+def _out_localize_evaluate(folder):
+    loc = _bytes(folder / "loc.keras")
+    return ["localize", "evaluate", loc, "--data", _bytes(folder / "d" / "0.png").parent,
+            "--annotations", _bytes(folder / "boxes.csv"), "--protocol", "1", "-o", loc,
+            "--overwrite"]  # fmt: skip
+
+
+def _out_features_model(folder):
+    m = _bytes(folder / "m.keras")
+    return ["features", m, "--data", _bytes(folder / "d" / "a" / "0.png").parent.parent,
+            "-o", m, "--overwrite"]  # fmt: skip
+
+
+def _out_stats_into_data(folder):
+    image = _bytes(folder / "d" / "a" / "0.png")
+    return ["data", "stats", folder / "d", "-o", image, "--overwrite"]
+
+
+def _out_check_existing(folder):
+    _bytes(folder / "d" / "a" / "0.png")
+    return ["data", "check", folder / "d", "--output", _bytes(folder / "report.txt")]
+
+
+def _out_convert_same(folder):
+    src = _bytes(folder / "w.npz")
+    return ["convert", src, src, "--config", "A", "--overwrite"]
+
+
+def _out_heatmap_existing(folder):
+    _bytes(folder / "img" / "a" / "0.png")
+    _bytes(folder / "img" / "b" / "0.png")
+    _bytes(folder / "maps" / "b" / "0_heatmap.png")
+    return ["predict", folder / "img", "--model", _bytes(folder / "m.keras"), "--heatmap",
+            folder / "maps"]  # fmt: skip
+
+
+_INPUT = r"is an input of this command"
+CATALOGUE += [
+    Case("out-transfer-o-is-its-input", _out_transfer_same, 2, _INPUT, kept=("f.npz",)),
+    Case("out-transfer-o-exists", _out_transfer_existing, 2,
+         r"result\.json: already exists; .*--overwrite", kept=("result.json", "f.npz")),
+    Case("out-transfer-o-hard-link-of-input", _out_transfer_hard_link, 2, _INPUT,
+         kept=("f.npz", "link.json")),
+    Case("out-transfer-o-symlink-to-input", _out_transfer_symlink, 2, _INPUT, kept=("f.npz",)),
+    Case("out-evaluate-o-run-model", _out_evaluate_model, 2,
+         r"best\.keras: lies inside the input folder .*run", kept=("run",)),
+    Case("out-localize-evaluate-o-its-net", _out_localize_evaluate, 2, _INPUT,
+         kept=("loc.keras",)),
+    Case("out-features-o-its-model", _out_features_model, 2, _INPUT, kept=("m.keras",)),
+    Case("out-data-stats-o-an-image", _out_stats_into_data, 2, r"lies inside the input folder",
+         kept=("d",)),
+    Case("out-data-check-output-exists", _out_check_existing, 2, r"already exists",
+         kept=("report.txt",)),
+    Case("out-convert-dest-is-src", _out_convert_same, 2, _INPUT, kept=("w.npz",)),
+    Case("out-heatmap-exists", _out_heatmap_existing, 2,
+         r"maps/b/0_heatmap\.png: already exists", kept=("maps", "img"),
+         absent=("maps/a",)),
+]  # fmt: skip
