@@ -29,11 +29,21 @@ import keras
 from keras_vgg import runs
 from keras_vgg.artifacts import ExportInfo, is_artifact, read_export_info
 from keras_vgg.imagenet import KERAS_CAFFE, PAPER, TORCHVISION, Preprocessing
+from keras_vgg.models import build
 from keras_vgg.network import VGG  # also registers VGG with Keras
-from keras_vgg.record import ModelRecord, attach_record, has_record, read_h5_record, record_of
-from keras_vgg.weights.conversion import model_from_weights
+from keras_vgg.record import (
+    ModelRecord,
+    attach_record,
+    fit_record,
+    has_record,
+    read_h5_record,
+    record_of,
+)
+from keras_vgg.weights.conversion import build_kwargs_from, model_from_weights
 from keras_vgg.weights.load import read_keras_model
+from keras_vgg.weights.names import infer_config
 from keras_vgg.weights.readers import layout_of
+from keras_vgg.weights.transfer import transfer_weights
 
 __all__ = [
     "NEEDS",
@@ -60,6 +70,11 @@ PREPROCESSING_NAMES: dict[str, Preprocessing] = {
     "keras_caffe": KERAS_CAFFE,
     "torchvision": TORCHVISION,
 }
+# How a refusal of a model without a record says what tells its convention.
+_TOLD_BY = (
+    "--preprocessing paper|caffe|torchvision (preprocessing=keras_vgg.PAPER, KERAS_CAFFE or "
+    "TORCHVISION)"
+)
 # Files that hold weights only: the model they make needs a configuration.
 _WEIGHTS_LAYOUTS = ("weights_h5", "keras2_h5", "torchvision", "npz")
 
@@ -196,6 +211,7 @@ def open_model(
     config: str | None = None,
     command: str | None = None,
     takes_pixels: bool = True,
+    told_by: str = _TOLD_BY,
 ) -> ModelHandle:
     """Opens anything that holds a model, and checks it is what the caller needs.
 
@@ -214,6 +230,8 @@ def open_model(
         command: How refusals name the caller (e.g. "kvgg predict").
         takes_pixels: Whether the caller feeds the model pixels it preprocesses as the
             record says; False (the caller feeds preprocessed input) waives the record.
+        told_by: How a refusal names the way to give `preprocessing` (the CLI option, a
+            recipe key).
 
     Returns:
         A `ModelHandle`.
@@ -248,9 +266,10 @@ def open_model(
             )
         return handle
     if takes_pixels or given is not None:
-        handle = _with_record(handle, given, who)
+        handle = _with_record(handle, given, who, told_by)
     if handle.data_format == "channels_first":
         handle = _channels_last(handle, who)
+    handle = _as_vgg(handle)
     _check_needs(handle, needs, who)
     return handle
 
@@ -324,23 +343,24 @@ def _open_weights(path: Path, layout: str, config: str | None, who: str) -> Mode
     return _handle(model, path.stem, path, None, getattr(model, "config", None) or config)
 
 
-def _with_record(handle: ModelHandle, given: Preprocessing | None, who: str) -> ModelHandle:
+def _with_record(
+    handle: ModelHandle, given: Preprocessing | None, who: str, told_by: str
+) -> ModelHandle:
     model = handle.model
     if not has_record(model):
         if given is None:
             raise ValueError(
                 f"{handle.source}: records no input convention (a model not made by "
                 f"keras_vgg, e.g. keras.applications' VGG16); {who} needs to be told what its "
-                "weights expect: --preprocessing paper|caffe|torchvision "
-                "(preprocessing=keras_vgg.PAPER, KERAS_CAFFE or TORCHVISION)"
+                f"weights expect: {told_by}"
             )
         attach_record(model, record_of(model).replace(preprocessing=given), source=handle.source)
         return dataclasses.replace(handle, info=record_of(model))
     if given is not None and given != handle.info.preprocessing:
         raise ValueError(
             f"{handle.source}: its record says its weights expect "
-            f"{_convention_name(handle.info.preprocessing)}; --preprocessing "
-            f"{_convention_name(given)} disagrees (leave it out: the record is used)"
+            f"{_convention_name(handle.info.preprocessing)}; preprocessing "
+            f"{_convention_name(given)!r} disagrees (leave it out: the record is used)"
         )
     return handle
 
@@ -383,6 +403,32 @@ def rebuild_vgg(model: keras.Model, **changes: Any) -> keras.Model:
     twin = VGG.from_config(config)
     twin.set_weights(model.get_weights())
     return twin
+
+
+def _as_vgg(handle: ModelHandle) -> ModelHandle:
+    """A VGG built elsewhere with its soft-max inside `predictions` (keras.applications'
+    VGG16 / VGG19) as the `keras_vgg.VGG` its layers fit, weight for weight.
+
+    The dense protocols average class scores before the soft-max (Sec. 3.2), which such a
+    head does not expose; its layer names and shapes are this package's, so the same
+    network is rebuilt around them.
+    """
+    model = handle.model
+    if isinstance(model, VGG) or "predictions" not in {layer.name for layer in model.layers}:
+        return handle
+    head = model.get_layer("predictions")
+    if keras.activations.serialize(head.activation) == "linear":
+        return handle
+    try:
+        key = infer_config(model)
+        found = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+        kwargs = build_kwargs_from(found, key, handle.source)
+        vgg = build(key, **kwargs, kernel_initializer="zeros")
+        transfer_weights(model, vgg, source_name=handle.source)
+    except ValueError:
+        return handle  # not a VGG: the checks below say so
+    attach_record(vgg, fit_record(handle.info, vgg), source=handle.source)
+    return dataclasses.replace(handle, model=vgg, info=record_of(vgg), config=key)
 
 
 def _channels_last(handle: ModelHandle, who: str) -> ModelHandle:

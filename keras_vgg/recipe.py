@@ -216,11 +216,15 @@ class InitSection:
             model (a BN source for a model without batch norm): those layers are left out.
             False (the default) refuses such a source, naming the recipe key that would
             take its layers (`model.batch_norm = true`, `model.width`).
+        preprocessing: What a source without a record expects ("paper", "caffe",
+            "torchvision"; e.g. a keras.applications VGG16 saved as `.keras`). A source that
+            records none is refused without it; one that records its own must agree.
     """
 
     from_run: str | None = None
     mode: str = "all"
     partial: bool = False
+    preprocessing: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -517,6 +521,11 @@ def _check(recipe: Recipe, path: str) -> None:
         fail("schedule.max_reductions", f"must be >= 0, got {s.max_reductions}")
     if i.mode not in INIT_MODES:
         fail("init.mode", f"must be one of {list(INIT_MODES)}, got {i.mode!r}")
+    if i.preprocessing is not None and i.preprocessing not in ("paper", "caffe", "torchvision"):
+        fail(
+            "init.preprocessing",
+            f"must be one of ['paper', 'caffe', 'torchvision'], got {i.preprocessing!r}",
+        )
     if i.from_run is not None and m.weights is not None:
         fail("init.from_run", "give either init.from_run or model.weights, not both")
     if r.precision not in PRECISIONS:

@@ -34,7 +34,7 @@ SIDE = 32
 # of the one-line refusal ===
 
 COLUMNS = (
-    "paper", "caffe", "torchvision", "bn", "width", "no_record", "scr", "pcr",
+    "paper", "caffe", "torchvision", "bn", "width", "no_record", "no_record_told", "scr", "pcr",
     "channels_first", "bf16", "artifact", "clone", "keras_weights",
 )  # fmt: skip
 
@@ -48,7 +48,7 @@ _NOT_LOC = r"a classification net of 3 classes .*needs a localisation net"
 
 _CLASSIFIER_ROW = {
     "paper": "=", "caffe": "=", "torchvision": "=", "bn": "=", "width": "=",
-    "no_record": _NO_RECORD, "scr": _NOT_CLASSIFIER, "pcr": _NOT_CLASSIFIER,
+    "no_record": _NO_RECORD, "no_record_told": "=", "scr": _NOT_CLASSIFIER, "pcr": _NOT_CLASSIFIER,
     "channels_first": "=", "bf16": "=", "artifact": "=", "clone": "=", "keras_weights": _BARE,
 }  # fmt: skip
 MATRIX: dict[str, dict[str, str]] = {
@@ -75,6 +75,7 @@ MATRIX: dict[str, dict[str, str]] = {
         "scr": "=",
         "pcr": "=",
         "no_record": _NO_RECORD,
+        "no_record_told": _NO_RECORD,  # the localisation net records none: told nothing
         "artifact": _ARTIFACT,
         "keras_weights": _BARE,
     },  # fmt: skip
@@ -139,19 +140,19 @@ def head_by_hand(model, pool5):
     """The FC head on each pool5 location (the dense twin's FC layers as NumPy products)."""
     h = pool5
     for name in ("fc1", "fc2", "predictions"):
+        # At crop 32 pool5 is 1x1: fc1 sees one location's C values.
         kernel, bias = (np.asarray(w, np.float64) for w in model.get_layer(name).get_weights())
-        if name == "fc1":  # fc1 sees the flattened 1x1xC window (crop 32: pool5 is 1x1)
-            h = h @ kernel + bias
-        else:
-            h = h @ kernel + bias
+        h = h @ kernel + bias
         if name != "predictions":
             h = np.maximum(h, 0)
     return h
 
 
 def logits(model, convention, pixels):
-    """Class scores of whole 32x32 images (a batch)."""
-    return layer_output(model, "predictions", by_hand_input(pixels, convention))
+    """Class scores of whole 32x32 images (a batch): the conv body's flattened pool5, then
+    the FC head in NumPy (before any soft-max, which keras.applications folds into
+    `predictions`)."""
+    return head_by_hand(model, layer_output(model, "flatten", by_hand_input(pixels, convention)))
 
 
 def dense_posterior(model, convention, pixels):
@@ -218,6 +219,10 @@ def kinds(tmp_path_factory):
     keep("width", wide, PAPER)
     plain = keras.applications.VGG16(weights=None, input_shape=(SIDE, SIDE, 3), classes=3)
     keep("no_record", plain, None)
+    # The same file with --preprocessing caffe (preprocessing="caffe"): taken as the VGG its
+    # layers fit (its soft-max is inside `predictions`), exact against its own layers.
+    keep("no_record_told", plain, KERAS_CAFFE, path=root / "no_record.keras")
+    out["no_record_told"]["told"] = "caffe"
     for mode in ("scr", "pcr"):
         keep(mode, localizer_from_classifier(base, mode, seed=1), PAPER)
     keras.config.set_image_data_format("channels_first")
@@ -307,7 +312,9 @@ def cli_cells(kinds, data):
         target = root / "out" / f"{row.replace(' ', '_')}-{col}{_SUFFIX.get(row, '')}"
         target.parent.mkdir(exist_ok=True)
         targets.append(target)
-        invocations.append(_invocation(row, out[col]["path"], target, root))
+        told = out[col].get("told")
+        extra = ["--preprocessing", told] if told else []
+        invocations.append(_invocation(row, out[col]["path"], target, root) + extra)
     done = kvgg_batch(*invocations, timeout=1500, cwd=root)
     return {cell: (r, t) for cell, r, t in zip(cells, done, targets, strict=True)}
 
@@ -459,13 +466,15 @@ def _atol(kind):
 
 def _library_cell(entry, kind):
     model = kind["path"] if entry == "PerceptualLoss" else kind["model"]
+    told = kind.get("told")
     pics = np.stack(images(2, seed=4))
     if entry == "ScoreNet":
-        net = evaluation.ScoreNet(model)
+        net = evaluation.ScoreNet(model, preprocessing=told)
         return net.predict(pics, protocol="center", scales=(SIDE,))
     if entry == "feature_extractor":
-        return np.asarray(feature_extractor(model, ["block2_conv1"])(pics)["block2_conv1"])
-    loss = PerceptualLoss(model, ["block2_conv1"])
+        maps = feature_extractor(model, ["block2_conv1"], preprocessing=told)(pics)
+        return np.asarray(maps["block2_conv1"])
+    loss = PerceptualLoss(model, ["block2_conv1"], preprocessing=told)
     return float(loss(pics[:1], pics[1:]))
 
 

@@ -625,3 +625,69 @@ def test_fine_tune_from_sources_of_another_architecture(tmp_path):
             expected_kernel = expected_kernel * scale[None, None, :, None]
         np.testing.assert_allclose(kernel, expected_kernel, rtol=1e-5, err_msg=name)
         assert model.record == run_record, name
+
+
+def test_a_source_layer_with_nowhere_to_go_is_refused_naming_the_recipe_key(tmp_path):
+    """Pairs agree: a BN source for a model without batch norm, or a source of another
+    width, is refused naming the key that takes it, unless init.partial asks for it."""
+    sources = _fine_tune_sources(tmp_path)
+    for name, key in (("vgg11_bn.pth", "model.batch_norm = true"), ("narrow.weights.h5", "model.width = 0.25")):  # fmt: skip
+        _, data_keys, _ = sources[name]
+        source_path = str(tmp_path / name)
+        recipe = tiny_recipe(
+            tmp_path, name=f"x{len(name)}", model={"weights": source_path}, data=data_keys,
+            init={"mode": "all_but_head"},
+        )  # fmt: skip
+        model = training.build_model(recipe, CLASSES, "float32")
+        before = [w.numpy().copy() for w in model.weights]
+        with pytest.raises(ValueError) as info:
+            training.initialize(model, recipe, source_path, IMAGENET_MEAN)
+        message = str(info.value)
+        assert key in message and "init.partial = true" in message, message
+        assert message.startswith(f"{recipe.path}: model.weights: {source_path}"), message
+        for a, b in zip(before, model.weights, strict=True):
+            np.testing.assert_array_equal(a, b.numpy())
+    # Asked for: the BN layers are left out, every other layer copied.
+    source_path = str(tmp_path / "vgg11_bn.pth")
+    recipe = tiny_recipe(
+        tmp_path, name="partial", model={"weights": source_path},
+        data=sources["vgg11_bn.pth"][1], init={"mode": "all_but_head", "partial": True},
+    )  # fmt: skip
+    model = training.build_model(recipe, CLASSES, "float32")
+    copied = training.initialize(model, recipe, source_path, IMAGENET_MEAN)
+    assert {"block1_conv1", "fc1", "fc2"} <= set(copied)
+    assert not any(name.endswith("_bn") for name in copied)
+
+
+def test_a_source_without_a_record_needs_init_preprocessing(tmp_path):
+    """No silent PAPER: a plain Keras file is refused until the recipe says what it
+    expects; told "caffe", its first conv is adapted from BGR to this run's RGB."""
+    source = keras_vgg.build(
+        "A", width=1 / 16, fc_units=32, classes=CLASSES, input_shape=(32, 32, 3)
+    )
+    inputs = x = keras.Input((32, 32, 3))
+    for layer in source.layers[1:]:
+        if not isinstance(layer, keras_vgg.RecordLayer):
+            x = layer(x)
+    plain = keras.Model(inputs, x)
+    path = str(tmp_path / "plain.keras")
+    plain.save(path)
+    recipe = tiny_recipe(tmp_path, name="plain", model={"weights": path}, init={"mode": "all"})
+    model = training.build_model(recipe, CLASSES, "float32")
+    with pytest.raises(ValueError) as info:
+        training.initialize(model, recipe, path, IMAGENET_MEAN)
+    assert "records no input convention" in str(info.value)
+    assert "init.preprocessing = 'paper' | 'caffe' | 'torchvision'" in str(info.value)
+    recipe = tiny_recipe(
+        tmp_path, name="plain", model={"weights": path},
+        init={"mode": "all", "preprocessing": "caffe"},
+    )  # fmt: skip
+    training.initialize(model, recipe, path, IMAGENET_MEAN)
+    np.testing.assert_allclose(
+        model.get_layer("block1_conv1").kernel.numpy(),
+        source.get_layer("block1_conv1").kernel.numpy()[:, :, ::-1, :],
+        rtol=1e-6,
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("fc2").kernel.numpy(), source.get_layer("fc2").kernel.numpy()
+    )

@@ -26,11 +26,11 @@ import tensorflow as tf
 
 from keras_vgg import models
 from keras_vgg import recipe as recipe_lib
+from keras_vgg.handle import open_model
 from keras_vgg.imagenet import Preprocessing
 from keras_vgg.localization.network import BoxAccuracy, BoxLoss
 from keras_vgg.record import ModelRecord, attach_record, record_of
 from keras_vgg.training.data import TrainingData
-from keras_vgg.weights.conversion import model_from_weights
 from keras_vgg.weights.names import HEAD_LAYERS
 from keras_vgg.weights.transfer import adapt_first_conv, initialize_from_a, transfer_weights
 
@@ -141,7 +141,14 @@ def initialize(
     try:
         # The source's architecture comes from the file: a BN, narrower or other-headed
         # source builds the model it fits; its record says what input it expects.
-        source = model_from_weights(source_path, recipe.model.config)
+        source = open_model(
+            source_path,
+            needs="any",
+            config=recipe.model.config,
+            preprocessing=recipe.init.preprocessing,
+            told_by="init.preprocessing = 'paper' | 'caffe' | 'torchvision'",
+            command="a fine-tuning source",
+        ).model
     except (ValueError, NotImplementedError) as exc:
         raise ValueError(f"{recipe.path}: {key}: {exc}") from None
     run_record = record_of(model)
