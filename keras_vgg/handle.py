@@ -510,14 +510,14 @@ def check_pair(
     )
     if not differ:
         return
-    role_a, role_b = (f"{r} " if r else "" for r in roles)
+    role_a, role_b = (f"the {r} " if r else "" for r in roles)
     detail = (
         f"{count_b} versus {count_a} classes"
         if count_a != count_b and None not in (count_a, count_b)
         else f"class names {_few(b)} versus {_few(a)}"
     )
     raise ValueError(
-        f"{other.source}: the {role_b}predicts other classes than the {role_a}{first.source} "
+        f"{role_b}{other.source}: its classes differ from those of {role_a}{first.source} "
         f"({detail}){'; ' + why if why else ''}"
     )
 

@@ -538,7 +538,7 @@ def npz_arrays(path: str | os.PathLike, max_bytes: int | None = None) -> dict[st
                 total += size
     except zipfile.BadZipFile as exc:
         raise ValueError(
-            f"{path}: not a .npz archive (not a readable zip file: {_one_line(exc)})"
+            f"{path}: not a .npz archive (truncated, or not a zip file: {_one_line(exc)})"
         ) from None
     except (ValueError, OSError, EOFError, zipfile.LargeZipFile) as exc:
         raise ValueError(f"{path}: {_one_line(exc)}") from None

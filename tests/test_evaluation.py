@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_vgg
 from keras_vgg import build, evaluation
 from keras_vgg.evaluation import scoring
 from keras_vgg.imagenet import TORCHVISION, preprocess_input
@@ -244,7 +245,13 @@ def test_float_pixels_keep_their_values_through_a_second_signature(model):
 
 
 def test_the_recorded_preprocessing_runs_in_the_network(model):
-    net = evaluation.ScoreNet(model, preprocessing=TORCHVISION)
+    # A model whose record says TORCHVISION: ScoreNet reads it (no preprocessing= given).
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    twin_record = keras_vgg.record_of(model).replace(preprocessing=TORCHVISION)
+    keras_vgg.record.attach_record(twin, twin_record)
+    net = evaluation.ScoreNet(twin)
+    assert net.preprocessing == TORCHVISION
     image = _image(224, 256, seed=16)
     reference = net.network.predict(
         preprocess_input(image[None], preprocessing=TORCHVISION), verbose=0
