@@ -673,7 +673,7 @@ def predict(
         protocol = "dense" if dense else "multi_crop" if multi_crop else "center"
     results = evaluation.predict(
         model,
-        files,
+        images,  # as given: `files` lists what folders hold, dangling links included
         top=top,
         protocol=protocol,
         scales=parsed_scales,

@@ -304,8 +304,10 @@ def test_cli_names_strange_files_and_refuses_an_empty_predict_folder(strange_fol
     # The report cannot be written (a full disk): one line, exit 1, the old report kept.
     report = tmp_path / "report.txt"
     report.write_text("the report of yesterday\n")
+    code, out, err = invoke("data", "check", root, "--output", report)
+    assert code == 2 and "already exists" in err  # replaced only when asked
     with file_size_limit(20):
-        code, out, err = invoke("data", "check", root, "--output", report)
+        code, out, err = invoke("data", "check", root, "--output", report, "--overwrite")
     assert code == 1
     assert err.splitlines()[-1] == (
         f"kvgg: error: could not write {report}: File too large; the previous file is kept"
@@ -325,7 +327,7 @@ def test_cli_names_strange_files_and_refuses_an_empty_predict_folder(strange_fol
         "below\n"
     )
     code, out, err = invoke("predict", "--model", model_path, root)
-    assert code == 1  # the three unreadable files are named, the good one predicted
+    assert code == 1, err  # the three unreadable files are named, the good one predicted
     assert out.startswith(f"{good}\n")
     assert f"kvgg: skipped unreadable image: {root}/cat/loop.png: cannot read file" in err
 
