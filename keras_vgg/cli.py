@@ -757,7 +757,9 @@ def export_command(
     with it. It is checked in its own runtime against the Keras model before it is
     written; the size and the agreement are printed.
     """
-    _check_outputs([out], [model, calibration], False)
+    from keras_vgg import outputs as outputs_lib
+
+    outputs_lib.check_outputs([out], [model, calibration], folder=True)
     report = heavy("export").export_model(
         model,
         out,

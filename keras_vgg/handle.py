@@ -253,6 +253,11 @@ def open_model(
     else:
         handle = _open_path(model, config, who)
     if handle.kind == "artifact":
+        if given is not None:
+            raise ValueError(
+                f"{handle.source}: an exported artifact carries its own preprocessing; "
+                "--preprocessing is for Keras models without a record"
+            )
         if handle.task == "localization" and needs != "any":
             raise ValueError(
                 f"{handle.source}: an exported localisation net ({handle.box_mode.upper()} "
@@ -270,6 +275,15 @@ def open_model(
     if handle.data_format == "channels_first":
         handle = _channels_last(handle, who)
     handle = _as_vgg(handle)
+    if (takes_pixels or given is not None) and not has_record(handle.model):
+        # The convention the caller gave goes with the model the handle holds; a caller's
+        # own model object is never changed (a copy of it carries the record).
+        held = handle.model
+        if isinstance(model, keras.Model) and held is model:
+            held = keras.models.clone_model(model)
+            held.set_weights(model.get_weights())
+        attach_record(held, handle.info, source=handle.source)
+        handle = dataclasses.replace(handle, model=held)
     _check_needs(handle, needs, who)
     return handle
 
@@ -335,6 +349,14 @@ def _layout(path: Path) -> str:
 
 def _open_weights(path: Path, layout: str, config: str | None, who: str) -> ModelHandle:
     if config is None and not (layout == "weights_h5" and read_h5_record(path)[1] is not None):
+        if layout == "weights_h5":  # Keras's own save_weights: no build arguments inside
+            raise ValueError(
+                f"{path}: a bare weights file (weights_h5) without build arguments (saved by "
+                "Keras's own save_weights); it needs its configuration: --config NAME "
+                f"--weights {path} for a full-width VGG, else the model it was saved from: "
+                "keras_vgg.build(CONFIG, width=..., fc_units=..., classes=..., "
+                "input_shape=..., weights=FILE)"
+            )
         raise ValueError(
             f"{path}: a bare weights file ({layout}); it needs its configuration: "
             f"--config NAME --weights {path} (keras_vgg.model_from_weights(FILE, CONFIG))"
@@ -354,8 +376,8 @@ def _with_record(
                 f"keras_vgg, e.g. keras.applications' VGG16); {who} needs to be told what its "
                 f"weights expect: {told_by}"
             )
-        attach_record(model, record_of(model).replace(preprocessing=given), source=handle.source)
-        return dataclasses.replace(handle, info=record_of(model))
+        # Attached once the door knows which model it hands on (`open_model`).
+        return dataclasses.replace(handle, info=record_of(model).replace(preprocessing=given))
     if given is not None and given != handle.info.preprocessing:
         raise ValueError(
             f"{handle.source}: its record says its weights expect "
@@ -462,9 +484,14 @@ def _check_needs(handle: ModelHandle, needs: str, who: str) -> None:
         )
     localizer = handle.task == "localization"
     if needs in ("classifier", "keras") and localizer:
+        where = (
+            "give it as --model (the localisation nets), not as --classifier"
+            if "localize" in who.lower() or "Localizer" in who
+            else "use kvgg localize predict / kvgg localize evaluate (keras_vgg.localization) "
+            "for it"
+        )
         raise ValueError(
-            f"{handle.source}: {handle.describe()}; {who} needs {NEEDS[needs]}: use "
-            "kvgg localize predict / kvgg localize evaluate (keras_vgg.localization) for it"
+            f"{handle.source}: {handle.describe()}; {who} needs {NEEDS[needs]}: {where}"
         )
     if needs == "localizer" and not localizer:
         raise ValueError(

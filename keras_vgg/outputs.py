@@ -17,10 +17,12 @@ The files themselves are then written through `keras_vgg.files.atomic_write`.
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from keras_vgg.data.sources import IMAGE_EXTENSIONS
 from keras_vgg.files import refuse_existing
 
 __all__ = ["check_outputs", "make_folders", "per_image_outputs"]
@@ -44,16 +46,18 @@ def per_image_outputs(
     images = [os.fspath(p) for p in images]
     if not images:
         return {}
-    absolute = [os.path.abspath(p) for p in images]
-    common = os.path.commonpath([os.path.dirname(p) for p in absolute])
-    stems = [os.path.splitext(os.path.relpath(p, common))[0] for p in absolute]
-    clash = {s for s in stems if stems.count(s) > 1}
-    out = {}
-    for path, full, stem in zip(images, absolute, stems, strict=True):
-        if stem in clash:
+    # One image named twice (`a/0.png`, `./a/../a/0.png`) is one image: one output.
+    real = {p: os.path.realpath(p) for p in images}
+    unique = list(dict.fromkeys(real.values()))
+    common = os.path.commonpath([os.path.dirname(p) for p in unique])
+    stems = {p: os.path.splitext(os.path.relpath(p, common))[0] for p in unique}
+    counts = collections.Counter(stems.values())
+    named = {}
+    for full, stem in stems.items():
+        if counts[stem] > 1:  # x.png and x.jpg
             stem = f"{stem}_{os.path.splitext(full)[1].lstrip('.').lower()}"
-        out[path] = os.path.join(os.fspath(folder), stem + suffix)
-    return out
+        named[full] = os.path.join(os.fspath(folder), stem + suffix)
+    return {path: named[real[path]] for path in images}
 
 
 def check_outputs(
@@ -61,6 +65,7 @@ def check_outputs(
     inputs: Iterable[str | os.PathLike | None],
     *,
     overwrite: bool = False,
+    folder: bool = False,
 ) -> None:
     """Refuses outputs that would replace an input or, without `overwrite`, any file.
 
@@ -71,6 +76,8 @@ def check_outputs(
         inputs: The files and folders the command reads (models, run directories, data
             folders, features files, annotation files; None entries are ignored).
         overwrite: Whether existing outputs may be replaced (never an input).
+        folder: The outputs are folders made whole (an export): an existing one is refused
+            whatever `overwrite` says.
 
     Raises:
         ValueError: one line naming the output and, where it is one, the input it would
@@ -78,7 +85,7 @@ def check_outputs(
     """
     inputs = [Path(os.fspath(p)) for p in inputs if p is not None]
     seen: dict[str, str] = {}
-    outputs = [os.fspath(p) for p in outputs if p is not None]
+    outputs = list(dict.fromkeys(os.fspath(p) for p in outputs if p is not None))
     for output in outputs:
         resolved = os.path.realpath(output)
         if resolved in seen:
@@ -89,10 +96,23 @@ def check_outputs(
                 raise ValueError(
                     f"{output}: is an input of this command ({source}); choose another path"
                 )
-            if source.is_dir() and os.path.lexists(output) and _inside(resolved, source):
+            # An existing file there may be one that is read; a new picture there would be
+            # read as an input image by the next run over that folder.
+            if (
+                source.is_dir()
+                and _inside(resolved, source)
+                and (os.path.lexists(output) or output.lower().endswith(IMAGE_EXTENSIONS))
+            ):
                 raise ValueError(
                     f"{output}: lies inside the input folder {source}; choose a path outside it"
                 )
+        if folder:
+            if os.path.lexists(output):
+                raise ValueError(
+                    f"{output}: already exists; an export never replaces a folder: choose "
+                    "another path"
+                )
+            continue
         if os.path.isdir(output):
             raise ValueError(f"{output}: is a folder; give a file path")
         refuse_existing(output, overwrite)

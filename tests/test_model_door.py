@@ -523,6 +523,13 @@ def test_no_record_is_taken_when_told(kinds):
     np.testing.assert_allclose(np.asarray(maps), reference, rtol=1e-4, atol=1e-3)
     handle = open_model(kind["path"], needs="body", preprocessing="caffe")
     assert handle.info.preprocessing == KERAS_CAFFE
+    # The caller's own model is never changed: it still records nothing.
+    assert not record.has_record(kind["model"])
+    with pytest.raises(ValueError, match="records no input convention"):
+        open_model(kind["model"])
+    # An artifact carries its own preprocessing: telling it one is refused, not ignored.
+    with pytest.raises(ValueError, match="carries its own preprocessing"):
+        open_model(kinds[1]["artifact"]["path"], preprocessing="caffe")
 
 
 def test_keras_save_weights_keeps_the_record(kinds):

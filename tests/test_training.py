@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import math
+import pathlib
 import re
 import shutil
 
@@ -693,3 +694,28 @@ def test_a_source_without_a_record_needs_init_preprocessing(tmp_path):
     np.testing.assert_array_equal(
         model.get_layer("fc2").kernel.numpy(), source.get_layer("fc2").kernel.numpy()
     )
+
+
+def test_dry_run_refuses_the_sources_the_run_refuses(tmp_path):
+    """`--dry-run` makes the run's checks of its source: a layer with nowhere to go, a head
+    over other classes copied by init.mode = "all"."""
+    from data_images import write_class_folders
+
+    write_class_folders(tmp_path / "train", classes=3, per_class=4)
+    tiny = dict(width=1 / 16, fc_units=32, classes=3, input_shape=(32, 32, 3))
+    bn = keras_vgg.build("A", batch_norm=True, **tiny)
+    bn.save(tmp_path / "bn.keras")
+    other = keras_vgg.build("A", **tiny)
+    other.record = other.record.replace(class_names=("p", "q", "r"))
+    other.save(tmp_path / "other.keras")
+    for source, mode, expected in (
+        ("bn.keras", "all_but_head", "set model.batch_norm = true, or init.partial = true"),
+        ("other.keras", "all", "init.mode = 'all' would rename them"),
+    ):
+        recipe = tiny_recipe(
+            tmp_path, name=source, model={"weights": str(tmp_path / source)},
+            data={"root": str(tmp_path / "train")}, init={"mode": mode},
+        )  # fmt: skip
+        plan = training.plan_fit(recipe)
+        assert plan.problem is not None and expected in plan.problem, plan.problem
+        assert not pathlib.Path(recipe.run_dir).exists()

@@ -147,11 +147,6 @@ def resolve_models(
             models, needs="classifier", preprocessing=preprocessing, command=command
         )
         if handle.kind == "artifact":
-            if preprocessing is not None:
-                raise ValueError(
-                    f"{handle.source}: an exported artifact carries its own preprocessing; "
-                    "--preprocessing is for Keras models without a record"
-                )
             return ExportedNet(handle.source, batch_size=batch_size)
         models = [handle]
     # Several nets are fused: Keras models only (an artifact runs alone).

@@ -117,10 +117,14 @@ def resolve_scales(scales: Sequence[int] | None, loaded: list[LoadedModel]) -> t
         train_scale = loaded[0].info.train_scale
         if train_scale is None:
             raise ValueError(
-                f"{loaded[0].name}: no training scale is known for this model (no "
-                "model_info.json); give the test scales, e.g. --scales 256,384,512"
+                f"{getattr(loaded[0], 'source', '') or loaded[0].name}: no training scale is "
+                "known for this model (its record has none); give the test scales, e.g. "
+                "--scales 256,384,512"
             )
-        scales = default_test_scales(train_scale)
+        crop = max(m.info.crop_size for m in loaded)
+        # Sec. 4.2's {S - 32, S, S + 32} keeps its scales of at least the crop (a net
+        # trained at S = crop has no S - 32 to test at).
+        scales = tuple(q for q in default_test_scales(train_scale) if q >= crop)
     if isinstance(scales, int):
         scales = (scales,)
     scales = tuple(dict.fromkeys(scales))

@@ -246,7 +246,7 @@ class Localizer:
             load_model(m, needs="localizer", command="Localizer") for m in localizers
         ]
         self.classifiers = [
-            load_model(m, preprocessing=preprocessing, command="Localizer (classifier)")
+            load_model(m, preprocessing=preprocessing, command="kvgg localize --classifier")
             for m in classifiers
         ]
         if not self.localizers or not self.classifiers:

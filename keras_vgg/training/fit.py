@@ -26,6 +26,7 @@ from keras_vgg import distribute, runs
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.augment import attach_device_input
 from keras_vgg.data import sources
+from keras_vgg.record import ModelRecord
 from keras_vgg.training.callbacks import RunKeeper
 from keras_vgg.training.data import TrainingData, open_sources, recipe_data
 from keras_vgg.training.schedule import Plateau
@@ -37,6 +38,7 @@ from keras_vgg.training.setup import (
     initialize,
     make_optimizer,
     multi_worker_workarounds,
+    open_init_source,
     run_record,
 )
 
@@ -168,6 +170,19 @@ def plan_fit(
             opened = open_sources(recipe, num_workers=dist.num_workers)
             steps = opened.steps_per_epoch
             count = len(opened.train) if isinstance(opened.train, sources.ImageSource) else None
+            # A local source (a pretrained name is fetched by the run, not by a dry run).
+            local = plan.init_source is not None and os.path.exists(plan.init_source)
+            if action != "resume" and local:
+                # The source against the run's model, as `initialize` will check it.
+                names = getattr(opened.train, "class_names", None)
+                classes = recipe.model.classes or (len(names) if names else None)
+                if classes:
+                    record = ModelRecord(
+                        crop_size=recipe.data.crop_size,
+                        class_names=tuple(names) if names else None,
+                    )
+                    model = build_model(recipe, classes, "float32", record=record)
+                    open_init_source(recipe, plan.init_source, model)
         except ValueError as exc:
             problem = str(exc).strip().splitlines()[0]
     return dataclasses.replace(plan, num_train_images=count, steps_per_epoch=steps, problem=problem)

@@ -136,24 +136,8 @@ def initialize(
     """
     if source_path is None:
         return []
-    check_init_source(recipe, source_path)
-    key = "model.weights" if recipe.model.weights is not None else "init.from_run"
-    try:
-        # The source's architecture comes from the file: a BN, narrower or other-headed
-        # source builds the model it fits; its record says what input it expects.
-        source = open_model(
-            source_path,
-            needs="any",
-            config=recipe.model.config,
-            preprocessing=recipe.init.preprocessing,
-            told_by="init.preprocessing = 'paper' | 'caffe' | 'torchvision'",
-            command="a fine-tuning source",
-        ).model
-    except (ValueError, NotImplementedError) as exc:
-        raise ValueError(f"{recipe.path}: {key}: {exc}") from None
+    source = open_init_source(recipe, source_path, model)
     run_record = record_of(model)
-    if recipe.init.mode != "a_layers" and not recipe.init.partial:
-        _check_source_fits(recipe, key, source_path, source, model)
     try:
         if recipe.init.mode == "a_layers":
             copied = initialize_from_a(source, model)
@@ -169,6 +153,52 @@ def initialize(
     # The run feeds its own input (RGB minus `mean`) whatever the source expected.
     attach_record(model, run_record)
     return copied
+
+
+def open_init_source(recipe, source_path: str, model: keras.Model) -> keras.Model:
+    """The model a run starts from, opened through the package's door and checked against
+    the run's model: what `initialize` copies from, and what `kvgg fit --dry-run` checks.
+
+    Args:
+        recipe: The recipe.
+        source_path: Its initial weights (`FitPlan.init_source`).
+        model: The run's model (its layers and record: class names).
+
+    Returns:
+        The source model.
+
+    Raises:
+        ValueError: one line naming the recipe and key: a missing or unreadable source, one
+            without a record and without `init.preprocessing`, a layer with nowhere to go
+            (without `init.partial`), or a head over other classes copied by `init.mode =
+            "all"`.
+    """
+    check_init_source(recipe, source_path)
+    key = "model.weights" if recipe.model.weights is not None else "init.from_run"
+    try:
+        # The source's architecture comes from the file: a BN, narrower or other-headed
+        # source builds the model it fits; its record says what input it expects.
+        source = open_model(
+            source_path,
+            needs="any",
+            config=recipe.model.config,
+            preprocessing=recipe.init.preprocessing,
+            told_by="init.preprocessing = 'paper' | 'caffe' | 'torchvision'",
+            command="a fine-tuning source",
+        ).model
+    except (ValueError, NotImplementedError) as exc:
+        raise ValueError(f"{recipe.path}: {key}: {exc}") from None
+    if recipe.init.mode != "a_layers" and not recipe.init.partial:
+        _check_source_fits(recipe, key, source_path, source, model)
+    if recipe.init.mode == "all":
+        theirs, ours = record_of(source).class_names, record_of(model).class_names
+        if theirs is not None and ours is not None and tuple(theirs) != tuple(ours):
+            raise ValueError(
+                f"{recipe.path}: {key}: {source_path}'s head predicts other classes "
+                f"({list(theirs)[:4]}...) than this run's data ({list(ours)[:4]}...): "
+                "init.mode = 'all' would rename them; set init.mode = 'all_but_head'"
+            )
+    return source
 
 
 def _check_source_fits(recipe, key: str, source_path: str, source, model) -> None:
