@@ -1048,7 +1048,7 @@ CATALOGUE += [
         "npz-garbage-transfer",
         _garbage_transfer,
         2,
-        r"^(?!.*allow_pickle)kvgg: error: .*garbage\.npz: not a \.npz archive \(not a readable zip",
+        r"^(?!.*allow_pickle)kvgg: error: .*garbage\.npz: not a \.npz archive \(truncated, or not a zip",
     ),
     Case(
         "npz-objects-transfer",
