@@ -199,7 +199,7 @@ _overwrite_option = click.option(
 )
 
 
-def _check_outputs(outputs, inputs, overwrite):
+def _check_outputs(outputs, inputs, overwrite, folder=False):
     """The output door (`keras_vgg.outputs.check_outputs`), before any model is loaded.
 
     Returns:
@@ -208,7 +208,7 @@ def _check_outputs(outputs, inputs, overwrite):
     from keras_vgg import outputs as outputs_lib
 
     outputs = [o for o in outputs if o is not None]
-    outputs_lib.check_outputs(outputs, inputs, overwrite=overwrite)
+    outputs_lib.check_outputs(outputs, inputs, overwrite=overwrite, folder=folder)
     return outputs
 
 
@@ -757,9 +757,7 @@ def export_command(
     with it. It is checked in its own runtime against the Keras model before it is
     written; the size and the agreement are printed.
     """
-    from keras_vgg import outputs as outputs_lib
-
-    outputs_lib.check_outputs([out], [model, calibration], folder=True)
+    _check_outputs([out], [model, calibration], False, folder=True)
     report = heavy("export").export_model(
         model,
         out,

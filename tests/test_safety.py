@@ -377,9 +377,7 @@ def test_dry_run_makes_every_check_the_run_makes(workdir, tmp_path):
     # A truncated state.npz: the file is named, nothing is trained or overwritten.
     code, out, err = invoke("fit", "--dry-run", corrupt)
     assert code == 2 and out == ""
-    assert err.startswith(
-        f"kvgg: error: {state_dir / runs.STATE}: not a readable run state ("
-    )
+    assert err.startswith(f"kvgg: error: {state_dir / runs.STATE}: not a readable run state (")
     assert err.rstrip().endswith("pass --overwrite to start again") and err.count("\n") == 1
     assert (state_dir / runs.STATE).read_bytes() == data[: len(data) // 2]
 
@@ -1673,9 +1671,7 @@ def test_a_bad_annotation_skips_its_image_and_the_rest_is_kept(tmp_path):
 
 
 def _bytes(path, data=b"someone's work"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
+    return type(path)(write(path, data))  # data_images.write, as a Path
 
 
 def _out_transfer_same(folder):

@@ -74,11 +74,6 @@ __all__ = [
 STRIDE = 32
 
 
-def _check_localizer(loaded: LoadedModel) -> str:
-    # The door refused anything else (`open_model(needs="localizer")`).
-    return loaded.info.box_mode
-
-
 def _body(model) -> list:
     layers = []
     for layer in model.layers:
@@ -163,7 +158,7 @@ def protocol_1_correct(
         An undecodable image counts as wrong (and is named in `box_set.bad`).
     """
     loaded = load_model(model, needs="localizer")
-    mode = _check_localizer(loaded)
+    mode = loaded.box_mode
     correct = np.zeros(len(box_set), bool)
     crops = localization_validation_dataset(
         box_set,
@@ -253,7 +248,7 @@ class Localizer:
             raise ValueError(
                 "protocol 2 needs at least one localisation and one classification net"
             )
-        self.modes = [_check_localizer(m) for m in self.localizers]
+        self.modes = [m.box_mode for m in self.localizers]
         # Pairs agree: fused classifiers, and each box net with the classifier that names
         # and rates its boxes (boxes of one class named by another's would be silent).
         for other in self.classifiers[1:]:
@@ -492,7 +487,7 @@ def evaluate_localization(
     if protocol not in (1, 2):
         raise ValueError(f"`protocol` must be 1 or 2. Received: protocol={protocol!r}")
     loaded = [load_model(m, needs="localizer") for m in localizers]
-    modes = [_check_localizer(m) for m in loaded]
+    modes = [m.box_mode for m in loaded]
     if scales is None:
         train_scale = loaded[0].info.train_scale
         scales = (train_scale.single_test_scale() if train_scale else 256,)
