@@ -26,7 +26,7 @@ demo-localize: $(STAMP)
 # files first (tests/conftest.py: LONGEST_FIRST).
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/ruff check keras_vgg tests benchmarks
+	$(BIN)/ruff check keras_vgg tests benchmarks scripts
 	$(BIN)/python -m pytest -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -36,12 +36,12 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check keras_vgg tests benchmarks
-	$(BIN)/ruff format --check keras_vgg tests benchmarks
+	$(BIN)/ruff check keras_vgg tests benchmarks scripts
+	$(BIN)/ruff format --check keras_vgg tests benchmarks scripts
 
 format: $(STAMP)
-	$(BIN)/ruff format keras_vgg tests benchmarks
-	$(BIN)/ruff check --fix keras_vgg tests benchmarks
+	$(BIN)/ruff format keras_vgg tests benchmarks scripts
+	$(BIN)/ruff check --fix keras_vgg tests benchmarks scripts
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/model_throughput.py
