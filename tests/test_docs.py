@@ -138,3 +138,21 @@ def test_the_checks_find_planted_lines(tmp_path):
         f"{page}:9: other.md#nowhere (no such heading)",
         f"{page}:10: #no-heading (no such heading)",
     ]
+
+
+def test_readme_is_a_short_guide():
+    """README.md: at most 350 lines; its first screen (60 lines) shows the picture, the
+    install, `make demo`, `make test` (the documented test command) and the three calls."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 350, len(lines)
+    first = "\n".join(lines[:60])
+    for shown in (
+        "![",
+        "pip install",
+        "make demo",
+        "make test",
+        'keras_vgg.build("E", weights=',
+        "kvgg fit recipes/d_jitter.toml",
+        "--multi-crop",
+    ):
+        assert shown in first, shown
