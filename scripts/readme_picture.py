@@ -6,11 +6,12 @@
 Left, a grid of held-out canvases of `kvgg demo localize`: for each, protocol 2's guess
 (`Localizer`: the SCR and PCR nets applied densely at Q and 2Q, their boxes merged, rated by
 the demo's classifier) for the canvas's own digit, drawn green when its IoU with the true
-box (thin white) is above `IOU_THRESHOLD`, red when not; the first canvases of the test set
-in order until `--right` right and `--wrong` wrong ones are found. Right, a row of held-out
-digits of `kvgg demo` (4, 5, 6 and 7, white paper between them) and the dense class-score
-map of the demo's classifier over it (`drawing.heatmaps`, what `kvgg predict --heatmap`
-writes), one panel per class. Public API only; paths are relative to the working folder.
+box (thin white) is above `IOU_THRESHOLD`, red when not: the test canvases taken one digit
+after another (the first 0, the first 1, ..., the second 0, ...) until `--right` right and
+`--wrong` wrong ones are found. Right, a row of held-out digits of `kvgg demo` (4, 5, 6 and
+7, white paper between them) and the dense class-score map of the demo's classifier over it
+(`drawing.heatmaps`, what `kvgg predict --heatmap` writes), one panel per class. Public API
+only; paths are relative to the working folder.
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ def canvas_panels(data: str, runs: str, right: int, wrong: int) -> list[Image.Im
         nets, [os.path.join(runs, "loc_demo_cls")], scales=[q, 2 * q], top=len(test.class_names)
     )
     found = {True: [], False: []}
-    for index, path in enumerate(test.files):
+    # The test canvases one class after another (the first of each digit, then the second
+    # ...), so that the grid shows every digit.
+    by_class = [[i for i, label in enumerate(test.labels) if label == c] for c in set(test.labels)]
+    order = [i for rank in zip(*by_class, strict=False) for i in rank]
+    for index in order:
+        path = test.files[index]
         if len(found[True]) >= right and len(found[False]) >= wrong:
             break
         pixels = np.asarray(Image.open(path).convert("RGB"))
@@ -135,8 +141,7 @@ def main() -> None:
     )
     picture.paste(left, (0, 0))
     picture.paste(right, (left.width + gap, 0))
-    # A palette of 256 colours: a third of the bytes, the boxes and maps unchanged to the eye.
-    picture = picture.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     picture.save(args.output, optimize=True)
     print(f"wrote {args.output} ({os.path.getsize(args.output) // 1024} KB)")
 
