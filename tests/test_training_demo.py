@@ -141,9 +141,10 @@ def test_kvgg_demo_prints_the_readme_block(tmp_path):
     text exactly (runs of spaces collapsed), the error percentages within 0.75 points (two of
     the 269 or 270 images: training takes a slightly different path on another CPU, e.g. one
     with AVX-512), the probabilities within 0.02, the best epoch, epochs and seconds not at
-    all. `python scripts/readme_demo_block.py` rewrites README's block from a fresh run.
+    all. The demo runs with `readme_demo_block.DEMO_ENV` (oneDNN on, as README says).
+    `python scripts/readme_demo_block.py` rewrites README's block from a fresh run.
     """
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **readme_demo_block.DEMO_ENV, "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
     result = subprocess.run(
         [
