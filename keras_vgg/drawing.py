@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from keras_vgg.arrays import to_numpy
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import load_model
 from keras_vgg.evaluation.metrics import softmax
-from keras_vgg.evaluation.protocols import single_test_scale, to_numpy
+from keras_vgg.evaluation.protocols import single_test_scale
 from keras_vgg.evaluation.scoring import ScoreNet
 from keras_vgg.files import atomic_write
 

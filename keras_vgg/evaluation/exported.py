@@ -18,10 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vgg import limits
+from keras_vgg.arrays import to_numpy
 from keras_vgg.artifacts import Runner, open_runner
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.metrics import fuse
-from keras_vgg.evaluation.protocols import as_image, to_numpy
+from keras_vgg.evaluation.protocols import as_image
 from keras_vgg.imagenet import preprocess_input
 
 __all__ = ["ExportedNet", "artifact_view"]

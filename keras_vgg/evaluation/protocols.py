@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tensorflow as tf
 
+from keras_vgg.arrays import to_numpy
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import LoadedModel
 from keras_vgg.evaluation.metrics import fuse
@@ -35,7 +36,6 @@ __all__ = [
     "row_keys",
     "row_posteriors",
     "single_test_scale",
-    "to_numpy",
 ]
 
 #: The single-network protocols, in the order of the paper's tables.
@@ -277,8 +277,3 @@ def as_image(image: Any) -> np.ndarray:
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"images must be (height, width, 3). Received: shape {array.shape}")
     return array
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    """A tensor (anything with `.numpy()`) or array-like as a NumPy array."""
-    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)

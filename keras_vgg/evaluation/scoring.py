@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vgg import limits
+from keras_vgg.arrays import to_numpy
 from keras_vgg.augment import device_preprocess
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import LoadedModel
@@ -392,14 +393,15 @@ def polymorphic_forward(
 
         def forward(batch):
             batch = pixel_batch(batch)
-            return _to_numpy(compiled[batch.dtype.type](tf.convert_to_tensor(batch)))
+            return _outputs_to_numpy(compiled[batch.dtype.type](tf.convert_to_tensor(batch)))
 
         return forward, compiled
-    return (lambda batch: _to_numpy(run(pixel_batch(batch)))), None
+    return (lambda batch: _outputs_to_numpy(run(pixel_batch(batch)))), None
 
 
-def _to_numpy(outputs):
-    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+def _outputs_to_numpy(outputs):
+    # A network's output: one tensor, or a list of them (further heads).
+    return keras.tree.map_structure(to_numpy, outputs)
 
 
 def dense_head(model: keras.Model, name: str | None = None) -> keras.Model:

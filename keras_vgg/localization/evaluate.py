@@ -35,13 +35,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vgg import runs
+from keras_vgg.arrays import to_numpy
 from keras_vgg.augment import device_preprocess
 from keras_vgg.data import check, transforms
 from keras_vgg.drawing import draw_boxes
 from keras_vgg.evaluation.loading import LoadedModel, load_model
 from keras_vgg.evaluation.metrics import softmax
 from keras_vgg.evaluation.prediction import check_top
-from keras_vgg.evaluation.protocols import as_image, to_numpy
+from keras_vgg.evaluation.protocols import as_image
 from keras_vgg.evaluation.scoring import ScoreNet, dense_head
 from keras_vgg.files import atomic_text
 from keras_vgg.handle import check_pair
