@@ -38,7 +38,8 @@ from keras_vgg.evaluation.protocols import predict_scale
 from keras_vgg.evaluation.scoring import DENSE_AVERAGES, ScoreNet
 from keras_vgg.files import WriteError, atomic_text, partial_path, remove_leftovers
 from keras_vgg.handle import rebuild_vgg
-from keras_vgg.imagenet import Preprocessing, preprocess_input
+from keras_vgg.imagenet import preprocess_input
+from keras_vgg.layers import InputPreprocessing
 from keras_vgg.record import describe
 from keras_vgg.scales import check_scales
 
@@ -67,28 +68,8 @@ _PACKAGES = {
 }
 
 
-class RecordPreprocessing(keras.layers.Layer):
-    """RGB pixels in [0, 255] (any dtype) to what a model's weights expect.
-
-    `keras_vgg.preprocess_input` with the record's `Preprocessing`, as a layer, so that an
-    exported graph holds it and no caller can feed the model wrongly.
-
-    Args:
-        preprocessing: The record's convention.
-    """
-
-    def __init__(self, preprocessing: Preprocessing, **kwargs):
-        super().__init__(**kwargs)
-        self.preprocessing = preprocessing
-
-    def call(self, images):
-        return preprocess_input(keras.ops.cast(images, "float32"), preprocessing=self.preprocessing)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "preprocessing": self.preprocessing.to_dict()}
+#: The old name of `keras_vgg.layers.InputPreprocessing` (the same layer, `input_range` 255).
+RecordPreprocessing = InputPreprocessing
 
 
 class WithFlips(keras.layers.Layer):
@@ -210,7 +191,7 @@ def serving_model(
     images = keras.Input(
         (side, side, 3), dtype=input if input == "uint8" else "float32", name="images"
     )
-    x = RecordPreprocessing(record.preprocessing)(images) if input == "uint8" else images
+    x = InputPreprocessing(record.preprocessing)(images) if input == "uint8" else images
     if protocol == "center":
         outputs = net(x)
     else:
