@@ -219,6 +219,27 @@ def test_predict_runs_an_artifact_like_the_keras_model(exported, models, photogr
         predict(runner.path, [folder], protocol="multi_crop")
 
 
+def test_score_net_and_exported_net_are_image_scorers(exported, models, rng):
+    import inspect
+
+    from keras_vgg.evaluation import ImageScorer, score_images
+
+    runner = exported("savedmodel", "D", "dense")
+    nets = [ScoreNet(models["D"]), ExportedNet(runner)]
+    assert all(isinstance(net, ImageScorer) for net in nets)
+    assert not isinstance(runner, ImageScorer)  # a Runner takes views, not raw images
+    signatures = {
+        str(inspect.signature(kind.predict)) for kind in (ImageScorer, ScoreNet, ExportedNet)
+    }
+    assert len(signatures) == 1, signatures
+    # Fusion takes either: the mean of each one's posteriors, and they agree here.
+    images = list(rng.integers(0, 256, size=(3, 40, 48, 3), dtype=np.uint8))
+    each = [net.predict(images, protocol="dense", scales=[CROP]) for net in nets]
+    np.testing.assert_allclose(each[0], each[1], atol=1e-4)
+    fused = score_images(nets, images, protocol="dense", scales=[CROP])
+    np.testing.assert_allclose(fused, (each[0] + each[1]) / 2, atol=1e-12)
+
+
 # === Bad input: one line, nothing left behind ===
 
 

@@ -60,6 +60,8 @@ def artifact_view(
 class ExportedNet:
     """An exported artifact, fed raw images through its protocol like a `ScoreNet`.
 
+    An `ImageScorer` (`keras_vgg.evaluation.protocols`), as `ScoreNet` is.
+
     Args:
         artifact: The artifact's folder (or .onnx / .tflite file), or an open `Runner`.
         batch_size: Most images per call of the artifact.

@@ -46,7 +46,8 @@ class ScoreNet:
 
     Sec. 3.2: the FC layers become convolutions (fc1 a 7x7 conv, fc2 and predictions 1x1
     convs), so the net runs on crops (a 1x1 score map) and on whole images alike. The net
-    stops before the final soft-max: dense evaluation may average scores before it.
+    stops before the final soft-max: dense evaluation may average scores before it. An
+    `ImageScorer` (`keras_vgg.evaluation.protocols`), as `ExportedNet` is.
 
     Args:
         model: A model from `keras_vgg.build(..., include_top=True)` (or loaded from a
