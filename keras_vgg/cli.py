@@ -708,6 +708,46 @@ def predict(
         sys.exit(1)
 
 
+def _or(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+class _LibraryHelp(click.Option):
+    """An option whose help text is read from the library when `--help` shows it (so that
+    the command line itself starts without Keras)."""
+
+    def __init__(self, *args, library_help, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._library_help = library_help
+
+    def get_help_record(self, ctx):
+        self.help = self._library_help()
+        return super().get_help_record(ctx)
+
+
+def _format_help() -> str:
+    """`--format`'s help: the rows of the table of formats (`artifacts.EXPORT_FORMATS`)."""
+    formats = heavy("artifacts").EXPORT_FORMATS
+    return _or(f"{name} ({row.description})" for name, row in formats.items()) + "."
+
+
+def _quantize_help() -> str:
+    """`--quantize`'s help: each quantisation and the formats that take it."""
+    artifacts = heavy("artifacts")
+    takers = {
+        q: [n for n, row in artifacts.EXPORT_FORMATS.items() if q in row.quantizations]
+        for q in artifacts.QUANTIZATIONS
+    }
+    return (
+        _or(
+            q if len(names) == len(artifacts.EXPORT_FORMATS) else f"{q} ({', '.join(names)})"
+            for q, names in takers.items()
+        )
+        + "."
+    )
+
+
 @main.command("export")
 @click.argument("model")
 @click.argument("out")
@@ -716,7 +756,8 @@ def predict(
     "format_",
     default="savedmodel",
     show_default=True,
-    help="savedmodel, onnx or litert.",
+    cls=_LibraryHelp,
+    library_help=_format_help,
 )
 @click.option(
     "--protocol",
@@ -732,7 +773,11 @@ def predict(
     help="uint8 (preprocessing inside) or float (bare network).",
 )
 @click.option(
-    "--quantize", default="none", show_default=True, help="none, float16 or int8 (onnx, litert)."
+    "--quantize",
+    default="none",
+    show_default=True,
+    cls=_LibraryHelp,
+    library_help=_quantize_help,
 )
 @click.option(
     "--calibration", default=None, help="Folder of images: int8 calibration and the check."
