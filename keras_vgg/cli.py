@@ -661,7 +661,6 @@ def predict(
         )
     except ImportError as exc:  # a .pth without the optional torch
         raise UserError(str(exc)) from None
-    _make_folders(heat_paths.values())
     if dense and multi_crop:
         protocol = "dense+multi_crop"
     else:
@@ -669,7 +668,8 @@ def predict(
     options = dict(
         top=top, protocol=protocol, scales=parsed_scales, flip=not no_flip, batch_size=batch_size
     )
-    # `images` as given: `files` lists what folders hold, dangling links included.
+    # `images` as given: `files` lists what folders hold, dangling links included. The
+    # heat maps' folders are made once the model is accepted.
     if heatmap is None:
         results, written = evaluation.predict(model, images, **options), []
     else:

@@ -25,6 +25,7 @@ from keras_vgg.evaluation.protocols import predict_scale
 from keras_vgg.evaluation.scoring import ScoreNet
 from keras_vgg.files import atomic_write
 from keras_vgg.handle import open_model
+from keras_vgg.outputs import make_folders
 
 __all__ = [
     "COLORS",
@@ -163,8 +164,8 @@ def predict_with_heatmaps(
 
     `keras_vgg.evaluation.predict`, then `heatmaps` (the top 3 classes, at the first of
     `scales`, else the model's default test scale) for every readable image, the model's
-    score net made once. An exported artifact is refused before any image is read: it
-    holds no dense score map.
+    score net made once. An exported artifact is refused before any image is read or any
+    folder made: it holds no dense score map.
 
     Args:
         model: A classifier (model, `.keras` file, run directory or `ModelHandle`).
@@ -192,6 +193,7 @@ def predict_with_heatmaps(
             f"{handle.source}: {handle.describe()}; --heatmap needs a Keras model (its dense "
             "score map): give the .keras file or run directory it was exported from"
         )
+    make_folders(outputs.values())  # the model accepted: nothing was made for a refused one
     results = predict(
         handle,
         paths,
