@@ -36,9 +36,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from keras_vgg import build  # noqa: E402
+from keras_vgg.arrays import to_numpy  # noqa: E402
 from keras_vgg.data import transforms  # noqa: E402
 from keras_vgg.evaluation import ScoreNet  # noqa: E402
-from keras_vgg.evaluation.protocols import to_numpy  # noqa: E402
 from keras_vgg.localization.evaluate import Localizer  # noqa: E402
 from keras_vgg.localization.network import build_localizer, localizer_from_classifier  # noqa: E402
 from keras_vgg.weights import HEAD_LAYERS  # noqa: E402

@@ -11,7 +11,7 @@ Public API::
 Names are imported when first used, so that `kvgg --version` does not pay for importing
 Keras. Where Keras is already imported (`import keras` before `import keras_vgg`, the order
 isort gives), importing the package registers its Keras classes (`VGG`, `RecordLayer`,
-`LocalResponseNormalization`, `MaxPooling2x2`, `WindowDense`) at once, so
+`LocalResponseNormalization`, `MaxPooling2x2`, `WindowDense`, `InputPreprocessing`) at once, so
 `keras.saving.load_model` reads a saved VGG;
 otherwise any use of `keras_vgg.build`, `keras_vgg.VGG` or the loaders registers them.
 """
@@ -39,6 +39,7 @@ _EXPORTS = {
     "LocalResponseNormalization": "keras_vgg.layers",
     "MaxPooling2x2": "keras_vgg.layers",
     "WindowDense": "keras_vgg.layers",
+    "InputPreprocessing": "keras_vgg.layers",
     "IMAGENET_MEAN": "keras_vgg.imagenet",
     "Preprocessing": "keras_vgg.imagenet",
     "preprocess_input": "keras_vgg.imagenet",

@@ -1,6 +1,10 @@
-"""Exported artifacts: their files, their metadata and a runner per format.
+"""Exported artifacts: the table of formats, their files, their metadata and runners.
 
-An artifact of `kvgg export` is a folder. What it holds per format:
+Every format is one row of `EXPORT_FORMATS` (an `ExportFormat`): its name, the files of its
+folder, where its metadata goes, the quantisations it takes, the packages it needs, its
+writer (the files from the serving model), its graph's inspection and its runner.
+`keras_vgg.export`, this module and `kvgg export` read the table: a format is added by
+adding a row. An artifact of `kvgg export` is a folder. What it holds per format:
 
 - "savedmodel": the folder is a TensorFlow SavedModel (signature `serving_default`); the
   metadata is `assets/keras_vgg_export.json`.
@@ -30,41 +34,46 @@ import importlib
 import mmap
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from keras_vgg import limits
+from keras_vgg.files import atomic_text
 from keras_vgg.imagenet import class_index
 from keras_vgg.record import ModelRecord
 
 __all__ = [
     "EXPORT_EXTRA",
+    "EXPORT_FORMATS",
     "FORMATS",
     "INPUTS",
     "METADATA_FILE",
+    "QUANTIZATIONS",
     "ONNX_DOMAINS",
     "SAVEDMODEL_OPS",
     "SAVER_OPS",
+    "ExportFormat",
     "ExportInfo",
     "GraphInterface",
+    "MetadataForm",
     "MissingExtra",
     "Runner",
     "artifact_file",
     "check_interface",
     "class_labels",
+    "export_format",
     "file_size",
     "inspect_graph",
     "is_artifact",
+    "metadata_file",
     "open_runner",
     "read_export_info",
     "require",
 ]
 
-#: The formats `kvgg export` writes.
-FORMATS: tuple[str, ...] = ("savedmodel", "onnx", "litert")
 #: What an artifact takes: "uint8" RGB images (the model's preprocessing inside the graph)
 #: or "float" images already preprocessed as the record says.
 INPUTS: tuple[str, ...] = ("uint8", "float")
@@ -74,20 +83,22 @@ METADATA_FILE = "keras_vgg_export.json"
 METADATA_KEY = "keras_vgg_export"
 #: The pip extra that installs every format's exporter and runtime.
 EXPORT_EXTRA = "keras-vgg[export]"
-# The model file of each format inside the artifact folder ("" : the folder itself).
-_MODEL_FILES = {"savedmodel": "", "onnx": "model.onnx", "litert": "model.tflite"}
+#: Post-training quantisations an artifact may have (each format takes some: its row's
+#: `quantizations`).
+QUANTIZATIONS: tuple[str, ...] = ("none", "float16", "int8")
 
 
 class MissingExtra(ValueError):
     """An optional package a format needs is not installed (names the pip extra)."""
 
 
-def require(module: str, what: str) -> Any:
+def require(module: str, what: str, extra: str = EXPORT_EXTRA) -> Any:
     """Imports an optional package, or says in one line which extra installs it.
 
     Args:
         module: The module to import (e.g. "onnxruntime").
         what: What needs it, for the message (e.g. "running an ONNX artifact").
+        extra: The pip extra that installs it.
 
     Returns:
         The module.
@@ -99,7 +110,7 @@ def require(module: str, what: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise MissingExtra(
-            f"{what} needs the package {module.split('.')[0]!r}: pip install '{EXPORT_EXTRA}'"
+            f"{what} needs the package {module.split('.')[0]!r}: pip install '{extra}'"
         ) from None
 
 
@@ -117,11 +128,11 @@ class ExportInfo:
     """What an exported artifact computes and what model it came from.
 
     Attributes:
-        format: One of `FORMATS`.
+        format: A name in `EXPORT_FORMATS`.
         protocol: "center" (crop_size x crop_size images) or "dense" (any height and width
             of at least crop_size; Sec. 3.2 spatial averaging and, with `flip`, flips).
         input: One of `INPUTS`.
-        quantize: "none", "float16" or "int8".
+        quantize: One of `QUANTIZATIONS`.
         flip: Whether a dense artifact averages each image with its horizontal flip.
         dense_average: Where a dense artifact averages its score map ("logits" or
             "softmax", as `keras_vgg.evaluation.ScoreNet`).
@@ -166,10 +177,10 @@ class ExportInfo:
         if not isinstance(data, Mapping):
             raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
         choices = {
-            "format": FORMATS,
+            "format": tuple(EXPORT_FORMATS),
             "protocol": ("center", "dense"),
             "input": INPUTS,
-            "quantize": ("none", "float16", "int8"),
+            "quantize": QUANTIZATIONS,
             "dense_average": ("logits", "softmax"),
         }
         for field, allowed in choices.items():
@@ -192,25 +203,30 @@ class ExportInfo:
 
 def artifact_file(folder: str | os.PathLike, format: str) -> Path:
     """The model file of a format inside an artifact folder (the folder for a SavedModel)."""
-    return Path(folder) / _MODEL_FILES[format]
+    return Path(folder) / export_format(format).model_file
 
 
 def _format_of(folder: Path) -> str | None:
-    if (folder / "saved_model.pb").is_file():
-        return "savedmodel"
-    for format in ("onnx", "litert"):
-        if artifact_file(folder, format).is_file():
-            return format
+    for name, row in EXPORT_FORMATS.items():
+        if (folder / row.marker).is_file():
+            return name
     return None
+
+
+def _not_an_artifact(path: Any) -> ValueError:
+    markers = [row.marker for row in EXPORT_FORMATS.values()]
+    named = ", ".join(markers[:-1]) + " or " + markers[-1] if len(markers) > 1 else markers[0]
+    return ValueError(f"{path}: not an exported model (no {named})")
 
 
 def _folder(path: str | os.PathLike) -> Path:
     path = Path(path)
-    return path.parent if path.is_file() and path.suffix in (".onnx", ".tflite") else path
+    suffixes = {Path(row.model_file).suffix for row in EXPORT_FORMATS.values() if row.model_file}
+    return path.parent if path.is_file() and path.suffix in suffixes else path
 
 
 def is_artifact(path: Any) -> bool:
-    """Whether `path` is an exported artifact (its folder, or its .onnx / .tflite file)."""
+    """Whether `path` is an exported artifact (its folder, or its model file)."""
     if not isinstance(path, (str, os.PathLike)):
         return False
     folder = _folder(path)
@@ -234,26 +250,9 @@ def read_export_info(path: str | os.PathLike) -> ExportInfo:
     folder = _folder(path)
     format = _format_of(folder) if folder.is_dir() else None
     if format is None:
-        raise ValueError(
-            f"{path}: not an exported model (no saved_model.pb, model.onnx or model.tflite)"
-        )
-    if format == "onnx":
-        onnx = require("onnx", "reading an ONNX artifact")
-        source = str(artifact_file(folder, format))
-        try:
-            proto = onnx.load(source, load_external_data=False)
-        except Exception as exc:  # noqa: BLE001 - any failure to parse is the file's fault
-            raise ValueError(f"{source}: cannot read the ONNX model: {exc}") from None
-        props = {p.key: p.value for p in proto.metadata_props}
-        if METADATA_KEY not in props:
-            raise ValueError(f"{source}: metadata_props hold no {METADATA_KEY!r}")
-        raw = props[METADATA_KEY]
-    else:
-        meta = folder / ("assets" if format == "savedmodel" else "") / METADATA_FILE
-        source = str(meta)
-        if not meta.is_file():
-            raise ValueError(f"{source}: missing (not exported by keras_vgg)")
-        raw = meta
+        raise _not_an_artifact(path)
+    row = EXPORT_FORMATS[format]
+    raw, source = row.metadata.read(folder)
     # Size and nesting bounded before parsing (a JSON bomb is one line naming the file).
     data = limits.load_json(raw, source)
     info = ExportInfo.from_dict(data, source=source)
@@ -329,7 +328,7 @@ def inspect_graph(path: str | os.PathLike, format: str | None = None) -> GraphIn
 
     Args:
         path: The artifact's folder (or its .onnx / .tflite file).
-        format: One of `FORMATS` (default: from the files).
+        format: A name in `EXPORT_FORMATS` (default: from the files).
 
     Returns:
         The graph's `GraphInterface` (one input, one output).
@@ -342,11 +341,9 @@ def inspect_graph(path: str | os.PathLike, format: str | None = None) -> GraphIn
     """
     folder = _folder(path)
     format = format or _format_of(folder)
-    if format not in FORMATS:
-        raise ValueError(
-            f"{path}: not an exported model (no saved_model.pb, model.onnx or model.tflite)"
-        )
-    return _INSPECTORS[format](folder)
+    if format not in EXPORT_FORMATS:
+        raise _not_an_artifact(path)
+    return EXPORT_FORMATS[format].inspect(folder)
 
 
 def check_interface(info: ExportInfo, graph: GraphInterface, source: str) -> None:
@@ -592,11 +589,10 @@ def _litert_interface(schema: Any, model: Any, file: Path) -> GraphInterface:
     return GraphInterface(kind, shape, out)
 
 
-_INSPECTORS = {"savedmodel": _inspect_savedmodel, "onnx": _inspect_onnx, "litert": _inspect_litert}
-
-
 class Runner:
     """An exported artifact loaded in its own runtime: a batch of images to posteriors.
+
+    A format's runner (its row's `runner`) subclasses it and implements `run`.
 
     Attributes:
         info: The artifact's `ExportInfo`.
@@ -628,9 +624,10 @@ class Runner:
             float32 (batch, classes) posteriors.
         """
         images = np.ascontiguousarray(np.asarray(images).astype(self.input_dtype()))
-        return np.asarray(self._run(images), dtype=np.float32)
+        return np.asarray(self.run(images), dtype=np.float32)
 
-    def _run(self, images: np.ndarray) -> np.ndarray:
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """The runtime on a batch already in `input_dtype` (what a format implements)."""
         raise NotImplementedError
 
 
@@ -652,7 +649,7 @@ class _SavedModelRunner(Runner):
         with _loading(path / "saved_model.pb", "TensorFlow"):
             self._fn = tf.saved_model.load(str(path)).signatures["serving_default"]
 
-    def _run(self, images):
+    def run(self, images):
         (out,) = self._fn(self._tf.constant(images)).values()
         return out.numpy()
 
@@ -666,7 +663,7 @@ class _OnnxRunner(Runner):
             self._session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
 
-    def _run(self, images):
+    def run(self, images):
         return self._session.run(None, {self._input: images})[0]
 
 
@@ -682,12 +679,9 @@ class _LiteRTRunner(Runner):
         (signature,) = self._interpreter.get_signature_list().values()
         self._input = signature["inputs"][0]
 
-    def _run(self, images):
+    def run(self, images):
         (out,) = self._runner(**{self._input: images}).values()
         return out
-
-
-_RUNNERS = {"savedmodel": _SavedModelRunner, "onnx": _OnnxRunner, "litert": _LiteRTRunner}
 
 
 def open_runner(path: str | os.PathLike) -> Runner:
@@ -705,7 +699,7 @@ def open_runner(path: str | os.PathLike) -> Runner:
         MissingExtra: if the format's runtime is not installed.
     """
     info = read_export_info(path)
-    return _RUNNERS[info.format](_folder(path), info)
+    return EXPORT_FORMATS[info.format].runner(_folder(path), info)
 
 
 def file_size(path: str | os.PathLike) -> int:
@@ -714,3 +708,247 @@ def file_size(path: str | os.PathLike) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# === Writing each format (from the serving model of `keras_vgg.export.serving_model`) ===
+
+
+def _write_savedmodel(serving: Any, folder: Path, info: ExportInfo, feed, verbose: bool) -> None:
+    # Keras writes into an empty or new folder: the temporary one is replaced.
+    folder.rmdir()
+    serving.export(str(folder), format="tf_saved_model", verbose=verbose)
+
+
+def _write_onnx(serving: Any, folder: Path, info: ExportInfo, feed, verbose: bool) -> None:
+    onnx = require("onnx", "the onnx format")
+    target = artifact_file(folder, "onnx")
+    float_file = folder / "float32.onnx"
+    serving.export(str(float_file), format="onnx", verbose=verbose)
+    if info.quantize == "float16":
+        float16 = require("onnxruntime.transformers.float16", "float16 quantisation")
+        proto = float16.convert_float_to_float16(onnx.load(str(float_file)), keep_io_types=True)
+        onnx.save(proto, str(target))
+    elif info.quantize == "int8":
+        quantization = require("onnxruntime.quantization", "int8 quantisation")
+        quantization.quantize_static(
+            str(float_file),
+            str(target),
+            _onnx_calibration(quantization, float_file, feed),
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+        )
+    else:
+        float_file.rename(target)
+    if float_file.exists():
+        float_file.unlink()
+
+
+def _onnx_calibration(quantization: Any, float_file: Path, feed: np.ndarray) -> Any:
+    ort = require("onnxruntime", "int8 quantisation")
+    name = (
+        ort.InferenceSession(str(float_file), providers=["CPUExecutionProvider"])
+        .get_inputs()[0]
+        .name
+    )
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter([{name: feed[i : i + 1]} for i in range(len(feed))])
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    return Reader()
+
+
+def _write_litert(serving: Any, folder: Path, info: ExportInfo, feed, verbose: bool) -> None:
+    tf = require("tensorflow", "the litert format")
+    options: dict[str, Any] = {}
+    if info.quantize != "none":
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    if info.quantize == "float16":
+        options["target_spec"] = {"supported_types": [tf.float16]}
+    elif info.quantize == "int8":
+        options["representative_dataset"] = lambda: ([feed[i : i + 1]] for i in range(len(feed)))
+    serving.export(
+        str(artifact_file(folder, "litert")), format="litert", verbose=verbose, **options
+    )
+
+
+# === The metadata's forms ===
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataForm:
+    """Where a format keeps its metadata (`ExportInfo` as JSON text).
+
+    Attributes:
+        where: Where it is, for people (docs, messages).
+        read: folder -> (the JSON: its file or its text, for `limits.load_json`; how errors
+            name it).
+        write: (folder, JSON text) -> None, once the writer has written the model files.
+    """
+
+    where: str
+    read: Callable[[Path], tuple[Any, str]]
+    write: Callable[[Path, str], None]
+
+
+def metadata_file(relative: str) -> MetadataForm:
+    """The metadata as a JSON file at `relative` inside the artifact's folder."""
+
+    def read(folder: Path) -> tuple[Any, str]:
+        meta = folder / relative
+        if not meta.is_file():
+            raise ValueError(f"{meta}: missing (not exported by keras_vgg)")
+        return meta, str(meta)
+
+    def write(folder: Path, text: str) -> None:
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        atomic_text(folder / relative, text)
+
+    return MetadataForm(relative, read, write)
+
+
+def _read_onnx_metadata(folder: Path) -> tuple[Any, str]:
+    onnx = require("onnx", "reading an ONNX artifact")
+    source = str(artifact_file(folder, "onnx"))
+    try:
+        proto = onnx.load(source, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is the file's fault
+        raise ValueError(f"{source}: cannot read the ONNX model: {exc}") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise ValueError(f"{source}: metadata_props hold no {METADATA_KEY!r}")
+    return props[METADATA_KEY], source
+
+
+def _write_onnx_metadata(folder: Path, text: str) -> None:
+    onnx = require("onnx", "the onnx format")
+    target = artifact_file(folder, "onnx")
+    proto = onnx.load(str(target))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, text
+    onnx.save(proto, str(target))
+
+
+# === The table of formats ===
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportFormat:
+    """One export format: everything `kvgg export`, the checks and the runners know of it.
+
+    Attributes:
+        name: The format's name (`--format`, `ExportInfo.format`).
+        description: What it is and what runs it, for people (`kvgg export --help`).
+        model_file: The model file inside the artifact's folder ("": the folder itself).
+        marker: The file whose presence says a folder is an artifact of this format.
+        metadata: Where its metadata goes (`MetadataForm`).
+        quantizations: The `QUANTIZATIONS` it takes ("none" first).
+        packages: The optional packages writing and running it need (each checked with
+            `require` before any work).
+        extra: The pip extra that installs them.
+        float32_only: Its converter takes float32 graphs only (a mixed-precision model is
+            rebuilt in float32 first).
+        write: (serving model, empty folder, `ExportInfo`, calibration batch, verbose) ->
+            None: writes the model files (the metadata is written after, by `metadata`).
+        inspect: folder -> `GraphInterface`: the graph checked before any runtime loads it
+            (`inspect_graph`).
+        runner: (folder, `ExportInfo`) -> `Runner`: the artifact in its runtime.
+    """
+
+    name: str
+    description: str
+    model_file: str
+    marker: str
+    metadata: MetadataForm
+    quantizations: tuple[str, ...]
+    packages: tuple[str, ...]
+    extra: str
+    float32_only: bool
+    write: Callable[[Any, Path, ExportInfo, np.ndarray, bool], None]
+    inspect: Callable[[Path], GraphInterface]
+    runner: Callable[[Path, ExportInfo], Runner]
+
+    def check_quantize(self, quantize: str) -> None:
+        """Refuses a quantisation this format does not take (one line naming those that do).
+
+        Raises:
+            ValueError: for another quantisation than the format's.
+        """
+        if quantize not in QUANTIZATIONS:
+            raise ValueError(f"unknown quantize {quantize!r}: one of {', '.join(QUANTIZATIONS)}")
+        if quantize not in self.quantizations:
+            takers = [n for n, row in EXPORT_FORMATS.items() if quantize in row.quantizations]
+            named = " and ".join(
+                [", ".join(takers[:-1]), takers[-1]] if len(takers) > 1 else takers
+            )
+            raise ValueError(f"quantize {quantize!r} is for the {named} formats")
+
+
+#: The export formats, one row each, in the order `kvgg export --help` lists them (and
+#: artifacts are recognised: the first row whose `marker` a folder holds).
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "savedmodel": ExportFormat(
+        name="savedmodel",
+        description="a TensorFlow SavedModel, TF Serving",
+        model_file="",
+        marker="saved_model.pb",
+        metadata=metadata_file(f"assets/{METADATA_FILE}"),
+        quantizations=("none",),
+        packages=(),
+        extra=EXPORT_EXTRA,
+        float32_only=False,
+        write=_write_savedmodel,
+        inspect=_inspect_savedmodel,
+        runner=_SavedModelRunner,
+    ),
+    "onnx": ExportFormat(
+        name="onnx",
+        description="model.onnx, ONNX Runtime",
+        model_file="model.onnx",
+        marker="model.onnx",
+        metadata=MetadataForm(
+            f"model.onnx metadata_props[{METADATA_KEY!r}]",
+            _read_onnx_metadata,
+            _write_onnx_metadata,
+        ),
+        quantizations=QUANTIZATIONS,
+        packages=("tf2onnx", "onnx", "onnxruntime"),
+        extra=EXPORT_EXTRA,
+        float32_only=True,
+        write=_write_onnx,
+        inspect=_inspect_onnx,
+        runner=_OnnxRunner,
+    ),
+    "litert": ExportFormat(
+        name="litert",
+        description="model.tflite, LiteRT",
+        model_file="model.tflite",
+        marker="model.tflite",
+        metadata=metadata_file(METADATA_FILE),
+        quantizations=QUANTIZATIONS,
+        packages=("ai_edge_litert",),
+        extra=EXPORT_EXTRA,
+        float32_only=True,
+        write=_write_litert,
+        inspect=_inspect_litert,
+        runner=_LiteRTRunner,
+    ),
+}
+#: The names of the built-in formats (`EXPORT_FORMATS`' rows).
+FORMATS: tuple[str, ...] = tuple(EXPORT_FORMATS)
+
+
+def export_format(name: str) -> ExportFormat:
+    """The row of `EXPORT_FORMATS` named `name`.
+
+    Raises:
+        ValueError: one line naming the formats, for an unknown name.
+    """
+    if name not in EXPORT_FORMATS:
+        raise ValueError(f"unknown format {name!r}: one of {', '.join(EXPORT_FORMATS)}")
+    return EXPORT_FORMATS[name]

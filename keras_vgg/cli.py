@@ -661,25 +661,21 @@ def predict(
         )
     except ImportError as exc:  # a .pth without the optional torch
         raise UserError(str(exc)) from None
-    if heatmap is not None and model.kind == "artifact":
-        raise UserError(
-            f"{model.source}: {model.describe()}; --heatmap needs a Keras model (its dense "
-            "score map): give the .keras file or run directory it was exported from"
-        )
-    _make_folders(heat_paths.values())
     if dense and multi_crop:
         protocol = "dense+multi_crop"
     else:
         protocol = "dense" if dense else "multi_crop" if multi_crop else "center"
-    results = evaluation.predict(
-        model,
-        images,  # as given: `files` lists what folders hold, dangling links included
-        top=top,
-        protocol=protocol,
-        scales=parsed_scales,
-        flip=not no_flip,
-        batch_size=batch_size,
+    options = dict(
+        top=top, protocol=protocol, scales=parsed_scales, flip=not no_flip, batch_size=batch_size
     )
+    # `images` as given: `files` lists what folders hold, dangling links included. The
+    # heat maps' folders are made once the model is accepted.
+    if heatmap is None:
+        results, written = evaluation.predict(model, images, **options), []
+    else:
+        results, written = heavy("drawing").predict_with_heatmaps(
+            model, images, heat_paths, **options
+        )
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
     else:
@@ -690,22 +686,52 @@ def predict(
                     label = name if class_id == name else f"{class_id} {name}"
                     click.echo(f"  {probability:.4f}  {label}")
     failed = [r for r in results if r.error is not None]
-    if heatmap is not None:
-        drawing, loc_evaluate = heavy("drawing", "localization.evaluate")
-        for r in results:
-            if r.error is None:
-                out = heat_paths[r.path]
-                drawing.heatmaps(
-                    model,
-                    loc_evaluate.read_image(r.path),
-                    out,
-                    scale=parsed_scales[0] if parsed_scales else None,
-                )
-                click.echo(f"wrote {out}", err=True)
+    for out in written:
+        click.echo(f"wrote {out}", err=True)
     for r in failed:
         click.echo(f"kvgg: skipped unreadable image: {r.path}: {r.error}", err=True)
     if failed:
         sys.exit(1)
+
+
+def _or(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+class _LibraryHelp(click.Option):
+    """An option whose help text is read from the library when `--help` shows it (so that
+    the command line itself starts without Keras)."""
+
+    def __init__(self, *args, library_help, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._library_help = library_help
+
+    def get_help_record(self, ctx):
+        self.help = self._library_help()
+        return super().get_help_record(ctx)
+
+
+def _format_help() -> str:
+    """`--format`'s help: the rows of the table of formats (`artifacts.EXPORT_FORMATS`)."""
+    formats = heavy("artifacts").EXPORT_FORMATS
+    return _or(f"{name} ({row.description})" for name, row in formats.items()) + "."
+
+
+def _quantize_help() -> str:
+    """`--quantize`'s help: each quantisation and the formats that take it."""
+    artifacts = heavy("artifacts")
+    takers = {
+        q: [n for n, row in artifacts.EXPORT_FORMATS.items() if q in row.quantizations]
+        for q in artifacts.QUANTIZATIONS
+    }
+    return (
+        _or(
+            q if len(names) == len(artifacts.EXPORT_FORMATS) else f"{q} ({', '.join(names)})"
+            for q, names in takers.items()
+        )
+        + "."
+    )
 
 
 @main.command("export")
@@ -716,7 +742,8 @@ def predict(
     "format_",
     default="savedmodel",
     show_default=True,
-    help="savedmodel, onnx or litert.",
+    cls=_LibraryHelp,
+    library_help=_format_help,
 )
 @click.option(
     "--protocol",
@@ -732,7 +759,11 @@ def predict(
     help="uint8 (preprocessing inside) or float (bare network).",
 )
 @click.option(
-    "--quantize", default="none", show_default=True, help="none, float16 or int8 (onnx, litert)."
+    "--quantize",
+    default="none",
+    show_default=True,
+    cls=_LibraryHelp,
+    library_help=_quantize_help,
 )
 @click.option(
     "--calibration", default=None, help="Folder of images: int8 calibration and the check."
@@ -857,17 +888,10 @@ def localize_predict(
     import json
 
     parsed = _parse_scales(scales)
-    evaluation, protocols, evaluate_lib, outputs_lib = heavy(
-        "evaluation", "evaluation.protocols", "localization.evaluate", "outputs"
-    )
+    evaluation, evaluate_lib, outputs_lib = heavy("evaluation", "localization.evaluate", "outputs")
     files = evaluation.image_files(images)
     drawn = outputs_lib.per_image_outputs(files, draw, "_boxes.png") if draw else {}
     _check_outputs(drawn.values(), [*files, *models, *classifiers], overwrite)
-    if parsed is None:
-        train_scale = evaluation.load_model(
-            models[0], needs="localizer", command="kvgg localize predict"
-        ).info.train_scale
-        parsed = (protocols.single_test_scale(train_scale) if train_scale else 256,)
     localizer = evaluate_lib.Localizer(
         models, classifiers, scales=parsed, top=top, preprocessing=model_preprocessing
     )

@@ -2,27 +2,39 @@
 
 `draw_boxes` draws (label, box) pairs onto a copy of an image (`kvgg localize predict
 --draw`); `heatmaps` lays the dense class score map of a classifier's top classes over the
-image (`kvgg predict --heatmap`): the map of dense evaluation itself (Sec. 3.2, the
-`ScoreNet`), no extra model. Every PNG is written atomically.
+image: the map of dense evaluation itself (Sec. 3.2, the `ScoreNet`), no extra model;
+`predict_with_heatmaps` is `kvgg predict --heatmap` (the top classes of image files, and a
+heat map of each). Every PNG is written atomically.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from keras_vgg.data import transforms
+from keras_vgg.arrays import to_numpy
+from keras_vgg.data import decoding, transforms
 from keras_vgg.evaluation.loading import load_model
 from keras_vgg.evaluation.metrics import softmax
-from keras_vgg.evaluation.protocols import single_test_scale, to_numpy
+from keras_vgg.evaluation.prediction import Prediction, predict
+from keras_vgg.evaluation.protocols import predict_scale
 from keras_vgg.evaluation.scoring import ScoreNet
 from keras_vgg.files import atomic_write
+from keras_vgg.handle import open_model
+from keras_vgg.outputs import make_folders
 
-__all__ = ["COLORS", "MIN_DRAWN_SIDE", "draw_boxes", "heatmaps", "save_png"]
+__all__ = [
+    "COLORS",
+    "MIN_DRAWN_SIDE",
+    "draw_boxes",
+    "heatmaps",
+    "predict_with_heatmaps",
+    "save_png",
+]
 
 #: Images with a shorter side are drawn enlarged by a whole factor to at least this side.
 MIN_DRAWN_SIDE = 256
@@ -103,8 +115,12 @@ def heatmaps(
     """
     loaded = load_model(model, needs="keras", preprocessing=preprocessing, command="heat maps")
     net = ScoreNet(loaded.model, preprocessing=loaded.info.preprocessing)
+    return _heatmap(net, loaded, pixels, path, top, scale)
+
+
+def _heatmap(net: ScoreNet, loaded: Any, pixels, path, top: int, scale: int | None):
     if scale is None:
-        scale = single_test_scale(loaded.info.train_scale) if loaded.info.train_scale else 256
+        scale = predict_scale(loaded.info.train_scale)
     rescaled = to_numpy(transforms.rescaled_view(np.asarray(pixels), scale))
     scores = net.score_maps(rescaled[None])
     posterior = net.pool(scores)[0]
@@ -130,3 +146,70 @@ def heatmaps(
         sheet.paste(panel, (k * image.width, 0))
     save_png(sheet, path)
     return found
+
+
+def predict_with_heatmaps(
+    model: Any,
+    paths: Sequence[str | os.PathLike],
+    outputs: Mapping[str, str | os.PathLike],
+    *,
+    top: int = 5,
+    protocol: str = "center",
+    scales: Sequence[int] | None = None,
+    flip: bool = True,
+    batch_size: int = 32,
+    preprocessing: Any = None,
+) -> tuple[list[Prediction], list[str]]:
+    """`kvgg predict --heatmap`: the top classes of image files, and a heat map of each.
+
+    `keras_vgg.evaluation.predict`, then `heatmaps` (the top 3 classes, at the first of
+    `scales`, else the model's default test scale) for every readable image, the model's
+    score net made once. An exported artifact is refused before any image is read or any
+    folder made: it holds no dense score map.
+
+    Args:
+        model: A classifier (model, `.keras` file, run directory or `ModelHandle`).
+        paths: Image files and folders (`keras_vgg.evaluation.image_files`).
+        outputs: Image file -> its PNG (`keras_vgg.outputs.per_image_outputs`), for every
+            file `paths` names.
+        top: As `predict`.
+        protocol: As `predict`.
+        scales: As `predict`.
+        flip: As `predict`.
+        batch_size: As `predict`.
+        preprocessing: As `predict`.
+
+    Returns:
+        (one `Prediction` per file, the PNGs written in order).
+
+    Raises:
+        ValueError: for an artifact, and as `predict`.
+    """
+    handle = open_model(
+        model, needs="classifier", preprocessing=preprocessing, command="kvgg predict"
+    )
+    if handle.kind == "artifact":
+        raise ValueError(
+            f"{handle.source}: {handle.describe()}; --heatmap needs a Keras model (its dense "
+            "score map): give the .keras file or run directory it was exported from"
+        )
+    make_folders(outputs.values())  # the model accepted: nothing was made for a refused one
+    results = predict(
+        handle,
+        paths,
+        top=top,
+        protocol=protocol,
+        scales=scales,
+        flip=flip,
+        batch_size=batch_size,
+    )
+    loaded = load_model(handle, needs="keras", command="heat maps")
+    net = ScoreNet(loaded.model, preprocessing=loaded.info.preprocessing)
+    written = []
+    for result in results:
+        if result.error is None:
+            pixels = decoding.read_image(result.path)
+            out = os.fspath(outputs[result.path])
+            _heatmap(net, loaded, pixels, out, 3, scales[0] if scales else None)
+            written.append(out)
+    return results, written

@@ -19,7 +19,6 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vgg import artifacts
-from keras_vgg.artifacts import FORMATS, INPUTS, ExportInfo, class_labels, require
+from keras_vgg.artifacts import INPUTS, QUANTIZATIONS, ExportInfo, class_labels, require
 from keras_vgg.data import decoding
 from keras_vgg.data.sources import ImageSource
 from keras_vgg.evaluation.exported import ExportedNet, artifact_view
@@ -36,9 +35,10 @@ from keras_vgg.evaluation.loading import load_model
 from keras_vgg.evaluation.prediction import image_files
 from keras_vgg.evaluation.protocols import predict_scale
 from keras_vgg.evaluation.scoring import DENSE_AVERAGES, ScoreNet
-from keras_vgg.files import WriteError, atomic_text, partial_path, remove_leftovers
+from keras_vgg.files import WriteError, partial_path, remove_leftovers
 from keras_vgg.handle import rebuild_vgg
-from keras_vgg.imagenet import Preprocessing, preprocess_input
+from keras_vgg.imagenet import preprocess_input
+from keras_vgg.layers import InputPreprocessing
 from keras_vgg.record import describe
 from keras_vgg.scales import check_scales
 
@@ -55,40 +55,10 @@ __all__ = [
 
 #: The protocols an artifact computes (Sec. 3.2).
 EXPORT_PROTOCOLS: tuple[str, ...] = ("center", "dense")
-#: Post-training quantisations (ONNX and LiteRT).
-QUANTIZATIONS: tuple[str, ...] = ("none", "float16", "int8")
-# Keras's name of each format (`keras.Model.export(format=...)`).
-_KERAS_FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
-# The packages each format needs to be written and run.
-_PACKAGES = {
-    "savedmodel": (),
-    "onnx": ("tf2onnx", "onnx", "onnxruntime"),
-    "litert": ("ai_edge_litert",),
-}
 
 
-class RecordPreprocessing(keras.layers.Layer):
-    """RGB pixels in [0, 255] (any dtype) to what a model's weights expect.
-
-    `keras_vgg.preprocess_input` with the record's `Preprocessing`, as a layer, so that an
-    exported graph holds it and no caller can feed the model wrongly.
-
-    Args:
-        preprocessing: The record's convention.
-    """
-
-    def __init__(self, preprocessing: Preprocessing, **kwargs):
-        super().__init__(**kwargs)
-        self.preprocessing = preprocessing
-
-    def call(self, images):
-        return preprocess_input(keras.ops.cast(images, "float32"), preprocessing=self.preprocessing)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "preprocessing": self.preprocessing.to_dict()}
+#: The old name of `keras_vgg.layers.InputPreprocessing` (the same layer, `input_range` 255).
+RecordPreprocessing = InputPreprocessing
 
 
 class WithFlips(keras.layers.Layer):
@@ -210,7 +180,7 @@ def serving_model(
     images = keras.Input(
         (side, side, 3), dtype=input if input == "uint8" else "float32", name="images"
     )
-    x = RecordPreprocessing(record.preprocessing)(images) if input == "uint8" else images
+    x = InputPreprocessing(record.preprocessing)(images) if input == "uint8" else images
     if protocol == "center":
         outputs = net(x)
     else:
@@ -288,10 +258,11 @@ def export_model(
     Args:
         model: A model with its FC head and record, a `.keras` file or a run directory.
         out: The artifact's folder; must not exist.
-        format: One of `keras_vgg.artifacts.FORMATS`.
+        format: A format of the table `keras_vgg.artifacts.EXPORT_FORMATS`.
         protocol: One of `EXPORT_PROTOCOLS` (see `serving_model`).
         input: One of `keras_vgg.artifacts.INPUTS` (see `serving_model`).
-        quantize: One of `QUANTIZATIONS`; "float16" and "int8" for "onnx" and "litert".
+        quantize: One of `QUANTIZATIONS` that the format takes (its row's
+            `quantizations`: "float16" and "int8" for "onnx" and "litert").
         calibration: A folder of images: int8 is calibrated on them (required for int8),
             and the check runs on them.
         scale: The test scale Q the calibration images are rescaled to (default: Table 3's
@@ -310,21 +281,20 @@ def export_model(
             record, a calibration folder without a readable image; `MissingExtra` (a
             ValueError) naming the pip extra for a missing package.
     """
-    _check_choice("format", format, FORMATS)
+    row = artifacts.export_format(format)
     _check_choice("quantize", quantize, QUANTIZATIONS)
     if scale is not None:
         check_scales([scale], None, "scale")  # the upper bound, before the model is read
-    if quantize != "none" and format == "savedmodel":
-        raise ValueError(f"quantize {quantize!r} is for the onnx and litert formats")
+    row.check_quantize(quantize)
     if quantize == "int8" and calibration is None:
         raise ValueError("quantize 'int8' needs a calibration folder of images")
-    for package in _PACKAGES[format]:
-        require(package, f"the {format} format")
+    for package in row.packages:
+        require(package, f"the {format} format", row.extra)
     out = Path(out)
     if out.exists():
         raise ValueError(f"{out}: already exists; choose another path or remove it")
     loaded = load_model(model, needs="keras", preprocessing=preprocessing, command="kvgg export")
-    if loaded.dtype != "float32" and format != "savedmodel":
+    if loaded.dtype != "float32" and row.float32_only:
         # ONNX and LiteRT converters take float32 graphs: the same VGG in float32 (its
         # variables are float32 already under a mixed policy).
         try:
@@ -370,7 +340,8 @@ def export_model(
         # Called first: Keras's ONNX exporter refuses a model that was never called.
         expected = serving.predict(feed, batch_size=8, verbose=0)
         try:
-            _WRITERS[format](serving, tmp, info, feed, verbose)
+            row.write(serving, tmp, info, feed, verbose)
+            row.metadata.write(tmp, _metadata_json(info))
         except (OSError, tf.errors.OpError) as exc:
             raise _write_error(out, exc) from None
         net = ExportedNet(tmp)
@@ -438,83 +409,6 @@ def _rename_new(tmp: Path, out: Path) -> None:
         if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
             raise appeared from None
         raise
-
-
-def _write_savedmodel(serving, folder: Path, info: ExportInfo, feed, verbose) -> None:
-    # Keras writes into an empty or new folder: the temporary one is replaced.
-    folder.rmdir()
-    serving.export(str(folder), format="tf_saved_model", verbose=verbose)
-    (folder / "assets").mkdir(exist_ok=True)
-    atomic_text(folder / "assets" / artifacts.METADATA_FILE, _metadata_json(info))
-
-
-def _write_onnx(serving, folder: Path, info: ExportInfo, feed, verbose) -> None:
-    onnx = require("onnx", "the onnx format")
-    target = artifacts.artifact_file(folder, "onnx")
-    float_file = folder / "float32.onnx"
-    serving.export(str(float_file), format="onnx", verbose=verbose)
-    if info.quantize == "float16":
-        float16 = require("onnxruntime.transformers.float16", "float16 quantisation")
-        proto = float16.convert_float_to_float16(onnx.load(str(float_file)), keep_io_types=True)
-        onnx.save(proto, str(target))
-    elif info.quantize == "int8":
-        quantization = require("onnxruntime.quantization", "int8 quantisation")
-        quantization.quantize_static(
-            str(float_file),
-            str(target),
-            _onnx_calibration(quantization, float_file, feed),
-            quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=quantization.QuantType.QUInt8,
-            weight_type=quantization.QuantType.QInt8,
-        )
-    else:
-        float_file.rename(target)
-    if float_file.exists():
-        float_file.unlink()
-    proto = onnx.load(str(target))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = artifacts.METADATA_KEY, _metadata_json(info)
-    onnx.save(proto, str(target))
-
-
-def _onnx_calibration(quantization, float_file: Path, feed: np.ndarray):
-    import onnxruntime
-
-    name = (
-        onnxruntime.InferenceSession(str(float_file), providers=["CPUExecutionProvider"])
-        .get_inputs()[0]
-        .name
-    )
-
-    class Reader(quantization.CalibrationDataReader):
-        def __init__(self):
-            self._batches = iter([{name: feed[i : i + 1]} for i in range(len(feed))])
-
-        def get_next(self):
-            return next(self._batches, None)
-
-    return Reader()
-
-
-def _write_litert(serving, folder: Path, info: ExportInfo, feed, verbose) -> None:
-    options: dict[str, Any] = {}
-    if info.quantize != "none":
-        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
-    if info.quantize == "float16":
-        options["target_spec"] = {"supported_types": [tf.float16]}
-    elif info.quantize == "int8":
-        options["representative_dataset"] = lambda: ([feed[i : i + 1]] for i in range(len(feed)))
-    target = artifacts.artifact_file(folder, "litert")
-    serving.export(str(target), format="litert", verbose=verbose, **options)
-    atomic_text(folder / artifacts.METADATA_FILE, _metadata_json(info))
-
-
-_WRITERS: dict[str, Callable] = {
-    "savedmodel": _write_savedmodel,
-    "onnx": _write_onnx,
-    "litert": _write_litert,
-}
 
 
 def _metadata_json(info: ExportInfo) -> str:

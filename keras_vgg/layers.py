@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
-__all__ = ["LocalResponseNormalization", "MaxPooling2x2", "WindowDense"]
+from keras_vgg.imagenet import Preprocessing, preprocess_input
+
+__all__ = ["InputPreprocessing", "LocalResponseNormalization", "MaxPooling2x2", "WindowDense"]
 
 _FORMULAS = ("alexnet", "caffe")
 _DATA_FORMATS = ("channels_last", "channels_first")
@@ -207,3 +211,51 @@ class MaxPooling2x2(keras.layers.MaxPooling2D):
         inputs = inputs[:, :, : height - height % 2, : width - width % 2]
         blocks = ops.reshape(inputs, (-1, channels, height // 2, 2, width // 2, 2))
         return ops.max(blocks, axis=(3, 5))
+
+
+@keras.saving.register_keras_serializable(package="keras_vgg")
+class InputPreprocessing(keras.layers.Layer):
+    """A model's input convention as a layer: RGB in [0, `input_range`] -> its input.
+
+    Multiplies by 255 / `input_range`, then applies `keras_vgg.preprocess_input` with the
+    `Preprocessing` (channel order, scale, mean, std) of the model's record, in float32:
+    the first layer of a feature extractor (`keras_vgg.features.feature_extractor`) and of
+    an exported serving graph (`keras_vgg.export.serving_model`), so that no caller can
+    feed a model the wrong convention. `keras_vgg.export.RecordPreprocessing` is its old
+    name; a `.keras` file holding the layer under either name loads.
+
+    Args:
+        preprocessing: The convention (a `Preprocessing` or its `to_dict()`).
+        input_range: The largest input value: 255.0 or 1.0.
+    """
+
+    def __init__(self, preprocessing: Preprocessing | dict, input_range: float = 255.0, **kw):
+        super().__init__(**kw)
+        if isinstance(preprocessing, dict):
+            preprocessing = Preprocessing.from_dict(preprocessing)
+        if float(input_range) not in (1.0, 255.0):
+            raise ValueError(f"`input_range` must be 255 or 1. Received: {input_range!r}")
+        self.preprocessing = preprocessing
+        self.input_range = float(input_range)
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, "float32")
+        if self.input_range != 255.0:
+            x = x * (255.0 / self.input_range)
+        return preprocess_input(x, preprocessing=self.preprocessing)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "input_range": self.input_range,
+        }
+
+
+# The layer's old name (`keras_vgg.export.RecordPreprocessing`, the same layer without
+# `input_range`, saved unregistered under its bare class name): a `.keras` file that holds
+# it loads as this layer.
+keras.saving.get_custom_objects()["RecordPreprocessing"] = InputPreprocessing

@@ -219,6 +219,27 @@ def test_predict_runs_an_artifact_like_the_keras_model(exported, models, photogr
         predict(runner.path, [folder], protocol="multi_crop")
 
 
+def test_score_net_and_exported_net_are_image_scorers(exported, models, rng):
+    import inspect
+
+    from keras_vgg.evaluation import ImageScorer, score_images
+
+    runner = exported("savedmodel", "D", "dense")
+    nets = [ScoreNet(models["D"]), ExportedNet(runner)]
+    assert all(isinstance(net, ImageScorer) for net in nets)
+    assert not isinstance(runner, ImageScorer)  # a Runner takes views, not raw images
+    signatures = {
+        str(inspect.signature(kind.predict)) for kind in (ImageScorer, ScoreNet, ExportedNet)
+    }
+    assert len(signatures) == 1, signatures
+    # Fusion takes either: the mean of each one's posteriors, and they agree here.
+    images = list(rng.integers(0, 256, size=(3, 40, 48, 3), dtype=np.uint8))
+    each = [net.predict(images, protocol="dense", scales=[CROP]) for net in nets]
+    np.testing.assert_allclose(each[0], each[1], atol=1e-4)
+    fused = score_images(nets, images, protocol="dense", scales=[CROP])
+    np.testing.assert_allclose(fused, (each[0] + each[1]) / 2, atol=1e-12)
+
+
 # === Bad input: one line, nothing left behind ===
 
 
@@ -337,3 +358,66 @@ def test_every_artifact_the_exporter_writes_passes_the_checks(models, photograph
         if format == "savedmodel":
             ops |= _savedmodel_ops(out)
     assert ops == artifacts.SAVEDMODEL_OPS | artifacts.SAVER_OPS
+
+
+# === The table of formats: adding a format is adding a row ===
+
+
+def test_a_format_is_a_row_of_the_table(models, tmp_path, monkeypatch, rng):
+    """A toy format (the serving model as a `.keras` file), added as one row: exporting,
+    recognising, checking and running it follow the row."""
+    import dataclasses
+
+    class KerasFileRunner(artifacts.Runner):
+        def __init__(self, path, info):
+            super().__init__(path, info)
+            self.model = keras.saving.load_model(path / "serving.keras")
+
+        def run(self, images):
+            return keras.ops.convert_to_numpy(self.model(images))
+
+    def inspect(folder):
+        model = keras.saving.load_model(folder / "serving.keras")
+        (given,), (out,) = model.inputs, model.outputs
+        return artifacts.GraphInterface(str(given.dtype), tuple(given.shape), tuple(out.shape))
+
+    row = dataclasses.replace(
+        artifacts.EXPORT_FORMATS["savedmodel"],
+        name="kerasfile",
+        description="a .keras file",
+        model_file="serving.keras",
+        marker="serving.keras",
+        metadata=artifacts.metadata_file("info.json"),
+        write=lambda serving, folder, info, feed, verbose: serving.save(folder / "serving.keras"),
+        inspect=inspect,
+        runner=KerasFileRunner,
+    )
+    monkeypatch.setitem(artifacts.EXPORT_FORMATS, "kerasfile", row)
+    with pytest.raises(ValueError, match="quantize 'int8' is for the onnx and litert formats"):
+        export_model(models["C"], tmp_path / "no", format="kerasfile", quantize="int8")
+    report = export_model(models["C"], tmp_path / "toy", format="kerasfile")
+    assert report.top1_agreement == 1.0 and report.max_abs_diff < 1e-5
+    assert sorted(os.listdir(tmp_path / "toy")) == ["info.json", "serving.keras"]
+    assert artifacts.is_artifact(tmp_path / "toy" / "serving.keras")
+    info = artifacts.read_export_info(tmp_path / "toy")
+    assert (info.format, info.class_names) == ("kerasfile", NAMES)
+    runner = artifacts.open_runner(tmp_path / "toy")
+    assert isinstance(runner, KerasFileRunner)
+    images = rng.integers(0, 256, size=(3, CROP, CROP, 3), dtype=np.uint8)
+    expected = models["C"].predict(preprocess_by_hand(images, "PAPER"), verbose=0)
+    np.testing.assert_allclose(runner(images), expected, atol=1e-5)
+    # The row's inspection is the check: metadata that disagrees with the graph is refused.
+    meta = json.loads((tmp_path / "toy" / "info.json").read_text())
+    meta["class_names"] = meta["class_names"][:-1]
+    (tmp_path / "toy" / "info.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="info.json: field 'class_names' names 4 classes"):
+        artifacts.open_runner(tmp_path / "toy")
+
+
+def test_cli_export_help_lists_the_table():
+    result = kvgg("export", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    rows = [f"{row.name} ({row.description})" for row in artifacts.EXPORT_FORMATS.values()]
+    assert f"--format TEXT {', '.join(rows[:-1])} or {rows[-1]}. [default: savedmodel]" in text
+    assert "float16 (onnx, litert) or int8 (onnx, litert)" in text

@@ -151,3 +151,77 @@ def test_max_pooling_2x2_on_other_backends(other_backend):
         else:
             assert np.isclose(got[tied].sum(), w[0, 1, 2, 1]), data_format
             assert np.count_nonzero(got[tied]) == 1, data_format
+
+
+# === InputPreprocessing: one layer for feature extractors and exported graphs ===
+
+PREPROCESSING_CONFIG = {
+    "mean": [123.68, 116.779, 103.939],
+    "std": None,
+    "scale": 1.0,
+    "channel_order": "rgb",
+}
+
+
+def _layer_entry(module, class_name, registered_name, **extra):
+    return {
+        "module": module,
+        "class_name": class_name,
+        "config": {
+            "name": class_name.lower(),
+            "trainable": True,
+            "dtype": "float32",
+            "preprocessing": PREPROCESSING_CONFIG,
+            **extra,
+        },
+        "registered_name": registered_name,
+        "build_config": {"input_shape": [None, 4, 4, 3]},
+    }
+
+
+def test_one_preprocessing_layer_serves_features_and_export(rng, tmp_path):
+    import json
+
+    from conftest import preprocess_by_hand
+
+    from keras_vgg import InputPreprocessing, export, features
+    from keras_vgg.imagenet import PAPER
+
+    assert export.RecordPreprocessing is InputPreprocessing
+    assert features.InputPreprocessing is InputPreprocessing
+    # A model saved before the layer had one home, written out as Keras saved it: the
+    # export's layer under its bare class name, the features' under its registered name.
+    config = {
+        "module": "keras",
+        "class_name": "Sequential",
+        "config": {
+            "name": "old",
+            "layers": [
+                {
+                    "module": "keras.layers",
+                    "class_name": "InputLayer",
+                    "config": {"batch_shape": [None, 4, 4, 3], "dtype": "float32", "name": "in"},
+                    "registered_name": None,
+                },
+                _layer_entry("keras_vgg.export", "RecordPreprocessing", "RecordPreprocessing"),
+                _layer_entry(
+                    "keras_vgg.features.maps",
+                    "InputPreprocessing",
+                    "keras_vgg>InputPreprocessing",
+                    input_range=255.0,
+                ),
+            ],
+        },
+        "registered_name": None,
+    }
+    old = keras.models.model_from_json(json.dumps(config))
+    assert [type(layer) for layer in old.layers] == [InputPreprocessing] * 2
+    x = rng.integers(0, 256, (2, 4, 4, 3)).astype(np.uint8)
+    once = preprocess_by_hand(x, "PAPER")
+    np.testing.assert_allclose(old.layers[0](x), once, rtol=1e-6, atol=1e-5)
+    # Saved and loaded now: the [0, 1] range too.
+    model = keras.Sequential([keras.Input((4, 4, 3)), InputPreprocessing(PAPER, input_range=1.0)])
+    model.save(tmp_path / "new.keras")
+    loaded = keras.saving.load_model(tmp_path / "new.keras")
+    assert isinstance(loaded.layers[0], InputPreprocessing)
+    np.testing.assert_allclose(loaded(x / 255.0), once, rtol=1e-5, atol=1e-4)

@@ -13,6 +13,7 @@ import keras_vgg.runs
 import keras_vgg.weights
 from keras_vgg import drawing
 from keras_vgg import recipe as recipe_lib
+from keras_vgg.evaluation import single_test_scale
 from keras_vgg.localization import annotations as A
 from keras_vgg.localization import evaluate as E
 from keras_vgg.localization.merge import greedy_merge
@@ -120,6 +121,11 @@ def test_protocol_2_by_hand(centre_scr):
     # Class b scores higher everywhere; every location predicts its window's centre quarter.
     classifier = constant_net("classifier", [0.0, 1.0])
     localizer = E.Localizer([centre_scr], [classifier], scales=[64], top=2)
+    # Without scales: the box net's single test scale (Table 3), or 256 without a record
+    # of its training scale, as `kvgg predict` takes.
+    train_scale = E.Localizer([centre_scr], [classifier]).localizers[0].info.train_scale
+    expected = 256 if train_scale is None else single_test_scale(train_scale)
+    assert E.Localizer([centre_scr], [classifier]).scales == (expected,)
     # 128x192 at Q = 64: 64x96, a 2x3 map of 32-pixel windows, their centre quarters apart
     # (no merging); all rated alike, the first location's box wins: (8, 8, 24, 24) in the
     # rescaled image, x2 in the original.

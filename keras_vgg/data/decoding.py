@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from keras_vgg import limits
@@ -23,7 +24,14 @@ from keras_vgg.data import check, transforms
 from keras_vgg.data import sources as sources_lib
 from keras_vgg.data.sources import DataSource
 
-__all__ = ["BadFileLog", "bad_file_log", "decode_groups", "decoded_images", "empty_batch"]
+__all__ = [
+    "BadFileLog",
+    "bad_file_log",
+    "decode_groups",
+    "decoded_images",
+    "empty_batch",
+    "read_image",
+]
 
 logger = logging.getLogger("keras_vgg.data")
 
@@ -368,3 +376,17 @@ def rescaled_views(
         with_labels=True,
         bad_files=bad_files,
     ).prefetch(2)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3), decoded as the pipelines decode it.
+
+    Raises:
+        ValueError: naming the file when it cannot be read or decoded.
+    """
+    try:
+        return transforms.decode_image(tf.io.read_file(os.fspath(path))).numpy()
+    except (tf.errors.OpError, ValueError):
+        # Never decoded when too large (the pixel limit); the data checker says why in words.
+        why = "; ".join(check.inspect_file(path).problems) or "cannot be decoded"
+        raise ValueError(f"{path}: not a readable image ({why})") from None

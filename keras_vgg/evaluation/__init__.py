@@ -33,7 +33,9 @@ Where things live (each module one job; each imports only those listed above it)
 - `loading`: the nets: `load_model` (a `.keras` file or run directory, with its record),
   `load_models` (several, over the same classes), `check_classes` (nets against data).
 - `protocols`: `PROTOCOLS`, the test scales Q, what each protocol computes at one scale
-  with a `ScoreNet`, and the averages over scales, protocols and nets.
+  with a `ScoreNet`, and the averages over scales, protocols and nets; `ImageScorer`, the
+  type of what scores images (`ScoreNet`, `exported.ExportedNet`), and `score_images`
+  (several fused).
 - `scoring`: `ScoreNet`, the fully convolutional score net, compiled once for all sizes.
 - `results`: `Row` and `EvaluationResult`: tables like the paper's (Markdown, text), JSON,
   and `write_results` (the files `kvgg evaluate` writes, each written atomically).
@@ -48,7 +50,13 @@ from keras_vgg.evaluation.loading import LoadedModel, check_classes, load_model,
 from keras_vgg.evaluation.loop import evaluate, evaluate_images
 from keras_vgg.evaluation.metrics import TIES, fuse, softmax, top_k_credit, top_k_error
 from keras_vgg.evaluation.prediction import Prediction, image_files, predict, predict_images
-from keras_vgg.evaluation.protocols import PROTOCOLS, default_test_scales, single_test_scale
+from keras_vgg.evaluation.protocols import (
+    PROTOCOLS,
+    ImageScorer,
+    default_test_scales,
+    score_images,
+    single_test_scale,
+)
 from keras_vgg.evaluation.results import EvaluationResult, Row, write_results
 from keras_vgg.evaluation.scoring import DENSE_AVERAGES, ScoreNet
 
@@ -57,6 +65,7 @@ __all__ = [
     "PROTOCOLS",
     "TIES",
     "EvaluationResult",
+    "ImageScorer",
     "LoadedModel",
     "Row",
     "ScoreNet",
@@ -71,6 +80,7 @@ __all__ = [
     "fuse",
     "load_model",
     "load_models",
+    "score_images",
     "single_test_scale",
     "softmax",
     "top_k_credit",

@@ -18,10 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vgg import limits
+from keras_vgg.arrays import to_numpy
 from keras_vgg.artifacts import Runner, open_runner
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.metrics import fuse
-from keras_vgg.evaluation.protocols import as_image, to_numpy
+from keras_vgg.evaluation.protocols import as_image
 from keras_vgg.imagenet import preprocess_input
 
 __all__ = ["ExportedNet", "artifact_view"]
@@ -58,6 +59,8 @@ def artifact_view(
 
 class ExportedNet:
     """An exported artifact, fed raw images through its protocol like a `ScoreNet`.
+
+    An `ImageScorer` (`keras_vgg.evaluation.protocols`), as `ScoreNet` is.
 
     Args:
         artifact: The artifact's folder (or .onnx / .tflite file), or an open `Runner`.

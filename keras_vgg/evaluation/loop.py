@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_vgg.arrays import to_numpy
 from keras_vgg.data import decoding, sources, transforms
 from keras_vgg.evaluation.loading import LoadedModel, check_classes, load_models
 from keras_vgg.evaluation.metrics import TIES, top_k_credit
@@ -22,7 +23,6 @@ from keras_vgg.evaluation.protocols import (
     resolve_scales,
     row_keys,
     row_posteriors,
-    to_numpy,
 )
 from keras_vgg.evaluation.results import EvaluationResult, Row
 from keras_vgg.evaluation.scoring import score_nets

@@ -16,8 +16,13 @@ from keras_vgg.data.sources import IMAGE_EXTENSIONS
 from keras_vgg.evaluation.exported import ExportedNet
 from keras_vgg.evaluation.loading import LoadedModel, load_models
 from keras_vgg.evaluation.loop import chunks
-from keras_vgg.evaluation.metrics import fuse
-from keras_vgg.evaluation.protocols import check_protocol, predict_scale, resolve_scales
+from keras_vgg.evaluation.protocols import (
+    ImageScorer,
+    check_protocol,
+    predict_scale,
+    resolve_scales,
+    score_images,
+)
 from keras_vgg.evaluation.scoring import score_nets
 from keras_vgg.handle import ModelHandle, open_model
 from keras_vgg.imagenet import decode_predictions
@@ -97,6 +102,7 @@ def predict_images(
     """
     models = resolve_models(models, batch_size, preprocessing=preprocessing)
     check_protocol(protocol)
+    nets: list[ImageScorer]
     if isinstance(models, ExportedNet):
         nets = [models]
         if scales is None:
@@ -109,9 +115,7 @@ def predict_images(
     out = []
     for chunk, _ in chunks(((image, 0) for image in images), batch_size, None):
         # Sec. 4.4: fusion averages the nets' posteriors.
-        out.append(
-            fuse([net.predict(chunk, protocol=protocol, scales=scales, flip=flip) for net in nets])
-        )
+        out.append(score_images(nets, chunk, protocol=protocol, scales=scales, flip=flip))
     if not out:
         return np.zeros((0, nets[0].classes))
     return np.concatenate(out)

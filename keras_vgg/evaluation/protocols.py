@@ -9,11 +9,12 @@ and how posteriors are averaged over scales (multi-scale), over dense and multi-
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import tensorflow as tf
 
+from keras_vgg.arrays import to_numpy
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import LoadedModel
 from keras_vgg.evaluation.metrics import fuse
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # scoring imports this module: ScoreNet.predict runs the prot
 
 __all__ = [
     "PROTOCOLS",
+    "ImageScorer",
     "as_image",
     "check_protocol",
     "check_protocols",
@@ -34,12 +36,45 @@ __all__ = [
     "resolve_scales",
     "row_keys",
     "row_posteriors",
+    "score_images",
     "single_test_scale",
-    "to_numpy",
 ]
 
 #: The single-network protocols, in the order of the paper's tables.
 PROTOCOLS: tuple[str, ...] = ("center", "dense", "multi_crop")
+
+
+@runtime_checkable
+class ImageScorer(Protocol):
+    """Something that scores raw images under the protocols: class posteriors per image.
+
+    `keras_vgg.evaluation.ScoreNet` (a Keras model's fully convolutional twin, every
+    protocol) and `keras_vgg.evaluation.exported.ExportedNet` (an exported artifact, the
+    protocol it was exported with) both are; prediction and fusion take either.
+
+    Attributes:
+        classes: Number of classes.
+        crop_size: The crop size (the least test scale).
+    """
+
+    classes: int
+    crop_size: int
+
+    def predict(
+        self,
+        images: Sequence[Any],
+        *,
+        protocol: str = "center",
+        scales: Sequence[int] = (256,),
+        flip: bool = True,
+    ) -> np.ndarray:
+        """float64 (len(images), classes) posteriors of (height, width, 3) RGB images in
+        [0, 255] under `protocol`, averaged over the test `scales` (and flips with `flip`).
+
+        Raises:
+            ValueError: for a protocol, flip or scale the scorer cannot run, or a bad image.
+        """
+        ...
 
 
 def default_test_scales(train_scale: Any) -> tuple[int, ...]:
@@ -279,6 +314,26 @@ def as_image(image: Any) -> np.ndarray:
     return array
 
 
-def to_numpy(x: Any) -> np.ndarray:
-    """A tensor (anything with `.numpy()`) or array-like as a NumPy array."""
-    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+def score_images(
+    scorers: Sequence[ImageScorer],
+    images: Sequence[Any],
+    *,
+    protocol: str = "center",
+    scales: Sequence[int] = (256,),
+    flip: bool = True,
+) -> np.ndarray:
+    """The posteriors of images under one protocol, fused over several scorers (Sec. 4.4).
+
+    Args:
+        scorers: `ImageScorer`s (`ScoreNet`s, or one `ExportedNet`), over the same classes.
+        images: (height, width, 3) RGB images in [0, 255].
+        protocol: As `ImageScorer.predict`.
+        scales: As `ImageScorer.predict`.
+        flip: As `ImageScorer.predict`.
+
+    Returns:
+        float64 (len(images), classes): the mean of the scorers' posteriors.
+    """
+    return fuse(
+        [net.predict(images, protocol=protocol, scales=scales, flip=flip) for net in scorers]
+    )

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vgg import limits
+from keras_vgg.arrays import to_numpy
 from keras_vgg.augment import device_preprocess
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import LoadedModel
@@ -45,7 +46,8 @@ class ScoreNet:
 
     Sec. 3.2: the FC layers become convolutions (fc1 a 7x7 conv, fc2 and predictions 1x1
     convs), so the net runs on crops (a 1x1 score map) and on whole images alike. The net
-    stops before the final soft-max: dense evaluation may average scores before it.
+    stops before the final soft-max: dense evaluation may average scores before it. An
+    `ImageScorer` (`keras_vgg.evaluation.protocols`), as `ExportedNet` is.
 
     Args:
         model: A model from `keras_vgg.build(..., include_top=True)` (or loaded from a
@@ -392,14 +394,15 @@ def polymorphic_forward(
 
         def forward(batch):
             batch = pixel_batch(batch)
-            return _to_numpy(compiled[batch.dtype.type](tf.convert_to_tensor(batch)))
+            return _outputs_to_numpy(compiled[batch.dtype.type](tf.convert_to_tensor(batch)))
 
         return forward, compiled
-    return (lambda batch: _to_numpy(run(pixel_batch(batch)))), None
+    return (lambda batch: _outputs_to_numpy(run(pixel_batch(batch)))), None
 
 
-def _to_numpy(outputs):
-    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+def _outputs_to_numpy(outputs):
+    # A network's output: one tensor, or a list of them (further heads).
+    return keras.tree.map_structure(to_numpy, outputs)
 
 
 def dense_head(model: keras.Model, name: str | None = None) -> keras.Model:

@@ -19,9 +19,10 @@ import keras
 import numpy as np
 
 from keras_vgg import limits
+from keras_vgg.arrays import to_numpy
 from keras_vgg.data import transforms
 from keras_vgg.evaluation.loading import LoadedModel, load_models
-from keras_vgg.evaluation.protocols import as_image, resolve_scales, to_numpy
+from keras_vgg.evaluation.protocols import as_image, resolve_scales
 from keras_vgg.evaluation.scoring import dense_pooled, polymorphic_forward
 from keras_vgg.features.maps import linear_copy
 from keras_vgg.imagenet import Preprocessing

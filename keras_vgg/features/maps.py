@@ -27,7 +27,7 @@ from typing import Any
 import keras
 
 from keras_vgg.handle import open_model
-from keras_vgg.imagenet import Preprocessing, preprocess_input
+from keras_vgg.layers import InputPreprocessing
 
 __all__ = [
     "LAYER_SETS",
@@ -110,44 +110,6 @@ def linear_copy(layer: keras.layers.Conv2D) -> keras.layers.Conv2D:
     copy.build(layer.input.shape)
     copy.set_weights(layer.get_weights())
     return copy
-
-
-@keras.saving.register_keras_serializable(package="keras_vgg")
-class InputPreprocessing(keras.layers.Layer):
-    """A model's input convention as a layer: RGB in [0, `input_range`] -> its input.
-
-    Multiplies by 255 / `input_range`, then applies `keras_vgg.preprocess_input` with the
-    `Preprocessing` (channel order, scale, mean, std) of the model's record.
-
-    Args:
-        preprocessing: The convention (a `Preprocessing` or its `to_dict()`).
-        input_range: The largest input value: 255.0 or 1.0.
-    """
-
-    def __init__(self, preprocessing: Preprocessing | dict, input_range: float = 255.0, **kw):
-        super().__init__(**kw)
-        if isinstance(preprocessing, dict):
-            preprocessing = Preprocessing.from_dict(preprocessing)
-        if float(input_range) not in (1.0, 255.0):
-            raise ValueError(f"`input_range` must be 255 or 1. Received: {input_range!r}")
-        self.preprocessing = preprocessing
-        self.input_range = float(input_range)
-
-    def call(self, inputs):
-        x = keras.ops.cast(inputs, "float32")
-        if self.input_range != 255.0:
-            x = x * (255.0 / self.input_range)
-        return preprocess_input(x, preprocessing=self.preprocessing)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "preprocessing": self.preprocessing.to_dict(),
-            "input_range": self.input_range,
-        }
 
 
 def feature_extractor(

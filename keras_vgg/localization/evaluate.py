@@ -32,16 +32,17 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_vgg import runs
+from keras_vgg.arrays import to_numpy
 from keras_vgg.augment import device_preprocess
-from keras_vgg.data import check, transforms
+from keras_vgg.data import transforms
+from keras_vgg.data.decoding import read_image
 from keras_vgg.drawing import draw_boxes
 from keras_vgg.evaluation.loading import LoadedModel, load_model
 from keras_vgg.evaluation.metrics import softmax
 from keras_vgg.evaluation.prediction import check_top
-from keras_vgg.evaluation.protocols import as_image, to_numpy
+from keras_vgg.evaluation.protocols import as_image, predict_scale
 from keras_vgg.evaluation.scoring import ScoreNet, dense_head
 from keras_vgg.files import atomic_text
 from keras_vgg.handle import check_pair
@@ -209,7 +210,8 @@ class Localizer:
         localizers: Localisation nets (models, files or run directories); several: the
             union of their boxes is merged.
         classifiers: Classification nets over the same classes, same crop size.
-        scales: Test scales Q.
+        scales: Test scales Q (default: the first localisation net's single test scale,
+            `keras_vgg.evaluation.protocols.predict_scale`, as `kvgg localize predict`).
         top: How many (class, box) guesses per image.
         max_distance: The merge's threshold (`merge.MAX_DISTANCE`).
         batch_size: Images per forward pass.
@@ -229,7 +231,7 @@ class Localizer:
         localizers: Sequence[Any],
         classifiers: Sequence[Any],
         *,
-        scales: Sequence[int],
+        scales: Sequence[int] | None = None,
         top: int = 5,
         max_distance: float = MAX_DISTANCE,
         batch_size: int = 8,
@@ -274,6 +276,8 @@ class Localizer:
         self.classes = self.classifiers[0].classes
         names = self.classifiers[0].info.class_names
         self.class_names = tuple(names) if names else tuple(str(i) for i in range(self.classes))
+        if scales is None:
+            scales = (predict_scale(self.localizers[0].info.train_scale),)
         self.scales = check_scales((int(q) for q in scales), self.crop_size)
         self.max_distance = max_distance
         self.shared = tuple(
@@ -402,20 +406,6 @@ def top5_correct(
         if len(same) and iou(np.asarray(box)[None], same).max() > IOU_THRESHOLD:
             return True
     return False
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as uint8 RGB (H, W, 3), decoded as the pipelines decode it.
-
-    Raises:
-        ValueError: naming the file when it cannot be read or decoded.
-    """
-    try:
-        return transforms.decode_image(tf.io.read_file(os.fspath(path))).numpy()
-    except (tf.errors.OpError, ValueError):
-        # Never decoded when too large (the pixel limit); the data checker says why in words.
-        why = "; ".join(check.inspect_file(path).problems) or "cannot be decoded"
-        raise ValueError(f"{path}: not a readable image ({why})") from None
 
 
 def localization_errors(correct: np.ndarray) -> float:

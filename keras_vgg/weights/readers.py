@@ -30,6 +30,7 @@ import numpy as np
 
 from keras_vgg import configs as configs_lib
 from keras_vgg import limits
+from keras_vgg.arrays import to_numpy
 from keras_vgg.weights.names import HEAD_LAYERS, infer_config
 
 __all__ = [
@@ -288,7 +289,7 @@ def read_torchvision(
     """
     source = os.fspath(state_dict) if isinstance(state_dict, (str, os.PathLike)) else "state dict"
     tensors = _torch_load(source) if isinstance(state_dict, (str, os.PathLike)) else state_dict
-    arrays = {k: _to_numpy(v) for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
+    arrays = {k: to_numpy(v) for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
     batch_norm = any(k.endswith("running_mean") for k in arrays)
     mapping = torchvision_layer_map(config, batch_norm)
     used: set[str] = set()
@@ -378,9 +379,3 @@ def _torch_load(path: str) -> Mapping[str, Any]:
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
     return {re.sub(r"^module\.", "", k): v for k, v in loaded.items()}
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
