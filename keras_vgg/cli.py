@@ -17,6 +17,13 @@ from keras_vgg import __version__, limits
 # the command reports in its own words) met, e.g. "Premature end of JPEG data".
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+#: TensorFlow's oneDNN kernels, which TensorFlow turns on by itself only on Intel CPUs: on,
+#: so that a command takes the same numerical path on every x86 CPU (the demo's errors would
+#: otherwise differ by a few images between an Intel and an AMD machine) and channels-first
+#: convolutions run on any CPU. Set TF_ENABLE_ONEDNN_OPTS=0 to turn them off.
+ONEDNN_DEFAULT = "1"
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", ONEDNN_DEFAULT)
+
 # Lines TensorFlow's C++ runtime prints while it starts, before absl logging is initialised
 # (so no environment variable silences them): informational on a command line.
 _STARTUP_NOISE = re.compile(

@@ -4,7 +4,7 @@
     python scripts/readme_demo_block.py --check   # run it, exit 1 if README's block differs
 
 The demo runs in a temporary folder (its `runs/` there), so the paths it prints are those
-of `make demo` in a fresh clone, with `DEMO_ENV` set. The block is README's lines between `START` and `END`,
+of `make demo` in a fresh clone. The block is README's lines between `START` and `END`,
 inside a code fence: from the "validation (" line to the "run directory:" line.
 
 How the README's block and a printed block are compared (`differences`; the slow test
@@ -28,10 +28,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 START = "<!-- demo-block: start"
 END = "<!-- demo-block: end -->"
-#: The environment the block is printed in: TensorFlow's oneDNN kernels on, as TensorFlow
-#: sets them itself on Intel CPUs (and tests/conftest.py everywhere); without them (its
-#: default on other CPUs) training takes another path and the errors differ by a few images.
-DEMO_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 #: Two images of the 269 validation or 270 test images, in percentage points.
 PERCENT_TOLERANCE = 0.75
 PROBABILITY_TOLERANCE = 0.02
@@ -111,7 +107,7 @@ def run_demo() -> str:
                 "--recipe",
                 str(ROOT / "recipes/demo.toml"),
             ],
-            env={**os.environ, **DEMO_ENV, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
             cwd=folder,
             capture_output=True,
             text=True,

@@ -100,3 +100,23 @@ def test_cheap_mistakes_are_answered_before_tensorflow_starts(tmp_path):
         assert stderr.startswith("kvgg: error: ") and stderr.count("\n") == 1, (args, stderr)
         assert fragment in stderr, (args, stderr)
     assert done.imported == []
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "1"), ("0", "0")])
+def test_kvgg_turns_onednn_on_unless_told_otherwise(given, seen):
+    """`kvgg` starts TensorFlow with its oneDNN kernels on (TensorFlow's own default only on
+    Intel CPUs), so a run takes one numerical path on every x86 CPU; a user's 0 wins."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env["PYTHONPATH"] = str(pathlib.Path(__file__).resolve().parents[1])
+    if given is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = given
+    probe = "import os, keras_vgg.cli; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == seen

@@ -141,10 +141,10 @@ def test_kvgg_demo_prints_the_readme_block(tmp_path):
     text exactly (runs of spaces collapsed), the error percentages within 0.75 points (two of
     the 269 or 270 images: training takes a slightly different path on another CPU, e.g. one
     with AVX-512), the probabilities within 0.02, the best epoch, epochs and seconds not at
-    all. The demo runs with `readme_demo_block.DEMO_ENV` (oneDNN on, as README says).
+    all.
     `python scripts/readme_demo_block.py` rewrites README's block from a fresh run.
     """
-    env = {**os.environ, **readme_demo_block.DEMO_ENV, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
     result = subprocess.run(
         [
