@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_vgg import demo, features
+from keras_vgg import demos, features
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,14 +24,14 @@ def test_features_demo_table_verdicts_and_goal(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)  # the runs go to tmp_path/runs
     printed: list[str] = []
-    result = demo.run_features_demo(
-        ROOT / "recipes" / "demo.toml", tmp_path / "digits", print_fn=printed.append
+    result = demos.run_features_demo(
+        ROOT / "recipes" / "demos.toml", tmp_path / "digits", print_fn=printed.append
     )
-    trained, untrained, pixels = demo.FEATURES_DEMO_COLUMNS
-    unseen = demo.FEATURES_DEMO_CLASSES[1]
-    assert list(result.table) == list(demo.FEATURES_DEMO_SHOTS)
+    trained, untrained, pixels = demos.FEATURES_DEMO_COLUMNS
+    unseen = demos.FEATURES_DEMO_CLASSES[1]
+    assert list(result.table) == list(demos.FEATURES_DEMO_SHOTS)
     for row in result.table.values():
-        assert set(row) == set(demo.FEATURES_DEMO_COLUMNS)
+        assert set(row) == set(demos.FEATURES_DEMO_COLUMNS)
     # The verdict lines say at which N each baseline is beaten, and agree with the table.
     beaten = {
         column: [n for n, row in result.table.items() if row[trained] > row[column]]
@@ -48,12 +48,12 @@ def test_features_demo_table_verdicts_and_goal(tmp_path, monkeypatch):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert int(cells[0]) == n
         assert cells[1:] == [
-            f"{row[c]:.1f} ± {result.spread[n][c]:.1f} %" for c in demo.FEATURES_DEMO_COLUMNS
+            f"{row[c]:.1f} ± {result.spread[n][c]:.1f} %" for c in demos.FEATURES_DEMO_COLUMNS
         ]
     # The pixels column by hand: the unseen digits' grey levels, L2-normalised, through the
     # library's SVM protocol; its mean and spread over the splits are the demo's.
     files, labels = [], []
-    for split in demo.DIGITS_SPLITS:
+    for split in demos.DIGITS_SPLITS:
         for label, name in enumerate(unseen):
             folder = tmp_path / "digits" / split / name
             files += sorted(str(folder / f) for f in os.listdir(folder))
@@ -64,8 +64,8 @@ def test_features_demo_table_verdicts_and_goal(tmp_path, monkeypatch):
         by_hand = features.single_label_transfer(
             features.FeatureSet(grey, tuple(files), np.asarray(labels), unseen, {}),
             n,
-            splits=demo.FEATURES_DEMO_SPLITS,
-            holdout_repeats=demo.FEATURES_DEMO_HOLDOUT_REPEATS,
+            splits=demos.FEATURES_DEMO_SPLITS,
+            holdout_repeats=demos.FEATURES_DEMO_HOLDOUT_REPEATS,
         )
         assert result.table[n][pixels] == pytest.approx(by_hand.metrics["mean class recall"])
         recalls = by_hand.details["recalls"]
@@ -93,9 +93,9 @@ def test_margins_are_the_trained_column_minus_the_best_baseline():
     rng = np.random.default_rng(0)
     scores = rng.uniform(80, 100, (6, 3))
     table = {
-        n: dict(zip(demo.FEATURES_DEMO_COLUMNS, row, strict=True)) for n, row in enumerate(scores)
+        n: dict(zip(demos.FEATURES_DEMO_COLUMNS, row, strict=True)) for n, row in enumerate(scores)
     }
-    result = demo.FeaturesDemoResult((), table, 0, 0.0)
+    result = demos.FeaturesDemoResult((), table, 0, 0.0)
     expected = scores[:, 0] - scores[:, 1:].max(axis=1)
     assert (expected > 0).any() and (expected < 0).any()  # both signs exercised
     np.testing.assert_allclose(list(result.margins().values()), expected)
@@ -103,11 +103,11 @@ def test_margins_are_the_trained_column_minus_the_best_baseline():
 
 
 def test_the_table_shows_each_cell_with_its_spread_over_the_splits():
-    columns = demo.FEATURES_DEMO_COLUMNS
+    columns = demos.FEATURES_DEMO_COLUMNS
     table = {5: dict(zip(columns, (86.26, 88.31, 87.64), strict=True))}
     spread = {5: dict(zip(columns, (2.04, 0.96, 1.57), strict=True))}
-    lines = demo.FeaturesDemoResult((), table, 0, 0.0, spread).to_markdown().splitlines()
+    lines = demos.FeaturesDemoResult((), table, 0, 0.0, spread).to_markdown().splitlines()
     assert lines[0] == "| training images per class | " + " | ".join(columns) + " |"
     assert lines[2] == "| 5 | 86.3 ± 2.0 % | 88.3 ± 1.0 % | 87.6 ± 1.6 % |"
-    bare = demo.FeaturesDemoResult((), table, 0, 0.0).to_markdown().splitlines()
+    bare = demos.FeaturesDemoResult((), table, 0, 0.0).to_markdown().splitlines()
     assert bare[2] == "| 5 | 86.3 % | 88.3 % | 87.6 % |"

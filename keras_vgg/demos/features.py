@@ -1,27 +1,13 @@
-"""The demo: the paper's training protocol end to end on real data that ships with a dependency.
+"""The features demo (`kvgg demo features`): Appendix B in small, on classes the nets never saw.
 
-scikit-learn's handwritten digits (`sklearn.datasets.load_digits`: 1,797 images of 8x8 pixels,
-10 classes) are written once as an ImageNet-style folder tree of upscaled PNG files,
-`<root>/{train,val,test}/<digit>/<index>.png`, then `recipes/demo.toml` trains a
-width-reduced configuration A on them through the same pipeline, recipe format, callbacks
-and run directory as the Table 3 recipes.
-
-`run_demo` is the whole of `kvgg demo`, callable from a notebook::
-
-    from keras_vgg import demo
-    result = demo.run_demo()          # writes runs/digits, trains runs/demo, evaluates
-    print(result.test_result.to_markdown())
-
-`run_features_demo` (`kvgg demo features`) is Appendix B in small: the same recipe on
-64-pixel crops trained on digits 0 to 4 only (two seeds, stacked), its fc2 descriptors of
-digits 5 to 9 (classes it never saw) against the same nets untrained and raw pixels, each
-with a linear SVM trained on 5, 10 and 20 images per class.
+The demo recipe on 64-pixel crops trained on digits 0 to 4 only (three seeds, stacked), its
+fc2 descriptors of digits 5 to 9 against the same nets untrained and raw pixels, each with a
+linear SVM trained on 5, 10 and 20 images per class.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -30,13 +16,13 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from keras_vgg import evaluation, features, files, runs, training
+from keras_vgg import evaluation, features, training
 from keras_vgg import recipe as recipe_lib
-from keras_vgg.data import sources, stats
+from keras_vgg.demos.digits import DIGITS_SPLITS, write_digits
+from keras_vgg.demos.opening import data_overrides, needs_demo_extra, train_once, training_stats
 from keras_vgg.record import record_of
 
 __all__ = [
-    "DIGITS_SPLITS",
     "FEATURES_DEMO_CLASSES",
     "FEATURES_DEMO_COLUMNS",
     "FEATURES_DEMO_DATA",
@@ -50,198 +36,10 @@ __all__ = [
     "FEATURES_DEMO_SEEDS",
     "FEATURES_DEMO_SHOTS",
     "FEATURES_DEMO_SPLITS",
-    "DemoResult",
     "FeaturesDemoResult",
     "FeaturesSetting",
-    "run_demo",
     "run_features_demo",
-    "sample_images",
-    "write_digits",
 ]
-
-#: Fractions of each class in the train / val / test folders (stratified, seeded).
-DIGITS_SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
-
-
-def write_digits(root: str | os.PathLike, *, size: int = 40, seed: int = 0) -> dict[str, int]:
-    """Writes the scikit-learn digits as `root/{train,val,test}/<digit>/<n>.png` (once).
-
-    The 8x8 images (values 0-16) are scaled to 0-255, inverted to dark ink on white paper
-    and upscaled to `size` x `size` RGB with bicubic interpolation. A `digits.json` marker
-    records the split; if it is there with the same settings, nothing is written again.
-
-    Args:
-        root: The folder to write.
-        size: Side of the written images.
-        seed: Seed of the stratified split.
-
-    Returns:
-        Number of images per split.
-    """
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    root = os.fspath(root)
-    marker = os.path.join(root, "digits.json")
-    settings = {"size": size, "seed": seed, "splits": DIGITS_SPLITS}
-    if os.path.isfile(marker):
-        with open(marker, encoding="utf-8") as f:
-            written = json.load(f)
-        if written.get("settings") == settings:
-            return written["counts"]
-    digits = load_digits()
-    images = 255 - np.round(digits.images * (255 / 16)).astype(np.uint8)
-    labels = digits.target
-    rng = np.random.default_rng(seed)
-    split_of = np.empty(len(labels), dtype=object)
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        n_train = round(len(members) * DIGITS_SPLITS["train"])
-        n_val = round(len(members) * DIGITS_SPLITS["val"])
-        split_of[members[:n_train]] = "train"
-        split_of[members[n_train : n_train + n_val]] = "val"
-        split_of[members[n_train + n_val :]] = "test"
-    counts = {name: 0 for name in DIGITS_SPLITS}
-    for index, (image, label, split) in enumerate(zip(images, labels, split_of, strict=True)):
-        folder = os.path.join(root, split, str(label))
-        os.makedirs(folder, exist_ok=True)
-        big = Image.fromarray(image, mode="L").resize((size, size), Image.BICUBIC)
-        rgb = big.convert("RGB")
-        files.atomic_write(os.path.join(folder, f"{index:04d}.png"), rgb.save)
-        counts[split] += 1
-    files.atomic_text(marker, json.dumps({"settings": settings, "counts": counts}, indent=2))
-    return counts
-
-
-def sample_images(root: str | os.PathLike, *, count: int = 8, seed: int = 0) -> list[str]:
-    """A seeded choice of `count` image files of a class-folder tree, in sorted order."""
-    root = os.fspath(root)
-    files = sorted(
-        os.path.join(root, label, name)
-        for label in os.listdir(root)
-        if os.path.isdir(os.path.join(root, label))
-        for name in os.listdir(os.path.join(root, label))
-    )
-    picks = np.random.default_rng(seed).choice(len(files), min(count, len(files)), replace=False)
-    return [files[i] for i in sorted(picks)]
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoResult:
-    """What `run_demo` did, and what it printed.
-
-    Attributes:
-        data_root: The folder of the digits (`train`, `val`, `test`, `stats.json`).
-        counts: Number of images per split.
-        stats_path: The training images' statistics (mean RGB and RGB PCA), JSON.
-        run_dir: The run directory, or None with `prepare_only`.
-        trained: Whether this call trained (False: the run had finished already).
-        metrics: The run's `metrics.json` (best validation errors, epochs, seconds).
-        test_result: The held-out test images' `EvaluationResult` (centre crop, Q = the
-            recipe's validation scale).
-        predictions: `Prediction`s of eight held-out test images (top-1).
-    """
-
-    data_root: str
-    counts: dict[str, int]
-    stats_path: str
-    run_dir: str | None = None
-    trained: bool = False
-    metrics: dict | None = None
-    test_result: evaluation.EvaluationResult | None = None
-    predictions: tuple[evaluation.Prediction, ...] = ()
-
-
-def run_demo(
-    recipe_path: str | os.PathLike = "recipes/demo.toml",
-    data_root: str | os.PathLike = "runs/digits",
-    *,
-    prepare_only: bool = False,
-    overwrite: bool = False,
-    print_fn: Callable[[str], None] = print,
-) -> DemoResult:
-    """The digits demo end to end: data, training, evaluation and prediction (`kvgg demo`).
-
-    Writes the digits under `data_root` and their statistics (`stats.json`) once, then
-    trains the recipe on `data_root/train` with `data_root/val` for validation (resuming a
-    killed run; a finished run is not trained again unless `overwrite`), then evaluates the
-    held-out `data_root/test` images (centre crop at the recipe's validation scale Q) and
-    predicts eight of them: the same library calls as `kvgg evaluate RUN --data DIR
-    --center-crop --scales Q` and `kvgg predict --model RUN IMAGES`.
-
-    Args:
-        recipe_path: The training recipe; its data paths are replaced by `data_root`'s.
-        data_root: Where the images and their statistics go.
-        prepare_only: Only write the images and their statistics.
-        overwrite: Train again even if the demo run has finished.
-        print_fn: Receives each line of the report (and training's progress lines).
-
-    Returns:
-        A `DemoResult`.
-
-    Raises:
-        ModuleNotFoundError: if scikit-learn (the digits) is not installed.
-        keras_vgg.training.TrainingDiverged: if the loss became NaN.
-        keras_vgg.training.CheckpointError: if an epoch's files could not be written.
-    """
-    data_root = os.fspath(data_root)
-    try:
-        counts = write_digits(data_root)
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(
-            f"the digits demo needs scikit-learn for its data ({exc}): "
-            "pip install 'keras-vgg[demo]'",
-            name=exc.name,
-        ) from exc
-    stats_path = os.path.join(data_root, "stats.json")
-    if not os.path.isfile(stats_path):
-        train = sources.open_source(os.path.join(data_root, "train"))
-        stats.compute_stats(train).to_json(stats_path)
-    print_fn(f"digits: {counts} images under {data_root} (statistics: {stats_path})")
-    if prepare_only:
-        return DemoResult(data_root, counts, stats_path)
-    recipe = recipe_lib.load_recipe(
-        recipe_path,
-        [
-            f"data.root={os.path.join(data_root, 'train')}",
-            f"data.val_root={os.path.join(data_root, 'val')}",
-            f"data.stats={stats_path}",
-        ],
-    )
-    trained = runs.run_status(recipe.run_dir, overwrite)[0] != "finished"
-    if trained:
-        training.fit(recipe, overwrite=overwrite, print_fn=print_fn)
-    else:
-        print_fn(f"{recipe.run_dir} has finished already (kvgg demo --overwrite trains again)")
-    metrics = runs.read_metrics(recipe.run_dir)
-    if metrics is None:
-        raise ValueError(f"{recipe.run_dir}: {runs.METRICS} is missing or unreadable")
-    q = recipe.data.resolved_val_scale
-    print_fn(
-        f"validation (centre crop, Q = {q}): top-1 error "
-        f"{100 * metrics['best_val_top1_error']:.2f} %, top-5 error "
-        f"{100 * metrics['best_val_top5_error']:.2f} % (best epoch {metrics['best_epoch']} "
-        f"of {metrics['epochs']}, {metrics['train_seconds']:.0f} s)"
-    )
-    # Dense evaluation is not shown: on 36-pixel images the five floor-rounding poolings
-    # keep the top-left 32 pixels, a different view from the centre crop the net was
-    # validated on.
-    test_root = os.path.join(data_root, "test")
-    model = evaluation.load_model(recipe.run_dir)
-    result = evaluation.evaluate(model, test_root, protocols=["center"], scales=[q])
-    print_fn(f"held-out test images ({counts['test']}), Q = {q}:")
-    print_fn(result.format_table().rstrip("\n"))
-    predictions = tuple(evaluation.predict(model, sample_images(test_root, count=8), top=1))
-    for prediction in predictions:
-        truth = os.path.basename(os.path.dirname(prediction.path))
-        _, name, probability = prediction.top[0]
-        mark = "ok" if name == truth else "WRONG"
-        print_fn(f"  {prediction.path}: true {truth}, predicted {name} ({probability:.2f}) {mark}")
-    print_fn(f"run directory: {recipe.run_dir}")
-    return DemoResult(
-        data_root, counts, stats_path, recipe.run_dir, trained, metrics, result, predictions
-    )
-
 
 #: Training images per class of the features demo's SVMs.
 FEATURES_DEMO_SHOTS: tuple[int, ...] = (5, 10, 20)
@@ -464,31 +262,27 @@ def run_features_demo(
     setting = setting or FeaturesSetting()
     start = time.perf_counter()
     data_root = os.fspath(data_root)
-    write_digits(data_root, size=FEATURES_DEMO_IMAGE_SIZE)
+    with needs_demo_extra("the features demo needs scikit-learn for its data and SVMs"):
+        write_digits(data_root, size=FEATURES_DEMO_IMAGE_SIZE)
     seen, unseen = classes
     subset = f"{data_root}-{''.join(seen)}"
     for split in ("train", "val"):
         _link_classes(os.path.join(data_root, split), os.path.join(subset, split), seen)
-    stats_path = os.path.join(subset, "stats.json")
-    if not os.path.isfile(stats_path):
-        train = sources.open_source(os.path.join(subset, "train"))
-        stats.compute_stats(train).to_json(stats_path)
+    stats_path = training_stats(subset)
     run_dirs, untrained = [], []
     for seed in setting.seeds:
         recipe = recipe_lib.load_recipe(
             recipe_path,
             [
-                f"data.root={os.path.join(subset, 'train')}",
-                f"data.val_root={os.path.join(subset, 'val')}",
-                f"data.stats={stats_path}",
+                *data_overrides(subset, stats_path),
                 f"run.name={run_name}" + (f"_seed{seed}" if seed else ""),
                 f"run.seed={seed}",
                 f"schedule.epochs={setting.epochs}",
                 *setting.recipe,
             ],
         )
-        if runs.run_status(recipe.run_dir, overwrite)[0] != "finished":
-            training.fit(recipe, overwrite=overwrite, print_fn=print_fn)
+        again = "kvgg demo features --overwrite"
+        train_once(recipe, overwrite=overwrite, again=again, print_fn=print_fn)
         run_dirs.append(recipe.run_dir)
         trained = evaluation.load_model(recipe.run_dir).model
         # The weights the run started from: `training.fit` seeds, then builds.
