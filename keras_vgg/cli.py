@@ -237,9 +237,9 @@ def convert(src, dest, config, preprocessing, overwrite):
 
     chosen = None if preprocessing is None else getattr(imagenet, preprocessing.upper())
     _check_outputs([dest], [src], overwrite)
-    weights = heavy("weights")
+    models = heavy("models")
     try:
-        result = weights.convert(src, dest, config, preprocessing=chosen, overwrite=overwrite)
+        result = models.convert(src, dest, config, preprocessing=chosen, overwrite=overwrite)
     except ImportError as exc:  # a .pth without the optional torch
         raise UserError(str(exc)) from None
     kept = result.pop("preprocessing")
