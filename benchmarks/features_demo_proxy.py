@@ -93,7 +93,7 @@ def run_name(setting: demos.FeaturesSetting, seen: tuple[str, ...]) -> str:
 
 
 def score(name: str, folds: int, shots, splits: int, recipe: str, data: str, out: str | None):
-    """Mean per N over the folds of each column, and the margins."""
+    """Per N: each column's mean over the folds."""
     setting = setting_of(name)
     tables = []
     for held in FOLDS[:folds]:
@@ -113,11 +113,16 @@ def score(name: str, folds: int, shots, splits: int, recipe: str, data: str, out
             with open(out, "a") as f:
                 row = {"setting": name, "held_out": held, "table": result.table}
                 f.write(json.dumps(row) + "\n")
-    mean = {
+    return {
         n: {c: float(np.mean([t[n][c] for t in tables])) for c in demos.FEATURES_DEMO_COLUMNS}
         for n in shots
     }
-    return demos.FeaturesDemoResult((), mean, 0, 0.0)
+
+
+def margins(table: dict[int, dict[str, float]]) -> dict[int, float]:
+    """Per N: the trained nets' score minus the better of the other columns (points)."""
+    ours, others = demos.FEATURES_DEMO_COLUMNS[0], demos.FEATURES_DEMO_COLUMNS[1:]
+    return {n: row[ours] - max(row[c] for c in others) for n, row in table.items()}
 
 
 def main() -> None:
@@ -137,16 +142,14 @@ def main() -> None:
     print("| setting | trained | untrained | pixels | margins | min |")
     print("|---|---|---|---|---|---|")
     for name in args.settings.split(";"):
-        result = score(name, args.folds, shots, args.splits, args.recipe, args.data, args.output)
+        table = score(name, args.folds, shots, args.splits, args.recipe, args.data, args.output)
         cols = [
-            " / ".join(f"{row[c]:.2f}" for row in result.table.values())
+            " / ".join(f"{row[c]:.2f}" for row in table.values())
             for c in demos.FEATURES_DEMO_COLUMNS
         ]
-        margins = result.margins()
-        spread = " / ".join(f"{m:+.2f}" for m in margins.values())
-        print(
-            f"| {name} | {' | '.join(cols)} | {spread} | {min(margins.values()):+.2f} |", flush=True
-        )
+        by_n = margins(table)
+        spread = " / ".join(f"{m:+.2f}" for m in by_n.values())
+        print(f"| {name} | {' | '.join(cols)} | {spread} | {min(by_n.values()):+.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ One job per module (a change belongs in the module whose job it touches):
   (`write_digits`, `DIGITS_SPLITS`, `digits_by_split`, `sample_images`).
 - `classification`: `kvgg demo` (`run_demo`): train, evaluate, predict.
 - `features`: `kvgg demo features` (`run_features_demo`): Appendix B on digits the nets
-  never saw.
+  never saw, the trained nets against each baseline as a paired test over the splits
+  (`paired_difference`).
 - `localization`: `kvgg demo localize` (`run_localization_demo`): Appendix A on digits
   pasted onto photographs.
 
@@ -28,14 +29,18 @@ from keras_vgg.demos.features import (
     FEATURES_DEMO_HOLDOUT_REPEATS,
     FEATURES_DEMO_IMAGE_SIZE,
     FEATURES_DEMO_LAYER,
+    FEATURES_DEMO_LEVEL,
     FEATURES_DEMO_RECIPE,
     FEATURES_DEMO_RELU,
     FEATURES_DEMO_SCALES,
     FEATURES_DEMO_SEEDS,
     FEATURES_DEMO_SHOTS,
     FEATURES_DEMO_SPLITS,
+    VERDICTS,
     FeaturesDemoResult,
     FeaturesSetting,
+    PairedDifference,
+    paired_difference,
     run_features_demo,
 )
 from keras_vgg.demos.localization import (
@@ -54,6 +59,7 @@ __all__ = [
     "FEATURES_DEMO_HOLDOUT_REPEATS",
     "FEATURES_DEMO_IMAGE_SIZE",
     "FEATURES_DEMO_LAYER",
+    "FEATURES_DEMO_LEVEL",
     "FEATURES_DEMO_RECIPE",
     "FEATURES_DEMO_RELU",
     "FEATURES_DEMO_SCALES",
@@ -61,11 +67,14 @@ __all__ = [
     "FEATURES_DEMO_SHOTS",
     "FEATURES_DEMO_SPLITS",
     "PHOTOS",
+    "VERDICTS",
     "DemoResult",
     "FeaturesDemoResult",
     "FeaturesSetting",
     "LocalizationDemoResult",
+    "PairedDifference",
     "digits_by_split",
+    "paired_difference",
     "run_demo",
     "run_features_demo",
     "run_localization_demo",

@@ -2,7 +2,8 @@
 
 The demo recipe on 64-pixel crops trained on digits 0 to 4 only (three seeds, stacked), its
 fc2 descriptors of digits 5 to 9 against the same nets untrained and raw pixels, each with a
-linear SVM trained on 5, 10 and 20 images per class.
+linear SVM trained on 5, 10 and 20 images per class, over 10 seeded splits; the trained nets
+against each baseline as a paired t-test over the splits.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -30,14 +31,18 @@ __all__ = [
     "FEATURES_DEMO_HOLDOUT_REPEATS",
     "FEATURES_DEMO_IMAGE_SIZE",
     "FEATURES_DEMO_LAYER",
+    "FEATURES_DEMO_LEVEL",
     "FEATURES_DEMO_RECIPE",
     "FEATURES_DEMO_RELU",
     "FEATURES_DEMO_SCALES",
     "FEATURES_DEMO_SEEDS",
     "FEATURES_DEMO_SHOTS",
     "FEATURES_DEMO_SPLITS",
+    "VERDICTS",
     "FeaturesDemoResult",
     "FeaturesSetting",
+    "PairedDifference",
+    "paired_difference",
     "run_features_demo",
 ]
 
@@ -73,8 +78,13 @@ FEATURES_DEMO_RELU = True
 #: The seen and unseen classes of the features demo: nets trained on the first, SVMs on the
 #: second.
 FEATURES_DEMO_CLASSES: tuple[tuple[str, ...], tuple[str, ...]] = (tuple("01234"), tuple("56789"))
-#: Seeded splits of the unseen classes' images per N (mean class recall averaged over them).
-FEATURES_DEMO_SPLITS = 3
+#: Seeded splits of the unseen classes' images per N, the same splits for every column: the
+#: comparisons are paired over them.
+FEATURES_DEMO_SPLITS = 10
+#: Two-sided level of the paired t-test behind the verdicts.
+FEATURES_DEMO_LEVEL = 0.05
+#: What the paired test says of the trained nets against a baseline at one N.
+VERDICTS: tuple[str, ...] = ("ahead", "behind", "no difference at this N")
 #: The columns of the features demo's table.
 FEATURES_DEMO_COLUMNS: tuple[str, ...] = (
     "descriptors of the trained nets",
@@ -122,68 +132,128 @@ class FeaturesSetting:
 
 
 @dataclasses.dataclass(frozen=True)
+class PairedDifference:
+    """The trained nets' mean class recall minus a baseline's, split by split.
+
+    Attributes:
+        mean: Mean of the per-split differences, in points.
+        se: Its standard error: the differences' standard deviation (n - 1) over sqrt(n).
+        t: The critical value, Student's t at 1 - level / 2 with n - 1 degrees of freedom.
+        verdict: "ahead" when mean - t se > 0, "behind" when mean + t se < 0, else "no
+            difference at this N" (a two-sided paired t-test at the level).
+    """
+
+    mean: float
+    se: float
+    t: float
+    verdict: str
+
+
+def paired_difference(
+    ours: Sequence[float], theirs: Sequence[float], level: float = FEATURES_DEMO_LEVEL
+) -> PairedDifference:
+    """The paired t-test of `ours - theirs`, the two measured on the same splits, in order.
+
+    Raises:
+        ValueError: for fewer than two splits, or sequences of different lengths.
+    """
+    differences = np.asarray(ours, np.float64) - np.asarray(theirs, np.float64)
+    if len(ours) != len(theirs) or len(differences) < 2:
+        raise ValueError(
+            f"a paired comparison needs two equal sequences of at least 2 splits, "
+            f"got {len(ours)} and {len(theirs)}"
+        )
+    # scipy comes with scikit-learn, which the features demo needs for its data and SVMs.
+    from scipy import stats as scipy_stats
+
+    k = len(differences)
+    mean = float(differences.mean())
+    se = float(differences.std(ddof=1) / np.sqrt(k))
+    t = float(scipy_stats.t.ppf(1 - level / 2, k - 1))
+    if mean - t * se > 0:
+        verdict = VERDICTS[0]
+    elif mean + t * se < 0:
+        verdict = VERDICTS[1]
+    else:
+        verdict = VERDICTS[2]
+    return PairedDifference(mean, se, t, verdict)
+
+
+@dataclasses.dataclass(frozen=True)
 class FeaturesDemoResult:
     """What `run_features_demo` measured.
 
     Attributes:
         run_dirs: The runs of the nets trained on the seen classes.
-        table: Per training images per class N: column (`FEATURES_DEMO_COLUMNS`) -> mean
-            class recall in %, the mean over the seeded splits.
+        recalls: Per training images per class N: column (`FEATURES_DEMO_COLUMNS`) -> the
+            mean class recall (%) on each seeded split, in split order; split s is the same
+            images for every column.
         images: Number of images of the unseen classes described.
         seconds: Wall time of the whole demo (training included).
-        spread: Per N: column -> standard deviation of the mean class recall over the
-            splits, in points (empty when not measured).
+        level: Two-sided level of the paired t-tests behind the verdicts.
     """
 
     run_dirs: tuple[str, ...]
-    table: dict[int, dict[str, float]]
+    recalls: dict[int, dict[str, tuple[float, ...]]]
     images: int
     seconds: float
-    spread: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
-
-    def wins_over(self, column: str) -> tuple[int, ...]:
-        """The N at which the trained nets' descriptors score above `column`."""
-        ours = FEATURES_DEMO_COLUMNS[0]
-        return tuple(n for n, row in self.table.items() if row[ours] > row[column])
-
-    def margins(self) -> dict[int, float]:
-        """Per N: the trained nets' score minus the better of the other columns (points)."""
-        ours, others = FEATURES_DEMO_COLUMNS[0], FEATURES_DEMO_COLUMNS[1:]
-        return {n: row[ours] - max(row[c] for c in others) for n, row in self.table.items()}
+    level: float = FEATURES_DEMO_LEVEL
 
     @property
-    def descriptors_win(self) -> bool:
-        """Whether the trained nets' descriptors beat every other column at every N."""
-        return all(self.wins_over(c) == tuple(self.table) for c in FEATURES_DEMO_COLUMNS[1:])
+    def table(self) -> dict[int, dict[str, float]]:
+        """Per N: column -> mean class recall in %, the mean over the splits."""
+        return {
+            n: {c: float(np.mean(v)) for c, v in row.items()} for n, row in self.recalls.items()
+        }
+
+    @property
+    def spread(self) -> dict[int, dict[str, float]]:
+        """Per N: column -> standard deviation (n) of the mean class recall over the splits."""
+        return {n: {c: float(np.std(v)) for c, v in row.items()} for n, row in self.recalls.items()}
+
+    def paired(self, n: int, baseline: str) -> PairedDifference:
+        """The trained nets' descriptors against `baseline` at N = `n`, split by split."""
+        row = self.recalls[n]
+        return paired_difference(row[FEATURES_DEMO_COLUMNS[0]], row[baseline], self.level)
+
+    def verdicts(self) -> dict[int, dict[str, str]]:
+        """Per N: baseline -> "ahead", "behind" or "no difference at this N"."""
+        return {
+            n: {b: self.paired(n, b).verdict for b in FEATURES_DEMO_COLUMNS[1:]}
+            for n in self.recalls
+        }
 
     def verdict(self) -> str:
-        """One line: which baselines the trained nets' descriptors beat, at which N."""
+        """One line: against each baseline, at which N the trained nets' descriptors are
+        ahead, behind or not different."""
+        verdicts = self.verdicts()
         parts = []
-        for column in FEATURES_DEMO_COLUMNS[1:]:
-            wins = self.wins_over(column)
-            if wins == tuple(self.table):
-                parts.append(f"{column}: beaten at every N")
-            else:
-                at = ", ".join(map(str, wins)) or "no N"
-                parts.append(f"{column}: beaten at {at} only")
-        return "trained nets' descriptors against " + "; ".join(parts)
-
-    def cell(self, n: int, column: str) -> str:
-        """One cell of the table: the mean, and its spread over the splits when known."""
-        mean = f"{self.table[n][column]:.1f}"
-        if n in self.spread:
-            return f"{mean} ± {self.spread[n][column]:.1f} %"
-        return f"{mean} %"
+        for baseline in FEATURES_DEMO_COLUMNS[1:]:
+            said = []
+            for word in VERDICTS:
+                at = [str(n) for n, row in verdicts.items() if row[baseline] == word]
+                if at:
+                    said.append(f"{word.removesuffix(' at this N')} at N = {', '.join(at)}")
+            parts.append(f"{baseline}: " + "; ".join(said))
+        return "trained nets' descriptors against " + " | ".join(parts)
 
     def to_markdown(self) -> str:
-        """The table in Markdown, one row per N (mean ± standard deviation over the splits)."""
+        """The table in Markdown, one row per N: each column's mean ± standard deviation over
+        the splits, then against each baseline the paired difference ± its standard error and
+        the verdict."""
+        baselines = FEATURES_DEMO_COLUMNS[1:]
+        header = [*FEATURES_DEMO_COLUMNS, *(f"trained - {b} (paired)" for b in baselines)]
         lines = [
-            "| training images per class | " + " | ".join(FEATURES_DEMO_COLUMNS) + " |",
-            "|---" * (len(FEATURES_DEMO_COLUMNS) + 1) + "|",
+            "| training images per class | " + " | ".join(header) + " |",
+            "|---" * (len(header) + 1) + "|",
         ]
-        for n in self.table:
-            cells = " | ".join(self.cell(n, c) for c in FEATURES_DEMO_COLUMNS)
-            lines.append(f"| {n} | {cells} |")
+        table, spread = self.table, self.spread
+        for n in self.recalls:
+            cells = [f"{table[n][c]:.1f} ± {spread[n][c]:.1f} %" for c in FEATURES_DEMO_COLUMNS]
+            for b in baselines:
+                d = self.paired(n, b)
+                cells.append(f"{d.mean:+.1f} ± {d.se:.1f}: {d.verdict}")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
 
@@ -248,8 +318,11 @@ def run_features_demo(
     seed, the weights its training started from), and the raw pixels of the same images
     (grey, L2-normalised). SVMs are trained on N images per class for each N in `shots`, C
     chosen on held-out training images (`FEATURES_DEMO_HOLDOUT_REPEATS` draws averaged);
-    mean class recall over `splits` seeded splits. The same function with other classes and
-    settings is the proxy the demo's setting was chosen on (docs/features.md).
+    mean class recall on each of `splits` seeded splits, the same splits for every column.
+    Against each baseline and at each N, the per-split differences give a paired t-test
+    (`paired_difference`): "ahead", "behind" or "no difference at this N". The same function
+    with other classes and settings is the proxy the demo's setting was chosen on
+    (docs/features.md).
 
     Returns:
         A `FeaturesDemoResult`.
@@ -304,27 +377,33 @@ def run_features_demo(
             strict=True,
         )
     )
-    table: dict[int, dict[str, float]] = {}
-    spread: dict[int, dict[str, float]] = {}
-    for n in shots:
-        table[n], spread[n] = {}, {}
-        for column, x in columns.items():
-            result = features.single_label_transfer(
-                features.FeatureSet(x, tuple(files), labels, unseen, {}),
-                n,
-                splits=splits,
-                Cs=features.svm.DEFAULT_CS,
-                holdout_repeats=FEATURES_DEMO_HOLDOUT_REPEATS,
-            )
-            table[n][column] = result.metrics["mean class recall"]
-            spread[n][column] = result.metrics["std"]
-    result = FeaturesDemoResult(
-        tuple(run_dirs), table, len(files), time.perf_counter() - start, spread
-    )
+    recalls: dict[int, dict[str, tuple[float, ...]]] = {}
+    # One BLAS thread: the SVMs' matrices are at most 100 images wide, too small to gain from
+    # threads, and threads waiting on busy cores made this stage several times slower.
+    # threadpoolctl comes with scikit-learn.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        for n in shots:
+            recalls[n] = {}
+            for column, x in columns.items():
+                scored = features.single_label_transfer(
+                    features.FeatureSet(x, tuple(files), labels, unseen, {}),
+                    n,
+                    splits=splits,
+                    Cs=features.svm.DEFAULT_CS,
+                    holdout_repeats=FEATURES_DEMO_HOLDOUT_REPEATS,
+                )
+                recalls[n][column] = tuple(scored.details["recalls"])
+    result = FeaturesDemoResult(tuple(run_dirs), recalls, len(files), time.perf_counter() - start)
+    t = result.paired(shots[0], FEATURES_DEMO_COLUMNS[1]).t
     print_fn(
         f"digits {', '.join(unseen)} ({len(files)} images), nets trained on "
         f"{', '.join(seen)}, linear SVM, mean class recall over {splits} splits "
-        "(± their standard deviation):"
+        "(± their standard deviation); against each baseline, the difference on the same "
+        "splits (± its standard error) and the verdict of a two-sided paired t-test at "
+        f"{100 * FEATURES_DEMO_LEVEL:g} % (a difference beyond t = {t:.3f} standard errors, "
+        f"{splits - 1} degrees of freedom):"
     )
     print_fn(result.to_markdown())
     print_fn(f"{result.verdict()} ({result.seconds:.0f} s)")
