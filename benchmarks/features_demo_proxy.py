@@ -1,8 +1,8 @@
 """The features demo's proxy: settings scored on digits 0-4 only, never on 5-9.
 
 `kvgg demo features` trains nets on digits 0-4 and scores their descriptors on digits 5-9.
-Its setting (`demo.FeaturesSetting`: crop, epochs, seeds, scales Q, layer, ReLU tap,
-per-scale norm) is chosen here, on the same function, `demo.run_features_demo`, with the
+Its setting (`demos.FeaturesSetting`: crop, epochs, seeds, scales Q, layer, ReLU tap,
+per-scale norm) is chosen here, on the same function, `demos.run_features_demo`, with the
 classes moved inside 0-4: in each fold the nets train on three digits and the SVMs are
 scored on the other two (every image of them), with 2, 3 and 5 training images per class
 and 10 seeded splits. The five folds hold out the pairs 3-4, 0-1, 1-2, 2-3, 0-4 (each digit
@@ -28,12 +28,12 @@ import subprocess
 
 import numpy as np
 
-from keras_vgg import demo
+from keras_vgg import demos
 
 #: The setting the candidates change: two nets, fc2 after its ReLU, Q = 64 and 96, crop 64,
 #: one epoch (absolute, so the names keep their meaning whatever the demo's constants are).
-BASE = demo.FeaturesSetting(
-    recipe=demo.FEATURES_DEMO_RECIPE,
+BASE = demos.FeaturesSetting(
+    recipe=demos.FEATURES_DEMO_RECIPE,
     epochs=1,
     seeds=(0, 1),
     scales=(64, 96),
@@ -56,16 +56,16 @@ SETTINGS: dict[str, dict] = {
     "3 nets + fc2 before ReLU + 2 epochs": {**THREE_PRE, "epochs": 2},
     "3 nets + fc2 before ReLU + lr 1e-3": {
         **THREE_PRE,
-        "recipe": (*demo.FEATURES_DEMO_RECIPE, "optimizer.lr=0.001"),
+        "recipe": (*demos.FEATURES_DEMO_RECIPE, "optimizer.lr=0.001"),
     },
     "3 nets + Q 64/80/96 + S 64-96": {
         **THREE_QS,
-        "recipe": (*demo.FEATURES_DEMO_RECIPE, "data.train_scale=[64, 96]"),
+        "recipe": (*demos.FEATURES_DEMO_RECIPE, "data.train_scale=[64, 96]"),
     },
     "3 nets + Q 64/96/128 + S 64-128": {
         "seeds": (0, 1, 2),
         "scales": (64, 96, 128),
-        "recipe": (*demo.FEATURES_DEMO_RECIPE, "data.train_scale=[64, 128]"),
+        "recipe": (*demos.FEATURES_DEMO_RECIPE, "data.train_scale=[64, 128]"),
     },
 }
 #: The held-out pairs of the folds (the nets train on the other three digits of 0-4).
@@ -81,24 +81,24 @@ def _cpu() -> str:
     return names[0] if names else "unknown CPU"
 
 
-def setting_of(name: str) -> demo.FeaturesSetting:
-    """The named candidate as a `demo.FeaturesSetting`."""
+def setting_of(name: str) -> demos.FeaturesSetting:
+    """The named candidate as a `demos.FeaturesSetting`."""
     return dataclasses.replace(BASE, **SETTINGS[name])
 
 
-def run_name(setting: demo.FeaturesSetting, seen: tuple[str, ...]) -> str:
+def run_name(setting: demos.FeaturesSetting, seen: tuple[str, ...]) -> str:
     """Runs are shared by the settings that train alike (recipe, epochs; seeds add runs)."""
     key = json.dumps([setting.recipe, setting.epochs])
     return f"proxy_{hashlib.sha1(key.encode()).hexdigest()[:8]}_{''.join(seen)}"
 
 
 def score(name: str, folds: int, shots, splits: int, recipe: str, data: str, out: str | None):
-    """Mean per N over the folds of each column, and the margins."""
+    """Per N: each column's mean over the folds."""
     setting = setting_of(name)
     tables = []
     for held in FOLDS[:folds]:
         seen = tuple(c for c in "01234" if c not in held)
-        result = demo.run_features_demo(
+        result = demos.run_features_demo(
             recipe,
             data,
             setting=setting,
@@ -113,11 +113,16 @@ def score(name: str, folds: int, shots, splits: int, recipe: str, data: str, out
             with open(out, "a") as f:
                 row = {"setting": name, "held_out": held, "table": result.table}
                 f.write(json.dumps(row) + "\n")
-    mean = {
-        n: {c: float(np.mean([t[n][c] for t in tables])) for c in demo.FEATURES_DEMO_COLUMNS}
+    return {
+        n: {c: float(np.mean([t[n][c] for t in tables])) for c in demos.FEATURES_DEMO_COLUMNS}
         for n in shots
     }
-    return demo.FeaturesDemoResult((), mean, 0, 0.0)
+
+
+def margins(table: dict[int, dict[str, float]]) -> dict[int, float]:
+    """Per N: the trained nets' score minus the better of the other columns (points)."""
+    ours, others = demos.FEATURES_DEMO_COLUMNS[0], demos.FEATURES_DEMO_COLUMNS[1:]
+    return {n: row[ours] - max(row[c] for c in others) for n, row in table.items()}
 
 
 def main() -> None:
@@ -128,7 +133,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=len(FOLDS))
     parser.add_argument("--shots", default="2,3,5")
     parser.add_argument("--splits", type=int, default=10)
-    parser.add_argument("--recipe", default="recipes/demo.toml")
+    parser.add_argument("--recipe", default="recipes/demos.toml")
     parser.add_argument("--data", default="runs/digits72", help="digits at 72 px (written once)")
     parser.add_argument("-o", "--output", help="append each fold's table here (JSON lines)")
     args = parser.parse_args()
@@ -137,16 +142,14 @@ def main() -> None:
     print("| setting | trained | untrained | pixels | margins | min |")
     print("|---|---|---|---|---|---|")
     for name in args.settings.split(";"):
-        result = score(name, args.folds, shots, args.splits, args.recipe, args.data, args.output)
+        table = score(name, args.folds, shots, args.splits, args.recipe, args.data, args.output)
         cols = [
-            " / ".join(f"{row[c]:.2f}" for row in result.table.values())
-            for c in demo.FEATURES_DEMO_COLUMNS
+            " / ".join(f"{row[c]:.2f}" for row in table.values())
+            for c in demos.FEATURES_DEMO_COLUMNS
         ]
-        margins = result.margins()
-        spread = " / ".join(f"{m:+.2f}" for m in margins.values())
-        print(
-            f"| {name} | {' | '.join(cols)} | {spread} | {min(margins.values()):+.2f} |", flush=True
-        )
+        by_n = margins(table)
+        spread = " / ".join(f"{m:+.2f}" for m in by_n.values())
+        print(f"| {name} | {' | '.join(cols)} | {spread} | {min(by_n.values()):+.2f} |", flush=True)
 
 
 if __name__ == "__main__":

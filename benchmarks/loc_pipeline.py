@@ -25,8 +25,8 @@ from export_speed import cpu_name
 from keras_vgg.data import pipelines
 from keras_vgg.data.sources import open_source
 from keras_vgg.data.stats import DatasetStats, compute_stats
+from keras_vgg.demos import write_canvases
 from keras_vgg.localization.annotations import read_boxes
-from keras_vgg.localization.demo import write_canvases
 from keras_vgg.localization.pipeline import localization_training_dataset
 
 

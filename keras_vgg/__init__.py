@@ -31,7 +31,7 @@ _EXPORTS = {
     "RecordLayer": "keras_vgg.record",
     "record_of": "keras_vgg.record",
     "TrainScale": "keras_vgg.scales",
-    "model_from_weights": "keras_vgg.weights.conversion",
+    "model_from_weights": "keras_vgg.models",
     "to_fully_convolutional": "keras_vgg.network",
     "CONFIGS": "keras_vgg.configs",
     "ALIASES": "keras_vgg.configs",

@@ -244,9 +244,9 @@ def convert(src, dest, config, preprocessing, overwrite):
 
     chosen = None if preprocessing is None else getattr(imagenet, preprocessing.upper())
     _check_outputs([dest], [src], overwrite)
-    weights = heavy("weights")
+    models = heavy("models")
     try:
-        result = weights.convert(src, dest, config, preprocessing=chosen, overwrite=overwrite)
+        result = models.convert(src, dest, config, preprocessing=chosen, overwrite=overwrite)
     except ImportError as exc:  # a .pth without the optional torch
         raise UserError(str(exc)) from None
     kept = result.pop("preprocessing")
@@ -1019,36 +1019,28 @@ def demo(which, recipe_path, data_root, prepare_only, overwrite):
     """
     if which == "localize" and prepare_only:
         raise UserError("--prepare-only is for the digits demo")
-    demo_lib, training = heavy("demo", "training")
-    if which == "localize":
-        loc_demo = heavy("localization.demo")
-        try:
-            loc_demo.run_localization_demo(
+    demos, training = heavy("demos", "training")
+    try:
+        if which == "localize":
+            demos.run_localization_demo(
                 data_root or "runs/loc_digits", overwrite=overwrite, print_fn=click.echo
             )
-        except ModuleNotFoundError as exc:  # scikit-learn or scikit-image
-            raise UserError(str(exc)) from None
-        except (training.TrainingDiverged, training.CheckpointError) as exc:
-            raise RunFailed(str(exc)) from None
-        return
-    try:
-        if which == "features":
-            demo_lib.run_features_demo(
+        elif which == "features":
+            demos.run_features_demo(
                 recipe_path,
-                data_root or demo_lib.FEATURES_DEMO_DATA,
+                data_root or demos.FEATURES_DEMO_DATA,
                 overwrite=overwrite,
                 print_fn=click.echo,
             )
-            return
-        data_root = data_root or "runs/digits"
-        demo_lib.run_demo(
-            recipe_path,
-            data_root,
-            prepare_only=prepare_only,
-            overwrite=overwrite,
-            print_fn=click.echo,
-        )
-    except ModuleNotFoundError as exc:  # scikit-learn, the digits' source
+        else:
+            demos.run_demo(
+                recipe_path,
+                data_root or "runs/digits",
+                prepare_only=prepare_only,
+                overwrite=overwrite,
+                print_fn=click.echo,
+            )
+    except ModuleNotFoundError as exc:  # scikit-learn or scikit-image, the demos' data
         raise UserError(str(exc)) from None
     except (training.TrainingDiverged, training.CheckpointError) as exc:
         raise RunFailed(str(exc)) from None

@@ -29,7 +29,7 @@ import keras
 from keras_vgg import runs
 from keras_vgg.artifacts import ExportInfo, is_artifact, read_export_info
 from keras_vgg.imagenet import KERAS_CAFFE, PAPER, TORCHVISION, Preprocessing
-from keras_vgg.models import build
+from keras_vgg.models import build, model_from_weights
 from keras_vgg.network import VGG  # also registers VGG with Keras
 from keras_vgg.record import (
     ModelRecord,
@@ -39,7 +39,7 @@ from keras_vgg.record import (
     read_h5_record,
     record_of,
 )
-from keras_vgg.weights.conversion import build_kwargs_from, model_from_weights
+from keras_vgg.weights.conversion import build_kwargs_from
 from keras_vgg.weights.load import read_keras_model
 from keras_vgg.weights.names import infer_config
 from keras_vgg.weights.readers import layout_of

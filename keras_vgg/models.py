@@ -1,4 +1,10 @@
-"""`build()`: a VGG network of Table 1 (`keras_vgg.network.VGG`) with its weights loaded."""
+"""Models with their weights: `build()`, a VGG network of Table 1 (`keras_vgg.network.VGG`)
+with its weights loaded; `model_from_weights`, the model a weights file makes; `convert`,
+a foreign weights file written as this package's own.
+
+The module above both `keras_vgg.network` and `keras_vgg.weights`: the only one that builds
+models from weights files.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,24 @@ from typing import Any
 
 import keras
 
+from keras_vgg import configs as configs_lib
+from keras_vgg.files import refuse_existing
+from keras_vgg.imagenet import Preprocessing
 from keras_vgg.network import VGG, check_arguments, layer_table, to_fully_convolutional
-from keras_vgg.record import ModelRecord
-from keras_vgg.weights.load import load_weights
+from keras_vgg.record import ModelRecord, attach_record, read_h5_record, record_of
+from keras_vgg.weights.conversion import build_kwargs_from
+from keras_vgg.weights.load import load_weights, preprocessing_for, read_keras_model
+from keras_vgg.weights.readers import layout_of, read_layout
+from keras_vgg.weights.registry import REGISTRY
 
-__all__ = ["VGG", "build", "layer_table", "to_fully_convolutional"]
+__all__ = [
+    "VGG",
+    "build",
+    "convert",
+    "layer_table",
+    "model_from_weights",
+    "to_fully_convolutional",
+]
 
 
 def build(
@@ -134,3 +153,139 @@ def build(
     if weights is not None:
         load_weights(model, weights, config=model.config)
     return model
+
+
+def model_from_weights(
+    weights: str | os.PathLike,
+    config: str | None = None,
+    *,
+    preprocessing: Preprocessing | None = None,
+    cache_dir: str | None = None,
+) -> keras.Model:
+    """The model a weights source makes, whatever it is: its architecture comes from the file.
+
+    This is how the package opens a model to start from (`kvgg fit` with `model.weights`,
+    `kvgg predict --weights`, `kvgg convert`): a BN file gives a BN model, a file of another
+    width, FC size or class count the model that fits it.
+
+    Args:
+        weights: A pretrained entry name of `REGISTRY` ("imagenet", "torchvision",
+            "torchvision_bn"); a whole `.keras` model; a `.weights.h5` file saved by this
+            package (it records its build arguments); or a foreign file (Keras 2 `.h5`,
+            torchvision `.pth`, `.npz`), whose batch normalisation, width, FC units, classes
+            and input size are read off its arrays.
+        config: The configuration letter (needed for entries and foreign files; a `.keras`
+            or `.weights.h5` file says its own).
+        preprocessing: Overrides what the weights expect (see `load_weights`).
+        cache_dir: As `load_weights`.
+
+    Returns:
+        The model, filled, with the record of its weights.
+
+    Raises:
+        ValueError: for a missing or unreadable file, or one that fits no model of `config`,
+            naming the file (and the layer and shapes).
+    """
+    path = os.fspath(weights)
+    key = None if config is None else configs_lib.canonical_name(config)
+    if not os.path.splitext(path)[1]:
+        if key is None:
+            raise ValueError(f"Pretrained weights {path!r} need a configuration (config=...)")
+        entry = REGISTRY.get((key, path))
+        batch_norm = entry.batch_norm if entry is not None else False
+        return _build_and_load(key, path, {"batch_norm": batch_norm}, preprocessing, cache_dir)
+    if not os.path.isfile(path):
+        raise ValueError(f"Weights file not found: {path}. Received: weights={path!r}")
+    layout = layout_of(path)
+    if layout == "keras":
+        model = read_keras_model(path)
+        if preprocessing is not None:
+            attach_record(model, record_of(model).replace(preprocessing=preprocessing))
+        return model
+    if layout == "weights_h5":
+        _, build_kwargs = read_h5_record(path)
+        if build_kwargs is None:
+            if key is None:
+                raise ValueError(
+                    f"{path}: records no build arguments (not saved by keras_vgg); give the "
+                    "configuration and build the model yourself, then load_weights()"
+                )
+            build_kwargs = {"config": key}
+        build_kwargs = dict(build_kwargs)
+        build_config = build_kwargs.pop("config", key)
+        try:
+            model = VGG.from_config({"config": build_config, **build_kwargs})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: its recorded build arguments are malformed: {exc}") from None
+        load_weights(model, path, preprocessing=preprocessing)
+        return model
+    if key is None:
+        raise ValueError(f"{path}: a {layout} file needs the configuration (config=...)")
+    found = {name: v for name, v in read_layout(layout, path, key, None).items() if v}
+    return _build_and_load(key, path, build_kwargs_from(found, key, path), preprocessing, cache_dir)
+
+
+def _build_and_load(key, weights, build_kwargs, preprocessing, cache_dir):
+    model = build(key, **build_kwargs)
+    load_weights(model, weights, config=key, preprocessing=preprocessing, cache_dir=cache_dir)
+    return model
+
+
+def convert(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    config: str,
+    *,
+    preprocessing: Preprocessing | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Writes a Keras 2 `.h5`, torchvision `.pth` or `.npz` file as this package's weights.
+
+    The model is built from the shapes found in the file (batch normalisation, head, width,
+    FC units, classes and, with the head, the input size; `model_from_weights`), filled,
+    and saved with `model.save_weights`, which keeps the model's record (the preprocessing
+    the weights expect) and its build arguments in the file: `load_weights` and
+    `model_from_weights` read them back.
+
+    The width is a factor that gives every conv layer of the file its number of channels
+    under `build`'s per-layer rounding (`configs.scaled_filters`), the plainest such (0.1,
+    0.3, 1/16, 1/3); any of them builds the same shapes.
+
+    Args:
+        source: The foreign file.
+        destination: The `.weights.h5` file to write.
+        config: The configuration letter of the source weights.
+        preprocessing: Overrides the source's default preprocessing (see `load_weights`).
+        overwrite: Replace an existing `destination` (refused without it: it may be a
+            user's trained weights).
+
+    Returns:
+        The `build` keyword arguments that make a model this file fits, with "config" and
+        "preprocessing" added.
+
+    Raises:
+        ValueError: for a file that does not fit `config` (naming the layer and shapes),
+            whose conv layers' channels no single width factor gives (naming the first
+            layer that no width fits together with those before it), a destination not
+            ending in `.weights.h5`, or an existing one without `overwrite`.
+    """
+    source, destination = os.fspath(source), os.fspath(destination)
+    key = configs_lib.canonical_name(config)
+    if not destination.endswith(".weights.h5"):
+        raise ValueError(f"The destination must end in .weights.h5. Received: {destination!r}")
+    refuse_existing(destination, overwrite)
+    if not os.path.isfile(source):
+        raise ValueError(f"Weights file not found: {source}")
+    if layout_of(source) not in ("keras2_h5", "torchvision", "npz"):
+        raise ValueError(
+            f"kvgg convert reads Keras 2 .h5, torchvision .pth and .npz files. Received: {source}"
+        )
+    model = model_from_weights(source, key, preprocessing=preprocessing)
+    model.save_weights(destination)
+    arguments = model.arguments
+    build_kwargs = {
+        name: arguments[name]
+        for name in ("batch_norm", "width", "include_top", "fc_units", "classes", "input_shape")
+        if name in arguments and (arguments["include_top"] or name not in ("fc_units", "classes"))
+    }
+    return {"config": key, **build_kwargs, "preprocessing": preprocessing_for(model)}

@@ -1,4 +1,9 @@
-"""The package's layout rules, read from its source: imports go one way, none are hidden."""
+"""The package's layout rules, read from its source: imports go one way, none are hidden.
+
+Between modules and between floors: each sub-package folder (`weights`, `data`, `training`,
+...) is one node and each root-level module (`models.py`, `network.py`, ...) another, and the
+module-level imports between these nodes form no loop.
+"""
 
 from __future__ import annotations
 
@@ -84,11 +89,36 @@ def _cycle(edges) -> list[str] | None:
     return None
 
 
+def _node(module: str) -> str:
+    """A module's node in the graph between folders: its sub-package, or itself at the root."""
+    return ".".join(module.split(".")[:2])
+
+
+def _folder_edges(edges) -> dict[str, set[str]]:
+    """Module-level edges between nodes (`_node`), an import inside a node left out."""
+    out: dict[str, set[str]] = {}
+    for module, targets in edges.items():
+        node = _node(module)
+        out.setdefault(node, set()).update(_node(t) for t in targets if _node(t) != node)
+    return out
+
+
 def test_module_level_imports_have_no_cycle():
     edges, _ = _imports(_modules())
     # A package's own __init__ re-exporting its submodules is not a cycle with them.
     edges = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in edges.items()}
     assert _cycle(edges) is None, " -> ".join(_cycle(edges))
+
+
+def test_folders_and_root_modules_import_one_way():
+    edges, _ = _imports(_modules())
+    loop = _cycle(_folder_edges(edges))
+    if loop:
+        hops = []
+        for a, b in zip(loop, loop[1:], strict=False):
+            by = sorted(m for m in edges if _node(m) == a and b in map(_node, edges[m]))
+            hops.append(f"{a} -> {b} ({', '.join(by)})")
+        raise AssertionError("a loop between folders: " + "; ".join(hops))
 
 
 def test_no_function_level_package_import_hides_a_cycle():
@@ -102,6 +132,27 @@ def test_the_checks_see_a_cycle_and_a_hidden_import():
     tree = {"keras_vgg.x": None, "keras_vgg.y": None}
     node = ast.parse("from keras_vgg import y").body[0]
     assert _targets(node, "keras_vgg.x", tree) == ["keras_vgg.y"]
+
+
+def test_the_folder_check_sees_a_loop_no_module_cycle_shows():
+    # a.x imports b.y, b.z imports a.w: no module imports itself back, the folders do.
+    edges = {
+        "keras_vgg.a.x": {"keras_vgg.b.y"},
+        "keras_vgg.a.w": set(),
+        "keras_vgg.b.y": set(),
+        "keras_vgg.b.z": {"keras_vgg.a.w"},
+        "keras_vgg.c": {"keras_vgg.a.x", "keras_vgg.a"},
+    }
+    assert _cycle(edges) is None
+    folders = _folder_edges(edges)
+    assert folders == {
+        "keras_vgg.a": {"keras_vgg.b"},
+        "keras_vgg.b": {"keras_vgg.a"},
+        "keras_vgg.c": {"keras_vgg.a"},
+    }
+    assert _cycle(folders) == ["keras_vgg.a", "keras_vgg.b", "keras_vgg.a"]
+    del edges["keras_vgg.b.z"]
+    assert _cycle(_folder_edges(edges)) is None
 
 
 def test_longest_first_names_test_files_that_exist():

@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from keras_vgg.localization.demo import run_localization_demo
+from keras_vgg.demos import run_localization_demo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -421,7 +421,7 @@ def test_files_that_hold_code_or_are_not_what_they_say_are_named(tmp_path, monke
     evil = tmp_path / "evil.pth"
     torch.save({"features.0.weight": _Code()}, evil)
     with pytest.raises(ValueError) as info:
-        keras_vgg.weights.model_from_weights(str(evil), "A")
+        keras_vgg.model_from_weights(str(evil), "A")
     assert str(info.value) == (
         f"{evil}: holds code or objects that are not plain tensors; refused: a weights file "
         "must not run code when it is loaded"

@@ -1,4 +1,4 @@
-"""The demo: scikit-learn's digits as an image folder, `demo.run_demo` (the library function
+"""The demo: scikit-learn's digits as an image folder, `demos.run_demo` (the library function
 behind `kvgg demo`) on a one-epoch recipe, and (slow) the whole `kvgg demo`, whose printed
 block README.md shows."""
 
@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from keras_vgg import demo, evaluation
+from keras_vgg import demos, evaluation
 from keras_vgg.cli import main
 from keras_vgg.data import sources, stats
 
@@ -34,7 +34,7 @@ _spec.loader.exec_module(readme_demo_block)
 def test_write_digits_is_an_imagenet_style_folder(tmp_path):
     from sklearn.datasets import load_digits
 
-    counts = demo.write_digits(tmp_path, size=24)
+    counts = demos.write_digits(tmp_path, size=24)
     assert counts == {"train": 1258, "val": 269, "test": 270}
     assert sum(counts.values()) == 1797
     for split, count in counts.items():
@@ -53,7 +53,7 @@ def test_write_digits_is_an_imagenet_style_folder(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(path)), expected)
     # Written once: a second call with the same settings writes nothing.
     before = path.stat().st_mtime_ns
-    assert demo.write_digits(tmp_path, size=24) == counts
+    assert demos.write_digits(tmp_path, size=24) == counts
     assert path.stat().st_mtime_ns == before
     # No image is in two splits.
     names = [p.name for p in tmp_path.glob("*/*/*.png")]
@@ -65,7 +65,7 @@ def digits(tmp_path_factory):
     """The digits and their statistics, prepared once by `run_demo(prepare_only=True)`."""
     root = tmp_path_factory.mktemp("demo") / "digits"
     lines = []
-    result = demo.run_demo(data_root=root, prepare_only=True, print_fn=lines.append)
+    result = demos.run_demo(data_root=root, prepare_only=True, print_fn=lines.append)
     return root, result, lines
 
 
@@ -73,7 +73,7 @@ def test_run_demo_prepare_only_writes_digits_and_statistics(digits):
     root, result, lines = digits
     counts = {"train": 1258, "val": 269, "test": 270}
     stats_path = os.path.join(root, "stats.json")
-    assert result == demo.DemoResult(str(root), counts, stats_path)
+    assert result == demos.DemoResult(str(root), counts, stats_path)
     assert lines == [f"digits: {counts} images under {root} (statistics: {stats_path})"]
     # The statistics are those of the training images only.
     written = stats.DatasetStats.from_json(stats_path)
@@ -99,7 +99,7 @@ def test_run_demo_trains_evaluates_predicts_then_finds_the_run_finished(digits, 
     recipe_path = tmp_path / "demo.toml"
     recipe_path.write_text(recipe)
     lines = []
-    result = demo.run_demo(recipe_path, root, print_fn=lines.append)
+    result = demos.run_demo(recipe_path, root, print_fn=lines.append)
     run_dir = str(tmp_path / "runs" / "demo")
     assert result.run_dir == run_dir and result.trained
     assert result.counts == prepared.counts and result.stats_path == prepared.stats_path
@@ -108,7 +108,7 @@ def test_run_demo_trains_evaluates_predicts_then_finds_the_run_finished(digits, 
     # The held-out test images: the library's evaluation of the run, centre crop at Q = 36.
     direct = evaluation.evaluate(run_dir, root / "test", protocols=["center"], scales=[36])
     assert result.test_result.rows == direct.rows and result.test_result.images == 270
-    assert [p.path for p in result.predictions] == demo.sample_images(root / "test", count=8)
+    assert [p.path for p in result.predictions] == demos.sample_images(root / "test", count=8)
     assert all(len(p.top) == 1 and p.error is None for p in result.predictions)
     # What it prints, in order, after training's own lines.
     start = lines.index("held-out test images (270), Q = 36:")
@@ -125,7 +125,7 @@ def test_run_demo_trains_evaluates_predicts_then_finds_the_run_finished(digits, 
 
     # Again: the run has finished, so nothing is trained; the same report.
     again_lines = []
-    again = demo.run_demo(recipe_path, root, print_fn=again_lines.append)
+    again = demos.run_demo(recipe_path, root, print_fn=again_lines.append)
     assert not again.trained and again.metrics == metrics
     assert again.test_result.rows == result.test_result.rows
     assert again_lines[1] == f"{run_dir} has finished already (kvgg demo --overwrite trains again)"

@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 from conftest import kvgg_batch, write_keras2_h5  # noqa: E402
 
 import keras_vgg  # noqa: E402
+from keras_vgg import models  # noqa: E402
 from keras_vgg import weights as weights_lib  # noqa: E402
 from keras_vgg.imagenet import KERAS_CAFFE, PAPER, TORCHVISION  # noqa: E402
 
@@ -424,7 +425,7 @@ def test_convert_keras2_and_npz_record_their_preprocessing(tmp_path):
     x = images()
     for src, override, expected in ((h5, None, KERAS_CAFFE), (npz, TORCHVISION, TORCHVISION)):
         dest = str(tmp_path / (os.path.basename(src) + ".weights.h5"))
-        kwargs = weights_lib.convert(src, dest, "vgg16", preprocessing=override)
+        kwargs = models.convert(src, dest, "vgg16", preprocessing=override)
         assert kwargs.pop("preprocessing") == expected
         assert kwargs == dict(
             config="D",
@@ -442,8 +443,8 @@ def test_convert_keras2_and_npz_record_their_preprocessing(tmp_path):
     # An existing destination is replaced only when asked.
     first = str(tmp_path / "d.h5.weights.h5")
     with pytest.raises(ValueError, match="already exists"):
-        weights_lib.convert(npz, first, "vgg16", preprocessing=TORCHVISION)
-    weights_lib.convert(npz, first, "vgg16", preprocessing=TORCHVISION, overwrite=True)
+        models.convert(npz, first, "vgg16", preprocessing=TORCHVISION)
+    models.convert(npz, first, "vgg16", preprocessing=TORCHVISION, overwrite=True)
     keras_vgg.load_weights(model, first)
     assert keras_vgg.preprocessing_for(model) == TORCHVISION
 
@@ -538,7 +539,7 @@ def test_convert_names_the_first_layer_no_width_fits(tmp_path):
     np.savez(src, **arrays)
     dest = tmp_path / "out.weights.h5"
     with pytest.raises(ValueError, match="no width factor") as info:
-        weights_lib.convert(src, dest, "A")
+        models.convert(src, dest, "A")
     message = str(info.value)
     assert message.startswith(f"{src}: ") and "'block2_conv1' its 20 channels" in message
     assert not dest.exists()
@@ -597,7 +598,7 @@ def test_convert_under_channels_first_builds_a_channels_first_model(tmp_path, ch
     src = str(tmp_path / "vgg13.pth")
     torch.save(source.state_dict(), src)
     dest = str(tmp_path / "vgg13.weights.h5")
-    kwargs = weights_lib.convert(src, dest, "B")
+    kwargs = models.convert(src, dest, "B")
     assert kwargs["input_shape"] == (3, 224, 224)
     model = keras_twin("B", False, input_shape=(3, 224, 224))
     keras_vgg.load_weights(model, dest)

@@ -10,5 +10,6 @@ Modules (each imports only those above it):
 - `pipeline`: (crop, box target) batches for training and validation.
 - `merge`: the greedy merge of box predictions (OverFeat).
 - `evaluate`: protocols 1 and 2, top-5 localisation error, result tables, drawn guesses.
-- `demo`: `kvgg demo localize` (digits pasted onto photographs).
+
+The localisation demo (`kvgg demo localize`) is `keras_vgg.demos.localization`.
 """

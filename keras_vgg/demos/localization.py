@@ -21,7 +21,6 @@ XML annotations: `<root>/{train,val,test}/<digit>/<n>.png` and
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
@@ -29,9 +28,14 @@ from collections.abc import Callable
 import numpy as np
 
 from keras_vgg import recipe as recipe_lib
-from keras_vgg import runs, training
-from keras_vgg.data import sources, stats
-from keras_vgg.files import atomic_text
+from keras_vgg.demos.digits import digits_by_split
+from keras_vgg.demos.opening import (
+    data_overrides,
+    needs_demo_extra,
+    train_once,
+    training_stats,
+    write_once,
+)
 from keras_vgg.localization.annotations import read_boxes, voc_xml
 from keras_vgg.localization.evaluate import (
     LocalizationResult,
@@ -40,27 +44,12 @@ from keras_vgg.localization.evaluate import (
     predict_boxes,
 )
 
-__all__ = ["PHOTOS", "LocalizationDemoResult", "run_localization_demo", "write_canvases"]
+__all__ = ["PHOTOS", "SPLITS", "LocalizationDemoResult", "run_localization_demo", "write_canvases"]
 
 #: scikit-image's bundled colour photographs the digits are pasted onto.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 #: Canvases per split.
 SPLITS = {"train": 8000, "val": 300, "test": 300}
-
-
-def _digits_by_split(seed: int):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    order = np.random.default_rng(seed).permutation(len(digits.target))
-    n_train = int(0.7 * len(order))
-    n_val = int(0.15 * len(order))
-    parts = {
-        "train": order[:n_train],
-        "val": order[n_train : n_train + n_val],
-        "test": order[n_train + n_val :],
-    }
-    return digits.images / 16.0, digits.target, parts
 
 
 def write_canvases(
@@ -92,19 +81,21 @@ def write_canvases(
     Raises:
         ModuleNotFoundError: without scikit-learn (the digits) or scikit-image (the photos).
     """
+    root = os.fspath(root)
+    settings = {"size": size, "digit_sizes": list(digit_sizes), "seed": seed, "splits": SPLITS}
+    return write_once(
+        root, "canvases.json", settings, lambda: _write_canvases(root, size, digit_sizes, seed)
+    )
+
+
+def _write_canvases(
+    root: str, size: int, digit_sizes: tuple[int, int], seed: int
+) -> dict[str, int]:
     import skimage.data
     from PIL import Image
 
-    root = os.fspath(root)
-    marker = os.path.join(root, "canvases.json")
-    settings = {"size": size, "digit_sizes": list(digit_sizes), "seed": seed, "splits": SPLITS}
-    if os.path.isfile(marker):
-        with open(marker, encoding="utf-8") as f:
-            written = json.load(f)
-        if written.get("settings") == settings:
-            return written["counts"]
     photos = [np.asarray(getattr(skimage.data, name)())[..., :3] for name in PHOTOS]
-    images, labels, parts = _digits_by_split(seed)
+    images, labels, parts = digits_by_split(seed)
     rng = np.random.default_rng(seed + 1)
     counts = {}
     for split, count in SPLITS.items():
@@ -151,7 +142,6 @@ def write_canvases(
             with open(os.path.join(xml_folder, name + ".xml"), "w", encoding="utf-8") as f:
                 f.write(voc_xml(name + ".png", (size, size), [(str(label), box)]))
         counts[split] = count
-    atomic_text(marker, json.dumps({"settings": settings, "counts": counts}, indent=2) + "\n")
     return counts
 
 
@@ -178,10 +168,8 @@ class LocalizationDemoResult:
 
 def _train(recipe_path, overrides, overwrite, print_fn) -> str:
     recipe = recipe_lib.load_recipe(recipe_path, overrides)
-    if runs.run_status(recipe.run_dir, overwrite)[0] != "finished":
-        training.fit(recipe, overwrite=overwrite, print_fn=print_fn, verbose=0)
-    else:
-        print_fn(f"{recipe.run_dir} has finished already (--overwrite trains again)")
+    again = "kvgg demo localize --overwrite"
+    train_once(recipe, overwrite=overwrite, again=again, print_fn=print_fn, verbose=0)
     return recipe.run_dir
 
 
@@ -207,26 +195,11 @@ def run_localization_demo(
     """
     start = time.perf_counter()
     data_root = os.fspath(data_root)
-    try:
+    with needs_demo_extra("the localisation demo needs scikit-learn and scikit-image"):
         counts = write_canvases(data_root)
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(
-            f"the localisation demo needs scikit-learn and scikit-image ({exc}): "
-            "pip install 'keras-vgg[demo]'",
-            name=exc.name,
-        ) from exc
-    stats_path = os.path.join(data_root, "stats.json")
-    if not os.path.isfile(stats_path):
-        stats.compute_stats(sources.open_source(os.path.join(data_root, "train"))).to_json(
-            stats_path
-        )
+    stats_path = training_stats(data_root)
     print_fn(f"canvases: {counts} under {data_root}")
-    common = [
-        f"data.root={os.path.join(data_root, 'train')}",
-        f"data.val_root={os.path.join(data_root, 'val')}",
-        f"data.stats={stats_path}",
-        f"run.runs_dir={os.fspath(runs_dir)}",
-    ]
+    common = [*data_overrides(data_root, stats_path), f"run.runs_dir={os.fspath(runs_dir)}"]
     boxes = [
         f"data.annotations={os.path.join(data_root, 'boxes', 'train')}",
         f"data.val_annotations={os.path.join(data_root, 'boxes', 'val')}",
