@@ -5,7 +5,6 @@ that fail next to the CPU torch)."""
 
 from __future__ import annotations
 
-import importlib
 import pathlib
 import sys
 
@@ -30,8 +29,4 @@ def reference(name: str):
     pytest.importorskip("torch")
     if not _torchvision_loads() and str(STUB) not in sys.path:
         sys.path.insert(0, str(STUB))
-    return (
-        pytest.importorskip(name)
-        if importlib.util.find_spec(name)
-        else pytest.skip(f"{name} is not installed")
-    )
+    return pytest.importorskip(name)
