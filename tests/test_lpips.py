@@ -110,6 +110,38 @@ def test_gradient_direction_equals_lpips(setup, metric):
         np.testing.assert_allclose(np.linalg.norm(g), np.linalg.norm(e), rtol=1e-3)
 
 
+def test_backbone_of_another_convention_gets_its_own_preprocessing(setup):
+    """A backbone recording Keras's caffe convention (BGR minus the mean, 0-255) is fed that,
+    not LPIPS's scaling: the reference is lpips's own stages (its backbone, normalisation,
+    linear layers and spatial average) on the paper's input."""
+    import lpips
+
+    import keras_vgg
+    from keras_vgg import KERAS_CAFFE
+
+    vgg = keras_vgg.build("D", include_top=False, weights=setup["backbone"])
+    vgg.record = vgg.record.replace(preprocessing=KERAS_CAFFE)
+    a, b = setup["a"][:3], setup["b"][:3]
+    got = np.asarray(LPIPS(vgg, reduction=None)(a, b))
+    net = setup["net"]
+    mean = np.array([103.939, 116.779, 123.68], np.float32)  # B, G, R
+    with torch.no_grad():
+        outs = [
+            net.net(torch.tensor(x[..., ::-1] - mean).permute(0, 3, 1, 2).contiguous())
+            for x in (a, b)
+        ]
+        expected = sum(
+            lpips.spatial_average(
+                net.lins[k]((lpips.normalize_tensor(o0) - lpips.normalize_tensor(o1)) ** 2)
+            )
+            for k, (o0, o1) in enumerate(zip(*outs, strict=True))
+        )
+    expected = expected.numpy().reshape(-1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Not LPIPS's torchvision numbers (by 10x the tolerance above): the convention counts.
+    assert np.abs(expected - reference(net, a, b)).max() > 1e-4
+
+
 def test_input_ranges_give_one_distance(setup):
     a, b = setup["a"][:2], setup["b"][:2]
     base = np.asarray(LPIPS(setup["backbone"], reduction=None)(a, b))
