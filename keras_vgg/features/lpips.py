@@ -28,6 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_vgg.evaluation.prediction import image_files
 from keras_vgg.features.maps import feature_extractor
 from keras_vgg.handle import open_model
 from keras_vgg.imagenet import TORCHVISION
@@ -279,8 +280,6 @@ def lpips_pairs(a: str | os.PathLike, b: str | os.PathLike) -> list[tuple[str, s
         ValueError: a path missing, a file against a folder, a folder without images, or an
             image of A without its twin in B.
     """
-    from keras_vgg.evaluation.prediction import image_files
-
     a, b = os.fspath(a), os.fspath(b)
     for path in (a, b):
         if not os.path.exists(path):
