@@ -5,57 +5,19 @@ weights (no download) and loads the bundled v0.1 linear weights; `backbone_file`
 backbone as a torchvision state dict (`features.N.weight`), the file our LPIPS reads, so
 both hold the same weights.
 
-lpips imports `torchvision.models` for the layer list only (`tv.vgg16(...).features`). Where
-torchvision cannot be imported (not installed, or a CUDA-only wheel beside a CPU torch:
-"operator torchvision::nms does not exist"), a stand-in module gives that layer list,
-torchvision's VGG-16 `features` as torchvision/models/vgg.py lays it out (cfgs["D"]).
+lpips imports torchvision for its VGG-16 layer list; `torch_reference.reference` imports it
+with the real torchvision when that loads, else with the stand-in in tests/torchvision_stub.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-
 import torch
-
-# torchvision's cfgs["D"]: conv widths, "M" a 2x2 max pooling.
-_CFG_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
-
-
-def _vgg16_features() -> torch.nn.Sequential:
-    layers, channels = [], 3
-    for v in _CFG_D:
-        if v == "M":
-            layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            layers += [torch.nn.Conv2d(channels, v, kernel_size=3, padding=1), torch.nn.ReLU(True)]
-            channels = v
-    return torch.nn.Sequential(*layers)
-
-
-def _standin_torchvision() -> None:
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]
-    models = types.ModuleType("torchvision.models")
-
-    def vgg16(pretrained=False, **_):
-        assert not pretrained, "the reference never downloads torchvision's weights"
-        return types.SimpleNamespace(features=_vgg16_features())
-
-    models.vgg16 = vgg16
-    package = types.ModuleType("torchvision")
-    package.models = models
-    sys.modules["torchvision"] = package
-    sys.modules["torchvision.models"] = models
+from torch_reference import reference
 
 
 def reference_lpips(seed: int = 0):
     """lpips.LPIPS(net="vgg") with a random (seeded) backbone and the bundled linear weights."""
-    try:
-        import torchvision.models  # noqa: F401
-    except Exception:  # noqa: BLE001 - ImportError, or the CUDA-only wheel's RuntimeError
-        _standin_torchvision()
-    import lpips
+    lpips = reference("lpips")
 
     torch.manual_seed(seed)
     net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)

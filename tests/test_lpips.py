@@ -22,15 +22,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import torch_reference
 from conftest import ROOT, kvgg_batch
 from data_images import write_photographs
 from PIL import Image, ImageFilter
 
 torch = pytest.importorskip("torch")
-if importlib.util.find_spec("lpips") is None:  # imported by the reference (its torchvision)
-    pytest.skip(
-        "the lpips package is not installed (pip install -e .[test])", allow_module_level=True
-    )
+lpips = torch_reference.reference("lpips")  # skipped without torch or lpips
 
 from lpips_reference import backbone_file, reference_lpips  # noqa: E402
 
@@ -114,8 +112,6 @@ def test_backbone_of_another_convention_gets_its_own_preprocessing(setup):
     """A backbone recording Keras's caffe convention (BGR minus the mean, 0-255) is fed that,
     not LPIPS's scaling: the reference is lpips's own stages (its backbone, normalisation,
     linear layers and spatial average) on the paper's input."""
-    import lpips
-
     import keras_vgg
     from keras_vgg import KERAS_CAFFE
 
