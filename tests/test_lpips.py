@@ -118,7 +118,11 @@ def test_backbone_of_another_convention_gets_its_own_preprocessing(setup):
     vgg = keras_vgg.build("D", include_top=False, weights=setup["backbone"])
     vgg.record = vgg.record.replace(preprocessing=KERAS_CAFFE)
     a, b = setup["a"][:3], setup["b"][:3]
-    got = np.asarray(LPIPS(vgg, reduction=None)(a, b))
+    loss = LPIPS(vgg, reduction=None)
+    got = np.asarray(loss(a, b))
+    # From its config: the architecture and record (fresh weights: a model object is not a file).
+    again = LPIPS.from_config(loss.get_config())
+    assert again.convention == KERAS_CAFFE and again.stages == loss.stages
     net = setup["net"]
     mean = np.array([103.939, 116.779, 123.68], np.float32)  # B, G, R
     with torch.no_grad():

@@ -198,6 +198,7 @@ class LPIPS(keras.losses.Loss):
             command="LPIPS",
         )
         self.convention = handle.info.preprocessing
+        self.vgg = handle.model
         self.extractor = feature_extractor(handle.model, "lpips", input_range=None)
         self.stages = tuple(self.extractor.output.keys())
         weights = read_linear_weights(linear_weights)
@@ -247,7 +248,7 @@ class LPIPS(keras.losses.Loss):
         model = (
             os.fspath(self.model_source)
             if self.model_source is not None
-            else keras.saving.serialize_keras_object(self.extractor)
+            else keras.saving.serialize_keras_object(self.vgg)
         )
         return {
             **config,
@@ -258,6 +259,13 @@ class LPIPS(keras.losses.Loss):
             ),
             "preprocessing": self.preprocessing_given,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config["model"], dict):
+            config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)
 
 
 def _read_rgb(path: str) -> np.ndarray:
