@@ -107,7 +107,9 @@ def check_range(images: Any, low: float, high: float):
     Eager values (NumPy, eager TF, torch, JAX arrays) are checked here; in a traced
     TensorFlow graph (`model.fit`'s step) the check is a graph assertion that raises
     `InvalidArgumentError` with the same text when it runs; under `jax.jit` a host callback
-    that raises when the step runs.
+    that raises when the step runs. XLA on TensorFlow (`compile(jit_compile=True)`) drops
+    graph assertions: there the check does not run (Keras's default on TensorFlow, "auto",
+    keeps it).
 
     Raises:
         ValueError: naming the range and the batch's min and max.
