@@ -107,9 +107,12 @@ def check_range(images: Any, low: float, high: float):
     Eager values (NumPy, eager TF, torch, JAX arrays) are checked here; in a traced
     TensorFlow graph (`model.fit`'s step) the check is a graph assertion that raises
     `InvalidArgumentError` with the same text when it runs; under `jax.jit` a host callback
-    that raises when the step runs. XLA on TensorFlow (`compile(jit_compile=True)`) drops
-    graph assertions: there the check does not run (Keras's default on TensorFlow, "auto",
-    keeps it).
+    that raises when the step runs. XLA on TensorFlow (`jit_compile=True`, Keras's "auto"
+    on a machine with a GPU) drops graph assertions: there an out-of-range batch comes back
+    as NaN, so that its distance is NaN (`keras.callbacks.TerminateOnNaN` stops on it).
+
+    Returns:
+        The images (in a traced TensorFlow graph: NaN where the batch is out of range).
 
     Raises:
         ValueError: naming the range and the batch's min and max.
@@ -120,8 +123,9 @@ def check_range(images: Any, low: float, high: float):
         import tensorflow as tf
 
         if not tf.executing_eagerly():
+            inside = tf.logical_and(low_seen >= low, high_seen <= high)
             tf.debugging.Assert(
-                tf.logical_and(low_seen >= low, high_seen <= high),
+                inside,
                 [
                     f"LPIPS: a batch outside its declared input_range ({low:g}, {high:g}): "
                     "min, max =",
@@ -129,16 +133,17 @@ def check_range(images: Any, low: float, high: float):
                     high_seen,
                 ],
             )
-            return
+            return tf.where(inside, images, tf.constant(float("nan"), images.dtype))
     elif backend == "jax":
         import jax
 
         if isinstance(low_seen, jax.core.Tracer):
             jax.debug.callback(_raise_outside, low_seen, high_seen, low, high)
-            return
+            return images
     _raise_outside(
         keras.ops.convert_to_numpy(low_seen), keras.ops.convert_to_numpy(high_seen), low, high
     )
+    return images
 
 
 def _input_range(value: Sequence[float]) -> tuple[float, float]:
@@ -223,7 +228,7 @@ class LPIPS(keras.losses.Loss):
         convention, else the backbone's own preprocessing of [0, 255] pixels)."""
         low, high = self.input_range
         x = keras.ops.cast(images, "float32")
-        check_range(x, low, high)
+        x = check_range(x, low, high)
         x = (x - low) * (2.0 / (high - low)) - 1.0  # [-1, 1]
         if self.convention == TORCHVISION:
             shift = keras.ops.convert_to_tensor(LPIPS_SHIFT, "float32")
