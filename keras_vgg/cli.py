@@ -701,6 +701,52 @@ def predict(
         sys.exit(1)
 
 
+@main.command("lpips")
+@click.argument("first", metavar="A")
+@click.argument("second", metavar="B")
+@click.option(
+    "--model",
+    "model_path",
+    default="torchvision",
+    show_default=True,
+    help="The VGG-16 backbone: a pretrained name (torchvision: LPIPS's own) or a file "
+    "(.keras, .weights.h5, torchvision .pth) or run directory.",
+)
+@click.option(
+    "--linear-weights",
+    default=None,
+    help="LPIPS's linear weights (.pth); default: the lpips package's bundled v0.1 file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_model_preprocessing_option
+@user_errors
+def lpips(first, second, model_path, linear_weights, as_json, model_preprocessing):
+    """LPIPS distance of two images, or of the pairs of two folders (same relative names):
+    one line per pair, then their mean."""
+    import json
+
+    features = heavy("features.lpips")
+    try:
+        rows = features.lpips_distances(
+            first,
+            second,
+            model=model_path,
+            linear_weights=linear_weights,
+            preprocessing=model_preprocessing,
+        )
+    except ImportError as exc:  # no lpips package, or a .pth without torch
+        raise UserError(str(exc)) from None
+    mean = sum(d for _, d in rows) / len(rows)
+    if as_json:
+        pairs = [{"name": name, "lpips": d} for name, d in rows]
+        click.echo(json.dumps({"pairs": pairs, "mean": mean}, indent=2))
+        return
+    for name, d in rows:
+        click.echo(f"{d:.6f}  {name}")
+    if len(rows) > 1:
+        click.echo(f"{mean:.6f}  mean of {len(rows)} pairs")
+
+
 def _or(names) -> str:
     names = list(names)
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)

@@ -45,6 +45,8 @@ _NO_RECORD = r"records no input convention.*--preprocessing paper\|caffe\|torchv
 _ARTIFACT = r"an exported savedmodel artifact \(center protocol\); .* needs a"
 _BARE = r"a bare weights file \(weights_h5\) without build arguments .*--config NAME"
 _NOT_LOC = r"a classification net of 3 classes .*needs a localisation net"
+# LPIPS reads a bare weights file as VGG-16's (D): these tiny weights do not fit it.
+_KERAS_WEIGHTS_AS_D = r"keras_weights.weights.h5: does not fit model 'vgg_d'"
 
 _CLASSIFIER_ROW = {
     "paper": "=", "caffe": "=", "torchvision": "=", "bn": "=", "width": "=",
@@ -79,6 +81,14 @@ MATRIX: dict[str, dict[str, str]] = {
         "artifact": _ARTIFACT,
         "keras_weights": _BARE,
     },  # fmt: skip
+    # LPIPS takes a VGG-16 body (a localisation net's too): these tiny nets pass the door
+    # and are refused for their widths; what the door refuses it refuses first.
+    "lpips": {
+        **{c: r"LPIPS needs VGG-16's stage widths \(64, 128, 256, 512, 512\)" for c in COLUMNS},
+        "no_record": _NO_RECORD,
+        "artifact": r"an exported savedmodel artifact \(center protocol\); LPIPS needs a",
+        "keras_weights": _KERAS_WEIGHTS_AS_D,
+    },
 }
 # Library entries (in this process): the same door, the same answers.
 LIBRARY: dict[str, dict[str, str]] = {
@@ -312,6 +322,8 @@ def _invocation(row, path, out, root):
         return ["export", path, out]
     if row == "export --format onnx":
         return ["export", path, out, "--format", "onnx"]
+    if row == "lpips":
+        return ["lpips", *imgs, "--model", path]
     if row == "localize predict":
         return ["localize", "predict", *imgs, "--model", path, "--classifier",
                 root / "paper.keras", "--scales", SIDE, "--json"]  # fmt: skip

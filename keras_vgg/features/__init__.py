@@ -18,6 +18,7 @@ Where things live (each imports only those listed above it):
 - `datasets`: VOC's folder layout and class-folder trees as `LabelledImages`.
 - `store`: `FeatureSet` (the `.npz` of `kvgg features`) and `extract_features` (streamed).
 - `losses`: `PerceptualLoss`, `StyleLoss`, `gram_matrix`.
+- `lpips`: `LPIPS` (the learned perceptual distance, a loss), `lpips_distances`.
 - `svm`: linear SVMs, C chosen on held-out training images, VOC APs, mean class recall.
 """
 
@@ -39,6 +40,7 @@ from keras_vgg.features.descriptors import (
     stack_nets,
 )
 from keras_vgg.features.losses import PerceptualLoss, StyleLoss, gram_matrix
+from keras_vgg.features.lpips import LPIPS, lpips_distances
 from keras_vgg.features.maps import (
     LAYER_SETS,
     InputPreprocessing,
@@ -67,6 +69,7 @@ __all__ = [
     "DESCRIPTOR_LAYERS",
     "AP_METHODS",
     "LAYER_SETS",
+    "LPIPS",
     "VOC_CLASSES",
     "DescriptorNet",
     "FeatureSet",
@@ -86,6 +89,7 @@ __all__ = [
     "holdout_split",
     "l2_normalize",
     "layer_set",
+    "lpips_distances",
     "mean_average_precision",
     "mean_class_recall",
     "open_labelled_images",

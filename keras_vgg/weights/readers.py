@@ -39,6 +39,7 @@ __all__ = [
     "read_keras2_h5",
     "read_layout",
     "read_npz",
+    "read_state_dict",
     "read_torchvision",
     "torchvision_layer_map",
 ]
@@ -288,7 +289,7 @@ def read_torchvision(
         ImportError: when a path is given and torch is not installed.
     """
     source = os.fspath(state_dict) if isinstance(state_dict, (str, os.PathLike)) else "state dict"
-    tensors = _torch_load(source) if isinstance(state_dict, (str, os.PathLike)) else state_dict
+    tensors = read_state_dict(source) if isinstance(state_dict, (str, os.PathLike)) else state_dict
     arrays = {k: to_numpy(v) for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
     batch_norm = any(k.endswith("running_mean") for k in arrays)
     mapping = torchvision_layer_map(config, batch_norm)
@@ -354,7 +355,15 @@ def _fc1_to_channels_last(weight: np.ndarray, channels: int, source: str) -> np.
     return weight.reshape(units, channels, side, side).transpose(2, 3, 1, 0).reshape(-1, units)
 
 
-def _torch_load(path: str) -> Mapping[str, Any]:
+def read_state_dict(path: str | os.PathLike) -> Mapping[str, Any]:
+    """A PyTorch state dict read with `torch.load(weights_only=True)`: plain tensors only, no
+    code run (a file holding objects is refused); a checkpoint's wrapped `state_dict` and
+    DataParallel's "module." prefix are taken off.
+
+    Raises:
+        ImportError: without torch. ValueError: one line naming the file it cannot read.
+    """
+    path = os.fspath(path)
     try:
         import torch
     except ImportError as exc:
