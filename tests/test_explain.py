@@ -16,7 +16,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import kvgg
+from conftest import kvgg_batch
 from PIL import Image
 from torch_reference import reference
 
@@ -241,13 +241,19 @@ def demo_model(small, tmp_path_factory):
 
 def test_kvgg_explain_writes_overlays_and_peaks(demo_model):
     root, model = demo_model
-    out = root / "out"
+    out, m = root / "out", root / "m.keras"
     images = [root / "imgs" / "x" / "0.png", root / "imgs" / "y" / "0.png"]
-    result = kvgg("explain", *images, "--model", root / "m.keras", "--class", "c",
-                  "--layer", "block4_conv3", "-o", out, "--json")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    entries = json.loads(result.stdout)
-    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    first, again, dense, bad = kvgg_batch(
+        ["explain", *images, "--model", m, "--class", "c", "--layer", "block4_conv3",
+         "-o", out, "--json"],
+        # Again without --overwrite: refused, one line, nothing computed.
+        ["explain", *images, "--model", m, "-o", out, "--method", "gradcam"],
+        ["explain", *images, "--model", m, "-o", out, "--method", "dense"],
+        ["explain", images[0], "--model", m, "-o", root / "o2", "--class", "zz"],
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    entries = json.loads(first.stdout)
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*_gradcam.png"))
     assert written == ["x/0_gradcam.png", "y/0_gradcam.png"]
     for entry, image in zip(entries, images, strict=True):
         pixels = np.asarray(Image.open(image))
@@ -257,14 +263,15 @@ def test_kvgg_explain_writes_overlays_and_peaks(demo_model):
         heat = np.clip(resize_bilinear(maps, pixels.shape[:2])[0], 0, 1)
         y, x = np.unravel_index(np.argmax(heat), heat.shape)
         assert entry["peak"] == [int(x), int(y)] and abs(entry["value"] - heat[y, x]) < 1e-6
-        picture = np.asarray(Image.open(entry["picture"]))
-        assert picture.shape == pixels.shape
-    # Again without --overwrite: refused, one line, nothing computed.
-    again = kvgg("explain", *images, "--model", root / "m.keras", "-o", out, "--method", "gradcam")
+        picture = np.asarray(Image.open(entry["picture"]), np.float64)
+        # The overlay: red over the grey image, by hand (below the label's text).
+        grey = np.asarray(Image.fromarray(pixels).convert("L").convert("RGB"), np.float64)
+        alpha = heat[..., None]
+        panel = grey * 0.6 * (1 - alpha) + np.array([255.0, 0, 0]) * alpha
+        np.testing.assert_allclose(picture[14:], panel[14:], atol=1.01)
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
     assert "already exists" in again.stderr
-    dense = kvgg("explain", *images, "--model", root / "m.keras", "-o", out, "--method", "dense")
     assert dense.returncode == 0, dense.stderr
     assert len(list(out.rglob("*_dense.png"))) == 2
-    bad = kvgg("explain", images[0], "--model", root / "m.keras", "-o", out, "--class", "zz")
-    assert bad.returncode == 2 and "--class 'zz'" in bad.stderr and bad.stderr.count("\n") == 1
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "--class 'zz'" in bad.stderr and not (root / "o2").exists()
