@@ -213,6 +213,9 @@ def write_backend_inputs(folder: pathlib.Path) -> None:
     pool_x[0, 2:4, 4:6, 1] = 5.0
     np.save(folder / "pool_x.npy", pool_x)
     np.save(folder / "pool_w.npy", rng.normal(0, 1, (2, 4, 5, 3)).astype(np.float32))
+    # Grad-CAM (tests/test_explain.py): a D at 64x64 and two uint8 images.
+    keras_vgg.build("D", input_shape=(64, 64, 3), **SMALL).save_weights(folder / "cam.weights.h5")
+    np.save(folder / "cam_x.npy", rng.integers(0, 256, (2, 64, 64, 3)).astype(np.uint8))
 
 
 @pytest.fixture(scope="session", params=["jax", "torch"])

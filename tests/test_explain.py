@@ -16,7 +16,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import kvgg_batch
+from conftest import SMALL, kvgg_batch
 from PIL import Image
 from torch_reference import reference
 
@@ -220,6 +220,25 @@ def test_equals_pytorch_grad_cam_full_vgg16(tmp_path, method):
         expected = torch_cams(net, pixels.astype(np.float64), layer, [1, 500], method)
         got = grad_cam(ours, pixels, [1, 500], layer, method)
         np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_same_maps_on_jax_and_torch(other_backend):
+    """tests/backend_script.py ran grad_cam on JAX / torch (their own autodiff)."""
+    backend, folder = other_backend
+    model = keras_vgg.build(
+        "D", input_shape=(64, 64, 3), weights=str(folder / "cam.weights.h5"), **SMALL
+    )
+    x = np.load(folder / "cam_x.npy")
+    for method in ("gradcam", "gradcam++"):
+        expected = {
+            "": grad_cam(model, x, method=method),
+            "_given": grad_cam(model, x, [1, 3], "block4_conv3", method),
+        }
+        for suffix, maps in expected.items():
+            got = np.load(folder / f"cam_{method}{suffix}_{backend}.npy")
+            np.testing.assert_allclose(got, maps, atol=1e-4, err_msg=f"{method}{suffix}")
+    nested = np.load(folder / f"cam_nested_{backend}.npy")
+    np.testing.assert_allclose(nested, grad_cam(model, x), atol=1e-4)
 
 
 # === kvgg explain ===
