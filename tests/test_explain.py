@@ -223,8 +223,15 @@ def test_equals_pytorch_grad_cam_full_vgg16(tmp_path, method):
 
 
 def test_same_maps_on_jax_and_torch(other_backend):
-    """tests/backend_script.py ran grad_cam on JAX / torch (their own autodiff)."""
+    """tests/backend_script.py ran grad_cam on JAX / torch (their own autodiff).
+
+    On JAX, `MaxPooling2x2` shares the gradient of a window whose maximum is tied (an
+    all-zero window after a ReLU) among the ties instead of giving it to one: Grad-CAM's
+    weights (sums over locations) do not change, Grad-CAM++'s (a non-linear function of
+    each location's gradient) change a little, hence its looser tolerance there.
+    """
     backend, folder = other_backend
+    loose = {"gradcam": 1e-4, "gradcam++": 2e-2 if backend == "jax" else 1e-4}
     model = keras_vgg.build(
         "D", input_shape=(64, 64, 3), weights=str(folder / "cam.weights.h5"), **SMALL
     )
@@ -236,7 +243,7 @@ def test_same_maps_on_jax_and_torch(other_backend):
         }
         for suffix, maps in expected.items():
             got = np.load(folder / f"cam_{method}{suffix}_{backend}.npy")
-            np.testing.assert_allclose(got, maps, atol=1e-4, err_msg=f"{method}{suffix}")
+            np.testing.assert_allclose(got, maps, atol=loose[method], err_msg=f"{method}{suffix}")
     nested = np.load(folder / f"cam_nested_{backend}.npy")
     np.testing.assert_allclose(nested, grad_cam(model, x), atol=1e-4)
 
