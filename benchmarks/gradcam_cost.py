@@ -93,12 +93,13 @@ def main() -> None:
         "goal": "<= 2.2x",
         "cpu": _cpu(),
         "cores": os.cpu_count(),
+        "load_average": round(os.getloadavg()[0], 1),
         "tensorflow": tf.__version__,
     }
     print(json.dumps(result, indent=2))
     print(
         f"grad_cam / forward: {ratio:.2f}x (goal <= 2.2x) on {result['cpu']}, "
-        f"{result['cores']} cores"
+        f"{result['cores']} cores, load average {result['load_average']}"
     )
 
 
