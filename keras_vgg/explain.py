@@ -159,7 +159,7 @@ def _nested_vgg(model: keras.Model) -> keras.Model | None:
     return None
 
 
-def default_layer(layers: Sequence[keras.layers.Layer]) -> str:
+def _default_layer(layers: Sequence[keras.layers.Layer]) -> str:
     """The last conv's rectified map: `blockN_convM`, or its `_relu` layer in a VGG-BN."""
     names = [layer.name for layer in layers]
     convs = [n for n in names if _CONV.match(n)]
@@ -221,9 +221,8 @@ class CamNet:
                     "exported from"
                 )
             self.info, self.model = handle.info, handle.model
-            self.handle = handle
         chain = _chain(self.model, "block1_conv1")
-        self.layer = layer or default_layer(chain)
+        self.layer = layer or _default_layer(chain)
         names = [x.name for x in chain]
         if self.layer not in names:
             convs = [n for n in names if _CONV.match(n) or n.endswith("_relu")]
@@ -259,6 +258,12 @@ class CamNet:
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(
                 f"grad_cam: images must be (batch, height, width, 3) RGB. Received: {x.shape}"
+            )
+        side = tuple(self.body.inputs[0].shape[1:3])
+        if None not in side and x.shape[1:3] != side:
+            raise ValueError(
+                f"grad_cam: images of {x.shape[1]}x{x.shape[2]} pixels; the model takes "
+                f"{side[0]}x{side[1]} (its FC head's input size)"
             )
         given = _classes(class_index, len(x), self.classes)
         key = x.shape

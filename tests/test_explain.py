@@ -196,6 +196,8 @@ def test_refusals(small, tmp_path):
         grad_cam(ours, pixels, class_index=6)
     with pytest.raises(ValueError, match="method must be one of"):
         grad_cam(ours, pixels, method="cam")
+    with pytest.raises(ValueError, match="images of 32x32 pixels; the model takes 64x64"):
+        grad_cam(ours, pixels[:, :32, :32])
     inputs = keras.Input((64, 64, 3))
     branch = keras.layers.Add()([ours(inputs), ours(inputs)])
     with pytest.raises(ValueError, match="not one chain"):
