@@ -68,6 +68,7 @@ _EXPORTS = {
     "load_recipe": "keras_vgg.recipe",
     "fit": "keras_vgg.training",
     "export_model": "keras_vgg.export",
+    "grad_cam": "keras_vgg.explain",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -747,6 +747,60 @@ def lpips(first, second, model_path, linear_weights, as_json, model_preprocessin
         click.echo(f"{mean:.6f}  mean of {len(rows)} pairs")
 
 
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model_path", required=True, help="A .keras file or run directory.")
+@click.option(
+    "--method",
+    type=click.Choice(["gradcam", "gradcam++", "dense"]),
+    default="gradcam",
+    show_default=True,
+    help="Grad-CAM, Grad-CAM++, or the dense class score map (Sec. 3.2).",
+)
+@click.option("--class", "class_name", default=None, help="The class to explain (default: top).")
+@click.option("--layer", default=None, help="The conv layer (default: the last conv's).")
+@click.option("-o", "--output", required=True, metavar="OUT/", help="Folder of the overlays.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_model_preprocessing_option
+@_overwrite_option
+@user_errors
+def explain(
+    images, model_path, method, class_name, layer, output, as_json, model_preprocessing,
+    overwrite,
+):  # fmt: skip
+    """Where a classifier looks: a map of each of IMAGES (files or folders) over the image.
+
+    Writes OUT/<image>_<method>.png (sub-folders of the inputs mirrored): the map in red
+    over the grey image, with the class's name and probability; prints each map's peak
+    (x, y) and value. Unreadable images are reported and skipped; the exit code is 1 if
+    any was.
+    """
+    import json
+
+    evaluation, outputs_lib = heavy("evaluation", "outputs")
+    files = evaluation.image_files(images)
+    paths = outputs_lib.per_image_outputs(files, output, f"_{method}.png")
+    _check_outputs(paths.values(), [*files, model_path], overwrite)
+    found = heavy("explain").explain_images(
+        model_path, files, paths, method=method, class_name=class_name, layer=layer,
+        preprocessing=model_preprocessing,
+    )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in found], indent=2))
+    for e in found:
+        if e.error is None:
+            if not as_json:
+                click.echo(
+                    f"{e.path}: {e.class_name} {e.probability:.4f} peak {e.peak} {e.value:.3f}"
+                )
+            click.echo(f"wrote {e.picture}", err=True)
+    failed = [e for e in found if e.error is not None]
+    for e in failed:
+        click.echo(f"kvgg: skipped unreadable image: {e.path}: {e.error}", err=True)
+    if failed:
+        sys.exit(1)
+
+
 def _or(names) -> str:
     names = list(names)
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)

@@ -30,8 +30,10 @@ from keras_vgg.outputs import make_folders
 __all__ = [
     "COLORS",
     "MIN_DRAWN_SIDE",
+    "dense_scores",
     "draw_boxes",
     "heatmaps",
+    "overlay",
     "predict_with_heatmaps",
     "save_png",
 ]
@@ -118,28 +120,40 @@ def heatmaps(
     return _heatmap(net, loaded, pixels, path, top, scale)
 
 
+def dense_scores(net: ScoreNet, pixels: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """The dense class score map of one image at test scale Q (Sec. 3.2).
+
+    Returns:
+        (the soft-max at each location (h, w, classes), the image's posterior (classes,)).
+    """
+    rescaled = to_numpy(transforms.rescaled_view(np.asarray(pixels), scale))
+    scores = net.score_maps(rescaled[None])
+    return softmax(scores[0].astype(np.float64)), net.pool(scores)[0]
+
+
+def overlay(pixels: np.ndarray, heat: np.ndarray, text: str) -> Image.Image:
+    """A map in [0, 1] (H, W) as red over the grey image (H, W, 3), `text` at its top left."""
+    grey = np.asarray(Image.fromarray(np.asarray(pixels, np.uint8)).convert("L").convert("RGB"))
+    alpha = np.asarray(heat, np.float32)[..., None]
+    panel = grey.astype(np.float32) * 0.6 * (1 - alpha) + np.array([255, 0, 0], np.float32) * alpha
+    panel = Image.fromarray(panel.clip(0, 255).astype(np.uint8))
+    ImageDraw.Draw(panel).text((2, 2), text, fill=(255, 255, 0))
+    return panel
+
+
 def _heatmap(net: ScoreNet, loaded: Any, pixels, path, top: int, scale: int | None):
     if scale is None:
         scale = predict_scale(loaded.info.train_scale)
-    rescaled = to_numpy(transforms.rescaled_view(np.asarray(pixels), scale))
-    scores = net.score_maps(rescaled[None])
-    posterior = net.pool(scores)[0]
-    location = softmax(scores[0].astype(np.float64))
+    location, posterior = dense_scores(net, pixels, scale)
     names = loaded.info.class_names or tuple(str(i) for i in range(net.classes))
     image = Image.fromarray(np.asarray(pixels, np.uint8)).convert("RGB")
-    grey = np.asarray(image.convert("L").convert("RGB"), np.float32) * 0.6
     panels, found = [], []
     for label in np.argsort(-posterior, kind="stable")[:top]:
         heat = Image.fromarray((location[..., label] * 255).astype(np.uint8)).resize(
             image.size, Image.BILINEAR
         )
-        alpha = np.asarray(heat, np.float32)[..., None] / 255
-        panel = grey * (1 - alpha) + np.array([255, 0, 0], np.float32) * alpha
-        panel = Image.fromarray(panel.clip(0, 255).astype(np.uint8))
-        ImageDraw.Draw(panel).text(
-            (2, 2), f"{names[label]} {posterior[label]:.2f}", fill=(255, 255, 0)
-        )
-        panels.append(panel)
+        text = f"{names[label]} {posterior[label]:.2f}"
+        panels.append(overlay(pixels, np.asarray(heat, np.float32) / 255, text))
         found.append((names[label], float(posterior[label])))
     sheet = Image.new("RGB", (image.width * len(panels), image.height))
     for k, panel in enumerate(panels):

@@ -4,7 +4,7 @@ One fresh Python per backend (JAX, torch) for the whole suite: it reads the inpu
 `conftest.write_backend_inputs` wrote to DIR and writes what this backend computes from them
 (builders' outputs, preprocess_input, the perceptual and style losses with their gradients,
 the device half of the training input and the model steps it runs in, MaxPooling2x2 and
-its gradient)
+its gradient, Grad-CAM maps)
 as .npy files next to them. The tests compare them with TensorFlow and NumPy in their own
 process. Not collected by pytest (no test_ prefix).
 """
@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 import keras_vgg
-from keras_vgg import augment, features
+from keras_vgg import augment, explain, features
 
 backend, folder = sys.argv[1], sys.argv[2]
 assert keras.backend.backend() == backend, keras.backend.backend()
@@ -143,3 +143,18 @@ for data_format, axes in (("channels_last", (0, 1, 2, 3)), ("channels_first", (0
         value, grad = value.detach(), x.grad
     save(f"pool_{data_format}", keras.ops.convert_to_numpy(value).transpose(back))
     save(f"pool_{data_format}_grad", keras.ops.convert_to_numpy(grad).transpose(back))
+
+# Grad-CAM (tests/test_explain.py): both methods, top and given classes, a nested model.
+cam_net = keras_vgg.build(
+    "D",
+    weights=f"{folder}/cam.weights.h5",
+    input_shape=(64, 64, 3),
+    kernel_initializer="zeros",
+    **settings["small"],
+)
+cam_x = np.load(f"{folder}/cam_x.npy")
+for method in ("gradcam", "gradcam++"):
+    save(f"cam_{method}", explain.grad_cam(cam_net, cam_x, method=method))
+    save(f"cam_{method}_given", explain.grad_cam(cam_net, cam_x, [1, 3], "block4_conv3", method))
+nested_in = keras.Input((64, 64, 3))
+save("cam_nested", explain.grad_cam(keras.Model(nested_in, cam_net(nested_in)), cam_x))

@@ -86,6 +86,9 @@ def kvgg_batch(*invocations, timeout: float = 300, cwd=None, env=None) -> KvggBa
 LONGEST_FIRST = (
     "test_localization_demo.py",
     "test_features_demo.py",
+    "test_model_door.py",
+    "test_explain.py",
+    "test_lpips.py",
     "test_distribute.py",
     "test_training.py",
     "test_training_resume.py",
@@ -213,6 +216,9 @@ def write_backend_inputs(folder: pathlib.Path) -> None:
     pool_x[0, 2:4, 4:6, 1] = 5.0
     np.save(folder / "pool_x.npy", pool_x)
     np.save(folder / "pool_w.npy", rng.normal(0, 1, (2, 4, 5, 3)).astype(np.float32))
+    # Grad-CAM (tests/test_explain.py): a D at 64x64 and two uint8 images.
+    keras_vgg.build("D", input_shape=(64, 64, 3), **SMALL).save_weights(folder / "cam.weights.h5")
+    np.save(folder / "cam_x.npy", rng.integers(0, 256, (2, 64, 64, 3)).astype(np.uint8))
 
 
 @pytest.fixture(scope="session", params=["jax", "torch"])

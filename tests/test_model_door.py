@@ -60,6 +60,10 @@ MATRIX: dict[str, dict[str, str]] = {
         **_CLASSIFIER_ROW,
         "artifact": r"an exported savedmodel artifact .*--heatmap needs a Keras model",
     },
+    "explain": {
+        **_CLASSIFIER_ROW,
+        "artifact": r"an exported savedmodel artifact .*kvgg explain needs a Keras model",
+    },
     "evaluate": {**_CLASSIFIER_ROW, "artifact": _ARTIFACT},
     "features": {**_CLASSIFIER_ROW, "artifact": _ARTIFACT},
     "export": {
@@ -313,6 +317,8 @@ def _invocation(row, path, out, root):
     if row == "predict --heatmap":
         wide = [root / "wide" / "a" / "0.png", root / "wide" / "b" / "0.png"]
         return ["predict", *wide, "--model", path, "--scales", 64, "--heatmap", out]
+    if row == "explain":
+        return ["explain", *imgs, "--model", path, "-o", out, "--json"]
     if row == "evaluate":
         return ["evaluate", path, "--data", root / "tree", "--scales", SIDE, "--center-crop",
                 "--dense", "--multi-crop", "-o", out]  # fmt: skip
@@ -408,6 +414,46 @@ def _check_heatmap(kind, result, target, pics):
         np.testing.assert_allclose(sheet[14:, :96], panel[14:], atol=12 if bf16 else 1.01)
 
 
+def _check_explain(kind, result, target, pics):
+    """Grad-CAM by hand at the last conv: at crop 32 its map is 2x2 and pool5 1x1, so
+    d y_c / d pool5 comes back through the FC head (NumPy, its ReLU masks) and each
+    channel's weight is that gradient over the 2x2 locations (max pooling sends it to one;
+    their mean divides it by 4); then the map's scaling and OpenCV's bilinear resize."""
+    cv2 = pytest.importorskip("cv2")
+    entries = json.loads(result.stdout)
+    written = sorted(str(p.relative_to(target)) for p in target.rglob("*.png"))
+    assert written == ["a/0_gradcam.png", "b/0_gradcam.png"]
+    model, convention = _keras_of(kind)
+    names = {layer.name for layer in model.layers}
+    tap = "block5_conv2_relu" if "block5_conv2_relu" in names else "block5_conv2"
+    x = by_hand_input(np.stack(pics[:2]), convention)
+    a = layer_output(model, tap, x)  # (2, 2, 2, C)
+    w1, w2, w3 = (
+        [np.asarray(v, np.float64) for v in model.get_layer(n).get_weights()]
+        for n in ("fc1", "fc2", "predictions")
+    )
+    pool5 = a.max(axis=(1, 2))
+    h1 = pool5 @ w1[0] + w1[1]
+    h2 = np.maximum(h1, 0) @ w2[0] + w2[1]
+    z = np.maximum(h2, 0) @ w3[0] + w3[1]
+    bf16 = _bf16(kind)
+    for k, entry in enumerate(entries):
+        best = int(np.argmax(z[k]))
+        assert _index(entry["class_name"]) == best
+        assert abs(entry["probability"] - softmax(z[k])[best]) < _atol(kind)
+        grad = w1[0] @ ((h1[k] > 0) * (w2[0] @ ((h2[k] > 0) * w3[0][:, best])))
+        cam = np.maximum(np.einsum("hwc,c->hw", a[k], grad / 4), 0)
+        cam = (cam - cam.min()) / (1e-7 + (cam - cam.min()).max())
+        heat = cv2.resize(np.float32(cam), (SIDE, SIDE)).astype(np.float64)
+        heat = (heat - heat.min()) / (1e-7 + (heat - heat.min()).max())
+        px, py = entry["peak"]
+        assert heat[py, px] > heat.max() - (5e-2 if bf16 else 1e-4)
+        picture = np.asarray(Image.open(entry["picture"]), np.float64)
+        grey = np.asarray(Image.fromarray(pics[k]).convert("L").convert("RGB"), np.float64)
+        panel = grey * 0.6 * (1 - heat[..., None]) + np.array([255.0, 0, 0]) * heat[..., None]
+        np.testing.assert_allclose(picture[14:], panel[14:], atol=40 if bf16 else 1.01)
+
+
 def _check_evaluate(kind, result, target, pics):
     report = json.loads(target.read_text())
     model, convention = _keras_of(kind)
@@ -471,6 +517,7 @@ CHECKS = {
     "predict": _check_predict,
     "predict --dense": _check_dense,
     "predict --heatmap": _check_heatmap,
+    "explain": _check_explain,
     "evaluate": _check_evaluate,
     "features": _check_features,
     "export": _check_export,
