@@ -224,15 +224,21 @@ class CamNet:
         chain = _chain(self.model, "block1_conv1")
         self.layer = layer or _default_layer(chain)
         names = [x.name for x in chain]
-        if self.layer not in names:
-            convs = [n for n in names if _CONV.match(n) or n.endswith("_relu")]
+        convs = [n for n in names if _is_conv_map(n)]
+        if self.layer not in convs:
+            what = "not a conv layer" if self.layer in names else "no such layer"
             raise ValueError(
-                f"grad_cam: no layer {self.layer!r} in the model's VGG; its conv layers: "
-                f"{', '.join(convs)}"
+                f"grad_cam: layer {self.layer!r}: {what} of the model's VGG; its conv "
+                f"layers: {', '.join(convs)}"
             )
         cut = names.index(self.layer) + 1
+        # The scores are the logits, before the soft-max: a soft-max layer is left out, a
+        # last layer with a soft-max built in (Dense(n, activation="softmax")) is replaced
+        # by the same layer without it.
         if chain[-1].name == "predictions_activation" or _is_softmax(chain[-1]):
-            chain = chain[:-1]  # the scores are the logits, before the soft-max
+            chain = chain[:-1]
+        elif _has_softmax_built_in(chain[-1]):
+            chain = [*chain[:-1], _without_softmax(chain[-1])]
         self.body = _sequence(chain[:cut], self.model.inputs[0].shape[1:])
         self.head = _sequence(chain[cut:], self.body.outputs[0].shape[1:])
         self.dtype = _compute_dtype(chain)
@@ -259,6 +265,7 @@ class CamNet:
             raise ValueError(
                 f"grad_cam: images must be (batch, height, width, 3) RGB. Received: {x.shape}"
             )
+        _check_pixels(x)
         side = tuple(self.body.inputs[0].shape[1:3])
         if None not in side and x.shape[1:3] != side:
             raise ValueError(
@@ -276,10 +283,34 @@ class CamNet:
         return maps.astype(np.float32), np.asarray(classes), np.asarray(scores, np.float32)
 
 
+def _is_conv_map(name: str) -> bool:
+    """A conv layer's map: `blockN_convM`, or a VGG-BN's rectified `blockN_convM_relu`."""
+    return bool(_CONV.match(name) or (name.endswith("_relu") and _CONV.match(name[:-5])))
+
+
 def _is_softmax(layer) -> bool:
     return isinstance(layer, keras.layers.Activation) and (
         keras.activations.serialize(layer.activation) == "softmax"
     )
+
+
+def _has_softmax_built_in(layer) -> bool:
+    activation = getattr(layer, "activation", None)
+    return activation is not None and keras.activations.serialize(activation) == "softmax"
+
+
+def _without_softmax(layer):
+    """A copy of a Dense layer with a soft-max built in, without it (the same weights)."""
+    if not isinstance(layer, keras.layers.Dense):
+        raise ValueError(
+            f"grad_cam: the model's last layer {layer.name!r} ({type(layer).__name__}) has a "
+            "soft-max built in: Grad-CAM needs the scores before it (end the model with a "
+            "linear layer and a separate Activation('softmax'))"
+        )
+    copy = keras.layers.Dense.from_config({**layer.get_config(), "activation": "linear"})
+    copy.build((None, int(layer.kernel.shape[0])))
+    copy.set_weights(layer.get_weights())
+    return copy
 
 
 def _compute_dtype(chain) -> str:
@@ -297,11 +328,35 @@ def _sequence(layers, shape) -> keras.Model:
     return keras.Model(inputs, x)
 
 
+def _check_pixels(x: np.ndarray) -> None:
+    """Raw RGB pixels, 0 to 255: a batch scaled to [0, 1] (or outside 0-255) is refused."""
+    if x.size == 0:
+        return
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"grad_cam: images are raw RGB pixels, 0 to 255 (the model's record does the "
+            f"preprocessing); this batch lies in [{low:g}, {high:g}]"
+        )
+    if not np.issubdtype(x.dtype, np.integer) and 0 < high <= 1:
+        raise ValueError(
+            f"grad_cam: images are raw RGB pixels, 0 to 255 (the model's record does the "
+            f"preprocessing); this {x.dtype} batch lies in [{low:g}, {high:g}]: multiply "
+            "it by 255"
+        )
+
+
 def _classes(class_index, batch: int, classes: int) -> np.ndarray:
     """The class of each image (-1: its top class)."""
     if class_index is None:
         return np.full(batch, -1, np.int32)
-    given = np.broadcast_to(np.asarray(class_index, np.int64), (batch,))
+    count = np.size(class_index)
+    if np.ndim(class_index) > 1 or count not in (1, batch):
+        raise ValueError(
+            f"grad_cam: class_index gives {count} classes for {batch} images (one for all, "
+            "or one per image)"
+        )
+    given = np.broadcast_to(np.asarray(class_index, np.int64).reshape(-1), (batch,))
     bad = [int(c) for c in given if not 0 <= c < classes]
     if bad:
         raise ValueError(f"grad_cam: class_index {bad[0]} is not one of the model's {classes}")

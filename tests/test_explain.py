@@ -187,11 +187,52 @@ def test_transfer_learning_shape_by_hand():
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_a_soft_max_built_into_the_last_dense_is_left_out():
+    """Dense(n, activation="softmax") (keras.io's transfer-learning head): the maps are of
+    the logits, those of the same weights with the soft-max as a layer of its own."""
+    keras.utils.set_random_seed(2)
+    body = keras_vgg.build("A", include_top=False, width=0.125, input_shape=(64, 64, 3))
+    built_in = keras.Sequential(
+        [
+            keras.Input((64, 64, 3)),
+            body,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5, activation="softmax"),
+        ]
+    )
+    apart = keras.Sequential(
+        [
+            keras.Input((64, 64, 3)),
+            body,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5),
+            keras.layers.Activation("softmax"),
+        ]
+    )
+    apart.layers[-2].set_weights(built_in.layers[-1].get_weights())
+    pixels = photographs(64)
+    got = grad_cam(built_in, pixels, [0, 1, 4], "block5_conv2")
+    assert got.max() == pytest.approx(1.0)  # the soft-max's saturated gradient gives ~0
+    np.testing.assert_allclose(got, grad_cam(apart, pixels, [0, 1, 4], "block5_conv2"))
+    assert built_in.layers[-1].activation is keras.activations.softmax  # left as it was
+
+
 def test_refusals(small, tmp_path):
     _, ours = small
     pixels = photographs(64)
-    with pytest.raises(ValueError, match="no layer 'block9_conv1'"):
+    with pytest.raises(ValueError, match="'block9_conv1': no such layer"):
         grad_cam(ours, pixels, layer="block9_conv1")
+    for layer in ("fc1", "block5_pool"):  # layers of the model, but no conv's map
+        with pytest.raises(ValueError, match=f"'{layer}': not a conv layer of the model's VGG"):
+            grad_cam(ours, pixels, layer=layer)
+    with pytest.raises(ValueError, match="gives 2 classes for 3 images"):
+        grad_cam(ours, pixels, class_index=[1, 2])
+    with pytest.raises(
+        ValueError, match=r"float64 batch lies in \[0, 0\.\d+\]: multiply it by 255"
+    ):
+        grad_cam(ours, pixels / 255.0)
+    with pytest.raises(ValueError, match="raw RGB pixels, 0 to 255"):
+        grad_cam(ours, pixels.astype(np.float32) - 128)
     with pytest.raises(ValueError, match="class_index 6 is not one of the model's 6"):
         grad_cam(ours, pixels, class_index=6)
     with pytest.raises(ValueError, match="method must be one of"):
