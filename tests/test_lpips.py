@@ -234,6 +234,15 @@ def test_weights_files_refused(setup, tmp_path):
     narrow = keras_vgg.build("D", include_top=False, width=0.25, input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match=r"stage widths \(64, 128, 256, 512, 512\)"):
         LPIPS(narrow)
+    # Not VGG-16 (whose stages the linear weights were learned on), at full width.
+    for kwargs, seen in (
+        (dict(config="A"), "configuration A"),
+        (dict(config="E"), "configuration E"),
+        (dict(config="D", batch_norm=True), "configuration D with batch norm"),
+    ):
+        body = keras_vgg.build(**kwargs, include_top=False, input_shape=(32, 32, 3))
+        with pytest.raises(ValueError, match=f"learned on VGG-16 .*; this model is {seen}$"):
+            LPIPS(body)
 
 
 # === Other backends: the value on JAX and torch (one subprocess each) ===

@@ -33,6 +33,7 @@ from keras_vgg.features.maps import feature_extractor
 from keras_vgg.handle import open_model
 from keras_vgg.imagenet import TORCHVISION
 from keras_vgg.layers import InputPreprocessing
+from keras_vgg.weights.names import infer_config
 from keras_vgg.weights.readers import read_state_dict
 
 __all__ = [
@@ -160,6 +161,22 @@ def _input_range(value: Sequence[float]) -> tuple[float, float]:
 
 
 @keras.saving.register_keras_serializable(package="keras_vgg")
+def _check_vgg16(handle) -> None:
+    """LPIPS's linear weights were learned on VGG-16's stages: configuration D, no batch
+    norm (any width is refused later by the stage widths)."""
+    try:
+        config = infer_config(handle.model)
+    except ValueError:
+        config = None
+    batch_norm = any(isinstance(x, keras.layers.BatchNormalization) for x in handle.model.layers)
+    if config != "D" or batch_norm:
+        seen = f"configuration {config}" if config else "not one of Table 1's configurations"
+        raise ValueError(
+            f"{handle.source}: LPIPS's linear weights were learned on VGG-16 (configuration "
+            f"D, no batch norm); this model is {seen}{' with batch norm' if batch_norm else ''}"
+        )
+
+
 class LPIPS(keras.losses.Loss):
     """LPIPS distance as a Keras loss: one value per image pair, lower is more alike.
 
@@ -204,6 +221,7 @@ class LPIPS(keras.losses.Loss):
             config="D" if self.model_source is not None else None,
             command="LPIPS",
         )
+        _check_vgg16(handle)
         self.convention = handle.info.preprocessing
         self.vgg = handle.model
         self.extractor = feature_extractor(handle.model, "lpips", input_range=None)
