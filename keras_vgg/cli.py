@@ -1117,8 +1117,14 @@ def demo(which, recipe_path, data_root, prepare_only, overwrite):
     descriptors of digits 5-9 against the same nets untrained and raw pixels (Appendix B
     in small).
     """
-    if which == "localize" and prepare_only:
-        raise UserError("--prepare-only is for the digits demo")
+    if which != "digits" and prepare_only:
+        raise UserError(f"--prepare-only is for the digits demo, not `kvgg demo {which}`")
+    given = click.get_current_context().get_parameter_source("recipe_path")
+    if which == "localize" and given != click.core.ParameterSource.DEFAULT:
+        raise UserError(
+            "--recipe is for the digits and features demos: `kvgg demo localize` trains "
+            "recipes/loc_demo_cls.toml and recipes/loc_demo.toml"
+        )
     demos, training = heavy("demos", "training")
     try:
         if which == "localize":

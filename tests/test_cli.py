@@ -120,3 +120,21 @@ def test_kvgg_turns_onednn_on_unless_told_otherwise(given, seen):
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == seen
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["demo", "features", "--prepare-only"], "not `kvgg demo features`"),
+        (["demo", "localize", "--prepare-only"], "not `kvgg demo localize`"),
+        (["demo", "localize", "--recipe", "recipes/demo.toml"], "--recipe is for the digits"),
+    ],
+)
+def test_demo_options_another_demo_ignores_are_refused(args, fragment):
+    """An option a demo would ignore is refused in one line before anything runs."""
+    from conftest import kvgg
+
+    out = kvgg(*args)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("kvgg: error: ") and fragment in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
