@@ -736,15 +736,22 @@ def lpips(first, second, model_path, linear_weights, as_json, model_preprocessin
         )
     except ImportError as exc:  # no lpips package, or a .pth without torch
         raise UserError(str(exc)) from None
-    mean = sum(d for _, d in rows) / len(rows)
+    done = [r for r in rows if r.error is None]
+    failed = [r for r in rows if r.error is not None]
+    mean = sum(r.distance for r in done) / len(done) if done else None
     if as_json:
-        pairs = [{"name": name, "lpips": d} for name, d in rows]
+        pairs = [{"name": r.name, "lpips": r.distance} for r in done]
         click.echo(json.dumps({"pairs": pairs, "mean": mean}, indent=2))
-        return
-    for name, d in rows:
-        click.echo(f"{d:.6f}  {name}")
-    if len(rows) > 1:
-        click.echo(f"{mean:.6f}  mean of {len(rows)} pairs")
+    else:
+        for r in done:
+            click.echo(f"{r.distance:.6f}  {r.name}")
+        if len(done) > 1:
+            click.echo(f"{mean:.6f}  mean of {len(done)} pairs")
+    # As kvgg predict: every pair compared, then each skipped one, exit 1.
+    for r in failed:
+        click.echo(f"kvgg: skipped pair {r.name}: {r.error}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @main.command()

@@ -305,9 +305,12 @@ _BAD = {
     "missing": r"C: no such image file or folder",
     "file_folder": r"give two image files or two folders",
     "no_twin": r"B/z.png: missing; every image of .*A needs its twin",
-    "sizes": r"B/x.png: 32x64 pixels, its twin .* 64x64; LPIPS compares images of one size",
-    "not_image": r"B/x.png: not a readable image",
     "no_model": r"nothing.keras: no such model file or run directory",
+}
+# Pairs that cannot be compared: skipped and named after the pairs that could (ok.png), exit 1.
+_SKIPPED = {
+    "sizes": r"x.png: .*B/x.png: 32x64 pixels, its twin .* 64x64; LPIPS compares images of one",
+    "not_image": r"x.png: .*B/x.png: not a readable image",
 }
 
 
@@ -323,11 +326,13 @@ def cli(setup):
             Image.fromarray(image.astype(np.uint8)).save(path)
     a, b, model = root / "A", root / "B", ["--model", setup["backbone"]]
     bad = {}
-    for case in _BAD:
+    for case in [*_BAD, *_SKIPPED]:
         folder = root / "bad" / case
         for side in ("A", "B"):
             (folder / side).mkdir(parents=True)
             Image.fromarray(photos[0]).save(folder / side / "x.png")
+            if case in _SKIPPED:
+                Image.fromarray(photos[1]).save(folder / side / "ok.png")
         args = [folder / "A", folder / "B", *model]
         if case == "missing":
             args[1] = folder / "C"
@@ -385,3 +390,14 @@ def test_cli_bad_input_one_line(cli, case):
     assert len(lines) == 1 and lines[0].startswith("kvgg: error: "), result.stderr
     assert re.search(_BAD[case], lines[0]), lines[0]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("case", list(_SKIPPED))
+def test_cli_pairs_it_cannot_compare_are_skipped(cli, case):
+    result = cli[1][case]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("kvgg: skipped pair "), result.stderr
+    assert re.search(_SKIPPED[case], lines[0]), lines[0]
+    value, name = result.stdout.split()  # the pair it could compare: one image, same twice
+    assert name == "ok.png" and float(value) == pytest.approx(0.0, abs=1e-6)

@@ -40,7 +40,7 @@ from keras_vgg.features.descriptors import (
     stack_nets,
 )
 from keras_vgg.features.losses import PerceptualLoss, StyleLoss, gram_matrix
-from keras_vgg.features.lpips import LPIPS, lpips_distances
+from keras_vgg.features.lpips import LPIPS, LpipsPair, lpips_distances
 from keras_vgg.features.maps import (
     LAYER_SETS,
     InputPreprocessing,
@@ -89,6 +89,7 @@ __all__ = [
     "holdout_split",
     "l2_normalize",
     "layer_set",
+    "LpipsPair",
     "lpips_distances",
     "mean_average_precision",
     "mean_class_recall",

@@ -19,6 +19,7 @@ The linear weights are read from the `lpips` package's bundled `weights/v0.1/vgg
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_vgg.data.decoding import read_image
 from keras_vgg.evaluation.prediction import image_files
 from keras_vgg.features.maps import feature_extractor
 from keras_vgg.handle import open_model
@@ -41,6 +43,7 @@ __all__ = [
     "LPIPS",
     "LPIPS_SCALE",
     "LPIPS_SHIFT",
+    "LpipsPair",
     "check_range",
     "lpips_distances",
     "lpips_pairs",
@@ -293,16 +296,6 @@ class LPIPS(keras.losses.Loss):
         return cls(**config)
 
 
-def _read_rgb(path: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable image ({type(exc).__name__})") from None
-
-
 def lpips_pairs(a: str | os.PathLike, b: str | os.PathLike) -> list[tuple[str, str, str]]:
     """The pairs `kvgg lpips A B` compares: (name, file in A, file in B).
 
@@ -331,6 +324,18 @@ def lpips_pairs(a: str | os.PathLike, b: str | os.PathLike) -> list[tuple[str, s
     return pairs
 
 
+@dataclasses.dataclass(frozen=True)
+class LpipsPair:
+    """One pair of `lpips_distances`: its name (the file's, or its path relative to the
+    folders), the two files, and its distance, or why it was skipped."""
+
+    name: str
+    first: str
+    second: str
+    distance: float | None = None
+    error: str | None = None
+
+
 def lpips_distances(
     a: str | os.PathLike,
     b: str | os.PathLike,
@@ -338,15 +343,18 @@ def lpips_distances(
     model: Any = "torchvision",
     linear_weights: str | os.PathLike | None = None,
     preprocessing: Any = None,
-) -> list[tuple[str, float]]:
+) -> list[LpipsPair]:
     """LPIPS of two image files, or of the pairs of two folders (`lpips_pairs`): what
-    `kvgg lpips` prints. Images are read as RGB in [0, 255]; a pair must share its size.
+    `kvgg lpips` prints. Images are decoded as the pipelines decode them (uint8 RGB, the
+    pixel limit checked from the header); a pair that cannot be compared (a file that is not
+    a readable image, two sizes) is skipped with its reason, as `kvgg predict` skips an
+    unreadable image.
 
     Returns:
-        (name, distance) per pair, in `lpips_pairs`'s order.
+        One `LpipsPair` per pair, in `lpips_pairs`'s order.
 
     Raises:
-        ValueError: one line naming the file: unreadable, or a pair of different sizes.
+        ValueError: as `lpips_pairs` and `LPIPS`.
     """
     pairs = lpips_pairs(a, b)
     metric = LPIPS(
@@ -354,12 +362,19 @@ def lpips_distances(
     )
     out = []
     for name, first, second in pairs:
-        x, y = _read_rgb(first), _read_rgb(second)
+        try:
+            x, y = read_image(first), read_image(second)
+        except ValueError as exc:
+            out.append(LpipsPair(name, first, second, error=str(exc)))
+            continue
         if x.shape != y.shape:
-            raise ValueError(
+            why = (
                 f"{second}: {y.shape[1]}x{y.shape[0]} pixels, its twin {first} "
                 f"{x.shape[1]}x{x.shape[0]}; LPIPS compares images of one size"
             )
+            out.append(LpipsPair(name, first, second, error=why))
+            continue
         value = metric(x[None].astype(np.float32), y[None].astype(np.float32))
-        out.append((name, float(keras.ops.convert_to_numpy(value)[0])))
+        distance = float(keras.ops.convert_to_numpy(value)[0])
+        out.append(LpipsPair(name, first, second, distance))
     return out
