@@ -224,7 +224,6 @@ class LPIPS(keras.losses.Loss):
             config="D" if self.model_source is not None else None,
             command="LPIPS",
         )
-        _check_vgg16(handle)
         self.convention = handle.info.preprocessing
         self.vgg = handle.model
         self.extractor = feature_extractor(handle.model, "lpips", input_range=None)
@@ -237,6 +236,7 @@ class LPIPS(keras.losses.Loss):
                 f"{handle.source}: LPIPS needs VGG-16's stage widths {expected}; this conv "
                 f"body's {self.stages} have {widths}"
             )
+        _check_vgg16(handle)  # after the widths: a narrow net is told its widths first
         self.linear = [keras.ops.convert_to_tensor(w, "float32") for w in weights]
         self.own_preprocessing = (
             None
