@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -30,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+from timing import cpu_name  # noqa: E402
 
 from keras_vgg import build  # noqa: E402
 from keras_vgg.data import decoding, transforms  # noqa: E402
@@ -51,17 +51,6 @@ def _alternate(fns: dict, repeats: int) -> dict[str, float]:
         for name, fn in fns.items():
             best[name] = min(best[name], _timed(fn))
     return best
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:
@@ -115,7 +104,7 @@ def main() -> None:
         )
     n = len(images)
     report = {
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "load_average": os.getloadavg()[0],
         "width": args.width,

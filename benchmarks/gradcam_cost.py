@@ -14,39 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import best_times, cpu_name  # noqa: E402
 
 from keras_vgg import build  # noqa: E402
 from keras_vgg.augment import device_preprocess  # noqa: E402
 from keras_vgg.explain import CamNet  # noqa: E402
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _best(fns: dict, repeats: int) -> dict[str, float]:
-    """Best time of each function, run in turn `repeats` times (load hits them alike)."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -78,7 +55,7 @@ def main() -> None:
     }
     for fn in fns.values():  # compile both once
         fn()
-    best = _best(fns, args.repeats)
+    best = best_times(fns, args.repeats)
     ratio = best["grad_cam"] / best["forward"]
     result = {
         "config": args.config,
@@ -91,7 +68,7 @@ def main() -> None:
         "grad_cam_s": round(best["grad_cam"], 3),
         "ratio": round(ratio, 2),
         "goal": "<= 2.2x",
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "load_average": round(os.getloadavg()[0], 1),
         "tensorflow": tf.__version__,

@@ -17,39 +17,18 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
+from timing import best_times, cpu_name  # noqa: E402
 
 from keras_vgg.features import LPIPS  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from lpips_reference import backbone_file, reference_lpips  # noqa: E402
-
-
-def _best(fns: dict, repeats: int) -> dict[str, float]:
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def main() -> None:
@@ -82,12 +61,12 @@ def main() -> None:
     for fn in fns.values():  # warm-up: tracing, first-call allocations
         fn()
     agree = float(np.abs(fns["ours (tf.function)"]() - torch_lpips()).max())
-    best = _best(fns, args.repeats)
+    best = best_times(fns, args.repeats)
     reference = best["lpips (torch)"]
     result = {
         "batch": args.batch,
         "side": args.side,
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "max_abs_difference": agree,
