@@ -95,24 +95,31 @@ def differences(readme: list[str], printed: list[str]) -> list[str]:
     return found
 
 
+def demo_process(folder: str | os.PathLike, timeout: float | None = None):
+    """`kvgg demo` as `make demo` runs it in a fresh clone (its runs/ under `folder`, the
+    working directory), as a real process on this checkout's code: its `CompletedProcess`."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_vgg.cli",
+            "demo",
+            "--recipe",
+            str(ROOT / "recipes/demo.toml"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
 def run_demo() -> str:
     """`kvgg demo` from scratch in a temporary folder; its stdout."""
     with tempfile.TemporaryDirectory() as folder:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "keras_vgg.cli",
-                "demo",
-                "--recipe",
-                str(ROOT / "recipes/demo.toml"),
-            ],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = demo_process(folder)
     if result.returncode != 0:
         sys.exit(f"kvgg demo failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return result.stdout

@@ -31,6 +31,23 @@ def kvgg(*args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+def on_backend(backend: str, argv, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python ARGV...` as a real process with Keras on `backend` (CPU only), on this
+    checkout's code."""
+    return subprocess.run(
+        [sys.executable, *map(str, argv)],
+        env={
+            **os.environ,
+            "KERAS_BACKEND": backend,
+            "PYTHONPATH": str(ROOT),
+            "CUDA_VISIBLE_DEVICES": "",
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class KvggBatch(list):
     """What `kvgg_batch` ran: one `CompletedProcess` per command line, in order.
 
@@ -246,17 +263,8 @@ def other_backend(request, tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (folder / "done").exists():
             write_backend_inputs(folder)
-            result = subprocess.run(
-                [sys.executable, str(ROOT / "tests" / "backend_script.py"), backend, str(folder)],
-                env={
-                    **os.environ,
-                    "KERAS_BACKEND": backend,
-                    "PYTHONPATH": str(ROOT),
-                    "CUDA_VISIBLE_DEVICES": "",
-                },
-                capture_output=True,
-                text=True,
-                timeout=300,
+            result = on_backend(
+                backend, [str(ROOT / "tests" / "backend_script.py"), backend, str(folder)]
             )
             assert result.returncode == 0, result.stderr[-3000:]
             (folder / "done").touch()

@@ -15,15 +15,13 @@ import json
 import os
 import pickle
 import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import torch_reference
-from conftest import ROOT, kvgg_batch
+from conftest import kvgg_batch, on_backend
 from data_images import write_photographs
 from PIL import Image, ImageFilter
 
@@ -278,18 +276,7 @@ def test_equals_lpips_on_other_backends(setup, backend, tmp_path):
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", b)
     os.link(setup["backbone"], tmp_path / "backbone.pth")
-    result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(tmp_path)],
-        env={
-            **os.environ,
-            "KERAS_BACKEND": backend,
-            "PYTHONPATH": str(ROOT),
-            "CUDA_VISIBLE_DEVICES": "",
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = on_backend(backend, ["-c", _SCRIPT, tmp_path])
     assert result.returncode == 0, result.stderr[-3000:]
     expected = reference(setup["net"], a, b)
     np.testing.assert_allclose(np.load(tmp_path / "value.npy"), expected, rtol=1e-5, atol=1e-5)

@@ -7,8 +7,6 @@ import json
 import os
 import pathlib
 import re
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -144,23 +142,8 @@ def test_kvgg_demo_prints_the_readme_block(tmp_path):
     all.
     `python scripts/readme_demo_block.py` rewrites README's block from a fresh run.
     """
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_vgg.cli",
-            "demo",
-            "--recipe",
-            str(ROOT / "recipes" / "demo.toml"),
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = readme_demo_block.demo_process(tmp_path, timeout=600)
     seconds = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs" / "demo" / "metrics.json").read_text())

@@ -26,7 +26,7 @@ from keras_vgg.features.maps import feature_extractor
 from keras_vgg.handle import open_model
 from keras_vgg.imagenet import Preprocessing
 
-__all__ = ["PerceptualLoss", "StyleLoss", "gram_matrix"]
+__all__ = ["PerceptualLoss", "StyleLoss", "backbone_config", "gram_matrix"]
 
 
 def gram_matrix(maps):
@@ -94,21 +94,23 @@ class _FeatureLoss(keras.losses.Loss):
     def get_config(self) -> dict[str, Any]:
         """The config: the model as its file path if it was given one, else its architecture
         only (a loss made from config then has fresh weights: give a path to keep them)."""
-        config = super().get_config()
-        model = (
-            os.fspath(self.model_source)
-            if self.model_source is not None
-            else keras.saving.serialize_keras_object(self.vgg)
-        )
         return {
-            **config,
-            "model": model,
+            **super().get_config(),
+            "model": backbone_config(self.model_source, self.vgg),
             "layer_weights": list(self.layer_weights),
             **self.settings,
         }
 
 
 @keras.saving.register_keras_serializable(package="keras_vgg")
+def backbone_config(source: str | os.PathLike | None, model: keras.Model) -> Any:
+    """A loss's backbone in its config: the name or path it was given, else the model's
+    serialised architecture (a loss made from that config has fresh weights)."""
+    if source is not None:
+        return os.fspath(source)
+    return keras.saving.serialize_keras_object(model)
+
+
 class PerceptualLoss(_FeatureLoss):
     """Feature reconstruction loss: weighted mean squared differences of VGG maps.
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from keras_vgg.data.decoding import read_image
 from keras_vgg.evaluation.prediction import image_files
+from keras_vgg.features.losses import backbone_config
 from keras_vgg.features.maps import feature_extractor
 from keras_vgg.handle import open_model
 from keras_vgg.imagenet import TORCHVISION
@@ -272,15 +273,9 @@ class LPIPS(keras.losses.Loss):
     def get_config(self) -> dict[str, Any]:
         """The config: the backbone by its name or path (a loss given a model object keeps
         only its architecture: give a name or path to keep the weights)."""
-        config = super().get_config()
-        model = (
-            os.fspath(self.model_source)
-            if self.model_source is not None
-            else keras.saving.serialize_keras_object(self.vgg)
-        )
         return {
-            **config,
-            "model": model,
+            **super().get_config(),
+            "model": backbone_config(self.model_source, self.vgg),
             "input_range": list(self.input_range),
             "linear_weights": (
                 None if self.linear_source is None else os.fspath(self.linear_source)
