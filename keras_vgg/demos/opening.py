@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 from collections.abc import Callable, Iterator
 
-from keras_vgg import files, runs, training
+from keras_vgg import files, limits, runs, training
 from keras_vgg.data import sources, stats
 from keras_vgg.recipe import Recipe
 
@@ -55,9 +56,8 @@ def write_once(
     """
     path = os.path.join(root, marker)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            written = json.load(f)
-        if written.get("settings") == settings:
+        written = limits.load_json(pathlib.Path(path))
+        if isinstance(written, dict) and written.get("settings") == settings:
             return written["counts"]
     counts = write()
     files.atomic_text(path, json.dumps({"settings": settings, "counts": counts}, indent=2) + "\n")
