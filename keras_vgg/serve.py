@@ -67,6 +67,7 @@ __all__ = [
     "decode_upload",
     "make_app",
     "page",
+    "post_images",
     "serve",
 ]
 
@@ -564,6 +565,58 @@ def make_app(viewer: Viewer, batcher: Batcher):
             Route("/api/predict", predict, methods=["POST"]),
         ]
     )
+
+
+def post_images(
+    url: str,
+    images: Sequence[tuple[str, bytes]],
+    *,
+    timeout: float = 60,
+    **fields: Any,
+) -> tuple[int, dict[str, Any]]:
+    """A client of `POST /api/predict` (standard library only): scripts, tests, benchmarks.
+
+    Args:
+        url: The server's address (`http://127.0.0.1:8000/`) or its `/api/predict`.
+        images: (file name, encoded bytes) pairs, sent as the form's `image` files.
+        timeout: Seconds to wait for the answer.
+        **fields: The form's text fields: protocol, top, maps ("none": no maps), class.
+
+    Returns:
+        (the HTTP status, the JSON answer).
+    """
+    import json
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    parts = []
+    for key, value in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        )
+    for name, data in images:
+        safe = name.replace('"', "_").replace("\r", "_").replace("\n", "_")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{safe}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + bytes(data)
+            + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    target = url if url.rstrip("/").endswith("/api/predict") else url.rstrip("/") + "/api/predict"
+    request = urllib.request.Request(
+        target,
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def _listen(host: str, port: int) -> socket.socket:
