@@ -28,6 +28,7 @@ import dataclasses
 import io
 import os
 import queue
+import signal
 import socket
 import tempfile
 import threading
@@ -666,11 +667,18 @@ def serve(
     server = uvicorn.Server(config)
     print_fn(f"kvgg: serving {viewer.handle.name} on http://{shown}:{bound_port}/ (Ctrl-C stops)")
     started = time.monotonic()
+    # uvicorn stops on SIGINT and SIGTERM, then hands the signal on to the handler found
+    # before it: SIGINT's raises KeyboardInterrupt (caught below), SIGTERM's would end the
+    # process without the clean stop; this one lets it return.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: None) if main else None
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn hands the signal on once it has shut down
         pass
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         batcher.close()
         sock.close()
     print_fn(
