@@ -57,7 +57,7 @@ from keras_vgg.evaluation.protocols import (
 )
 from keras_vgg.evaluation.scoring import score_nets
 from keras_vgg.explain import CamNet, class_named, image_map
-from keras_vgg.handle import convention_name, open_model
+from keras_vgg.handle import PREPROCESSING_NAMES, convention_name, open_model
 
 __all__ = [
     "MAP_SIDE",
@@ -167,6 +167,12 @@ class Viewer:
         self.class_names = tuple(row[0][1] for row in one_hot)
 
     @property
+    def convention(self) -> str:
+        """The input convention's `--preprocessing` name, or "custom" (the record holds it)."""
+        name = convention_name(self.record.preprocessing)
+        return name if name in PREPROCESSING_NAMES else "custom"
+
+    @property
     def maps(self) -> tuple[str, ...]:
         """The maps this model draws (none for an artifact)."""
         return () if self.cam is None else MAPS
@@ -190,7 +196,7 @@ class Viewer:
             "label": h.label,
             "description": h.describe(),
             "config": h.config,
-            "convention": convention_name(self.record.preprocessing),
+            "convention": self.convention,
             "record": self.record.to_dict(),
             "classes": list(self.class_names),
             "crop_size": int(self.net.crop_size),

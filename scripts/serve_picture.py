@@ -6,7 +6,7 @@
 `kvgg serve MODEL --port 0` as a real process; Debian's chromium through chromedriver
 (Selenium, nothing downloaded) opens the page, uploads held-out digits of `kvgg demo` (one
 per class, the first `--count` classes) and one file that is not an image, waits for every
-card, and saves the window. Paths are relative to the working folder.
+card, and saves the whole page. Paths are relative to the working folder.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/demo")
     parser.add_argument("--digits", default="runs/digits/test")
-    parser.add_argument("--count", type=int, default=3, help="Digits to upload.")
+    parser.add_argument("--count", type=int, default=2, help="Digits to upload.")
     parser.add_argument("-o", "--output", default="docs/images/serve_page.png")
     args = parser.parse_args()
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
@@ -74,7 +74,7 @@ def main() -> None:
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--disable-dev-shm-usage", f"--user-data-dir={os.path.join(folder, 'profile')}",
-            "--window-size=1100,1000", "--hide-scrollbars",
+            "--window-size=1100,800", "--hide-scrollbars",
         ):  # fmt: skip
             options.add_argument(flag)
         browser = webdriver.Chrome(service=Service(driver), options=options)
@@ -91,6 +91,11 @@ def main() -> None:
                         for card in b.find_elements(By.CSS_SELECTOR, "section.card")
                     )
                 )
+            # The whole page: the window as tall as the page (headless: no browser frame).
+            inner = browser.execute_script("return window.innerHeight")
+            outer = browser.get_window_size()["height"]
+            height = browser.execute_script("return document.documentElement.scrollHeight")
+            browser.set_window_size(1100, height + outer - inner)
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
             browser.save_screenshot(args.output)
         finally:
