@@ -58,6 +58,7 @@ from keras_vgg.evaluation.protocols import (
 from keras_vgg.evaluation.scoring import score_nets
 from keras_vgg.explain import CamNet, class_named, image_map
 from keras_vgg.handle import PREPROCESSING_NAMES, convention_name, open_model
+from keras_vgg.localization.evaluate import Localizer
 
 __all__ = [
     "MAP_SIDE",
@@ -158,8 +159,6 @@ class Viewer:
             self.scales = resolve_scales((predict_scale(self.record.train_scale),), [self.handle])
             self.cam = CamNet(self.handle, command="kvgg serve")
             if localizer is not None:
-                from keras_vgg.localization.evaluate import Localizer
-
                 self.localizer = Localizer([localizer], [self.handle], top=5, batch_size=batch_size)
         self.classes = int(self.net.classes)
         # Each class's name as `kvgg predict` prints it (the top class of a one-hot row).
