@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-localize test test-fast test-slow lint format bench clean
+.PHONY: install browser demo demo-localize test test-fast test-slow lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The browser test of `kvgg serve` (tests/test_serve.py) drives Debian's chromium through
+# chromium-driver: installed here when missing and apt-get can (root); elsewhere the test
+# skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	  else \
+	    echo "make browser: chromium and chromium-driver are missing and apt-get needs root: the browser test will skip"; \
+	  fi
 
 demo: $(STAMP)
 	$(BIN)/kvgg demo
@@ -25,7 +36,7 @@ demo-localize: $(STAMP)
 # each test file whole on one worker (its module-scoped models are built once), the longest
 # files first (tests/conftest.py: LONGEST_FIRST).
 TEST_WORKERS ?= auto
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check keras_vgg tests benchmarks scripts
 	$(BIN)/python -m pytest -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10 $(PYTEST_ARGS)
 

@@ -1031,6 +1031,68 @@ def localize_predict(
         sys.exit(1)
 
 
+@main.command()
+@click.argument("model")
+@click.option(
+    "--localizer",
+    default=None,
+    help="A localisation net (Appendix A): its boxes (protocol 2), rated by MODEL.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on (0.0.0.0: every interface, anyone who reaches it).",
+)
+@click.option("--port", type=int, default=8000, show_default=True, help="The port (0: a free one).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per model call.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Open the models, print the record the page shows (GET /api/model) and exit.",
+)
+@_model_preprocessing_option
+@user_errors
+def serve(model, localizer, host, port, batch_size, dry_run, model_preprocessing):
+    """A local web page to look through MODEL: drop photographs, see the top-5 classes,
+    the dense class score map and Grad-CAM of a class, and the boxes of --localizer.
+
+    MODEL is a .keras file, run directory, weights file or an artifact of `kvgg export`
+    (top-5 only). The same answers as JSON: POST /api/predict (docs/serve.md). Ctrl-C stops.
+    """
+    import json
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be from 0 to 65535. Received: {port}")
+    limits.check_count(batch_size, "--batch-size", limits.MAX_BATCH_SIZE)
+    if not dry_run:
+        missing = [m for m in ("starlette", "uvicorn", "multipart") if not _importable(m)]
+        if missing:
+            raise UserError(
+                f"kvgg serve needs the serve extra ({', '.join(missing)} missing): "
+                "pip install 'keras-vgg[serve]'"
+            )
+    serve_lib = heavy("serve")
+    viewer = serve_lib.Viewer(
+        model, localizer=localizer, preprocessing=model_preprocessing, batch_size=batch_size
+    )
+    if dry_run:
+        click.echo(json.dumps(viewer.describe(), indent=2))
+        return
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"kvgg: listening on {host}: anyone who reaches this machine can upload images",
+            err=True,
+        )
+    serve_lib.serve(viewer, host=host, port=port, print_fn=lambda line: click.echo(line, err=True))
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 class RunFailed(click.ClickException):
     """Training stopped on its own (NaN loss): exit code 1, one line, no traceback."""
 

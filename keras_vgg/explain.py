@@ -50,8 +50,10 @@ __all__ = [
     "METHODS",
     "CamNet",
     "Explanation",
+    "class_named",
     "explain_images",
     "grad_cam",
+    "image_map",
     "resize_bilinear",
 ]
 
@@ -562,7 +564,7 @@ def explain_images(
         net = CamNet(model, layer, method, preprocessing=preprocessing, command="kvgg explain")
         info, classes = net.info, net.classes
     names = list(info.class_names or [str(i) for i in range(classes)])
-    index = _class_named(class_name, names)
+    index = class_named(class_name, names)
     make_folders(outputs.values())  # the model accepted: nothing made for a refused one
     found = []
     for path in paths:
@@ -572,22 +574,9 @@ def explain_images(
         except ValueError as exc:
             found.append(Explanation(path, error=str(exc)))
             continue
-        if method == "dense":
-            scale = predict_scale(info.train_scale)
-            location, posterior = dense_scores(net, pixels, scale)
-            label = int(np.argmax(posterior)) if index is None else index
-            heat = resize_bilinear(location[None, ..., label], pixels.shape[:2])[0]
-        else:
-            side = tuple(int(s) for s in net.model.inputs[0].shape[1:3])
-            if None in side:
-                side = pixels.shape[:2]
-            resized = np.asarray(
-                Image.fromarray(pixels).resize(side[::-1], Image.BILINEAR), np.uint8
-            )
-            maps, chosen, scores = net(resized[None], index)
-            label = int(chosen[0])
-            posterior = softmax(scores[0].astype(np.float64))
-            heat = np.clip(resize_bilinear(maps, pixels.shape[:2])[0], 0, 1)
+        heat, label, posterior = image_map(
+            net, pixels, index, scale=predict_scale(info.train_scale)
+        )
         text = f"{names[label]} {posterior[label]:.2f}"
         out = os.fspath(outputs[path])
         save_png(overlay(pixels, heat, text), out)
@@ -601,7 +590,51 @@ def explain_images(
     return found
 
 
-def _class_named(name: str | None, names: Sequence[str]) -> int | None:
+def image_map(
+    net: CamNet | ScoreNet,
+    pixels: np.ndarray,
+    class_index: int | None = None,
+    *,
+    scale: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """One image's map of a class, at the image's size: what `kvgg explain` draws.
+
+    A `CamNet` sees the image resized (bilinear) to the model's input size, and its map is
+    resized back (Grad-CAM, Grad-CAM++); a `ScoreNet` gives the dense class score map of
+    Sec. 3.2 at test scale Q (`keras_vgg.drawing.dense_scores`): the class's soft-max at
+    each location.
+
+    Args:
+        net: The map's network.
+        pixels: uint8 RGB (H, W, 3).
+        class_index: The class (default: the image's top class).
+        scale: The test scale Q of a `ScoreNet` (required for one).
+        size: (height, width) of the map (default: the image's).
+
+    Returns:
+        (the map (height, width) float64 in [0, 1], the class, the image's posterior).
+    """
+    size = tuple(size or pixels.shape[:2])
+    if isinstance(net, ScoreNet):
+        location, posterior = dense_scores(net, pixels, scale)
+        label = int(np.argmax(posterior)) if class_index is None else class_index
+        return resize_bilinear(location[None, ..., label], size)[0], label, posterior
+    side = tuple(int(s) for s in net.model.inputs[0].shape[1:3])
+    if None in side:
+        side = pixels.shape[:2]
+    resized = np.asarray(Image.fromarray(pixels).resize(side[::-1], Image.BILINEAR), np.uint8)
+    maps, chosen, scores = net(resized[None], class_index)
+    posterior = softmax(scores[0].astype(np.float64))
+    return np.clip(resize_bilinear(maps, size)[0], 0, 1), int(chosen[0]), posterior
+
+
+def class_named(name: str | None, names: Sequence[str]) -> int | None:
+    """The index of a class given by name (one of `names`) or number; None for None.
+
+    Raises:
+        ValueError: `--class NAME: not one of the model's classes (...)`.
+    """
     if name is None:
         return None
     if name in names:

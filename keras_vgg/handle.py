@@ -50,6 +50,7 @@ __all__ = [
     "PREPROCESSING_NAMES",
     "ModelHandle",
     "check_pair",
+    "convention_name",
     "open_model",
     "preprocessing_named",
     "rebuild_vgg",
@@ -381,8 +382,8 @@ def _with_record(
     if given is not None and given != handle.info.preprocessing:
         raise ValueError(
             f"{handle.source}: its record says its weights expect "
-            f"{_convention_name(handle.info.preprocessing)}; preprocessing "
-            f"{_convention_name(given)!r} disagrees (leave it out: the record is used)"
+            f"{convention_name(handle.info.preprocessing)}; preprocessing "
+            f"{convention_name(given)!r} disagrees (leave it out: the record is used)"
         )
     return handle
 
@@ -468,7 +469,9 @@ def _channels_last(handle: ModelHandle, who: str) -> ModelHandle:
     return dataclasses.replace(handle, model=twin, info=record_of(twin))
 
 
-def _convention_name(preprocessing: Preprocessing) -> str:
+def convention_name(preprocessing: Preprocessing) -> str:
+    """The `--preprocessing` name of a convention ("paper", "caffe", "torchvision"), or
+    "a custom convention"."""
     for name, value in PREPROCESSING_NAMES.items():
         if value == preprocessing:
             return name

@@ -34,6 +34,10 @@ __all__ = [
     "MAX_PIXELS_KEY",
     "MAX_SCALE",
     "MAX_SPLITS",
+    "MAX_UPLOAD_BYTES",
+    "MAX_UPLOAD_FILES",
+    "MAX_UPLOAD_PIXELS",
+    "MAX_WAITING_IMAGES",
     "NPZ_MAX_RATIO",
     "Bound",
     "check_count",
@@ -117,6 +121,15 @@ MAX_BATCH_SIZE = Bound("batch size", 4096, "KVGG_MAX_BATCH_SIZE")
 # A JSON file a user hands the package (model_info.json, statistics, artifact metadata):
 # those the package writes are a few kB.
 MAX_JSON_BYTES = Bound("JSON file size", 16 * 2**20, "KVGG_MAX_JSON_BYTES")
+# `kvgg serve`: one uploaded image file (a 12-megapixel phone photo is 3 to 8 MB).
+MAX_UPLOAD_BYTES = Bound("upload size", 20 * 2**20, "KVGG_MAX_UPLOAD_BYTES")
+# `kvgg serve`: pixels per uploaded image, read from its header before it is decoded. Lower
+# than `MAX_PIXELS`: a server holds every waiting image decoded (40 megapixels: 120 MB).
+MAX_UPLOAD_PIXELS = Bound("pixels per uploaded image", 40_000_000, "KVGG_MAX_UPLOAD_PIXELS")
+# `kvgg serve`: image files in one request.
+MAX_UPLOAD_FILES = Bound("images per request", 16, "KVGG_MAX_UPLOAD_FILES")
+# `kvgg serve`: images decoded and waiting for the model; a request beyond is answered 503.
+MAX_WAITING_IMAGES = Bound("images waiting for the model", 64, "KVGG_MAX_WAITING_IMAGES")
 # Nesting of a JSON file: the package's own files nest 3 deep; Python's parser recurses once
 # per level and ends in RecursionError (a traceback) near 1000.
 MAX_JSON_DEPTH = 64
@@ -348,38 +361,45 @@ def _jpeg_header(data: bytes) -> tuple[str, int, int] | None:
     return None
 
 
-def too_many_pixels(width: int, height: int, limit: int | None = None) -> str | None:
+def too_many_pixels(
+    width: int, height: int, limit: int | None = None, bound: Bound = MAX_PIXELS
+) -> str | None:
     """Why an image of `width` x `height` is refused, or None if it is within the limit.
 
     Args:
         width: Its width.
         height: Its height.
-        limit: The pixel limit (default: `max_pixels()`).
+        limit: The pixel limit (default: `bound`'s value, `max_pixels()` for `MAX_PIXELS`).
+        bound: The `Bound` in force (`MAX_UPLOAD_PIXELS` for `kvgg serve`'s uploads).
 
     Returns:
         "W x H = N pixels, over the limit of L (raise it with KVGG_MAX_PIXELS=N or
         data.max_pixels in a recipe)", or None.
     """
-    limit = max_pixels(limit)
+    limit = bound.value(limit)
     if width * height <= limit:
         return None
-    how = MAX_PIXELS.how_to_raise(f"{MAX_PIXELS_KEY} in a recipe")
+    extra = f"{MAX_PIXELS_KEY} in a recipe" if bound is MAX_PIXELS else ""
+    how = bound.how_to_raise(extra)
     return f"{width} x {height} = {width * height} pixels, over the limit of {limit} ({how})"
 
 
-def check_image_bytes(data: bytes, source: str, limit: int | None = None) -> None:
+def check_image_bytes(
+    data: bytes, source: str, limit: int | None = None, bound: Bound = MAX_PIXELS
+) -> None:
     """Refuses an image whose header declares more pixels than the limit, before decoding.
 
     Args:
         data: The encoded file (its header is enough but for JPEGs with large EXIF blocks).
         source: The file, as the error names it.
-        limit: The pixel limit (default: `max_pixels()`).
+        limit: The pixel limit (default: `bound`'s value).
+        bound: The `Bound` in force (as `too_many_pixels`).
 
     Raises:
         ValueError: `SOURCE: W x H = N pixels, over the limit of L (raise it with ...)`.
     """
     header = image_header(data)
-    problem = None if header is None else too_many_pixels(header[1], header[2], limit)
+    problem = None if header is None else too_many_pixels(header[1], header[2], limit, bound)
     if problem:
         raise ValueError(f"{source}: {problem}")
 

@@ -112,6 +112,7 @@ LONGEST_FIRST = (
     "test_data_pipelines.py",
     "test_training_demo.py",
     "test_features.py",
+    "test_serve.py",
     "test_weights_foreign.py",
     "test_evaluation.py",
     "test_layers.py",

@@ -85,6 +85,20 @@ MATRIX: dict[str, dict[str, str]] = {
         "artifact": _ARTIFACT,
         "keras_weights": _BARE,
     },  # fmt: skip
+    # `kvgg serve --dry-run`: the models opened as the server opens them, the record its
+    # page shows (GET /api/model) printed; an artifact is served (top-k, no maps).
+    "serve": {**_CLASSIFIER_ROW, "artifact": "="},
+    # MODEL the paper classifier, the column the --localizer.
+    "serve --localizer": {
+        **{c: _NOT_LOC for c in COLUMNS},
+        "scr": "=",
+        "pcr": "=",
+        "no_record": _NO_RECORD,
+        # --preprocessing is for MODEL, whose record says paper.
+        "no_record_told": r"paper.keras: .*preprocessing 'caffe' disagrees",
+        "artifact": _ARTIFACT,
+        "keras_weights": _BARE,
+    },  # fmt: skip
     # LPIPS takes a VGG-16 body (a localisation net's too): these tiny nets pass the door
     # and are refused for their widths; what the door refuses it refuses first.
     "lpips": {
@@ -330,6 +344,10 @@ def _invocation(row, path, out, root):
         return ["export", path, out, "--format", "onnx"]
     if row == "lpips":
         return ["lpips", *imgs, "--model", path]
+    if row == "serve":
+        return ["serve", path, "--dry-run"]
+    if row == "serve --localizer":
+        return ["serve", root / "paper.keras", "--localizer", path, "--dry-run"]
     if row == "localize predict":
         return ["localize", "predict", *imgs, "--model", path, "--classifier",
                 root / "paper.keras", "--scales", SIDE, "--json"]  # fmt: skip
@@ -513,7 +531,26 @@ def _check_localize(kind, result, target, pics):
         assert {g["name"] for g in entry["guesses"]} <= set(NAMES)
 
 
+def _check_serve(kind, result, target, pics):
+    """The record the page shows: the model's classes and convention as the door read them."""
+    shown = json.loads(result.stdout)
+    assert [_index(name) for name in shown["classes"]] == [0, 1, 2]  # named or numbered
+    convention = {PAPER: "paper", KERAS_CAFFE: "caffe", TORCHVISION: "torchvision"}
+    assert shown["convention"] == convention[kind["convention"]]
+    artifact = shown["kind"] == "artifact"
+    assert shown["maps"] == ([] if artifact else ["dense", "gradcam"])
+    assert shown["protocols"][0] == "center" and shown["localizer"] is None
+
+
+def _check_serve_localizer(kind, result, target, pics):
+    shown = json.loads(result.stdout)
+    assert shown["localizer"]["box_mode"] == record.record_of(kind["model"]).box_mode
+    assert shown["convention"] == "paper" and shown["classes"] == list(NAMES)
+
+
 CHECKS = {
+    "serve": _check_serve,
+    "serve --localizer": _check_serve_localizer,
     "predict": _check_predict,
     "predict --dense": _check_dense,
     "predict --heatmap": _check_heatmap,

@@ -27,7 +27,15 @@ from keras_vgg.evaluation.scoring import score_nets
 from keras_vgg.handle import ModelHandle, open_model
 from keras_vgg.imagenet import decode_predictions
 
-__all__ = ["Prediction", "check_top", "image_files", "predict", "predict_images", "resolve_models"]
+__all__ = [
+    "Prediction",
+    "check_top",
+    "image_files",
+    "predict",
+    "predict_images",
+    "resolve_models",
+    "top_classes",
+]
 
 
 def check_top(top: Any) -> int:
@@ -157,6 +165,31 @@ def resolve_models(
     return load_models(models, needs="keras", preprocessing=preprocessing, command=command)
 
 
+def top_classes(
+    posteriors: np.ndarray, record: Any, classes: int, top: int = 5
+) -> list[tuple[tuple[str, str, float], ...]]:
+    """The top-k (class id, name, probability) of each row of posteriors, as `predict`
+    names them: the record's class names, else for 1000 classes the bundled ImageNet class
+    index, else the class numbers.
+
+    Args:
+        posteriors: (images, classes).
+        record: The model's `ModelRecord` (its `class_names`).
+        classes: The number of classes.
+        top: How many per image (at most `classes`).
+
+    Returns:
+        One tuple per image, best first.
+    """
+    names = record.class_names
+    if names is None and classes != 1000:
+        names = tuple(str(i) for i in range(classes))
+    if not len(posteriors):
+        return []
+    found = decode_predictions(posteriors, top=min(top, classes), class_names=names)
+    return [tuple(row) for row in found]
+
+
 def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
     """The image files named, and those under the folders named (recursively, sorted).
 
@@ -260,14 +293,7 @@ def predict(
         dense_average=dense_average,
         batch_size=batch_size,
     )
-    names = record.class_names
-    if names is None and classes != 1000:
-        names = tuple(str(i) for i in range(classes))
-    tops = (
-        decode_predictions(posteriors, top=min(top, classes), class_names=names)
-        if len(posteriors)
-        else []
-    )
+    tops = top_classes(posteriors, record, classes, top)
     by_path = dict(zip(readable, tops, strict=True))
     return [
         Prediction(path, tuple(by_path[path]))
