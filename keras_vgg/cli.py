@@ -381,8 +381,8 @@ def data_pack(root, out, labels_file, shards, prefix, workers, overwrite):
     from keras_vgg import outputs
     from keras_vgg.data import manifest, sources
 
-    if workers is not None:
-        limits.check_count(workers, "--workers", limits.MAX_BATCH_SIZE)
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be a positive integer, got {workers}")
     source = sources.open_source(root, labels_file)
     plan = manifest.plan_pack(source, root, labels_file, shards, prefix)
     outputs.check_pack_folder(out, plan.settings, [root, labels_file], overwrite=overwrite)
