@@ -1,6 +1,7 @@
 """`kvgg data pack`: an image folder into TFRecord shards of its files' own bytes.
 
-Each file becomes one `tf.train.Example` in the common ImageNet layout
+Each file becomes one `tf.train.Example` (its wire format written directly, so that the
+image's bytes are copied once) in the common ImageNet layout
 (`sources.TFRECORD_KEYS`: the encoded bytes exactly as stored, never re-encoded, the
 integer label, the class name, the file name relative to the folder). Shard `i` holds the
 `i`-th contiguous range of the folder's files in its own order (`manifest.plan_pack`), so
@@ -37,22 +38,39 @@ from keras_vgg.data import manifest as manifest_lib
 __all__ = ["pack"]
 
 
-def _feature_bytes(value: bytes) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: list[bytes]) -> list[bytes]:
+    """A length-delimited protocol-buffer field: tag, length, the payload's parts."""
+    size = sum(len(part) for part in payload)
+    return [_varint(number << 3 | 2), _varint(size), *payload]
+
+
+def _feature(key: str, kind: int, value: list[bytes]) -> list[bytes]:
+    """A `Features.feature` map entry: key, and a `Feature` of one list (1 bytes, 3 int64)."""
+    return _field(1, [*_field(1, [key.encode()]), *_field(2, _field(kind, value))])
 
 
 def _example(data: bytes, label: int, class_name: str, name: str) -> bytes:
+    """A serialized `tf.train.Example` of one file, written in the protocol-buffer wire
+    format directly: the image's bytes are copied once (building a `tf.train.Example`
+    copies them three times; TensorFlow parses both alike)."""
     keys = sources.TFRECORD_KEYS
-    return tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                keys["image"]: _feature_bytes(data),
-                keys["label"]: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                keys["class_name"]: _feature_bytes(class_name.encode("utf-8")),
-                keys["file_name"]: _feature_bytes(name.encode("utf-8", "surrogateescape")),
-            }
-        )
-    ).SerializeToString()
+    label_varint = _varint(label) if label >= 0 else _varint(label & (2**64 - 1))
+    features = [
+        *_feature(keys["image"], 1, _field(1, [data])),
+        *_feature(keys["label"], 3, _field(1, [label_varint])),
+        *_feature(keys["class_name"], 1, _field(1, [class_name.encode("utf-8")])),
+        *_feature(keys["file_name"], 1, _field(1, [name.encode("utf-8", "surrogateescape")])),
+    ]
+    return b"".join(_field(1, features))
 
 
 def _unreadable(path: str, max_pixels: int) -> tuple[bytes, str | None]:
