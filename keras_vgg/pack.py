@@ -189,7 +189,7 @@ def pack(
     items = list(
         zip(
             source.files,
-            (os.path.relpath(f, root) for f in source.files),
+            manifest_lib.relative_names(source.files, root),
             (int(v) for v in source.labels),
             strict=True,
         )

@@ -31,6 +31,7 @@ __all__ = [
     "ShardEntry",
     "plan_pack",
     "read_manifest",
+    "relative_names",
     "shard_file_name",
     "shard_range",
 ]
@@ -248,7 +249,7 @@ def plan_pack(
         raise ValueError(f"{root}: {len(files)} images cannot fill {shards} shards (--shards)")
     if not prefix or os.path.basename(prefix) != prefix or prefix.startswith("."):
         raise ValueError(f"--prefix: {prefix!r} is not a plain file name prefix")
-    relative = [os.path.relpath(f, root) for f in files]
+    relative = relative_names(files, root)
     digest = hashlib.sha256()
     for name, label in zip(relative, labels, strict=True):
         digest.update(f"{name}\t{label}\n".encode("utf-8", "surrogateescape"))
@@ -275,6 +276,13 @@ def plan_pack(
             )
         )
     return PackManifest(settings, tuple(str(n) for n in source.class_names), tuple(entries))
+
+
+def relative_names(files, root: str | os.PathLike) -> list[str]:
+    """The files' names relative to the folder they were listed from (`a/b.jpg`)."""
+    root = os.fspath(root)
+    prefix = os.path.join(root, "")
+    return [f[len(prefix) :] if f.startswith(prefix) else os.path.relpath(f, root) for f in files]
 
 
 def shard_range(count: int, shards: int, index: int) -> tuple[int, int]:
