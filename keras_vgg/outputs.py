@@ -153,7 +153,7 @@ def check_pack_folder(
             raise ValueError(
                 f"{folder}: is or lies inside the input folder {source}; choose a folder outside it"
             )
-        if _inside(os.path.realpath(source), Path(folder)):
+        if os.path.lexists(source) and _inside(os.path.realpath(source), Path(folder)):
             raise ValueError(f"{folder}: holds the input {source}; choose another folder")
     if not os.path.lexists(folder):
         return False
