@@ -246,3 +246,21 @@ def test_evaluate_on_the_pack_gives_the_folders_numbers(bad_tree, tmp_path):
     assert table == [line for line in eval_folder.stdout.splitlines() if "images/s" not in line]
     assert "9 images in" in eval_pack.stdout
     assert other_classes.returncode == 2 and "classes differ" in other_classes.stderr
+
+
+def test_a_flat_folder_with_a_labels_file(tmp_path):
+    flat = tmp_path / "flat"
+    for i in range(4):
+        write(str(flat / f"img{i}.jpg"), jpeg(30 + i, 40, seed=i))
+    (tmp_path / "labels.txt").write_text("2\n0\n1\n2\n")
+    result = pack.pack(flat, tmp_path / "out", labels_file=tmp_path / "labels.txt", shards=2)
+    assert result.class_names == ("0", "1", "2")
+    assert result.settings["labels_file"] == str((tmp_path / "labels.txt").resolve())
+    records = read_records(result.shard_paths(tmp_path / "out"))
+    assert [(r[1], r[2], r[3]) for r in records] == [
+        (2, "2", "img0.jpg"),
+        (0, "0", "img1.jpg"),
+        (1, "1", "img2.jpg"),
+        (2, "2", "img3.jpg"),
+    ]
+    assert [r[0] for r in records] == [(flat / f"img{i}.jpg").read_bytes() for i in range(4)]
