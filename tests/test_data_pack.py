@@ -15,7 +15,8 @@ import tensorflow as tf
 from conftest import ROOT, kvgg_batch
 from data_images import encode, jpeg, photo, write
 
-from keras_vgg import build, pack
+from keras_vgg import build, pack, training
+from keras_vgg import recipe as recipe_lib
 from keras_vgg.data import manifest, sources
 from keras_vgg.data.sources import TFRECORD_KEYS, TFRecordSource
 
@@ -264,3 +265,23 @@ def test_a_flat_folder_with_a_labels_file(tmp_path):
         (2, "2", "img3.jpg"),
     ]
     assert [r[0] for r in records] == [(flat / f"img{i}.jpg").read_bytes() for i in range(4)]
+
+
+def test_a_pack_as_a_recipes_data(tree, tmp_path):
+    """data.root and data.val_root as a pack folder (`as_source` gives the shards' pattern the
+    same): the manifest's classes and count, and the validation labels the folder's, in order."""
+    out = tmp_path / "packed"
+    pack.pack(tree, out, shards=3)
+    root = str(out)
+    recipe = recipe_lib.parse_recipe(
+        {
+            "model": {"config": "A", "width": 1 / 16, "fc_units": 32},
+            "data": {"root": root, "val_root": root, "train_scale": 32, "crop_size": 32},
+            "run": {"batch_size": 3, "runs_dir": str(tmp_path / "runs")},
+        },
+        path="pack.toml",
+    )
+    data = training.recipe_data(recipe)
+    assert data.class_names == CLASSES and data.steps_per_epoch == 3
+    labels = np.concatenate([y.numpy() for _, y in data.val])
+    np.testing.assert_array_equal(labels, sources.open_source(tree).labels)
