@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 
 import click
 
@@ -275,7 +276,7 @@ _labels_option = click.option(
 
 @main.group()
 def data():
-    """Inspect datasets."""
+    """Inspect and pack datasets."""
 
 
 @data.command("stats")
@@ -357,6 +358,58 @@ def data_check(root, labels_file, workers, min_side, output, overwrite):
         report.write(output)
     if report.unreadable:
         sys.exit(1)
+
+
+@data.command("pack")
+@click.argument("root")
+@click.argument("out")
+@_labels_option
+@click.option("--shards", type=int, default=16, show_default=True, help="Number of shard files.")
+@click.option(
+    "--prefix", default="train", show_default=True, help="Shard names: PREFIX-00000-of-00016."
+)
+@click.option("--workers", type=int, default=None, help="Shards written at once (default: CPUs).")
+@click.option("--overwrite", is_flag=True, help="Write anew over what OUT holds (never an input).")
+@user_errors
+def data_pack(root, out, labels_file, shards, prefix, workers, overwrite):
+    """Pack the images under ROOT into TFRecord shards in OUT, with a manifest.
+
+    The files' own bytes (never re-encoded), their labels, class names and file names; an
+    interrupted pack, run again, continues. OUT then serves as data for fit, evaluate and
+    data stats (as a folder, or "tfrecord:OUT/PREFIX-*").
+    """
+    from keras_vgg import outputs
+    from keras_vgg.data import manifest, sources
+
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be a positive integer, got {workers}")
+    source = sources.open_source(root, labels_file)
+    plan = manifest.plan_pack(source, root, labels_file, shards, prefix)
+    outputs.check_pack_folder(out, plan.settings, [root, labels_file], overwrite=overwrite)
+    pack_lib = heavy("pack")
+    lock = threading.Lock()
+    with _progress_bar(len(source), "files") as bar:
+
+        def progress(n):
+            with lock:
+                bar.update(n)
+
+        result = pack_lib.pack(
+            root,
+            out,
+            labels_file=labels_file,
+            shards=shards,
+            prefix=prefix,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    skipped = len(result.skipped)
+    click.echo(
+        f"packed {result.records} images of {len(result.class_names)} classes into "
+        f"{len(result.shards)} shards in {out}"
+        + (f" ({skipped} unreadable skipped)" if skipped else "")
+    )
 
 
 def _parse_scales(value: str | None):

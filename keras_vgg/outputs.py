@@ -11,6 +11,9 @@ reads an image:
   links followed), no existing file inside an input folder, and an existing file is refused
   unless the caller asked to replace it (`--overwrite`).
 - `make_folders`: the outputs' missing folders, made once the inputs are open.
+- `check_pack_folder`: the folder `kvgg data pack` writes its shards to: never an input
+  or inside one, and an existing folder only if it holds an unfinished pack of the same
+  inputs (continued) or the caller asked to replace what it holds (`--overwrite`).
 
 The files themselves are then written through `keras_vgg.files.atomic_write`.
 """
@@ -22,10 +25,11 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from keras_vgg.data import manifest as manifest_lib
 from keras_vgg.data.sources import IMAGE_EXTENSIONS
 from keras_vgg.files import refuse_existing
 
-__all__ = ["check_outputs", "make_folders", "per_image_outputs"]
+__all__ = ["check_outputs", "check_pack_folder", "make_folders", "per_image_outputs"]
 
 
 def per_image_outputs(
@@ -116,6 +120,62 @@ def check_outputs(
         if os.path.isdir(output):
             raise ValueError(f"{output}: is a folder; give a file path")
         refuse_existing(output, overwrite)
+
+
+def check_pack_folder(
+    folder: str | os.PathLike,
+    settings: dict,
+    inputs: Iterable[str | os.PathLike | None],
+    *,
+    overwrite: bool = False,
+) -> bool:
+    """Checks the folder a pack is written to, before anything is read or written.
+
+    Args:
+        folder: The pack's folder.
+        settings: The new pack's settings (`manifest.plan_pack`).
+        inputs: The folder packed and its labels file (None entries are ignored).
+        overwrite: Replace what the folder holds: a pack of other settings, or other files.
+
+    Returns:
+        Whether the folder holds a pack of the same settings to continue (without
+        `overwrite`); False when the pack is written anew.
+
+    Raises:
+        ValueError: one line naming the folder if it is an input, lies inside an input
+            folder, holds an input, is a file, or, without `overwrite`, holds a pack of other
+            settings or files that are not a pack.
+    """
+    folder = os.fspath(folder)
+    resolved = os.path.realpath(folder)
+    for source in (Path(os.fspath(p)) for p in inputs if p is not None):
+        if _same(folder, source) or (source.is_dir() and _inside(resolved, source)):
+            raise ValueError(
+                f"{folder}: is or lies inside the input folder {source}; choose a folder outside it"
+            )
+        if os.path.lexists(source) and _inside(os.path.realpath(source), Path(folder)):
+            raise ValueError(f"{folder}: holds the input {source}; choose another folder")
+    if not os.path.lexists(folder):
+        return False
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: is not a folder; give a folder for the shards")
+    existing = manifest_lib.read_manifest(folder)
+    if overwrite:
+        return False
+    if existing is not None:
+        if existing.settings == settings:
+            return True
+        raise ValueError(
+            f"{folder}: holds a pack of other inputs or settings ({existing.settings.get('root')}"
+            f", {len(existing.shards)} shards); choose another folder, or replace it with "
+            "--overwrite"
+        )
+    if os.listdir(folder):
+        raise ValueError(
+            f"{folder}: already exists and holds files that are not a pack; choose another "
+            "folder, or write into it with --overwrite"
+        )
+    return False
 
 
 def make_folders(outputs: Iterable[str | os.PathLike | None]) -> None:

@@ -28,7 +28,7 @@ from keras_vgg import limits
 from keras_vgg.data import sources, transforms
 from keras_vgg.files import atomic_text
 
-__all__ = ["CheckReport", "FileReport", "check_source", "inspect_file"]
+__all__ = ["CheckReport", "FileReport", "check_source", "inspect_file", "read_image_file"]
 
 _EXTENSION_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF"}
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -123,6 +123,36 @@ def _decoder_message(exc: Exception) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
+def read_image_file(
+    path: str | os.PathLike, max_pixels: int | None = None
+) -> tuple[bytes, tuple[str, int, int] | None, str | None]:
+    """A file's bytes, its image header, and why it is unreadable without decoding it.
+
+    The checks `inspect_file` makes before it decodes: the file can be read, is not empty,
+    and its header (`limits.image_header`) declares no more pixels than the limit.
+
+    Args:
+        path: The image file.
+        max_pixels: The pixel limit (default: `limits.max_pixels()`).
+
+    Returns:
+        (bytes, (format, width, height) or None when no known header is found, None or
+        the reason the file is unreadable, in `inspect_file`'s words).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return b"", None, f"cannot read file: {exc.strerror}"
+    if not data:
+        return data, None, "empty file (0 bytes)"
+    header = limits.image_header(data)
+    too_large = header and limits.too_many_pixels(header[1], header[2], max_pixels)
+    if too_large:
+        return data, header, f"too large: {too_large}"
+    return data, header, None
+
+
 def inspect_file(
     path: str | os.PathLike, min_side: int = 0, max_pixels: int | None = None
 ) -> FileReport:
@@ -141,17 +171,9 @@ def inspect_file(
         A `FileReport`.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        return FileReport(path, "unreadable", (f"cannot read file: {exc.strerror}",))
-    if not data:
-        return FileReport(path, "unreadable", ("empty file (0 bytes)",))
-    header = limits.image_header(data)
-    too_large = header and limits.too_many_pixels(header[1], header[2], max_pixels)
-    if too_large:
-        return FileReport(path, "unreadable", (f"too large: {too_large}",))
+    data, header, reason = read_image_file(path, max_pixels)
+    if reason is not None:
+        return FileReport(path, "unreadable", (reason,))
     fmt, mode, size, frames, info, orientation = _pil_info(data)
     if fmt is None and header is not None:
         fmt = header[0]  # Pillow refuses some images ours reads (its own pixel limit)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from keras_vgg import imagenet
+from keras_vgg.data import manifest as manifest_lib
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGENET_VAL_LABELS",
+    "TFRECORD_KEYS",
     "DataSource",
     "ImageSource",
     "TFDSSource",
@@ -355,6 +357,17 @@ class ImageSource:
         return [self.files[i] for i in order[start:stop]]
 
 
+#: The features of a record in the common ImageNet layout, as `TFRecordSource` reads them
+#: and `kvgg data pack` writes them: the encoded image, its integer label, its class name
+#: and its file name (the last two are written by the pack and not needed for reading).
+TFRECORD_KEYS = {
+    "image": "image/encoded",
+    "label": "image/class/label",
+    "class_name": "image/class/text",
+    "file_name": "image/filename",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TFRecordSource:
     """TFRecord shards of `tf.train.Example`s in the common ImageNet layout.
@@ -369,15 +382,16 @@ class TFRecordSource:
         label_key: Feature holding the integer label.
         shuffle_buffer: Records shuffled together (consecutive windows of this many, each
             permuted per epoch) after file-level shuffling.
-        cycle_length: Shards read at once (interleaved).
+        cycle_length: Shards read at once (interleaved) when shuffling; unshuffled, the
+            shards are read one after another, in order.
     """
 
     files: tuple[str, ...]
     label_offset: int = 0
     num_examples: int | None = None
     class_names: tuple[str, ...] | None = None
-    image_key: str = "image/encoded"
-    label_key: str = "image/class/label"
+    image_key: str = TFRECORD_KEYS["image"]
+    label_key: str = TFRECORD_KEYS["label"]
     shuffle_buffer: int = 1024
     cycle_length: int = 8
 
@@ -385,13 +399,46 @@ class TFRecordSource:
     def from_pattern(cls, pattern: str, **kwargs) -> TFRecordSource:
         """Shards matching a glob pattern (e.g. `data/train-*`), sorted.
 
+        When the files are written shards of one `kvgg data pack` folder, its manifest
+        gives their record count and class names (unless given as arguments).
+
         Raises:
             ValueError: naming the pattern if no file matches.
         """
         files = tuple(sorted(glob.glob(os.fspath(pattern))))
         if not files:
             raise ValueError(f"{pattern}: no TFRecord files match")
+        folder = os.path.dirname(files[0])
+        if all(os.path.dirname(f) == folder for f in files):
+            manifest = manifest_lib.read_manifest(folder or ".")
+            written = {} if manifest is None else {s.file: s for s in manifest.shards if s.written}
+            names = [os.path.basename(f) for f in files]
+            if manifest is not None and all(n in written for n in names):
+                kwargs.setdefault("num_examples", sum(written[n].records for n in names))
+                kwargs.setdefault("class_names", manifest.class_names)
         return cls(files, **kwargs)
+
+    @classmethod
+    def from_pack(cls, folder: str | os.PathLike, **kwargs) -> TFRecordSource:
+        """The shards of a `kvgg data pack` folder, with the manifest's classes and counts.
+
+        Raises:
+            ValueError: naming the folder if it holds no manifest or the pack is unfinished
+                (run the same `kvgg data pack` again to finish it), or the manifest is bad.
+        """
+        folder = os.fspath(folder)
+        manifest = manifest_lib.read_manifest(folder)
+        if manifest is None:
+            raise ValueError(f"{folder}: no {manifest_lib.MANIFEST_NAME} (not a kvgg data pack)")
+        if not manifest.complete:
+            raise ValueError(
+                f"{folder}: the pack is unfinished ({sum(s.written for s in manifest.shards)} "
+                f"of {len(manifest.shards)} shards written); run the same kvgg data pack "
+                "again to finish it"
+            )
+        kwargs.setdefault("num_examples", manifest.records)
+        kwargs.setdefault("class_names", manifest.class_names)
+        return cls(manifest.shard_paths(folder), **kwargs)
 
     def __len__(self) -> int:
         if self.num_examples is None:
@@ -414,7 +461,13 @@ class TFRecordSource:
         )
 
     def elements(self, epoch=0, seed: int = 0, shuffle: bool = False):
-        """One epoch of (serialized example, -1, "file:record"), interleaved over shards."""
+        """One epoch of (serialized example, -1, "file:record").
+
+        Shuffled: the shards in a seeded order, `cycle_length` of them interleaved, the
+        records shuffled in windows of `shuffle_buffer`. Unshuffled: every record of the
+        first shard, then of the second, ...: the files' own order (for a pack, the packed
+        folder's order).
+        """
         import tensorflow as tf
 
         files = tf.constant(self.files, tf.string)
@@ -432,7 +485,7 @@ class TFRecordSource:
 
         ds = tf.data.Dataset.from_tensor_slices(files).interleave(
             records,
-            cycle_length=min(self.cycle_length, len(self.files)),
+            cycle_length=min(self.cycle_length, len(self.files)) if shuffle else 1,
             block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
@@ -605,8 +658,9 @@ def as_source(
     """Any source from a source object or a string.
 
     Strings: "tfds:NAME[:SPLIT]" -> `TFDSSource`; "tfrecord:PATTERN", or a pattern whose
-    files are TFRecords (contains "tfrecord" or a glob "*"), -> `TFRecordSource`; a folder ->
-    `open_source`.
+    files are TFRecords (contains "tfrecord" or a glob "*"), -> `TFRecordSource`; a folder
+    written by `kvgg data pack` (it holds the pack's manifest) -> `TFRecordSource.from_pack`;
+    another folder -> `open_source`.
 
     Args:
         spec: A `DataSource` (returned as it is) or a string or path.
@@ -632,4 +686,6 @@ def as_source(
         return TFRecordSource.from_pattern(spec[len("tfrecord:") :], label_offset=label_offset)
     if not os.path.isdir(spec) and ("*" in spec or "tfrecord" in os.path.basename(spec)):
         return TFRecordSource.from_pattern(spec, label_offset=label_offset)
+    if os.path.isdir(spec) and manifest_lib.read_manifest(spec) is not None:
+        return TFRecordSource.from_pack(spec, label_offset=label_offset)
     return open_source(spec, labels_file)

@@ -211,7 +211,8 @@ def recipe_data(
 
 
 def _open_source(recipe, key, root, labels_file):
-    """A folder tree, a flat folder with labels, "tfrecord:PATTERN" or "tfds:NAME[:SPLIT]"."""
+    """A folder tree, a flat folder with labels, a pack folder, "tfrecord:PATTERN" or
+    "tfds:NAME[:SPLIT]"."""
     prefixed = root.startswith(("tfrecord:", "tfds:"))
     if not prefixed and not os.path.isdir(root):
         raise ValueError(f"{recipe.path}: {key}: folder not found: {root}")
@@ -224,7 +225,8 @@ def _open_source(recipe, key, root, labels_file):
     try:
         if prefixed:
             return sources.as_source(root, label_offset=recipe.data.label_offset)
-        return sources.open_source(root, labels_file=labels_file)
+        # A folder `kvgg data pack` wrote is its shards; any other folder holds images.
+        return sources.as_source(root, labels_file, label_offset=recipe.data.label_offset)
     except (ValueError, FileNotFoundError) as exc:
         raise ValueError(f"{recipe.path}: {key}: {exc}") from None
 
