@@ -8,6 +8,7 @@ The line at the end of each epoch stays `RunKeeper`'s.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import keras
@@ -32,7 +33,9 @@ class TrainingProgress(keras.callbacks.Callback):
     """
 
     # It reads only the logs Keras hands over (Python numbers by then), so the training loop
-    # need not wait for it.
+    # need not wait for it. Keras may then call it from several threads at once: a lock
+    # keeps one update at a time, and a step older than one already counted
+    # (or one of training arriving during validation) is passed over.
     async_safe = True
 
     def __init__(
@@ -50,19 +53,30 @@ class TrainingProgress(keras.callbacks.Callback):
             "epoch", every=every, print_fn=print_fn, per_unit=batch_size, **kwargs
         )
         self._epoch = 0
+        self._phase = "train"
+        self._lock = threading.Lock()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch + 1
-        self.progress.restart(f"epoch {self._epoch}/{self.epochs}", self.params.get("steps"))
+        with self._lock:
+            self._phase = "train"
+            self.progress.restart(f"epoch {self._epoch}/{self.epochs}", self.params.get("steps"))
 
     def on_train_batch_end(self, batch, logs=None):
-        self.progress.update(batch + 1, **_figures(logs))
+        self._update("train", batch, logs)
 
     def on_test_begin(self, logs=None):
-        self.progress.restart(f"epoch {self._epoch}/{self.epochs} validation", None)
+        with self._lock:
+            self._phase = "test"
+            self.progress.restart(f"epoch {self._epoch}/{self.epochs} validation", None)
 
     def on_test_batch_end(self, batch, logs=None):
-        self.progress.update(batch + 1, **_figures(logs))
+        self._update("test", batch, logs)
+
+    def _update(self, phase: str, batch: int, logs) -> None:
+        with self._lock:
+            if phase == self._phase and batch + 1 > self.progress.done:
+                self.progress.update(batch + 1, **_figures(logs))
 
 
 def _figures(logs) -> dict[str, float]:
