@@ -303,19 +303,19 @@ _log_every_option = click.option(
 
 
 class _CountingProgress:
-    """Progress on stderr, so stdout carries only the report: a click bar on a terminal,
-    else a line every `every` seconds (`keras_vgg.progress.Progress`). `update(n)` counts n
-    more."""
+    """Progress on stderr, so stdout carries only the report: a click bar labelled `label` on
+    a terminal, else a line `command  unit done/total ...` every `every` seconds
+    (`keras_vgg.progress.Progress`). `update(n)` counts n more."""
 
-    def __init__(self, length: int, label: str, every: float, unit: str, rate_unit: str):
+    def __init__(self, length: int, label: str, command: str, every: float, unit: str, rate: str):
         from keras_vgg.progress import Progress
 
         self.lines = Progress.unless_terminal(
             sys.stderr,
-            label=label,
+            label=command,
             every=every,
             unit=unit,
-            rate_unit=rate_unit,
+            rate_unit=rate,
             total=length or None,
         )
         self.bar = None
@@ -377,7 +377,7 @@ def data_stats(root, labels_file, sample, seed, output, overwrite, log_every):
     except TypeError:  # TFRecord shards without a known record count
         total = 0
     total = min(sample, total) if sample and total else (sample or total)
-    with _CountingProgress(total, "data stats", log_every, "image", "img") as bar:
+    with _CountingProgress(total, "images", "data stats", log_every, "image", "img") as bar:
         result = stats_lib.compute_stats(source, sample=sample, seed=seed, progress=bar.update)
     click.echo(f"images: {result.images}")
     click.echo("mean (0-255): " + " ".join(f"{v:.3f}" for v in result.mean))
@@ -425,7 +425,7 @@ def data_check(root, labels_file, workers, min_side, output, overwrite, log_ever
     _make_folders(_check_outputs([output], [root, labels_file], overwrite))
     source = sources.open_source(root, labels_file)
     check = heavy("data.check")
-    with _CountingProgress(len(source), "data check", log_every, "file", "files") as bar:
+    with _CountingProgress(len(source), "files", "data check", log_every, "file", "files") as bar:
         report = check.check_source(source, workers=workers, min_side=min_side, progress=bar.update)
     click.echo(report.to_text())
     if output:
