@@ -178,8 +178,6 @@ def test_data_stats_and_its_old_name_stats_give_the_same_output(cli):
     assert re.search(r"^data stats  image 4/5  \d+\.\d img/s  ETA \w+$", new.stderr, re.M), (
         new.stderr
     )
-        new.stderr
-    )
     assert (tmp / "both" / "new.json").read_text() == (tmp / "both" / "old.json").read_text()
     # The same options under both names.
     new_help, old_help = runs["help_new"], runs["help_old"]
