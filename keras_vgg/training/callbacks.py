@@ -93,17 +93,17 @@ class RunKeeper(keras.callbacks.Callback):
                 pending writes (each file is atomic: one not written keeps the previous
                 epoch's), draw no curves and do not wait for the thread.
         """
-        finished = True
+        pending = self._pending[1] if self._pending is not None else None
         try:
             with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
-                finished = False
                 self._wait(grace)
-                finished = True
                 if self._curves_stale and self.is_chief and grace is None:
                     write_curves(os.path.join(self.run_dir, runs.CURVES), self.meta["history"])
         finally:
-            self._writer.shutdown(wait=finished)
-            if finished:
+            # A write still running after `grace` keeps the thread and its summary writers.
+            idle = pending is None or pending.done()
+            self._writer.shutdown(wait=idle)
+            if idle:
                 for writer in self._summaries.values():
                     writer.close()
 
