@@ -182,7 +182,7 @@ def test_data_stats_and_its_old_name_stats_give_the_same_output(cli):
     # The same options under both names.
     new_help, old_help = runs["help_new"], runs["help_old"]
     options = [line.split()[0] for line in new_help.stdout.splitlines() if line.startswith("  -")]
-    assert options == ["--labels", "--sample", "--seed", "-o,", "--overwrite", "-h,"]
+    assert options == ["--labels", "--sample", "--seed", "-o,", "--overwrite", "--log-every", "-h,"]
     assert options == [
         line.split()[0] for line in old_help.stdout.splitlines() if line.startswith("  -")
     ]
