@@ -122,7 +122,30 @@ def user_errors(func):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def exit_interrupted(message: str = "interrupted"):
+    """Ctrl-C: one line `kvgg: MESSAGE` on stderr, exit code 130, at once.
+
+    `os._exit`, not `sys.exit`: the interpreter's shutdown would wait for TensorFlow's and
+    tf.data's threads (tens of seconds). What must be on disk is written before this is
+    called (every file is written atomically), and the kernel releases the run lock.
+    """
+    sys.stdout.flush()
+    click.echo(f"kvgg: {message}", err=True)
+    sys.stderr.flush()
+    os._exit(130)
+
+
+class _Commands(click.Group):
+    """The `kvgg` group: Ctrl-C in any command exits at once (`exit_interrupted`)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            exit_interrupted()
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kvgg")
 def main():
     """keras-vgg: the VGG paper's networks, training and testing protocols."""
@@ -261,9 +284,59 @@ def convert(src, dest, config, preprocessing, overwrite):
     )
 
 
-def _progress_bar(length: int, label: str):
-    """A click progress bar on stderr, so stdout carries only the report."""
-    return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+def _parse_log_every(ctx, param, value):
+    from keras_vgg.recipe import parse_duration
+
+    try:
+        return parse_duration(value, "--log-every")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+_log_every_option = click.option(
+    "--log-every",
+    default="60s",
+    show_default=True,
+    callback=_parse_log_every,
+    help="Where stderr is not a terminal: seconds (or 90s, 2m) between progress lines; "
+    "0: after every step.",
+)
+
+
+class _CountingProgress:
+    """Progress on stderr, so stdout carries only the report: a click bar labelled `label` on
+    a terminal, else a line `command  unit done/total ...` every `every` seconds
+    (`keras_vgg.progress.Progress`). `update(n)` counts n more."""
+
+    def __init__(self, length: int, label: str, command: str, every: float, unit: str, rate: str):
+        from keras_vgg.progress import Progress
+
+        self.lines = Progress.unless_terminal(
+            sys.stderr,
+            label=command,
+            every=every,
+            unit=unit,
+            rate_unit=rate,
+            total=length or None,
+        )
+        self.bar = None
+        if self.lines is None:
+            self.bar = click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+
+    def update(self, count: int) -> None:
+        if self.lines is not None:
+            self.lines.add(count)
+        else:
+            self.bar.update(count)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.bar is not None:
+            self.bar.__exit__(*exc_info)
 
 
 _labels_option = click.option(
@@ -286,8 +359,9 @@ def data():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
 @click.option("-o", "--output", default=None, help="Write the statistics as JSON here.")
 @_overwrite_option
+@_log_every_option
 @user_errors
-def data_stats(root, labels_file, sample, seed, output, overwrite):
+def data_stats(root, labels_file, sample, seed, output, overwrite, log_every):
     """Mean RGB and RGB covariance PCA of the images under ROOT (Sec. 2.1, 3.1).
 
     The eigenvalues are on the 0-1 pixel scale, like AlexNet's published ImageNet values.
@@ -304,7 +378,7 @@ def data_stats(root, labels_file, sample, seed, output, overwrite):
     except TypeError:  # TFRecord shards without a known record count
         total = 0
     total = min(sample, total) if sample and total else (sample or total)
-    with _progress_bar(total, "images") as bar:
+    with _CountingProgress(total, "images", "data stats", log_every, "image", "img") as bar:
         result = stats_lib.compute_stats(source, sample=sample, seed=seed, progress=bar.update)
     click.echo(f"images: {result.images}")
     click.echo("mean (0-255): " + " ".join(f"{v:.3f}" for v in result.mean))
@@ -343,15 +417,16 @@ main.add_command(
 )
 @click.option("--output", default=None, help="Also write the report to this file.")
 @_overwrite_option
+@_log_every_option
 @user_errors
-def data_check(root, labels_file, workers, min_side, output, overwrite):
+def data_check(root, labels_file, workers, min_side, output, overwrite, log_every):
     """Scan ROOT for unreadable and unusual images; exit 1 if any is unreadable."""
     from keras_vgg.data import sources
 
     _make_folders(_check_outputs([output], [root, labels_file], overwrite))
     source = sources.open_source(root, labels_file)
     check = heavy("data.check")
-    with _progress_bar(len(source), "files") as bar:
+    with _CountingProgress(len(source), "files", "data check", log_every, "file", "files") as bar:
         report = check.check_source(source, workers=workers, min_side=min_side, progress=bar.update)
     click.echo(report.to_text())
     if output:
@@ -426,17 +501,24 @@ def _parse_scales(value: str | None):
 
 class _RateProgress:
     """A progress bar on stderr with images per second, opened at the first report (so
-    that an error before any image is the only line printed)."""
+    that an error before any image is the only line printed); where stderr is not a
+    terminal, a line every `every` seconds instead (`keras_vgg.progress.Progress`)."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, every: float, command: str):
+        from keras_vgg.progress import Progress
+
         self.label = label
         self.bar = None
         self.done = 0
         self.start = None
+        self.lines = Progress.unless_terminal(sys.stderr, label=command, every=every, unit="image")
 
     def __call__(self, done: int, total: int | None) -> None:
         import time
 
+        if self.lines is not None:
+            self.lines.update(done, total)
+            return
         if self.bar is None:
             self.bar = click.progressbar(
                 length=total or 0,
@@ -493,10 +575,12 @@ class _RateProgress:
 @click.option("--markdown", default=None, help="Write the Markdown table here.")
 @_model_preprocessing_option
 @_overwrite_option
+@_log_every_option
 @user_errors
 def evaluate(
     models, data_root, labels_file, scales, dense, multi_crop, center_crop, no_flip,
     dense_average, ties, batch_size, limit, output, markdown, model_preprocessing, overwrite,
+    log_every,
 ):  # fmt: skip
     """Top-1 / top-5 error of MODELS on --data with the protocols of Sec. 3.2 (Tables 3-6).
 
@@ -517,7 +601,7 @@ def evaluate(
         models, preprocessing=model_preprocessing, command="kvgg evaluate"
     )
     _make_folders(written)
-    with _RateProgress("evaluating") as callback:
+    with _RateProgress("evaluating", log_every, "evaluate") as callback:
         result = evaluation.evaluate(
             loaded,
             data_root,
@@ -561,6 +645,7 @@ def evaluate(
 @click.option("-o", "--output", required=True, help="The .npz file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @_model_preprocessing_option
+@_log_every_option
 @user_errors
 def features(
     models,
@@ -575,6 +660,7 @@ def features(
     output,
     overwrite,
     model_preprocessing,
+    log_every,
 ):
     """Appendix B descriptors of every image of --data, by MODELS (stacked), into a .npz.
 
@@ -585,7 +671,7 @@ def features(
     parsed_scales = _parse_scales(scales)
     _make_folders(_check_outputs([output], [*models, data_root], overwrite))
     features_lib = heavy("features")
-    with _RateProgress("describing") as callback:
+    with _RateProgress("describing", log_every, "features") as callback:
         result = features_lib.extract_features(
             list(models),
             data_root,
@@ -1206,12 +1292,26 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
     except (training.TrainingDiverged, training.CheckpointError) as exc:
         raise RunFailed(str(exc)) from None
     except KeyboardInterrupt:
-        click.echo(
-            f"kvgg: interrupted; run the same command again to resume {recipe.run_dir} after "
-            "its last finished epoch",
-            err=True,
+        exit_interrupted(_kept_after_interrupt(recipe.run_dir))
+
+
+def _kept_after_interrupt(run_dir: str) -> str:
+    """The line of an interrupted `kvgg fit`: which checkpoint is on disk (`state.npz`)."""
+    from keras_vgg import runs
+
+    try:
+        _, epoch = runs.run_status(run_dir)
+    except (ValueError, OSError):
+        epoch = 0
+    if epoch:
+        return (
+            f"interrupted; the last checkpoint (after epoch {epoch}) is kept in {run_dir}: run "
+            "the same command again to resume from it"
         )
-        sys.exit(130)
+    return (
+        f"interrupted before the first epoch finished; no checkpoint in {run_dir}: run the "
+        "same command again to start"
+    )
 
 
 @main.command()

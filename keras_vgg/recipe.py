@@ -10,11 +10,15 @@ A recipe has six sections, every key optional except `data.root`::
     [optimizer]  name, lr, momentum, weight_decay, weight_decay_mode
     [schedule]   epochs, plateau_patience, factor, min_delta, max_reductions
     [init]       from_run, mode
-    [run]        name, seed, precision, batch_size, runs_dir, steps_per_epoch, val_steps
+    [run]        name, seed, precision, batch_size, runs_dir, steps_per_epoch, val_steps,
+                 log_every
 
 The defaults are the paper's. `load_recipe(path, overrides)` parses and validates; any
 problem is a `ValueError` of one line naming the file and the key
 (`recipes/d_256.toml: data.train_scale: ...`).
+
+Durations (`run.log_every`, the commands' `--log-every`) are read by `parse_duration`
+("90", "90s", "2m", "1h30m") and written by `format_duration` ("12m31s").
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -38,6 +43,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "OBSERVATION_KEYS",
     "DataSection",
     "InitSection",
     "ModelSection",
@@ -49,6 +55,8 @@ __all__ = [
     "parse_recipe",
     "recipe_to_dict",
     "recipe_to_toml",
+    "format_duration",
+    "parse_duration",
 ]
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -57,6 +65,10 @@ INIT_MODES = ("a_layers", "all", "all_but_head")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
 OPTIMIZERS = ("sgd", "adam")
 FINE_TUNE = ("all", "fc")
+
+#: Keys that change only what a run prints along the way, never what it computes: a killed
+#: or interrupted run may be resumed with other values of them.
+OBSERVATION_KEYS = frozenset({"run.log_every"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +252,11 @@ class RunSection:
         runs_dir: Parent folder of run directories.
         steps_per_epoch: None means one pass over the training images.
         val_steps: None means the whole validation set.
+        log_every: Where standard output is not a terminal (a batch job, `nohup`, a
+            cluster log), seconds between the progress lines of an epoch (step, images/s,
+            the epoch's ETA, loss and top-1 error so far): a number or a duration string
+            ("60s", "2m"; `parse_duration`); 0 prints a line after every step. On a
+            terminal Keras's progress bar shows instead.
     """
 
     name: str = ""
@@ -249,6 +266,7 @@ class RunSection:
     runs_dir: str = "runs"
     steps_per_epoch: int | None = None
     val_steps: int | None = None
+    log_every: float = dataclasses.field(default=60.0, metadata={"duration": True})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,15 +389,82 @@ def _apply_override(raw: dict, item: str, path: str) -> None:
 
 def _build_section(cls: type, section: str, values: Mapping[str, Any], path: str):
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
             raise ValueError(
                 f"{path}: {section}.{key}: unknown key (expected one of {sorted(fields)})"
             )
-        kwargs[key] = _coerce(value, hints[key], f"{path}: {section}.{key}")
+        if fields[key].metadata.get("duration"):
+            # A duration field (metadata "duration"): seconds, or text such as "2m".
+            kwargs[key] = parse_duration(value, f"{path}: {section}.{key}")
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"{path}: {section}.{key}")
     return cls(**kwargs)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([hms])")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(value: Any, where: str = "duration") -> float:
+    """Seconds from a number of seconds or a duration string.
+
+    The one reading of durations: recipe keys such as `run.log_every` and the commands'
+    `--log-every` options.
+
+    Args:
+        value: A number of seconds (int or float, >= 0), or text: a number of seconds
+            ("90", "0.5") or parts with units h, m, s ("90s", "2m", "1.5h", "1h30m").
+        where: What is read, for the message (e.g. "recipes/a.toml: run.log_every").
+
+    Returns:
+        The seconds, a float >= 0.
+
+    Raises:
+        ValueError: one line naming `where`, for anything else (negative, empty, NaN,
+            an unknown unit).
+    """
+    seconds = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            seconds = float(text) if text and text[-1] not in _DURATION_UNITS else None
+        except ValueError:
+            seconds = None
+        if seconds is None and text and _DURATION_PART.sub("", text) == "":
+            seconds = sum(
+                float(number) * _DURATION_UNITS[unit]
+                for number, unit in _DURATION_PART.findall(text)
+            )
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(
+            f'{where}: expected seconds >= 0 or a duration like "90s", "2m", "1h30m", '
+            f"got {_toml_repr(value) if isinstance(value, (bool, int, float, str)) else repr(value)}"
+        )
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as `parse_duration` reads it, to the second: "45s", "12m31s", "3h07m".
+
+    Args:
+        seconds: The duration (>= 0; NaN or infinite gives "?").
+
+    Returns:
+        Seconds below a minute, minutes and seconds below an hour, else hours and minutes.
+    """
+    if not math.isfinite(seconds):
+        return "?"
+    total = max(0, round(seconds))
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    return f"{total // 3600}h{total % 3600 // 60:02d}m"
 
 
 def _coerce(value: Any, hint: Any, where: str):

@@ -3,6 +3,7 @@ output, written files and exit codes."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -50,13 +51,14 @@ def cli(bad_tree, tmp_path_factory):
             "--output",
             tmp / "check" / "report.txt",
         ),
-        "check_clean": ("data", "check", tmp / "clean", "--min-side", 49),
+        "check_clean": ("data", "check", tmp / "clean", "--min-side", 49, "--log-every", 0),
         "error_missing": ("data", "check", tmp / "missing"),
+        "error_log_every": ("data", "check", tmp / "clean", "--log-every", "soon"),
         "error_empty_class": ("data", "check", tmp / "tree"),
         "error_labels_old": ("stats", *flat_labels),
         "error_labels_new": ("data", "stats", *flat_labels),
         "stats": ("stats", root, "-o", tmp / "stats" / "stats.json"),
-        "stats_new": ("data", "stats", *sample, tmp / "both" / "new.json"),
+        "stats_new": ("data", "stats", *sample, tmp / "both" / "new.json", "--log-every", "0s"),
         "stats_old": ("stats", *sample, tmp / "both" / "old.json"),
         "help_new": ("data", "stats", "--help"),
         "help_old": ("stats", "--help"),
@@ -123,6 +125,11 @@ def test_data_check_clean_folder_exits_0_and_min_side(cli):
         f"unusual: {tmp / 'clean' / 'a' / '000.jpg'}: smaller than 49 px (64x48)",
         "2 files: 1 ok, 1 unusual, 0 unreadable",
     ]
+    # stderr is a pipe, not a terminal: a progress line at every file (--log-every 0).
+    progress = [line for line in result.stderr.splitlines() if line.startswith("data check")]
+    assert len(progress) == 2, result.stderr
+    for done, line in enumerate(progress, 1):
+        assert re.fullmatch(rf"data check  file {done}/2  \d+\.\d files/s  ETA \w+", line), line
 
 
 def test_user_errors_are_one_line_exit_2(cli):
@@ -133,6 +140,7 @@ def test_user_errors_are_one_line_exit_2(cli):
         "error_empty_class": f"{tmp / 'tree' / 'empty'}: empty class",
         "error_labels_old": labels,
         "error_labels_new": labels,
+        "error_log_every": '--log-every: expected seconds >= 0 or a duration like "90s"',
     }
     for name, message in cases.items():
         result = runs[name]
@@ -165,11 +173,16 @@ def test_data_stats_and_its_old_name_stats_give_the_same_output(cli):
     assert new.stdout.startswith("images: ")
     assert new.stdout.replace("new.json", "X") == old.stdout.replace("old.json", "X")
     assert f"wrote {tmp / 'both' / 'new.json'}" in new.stderr.splitlines()
+    # stderr is a pipe: a progress line per chunk (--log-every 0s); one of the 5 sampled
+    # files is unreadable and skipped.
+    assert re.search(r"^data stats  image 4/5  \d+\.\d img/s  ETA \w+$", new.stderr, re.M), (
+        new.stderr
+    )
     assert (tmp / "both" / "new.json").read_text() == (tmp / "both" / "old.json").read_text()
     # The same options under both names.
     new_help, old_help = runs["help_new"], runs["help_old"]
     options = [line.split()[0] for line in new_help.stdout.splitlines() if line.startswith("  -")]
-    assert options == ["--labels", "--sample", "--seed", "-o,", "--overwrite", "-h,"]
+    assert options == ["--labels", "--sample", "--seed", "-o,", "--overwrite", "--log-every", "-h,"]
     assert options == [
         line.split()[0] for line in old_help.stdout.splitlines() if line.startswith("  -")
     ]

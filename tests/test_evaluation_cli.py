@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import keras
@@ -113,7 +114,7 @@ def cli(setup):
         ),
         "limit": (
             "evaluate", limited_run, "--data", data, "--center-crop", "--limit", "5",
-            "-o", tmp / "r.json",
+            "-o", tmp / "r.json", "--log-every", "0",
         ),
         "classes": ("evaluate", other_classes, *on_data),
         "scale": ("evaluate", setup["run"], *on_data, "--scales", "200,256"),
@@ -176,6 +177,8 @@ def test_evaluate_cli_default_scales_limit_and_skipped_files(cli):
     assert report["skipped_files"] == [broken]
     assert "0_broken.jpg" in result.stderr
     assert "5 images in" in result.stdout and "images/s" in result.stdout
+    # stderr is a pipe, not a terminal: a progress line after every chunk (--log-every 0).
+    assert re.search(r"^evaluate  image 5/5  \d+\.\d img/s  ETA 0s$", result.stderr, re.M)
 
 
 def test_write_results_writes_each_file_atomically(setup, tmp_path, monkeypatch):

@@ -142,6 +142,9 @@ BAD = [
     ("[init]\nfrom_run = 'a_256'\n[model]\nweights = 'x.keras'\n", [], "init.from_run", "not both"),
     ("", ["optimizer.lrr=1"], "optimizer.lrr", "unknown key"),
     ("", ["lr=1"], "--set lr", "section.key"),
+    ("[run]\nlog_every = 'soon'\n", [], "run.log_every", 'like "90s", "2m", "1h30m", got \'soon\''),
+    ("", ["run.log_every=-5"], "run.log_every", "expected seconds >= 0"),
+    ("[run]\nlog_every = true\n", [], "run.log_every", "got true"),
 ]
 
 

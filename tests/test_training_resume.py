@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from conftest import kvgg_batch
 from data_images import write_class_folders
 
 import keras_vgg  # noqa: F401 - imported after keras: registers VGG for keras.saving.load_model
+from keras_vgg import recipe as recipe_lib
+from keras_vgg import training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 6
@@ -174,15 +177,19 @@ def test_nan_loss_exits_with_one_line(workdir, runs):
     assert metrics["status"] == "nan" and metrics["epochs"] == 0
 
 
-def test_ctrl_c_says_how_to_resume(workdir):
+PROGRESS = re.compile(
+    r"epoch (\d+)/400  step (\d+)/6  \d+\.\d img/s  ETA \w+  loss \d+\.\d{4}  top-1 err "
+    r"\d+\.\d\d%"
+)
+
+
+def test_progress_lines_on_a_pipe_then_ctrl_c_exits_within_5_s(workdir):
     # Long enough that the interrupt lands mid-run: on a loaded machine six tiny epochs
     # could all finish before it is delivered, and the run then ends normally (exit 0).
+    overrides = ["schedule.epochs=400", "schedule.plateau_patience=400", "run.name=interrupted"]
     command, env = kvgg_fit(
-        workdir,
-        "--set", "run.name=interrupted",
-        "--set", "schedule.epochs=400",
-        "--set", "schedule.plateau_patience=400",
-    )  # fmt: skip
+        workdir, *[a for o in overrides for a in ("--set", o)], "--set", "run.log_every=0"
+    )
     # A terminal's Ctrl-C reaches a process whose SIGINT is at its default; a child
     # inherits an ignored SIGINT from its parent (and Python then installs no handler), so
     # the test does not depend on what the test process's other tests did to it.
@@ -194,19 +201,38 @@ def test_ctrl_c_says_how_to_resume(workdir):
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+    seen = []
     try:
-        for line in process.stdout:
-            if line.startswith("epoch   1/"):
+        for line in process.stdout:  # a pipe, not a terminal: progress lines, every step
+            seen.append(line.rstrip("\n"))
+            if line.startswith("epoch 2/400  step 1/6"):
+                sent = time.monotonic()
                 process.send_signal(signal.SIGINT)
                 break
         _, err = process.communicate(timeout=120)
+        waited = time.monotonic() - sent
     finally:
         process.kill()
     assert process.returncode == 130, err[-2000:]
-    assert err.strip().splitlines()[-1] == (
-        f"kvgg: interrupted; run the same command again to resume {workdir}/runs/interrupted "
-        "after its last finished epoch"
+    assert waited < 5, waited
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("kvgg:")] == [
+        err.strip().splitlines()[-1]
+    ]
+    run_dir = workdir / "runs" / "interrupted"
+    kept = int(re.search(r"after epoch (\d+)\)", err).group(1))
+    assert kept >= 1 and err.strip().splitlines()[-1] == (
+        f"kvgg: interrupted; the last checkpoint (after epoch {kept}) is kept in {run_dir}: "
+        "run the same command again to resume from it"
     )
-    assert (
-        json.loads((workdir / "runs" / "interrupted" / "metrics.json").read_text())["epochs"] >= 1
-    )
+    # Epoch 1's progress lines (steps counting up), then its end-of-epoch line.
+    end = seen.index(next(line for line in seen if line.startswith("epoch   1/400  lr ")))
+    steps = [int(m.group(2)) for m in map(PROGRESS.fullmatch, seen[:end]) if m]
+    assert steps and steps == sorted(set(steps)) and steps[-1] == 6, seen
+    assert all(PROGRESS.fullmatch(line) for line in seen[end + 1 :]), seen
+    # The checkpoint loads, and the same command resumes after it (progress lines are
+    # no part of what a resumed run must match).
+    keras.saving.load_model(run_dir / "last.keras", compile=False)
+    recipe = recipe_lib.load_recipe(workdir / "exp.toml", [*overrides, "run.log_every=2m"])
+    plan = training.plan_fit(recipe)
+    assert (plan.action, plan.resume_epoch, plan.problem) == ("resume", kept, None)

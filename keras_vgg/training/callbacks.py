@@ -83,29 +83,36 @@ class RunKeeper(keras.callbacks.Callback):
         self._curves_drawn = -math.inf
         self._curves_stale = False
 
-    def close(self, quiet: bool = False) -> None:
+    def close(self, quiet: bool = False, grace: float | None = None) -> None:
         """Waits for the pending writes, draws the final curves.png, stops the thread.
 
         Args:
             quiet: Training stopped on an error: the writes are still tried, but their own
                 errors (a full disk fails them all) are not raised over it.
+            grace: Training was interrupted: wait at most this many seconds for the
+                pending writes (each file is atomic: one not written keeps the previous
+                epoch's), draw no curves and do not wait for the thread.
         """
+        pending = self._pending[1] if self._pending is not None else None
         try:
             with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
-                self._wait()
-                if self._curves_stale and self.is_chief:
+                self._wait(grace)
+                if self._curves_stale and self.is_chief and grace is None:
                     write_curves(os.path.join(self.run_dir, runs.CURVES), self.meta["history"])
         finally:
-            self._writer.shutdown()
-            for writer in self._summaries.values():
-                writer.close()
+            # A write still running after `grace` keeps the thread and its summary writers.
+            idle = pending is None or pending.done()
+            self._writer.shutdown(wait=idle)
+            if idle:
+                for writer in self._summaries.values():
+                    writer.close()
 
-    def _wait(self) -> None:
+    def _wait(self, timeout: float | None = None) -> None:
         if self._pending is None:
             return
         (epoch, pending), self._pending = self._pending, None
         try:
-            pending.result()
+            pending.result(timeout)
         except OSError as exc:
             where = exc.filename or self.run_dir
             kept = (

@@ -26,9 +26,11 @@ from keras_vgg import distribute, runs
 from keras_vgg import recipe as recipe_lib
 from keras_vgg.augment import attach_device_input
 from keras_vgg.data import sources
+from keras_vgg.progress import is_terminal
 from keras_vgg.record import ModelRecord
 from keras_vgg.training.callbacks import RunKeeper
 from keras_vgg.training.data import TrainingData, open_sources, recipe_data
+from keras_vgg.training.progress import TrainingProgress
 from keras_vgg.training.schedule import Plateau
 from keras_vgg.training.setup import (
     build_for_fit,
@@ -42,7 +44,11 @@ from keras_vgg.training.setup import (
     run_record,
 )
 
-__all__ = ["FitPlan", "FitResult", "TrainingDiverged", "fit", "plan_fit"]
+__all__ = ["INTERRUPT_GRACE", "FitPlan", "FitResult", "TrainingDiverged", "fit", "plan_fit"]
+
+#: Seconds an interrupted `fit` (Ctrl-C) waits for the files of the epoch that just ended
+#: before it gives up on them (they are written atomically: the previous epoch's stay).
+INTERRUPT_GRACE = 3.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -207,12 +213,21 @@ def _check_run_dir(plan: FitPlan) -> None:
         )
     saved = runs.saved_recipe(plan.run_dir) if plan.action == "resume" else None
     if saved is not None:
-        if recipe_lib.recipe_to_dict(saved) != recipe_lib.recipe_to_dict(r):
-            diff = _first_difference(recipe_lib.recipe_to_dict(saved), recipe_lib.recipe_to_dict(r))
+        if _compared(saved) != _compared(r):
+            diff = _first_difference(_compared(saved), _compared(r))
             raise ValueError(
                 f"{plan.run_dir}: holds a run of a different recipe ({diff}); pass --overwrite "
                 f"to start again, or --set run.name=NEW"
             )
+
+
+def _compared(recipe: recipe_lib.Recipe) -> dict:
+    """The recipe as a resumed run must match it: all but `recipe.OBSERVATION_KEYS`."""
+    values = recipe_lib.recipe_to_dict(recipe)
+    for key in recipe_lib.OBSERVATION_KEYS:
+        section, name = key.split(".")
+        values[section].pop(name, None)
+    return values
 
 
 def _first_difference(a: dict, b: dict) -> str:
@@ -248,8 +263,9 @@ def fit(
             Tests and benchmarks pass in-memory datasets here; the rest is the same path.
         devices: Local devices to replicate over (default: every GPU, else the CPU).
         overwrite: Replace a finished run, or one with another recipe.
-        verbose: Keras progress bar: "auto" (a bar on a terminal), 0, 1 or 2.
-        print_fn: Where the one-line epoch summaries and notices go.
+        verbose: Keras progress bar: "auto" (a bar on a terminal; elsewhere a line every
+            `run.log_every` seconds, `training.progress.TrainingProgress`), 0, 1 or 2.
+        print_fn: Where the one-line epoch summaries, progress lines and notices go.
 
     Returns:
         A `FitResult`.
@@ -260,6 +276,8 @@ def fit(
         RunInUse: if another live process holds the run directory (`runs.lock_run`; the
             chief takes it before it reads the directory, other workers only read).
         TrainingDiverged: when the loss becomes NaN; the previous epoch's checkpoint is kept.
+        KeyboardInterrupt: at the first step boundary after Ctrl-C, once the files of the
+            last finished epoch are written (waiting at most `INTERRUPT_GRACE` seconds).
         CheckpointError: when an epoch's files cannot be written; the previous ones are kept.
         WriteError: (an `OSError`) naming the file, when another file cannot be written.
     """
@@ -351,7 +369,16 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
                 val = val.with_options(options)
             callbacks = [keeper]
             if verbose == "auto":
-                verbose = 1 if sys.stdout.isatty() else 0
+                verbose = 1 if is_terminal(sys.stdout) else 0
+                if not verbose:
+                    callbacks.append(
+                        TrainingProgress(
+                            recipe.schedule.epochs,
+                            dist.global_batch,
+                            recipe.run.log_every,
+                            print_fn,
+                        )
+                    )
             with warnings.catch_warnings():
                 # Keras's notices for datasets it cannot count: the validation set is finite on
                 # purpose and the training set is shuffled by the pipeline's seed.
@@ -366,6 +393,9 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
                     callbacks=callbacks,
                     verbose=verbose,
                 )
+    except KeyboardInterrupt:
+        keeper.close(quiet=True, grace=INTERRUPT_GRACE)
+        raise
     except BaseException:
         keeper.close(quiet=True)  # the error that stopped training is the one to report
         raise
