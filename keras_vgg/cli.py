@@ -445,8 +445,9 @@ def data_check(root, labels_file, workers, min_side, output, overwrite, log_ever
 )
 @click.option("--workers", type=int, default=None, help="Shards written at once (default: CPUs).")
 @click.option("--overwrite", is_flag=True, help="Write anew over what OUT holds (never an input).")
+@_log_every_option
 @user_errors
-def data_pack(root, out, labels_file, shards, prefix, workers, overwrite):
+def data_pack(root, out, labels_file, shards, prefix, workers, overwrite, log_every):
     """Pack the images under ROOT into TFRecord shards in OUT, with a manifest.
 
     The files' own bytes (never re-encoded), their labels, class names and file names; an
@@ -463,7 +464,7 @@ def data_pack(root, out, labels_file, shards, prefix, workers, overwrite):
     outputs.check_pack_folder(out, plan.settings, [root, labels_file], overwrite=overwrite)
     pack_lib = heavy("pack")
     lock = threading.Lock()
-    with _progress_bar(len(source), "files") as bar:
+    with _CountingProgress(len(source), "files", "data pack", log_every, "file", "files") as bar:
 
         def progress(n):
             with lock:

@@ -200,7 +200,7 @@ def test_the_cli_packs_and_data_stats_gives_the_folders_numbers(bad_tree, tmp_pa
     the folder; refused packs are one line."""
     root, out = bad_tree, tmp_path / "packed"
     done = kvgg_batch(
-        ("data", "pack", root, out, "--shards", "3"),
+        ("data", "pack", root, out, "--shards", "3", "--log-every", "0"),
         ("data", "stats", root),
         ("data", "stats", out),
         ("data", "pack", root, root / "inside", "--shards", "3"),
@@ -212,6 +212,8 @@ def test_the_cli_packs_and_data_stats_gives_the_folders_numbers(bad_tree, tmp_pa
     assert f"skipped unreadable image {root / 'fox' / 'zz_text.jpg'} (not an image" in (
         packed.stderr
     )
+    # stderr is a pipe: progress lines (--log-every 0), the last one at all 10 files.
+    assert "data pack  file 10/10" in packed.stderr, packed.stderr
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
     assert stats_folder.returncode == stats_pack.returncode == 0
     assert stats_pack.stdout == stats_folder.stdout and "images: 9" in stats_pack.stdout
