@@ -18,6 +18,7 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import kvgg_batch
 from data_images import write_class_folders
 
 from keras_vgg import distribute
@@ -420,6 +421,38 @@ def test_ray_workers_train_as_one_process_on_a_folder(tmp_path):
             break
         time.sleep(0.5)
     assert not left, [pathlib.Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
+
+
+# Ray made unimportable (a None entry in sys.modules), then `kvgg` as `python -m` runs it.
+WITHOUT_RAY = "import sys; sys.modules['ray'] = None; from keras_vgg.cli import main; main()"
+
+
+def test_workers_refusals_are_one_line(tmp_path):
+    """`kvgg fit --workers` without the ray extra, beside a TF_CONFIG, or with a global batch
+    the workers cannot split: one line, exit 2, before Ray starts."""
+    write_class_folders(tmp_path / "train", per_class=1)
+    (tmp_path / "exp.toml").write_text(FOLDER_RECIPE.format(root=tmp_path))
+    fit = ["fit", str(tmp_path / "exp.toml"), "--workers", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TF_CONFIG", None)
+    tf_config = json.dumps({"cluster": {"worker": ["h:1", "h:2"]}, "task": {"index": 0}})
+    no_ray = subprocess.Popen([sys.executable, "-c", WITHOUT_RAY, *fit], env=env, **PIPES)
+    done = kvgg_batch([*fit, "--set", "run.batch_size=9"], fit, env={**env, "TF_CONFIG": tf_config})
+    out, err = no_ray.communicate(timeout=120)
+    assert (no_ray.returncode, out) == (2, "")
+    assert (
+        err == "kvgg: error: kvgg fit --workers needs the ray extra: pip install 'keras-vgg[ray]'\n"
+    )
+    fragments = (
+        "run.batch_size: the global batch 9 does not split evenly over 2 replicas",
+        "--workers: TF_CONFIG is set already; Ray Train sets it in each worker",
+    )
+    for result, fragment in zip(done, fragments, strict=True):
+        assert (result.returncode, result.stdout) == (2, "")
+        assert (
+            result.stderr.startswith(f"kvgg: error: {fragment}") and result.stderr.count("\n") == 1
+        )
+    assert not (tmp_path / "runs").exists()
 
 
 # === Plans and precision (no strategy created) ===

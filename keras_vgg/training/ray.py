@@ -141,16 +141,16 @@ def ray_fit(
         recipe = recipe_lib.load_recipe(recipe, overrides)
     if workers < 1:
         raise ValueError(f"--workers: at least 1 worker, got {workers}")
-    if os.environ.get("TF_CONFIG"):
-        raise ValueError(
-            "--workers: TF_CONFIG is set already; Ray Train sets it in each worker "
-            "(unset it, or run `kvgg fit` without --workers in each TF_CONFIG process)"
-        )
     # The global batch must split over the workers (one replica each), as each will check.
     cluster = {"cluster": {"worker": [""] * workers}, "task": {"type": "worker", "index": 0}}
     distribute.plan_distribution(
         recipe.run.batch_size, devices=["/cpu:0"], environ={"TF_CONFIG": json.dumps(cluster)}
     )
+    if os.environ.get("TF_CONFIG"):
+        raise ValueError(
+            "--workers: TF_CONFIG is set already; Ray Train sets it in each worker "
+            "(unset it, or run `kvgg fit` without --workers in each TF_CONFIG process)"
+        )
     if "ray" not in sys.modules:  # Ray reads these when it is imported
         for key, value in RAY_ENVIRONMENT.items():
             os.environ.setdefault(key, value)
