@@ -162,6 +162,9 @@ def ray_fit(
         address = os.environ.get("RAY_ADDRESS")
         if not ray.is_initialized():
             passed_on = [*RAY_ENVIRONMENT, *PASSED_ON]
+            # Inside a Ray job (`ray job submit`) the job's own variables are in this
+            # environment too: passing them again with the same values is no conflict.
+            os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
             ray.init(
                 # "local": a Ray of its own, never one found running on this machine.
                 address=address or "local",
