@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 
 from keras_vgg import distribute
@@ -103,6 +104,29 @@ def _worker_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _in_a_thread(function: Callable[[], object]) -> object:
+    """`function()` in another thread, this one waiting: Ctrl-C raises KeyboardInterrupt here.
+
+    (Ray Train installs its own SIGINT handler when `fit` runs in the main thread: it ends
+    the run with exit code 0 or 1 and stays installed.)
+    """
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the waiting thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="kvgg-ray-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def ray_fit(
     recipe: recipe_lib.Recipe | str | os.PathLike,
     *,
@@ -160,7 +184,8 @@ def ray_fit(
 
     with contextlib.ExitStack() as stack:
         address = os.environ.get("RAY_ADDRESS")
-        if not ray.is_initialized():
+        owned = not ray.is_initialized()
+        if owned:
             passed_on = [*RAY_ENVIRONMENT, *PASSED_ON]
             # Inside a Ray job (`ray job submit`) the job's own variables are in this
             # environment too: passing them again with the same values is no conflict.
@@ -204,7 +229,9 @@ def ray_fit(
             ),
         )
         try:
-            trainer.fit()
+            # In a Ray of its own, Ctrl-C is a KeyboardInterrupt here, and leaving stops Ray
+            # and the workers; in the caller's Ray, Ray Train's own Ctrl-C handler ends the run.
+            _in_a_thread(trainer.fit) if owned else trainer.fit()
         except train.TrainingFailedError as exc:
             raise _worker_error(exc) from None
     return recipe.run_dir
