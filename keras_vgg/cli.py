@@ -1258,18 +1258,33 @@ class RunFailed(click.ClickException):
     "first step, then exit (2 if a check fails).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a finished run of the same name.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Train on N Ray Train workers (MultiWorkerMirroredStrategy): on this machine, or on "
+    "the Ray cluster RAY_ADDRESS names. Needs the ray extra.",
+)
 @user_errors
-def fit(recipe_paths, overrides, dry_run, overwrite):
+def fit(recipe_paths, overrides, dry_run, overwrite, workers):
     """Train the recipe RECIPE.toml (Sec. 3.1) in runs/<name>/, resuming a killed run.
 
     Running the same command again after the process was killed resumes the run where its
     last checkpoint left it. With --dry-run several recipes may be given, and each is checked.
+    With --workers N, Ray Train starts N worker processes and sets TF_CONFIG in each; worker
+    0 writes the run directory, which every worker must see at the same path.
     """
     from keras_vgg import recipe as recipe_lib
 
     if len(recipe_paths) > 1 and not dry_run:
         raise UserError("give one RECIPE.toml (several only with --dry-run)")
+    if workers is not None and dry_run:
+        raise UserError("--dry-run checks the recipe in this process; give it without --workers")
     recipes = [recipe_lib.load_recipe(path, overrides) for path in recipe_paths]
+    if workers is not None and not os.environ.get("KVGG_VERBOSE"):
+        # The workers' TensorFlow start-up lines are left out, as this process's own are.
+        os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", _STARTUP_NOISE.pattern)
     training = heavy("training")
     if dry_run:
         problems = []
@@ -1289,7 +1304,14 @@ def fit(recipe_paths, overrides, dry_run, overwrite):
         return
     recipe = recipes[0]
     try:
-        training.fit(recipe, overwrite=overwrite, print_fn=click.echo)
+        if workers is None:
+            training.fit(recipe, overwrite=overwrite, print_fn=click.echo)
+        else:
+            training.ray_fit(recipe, workers=workers, overwrite=overwrite, print_fn=click.echo)
+    except ModuleNotFoundError as exc:
+        if workers is None or exc.name != "ray":
+            raise
+        raise UserError(str(exc)) from None  # training.RAY_MISSING
     except (training.TrainingDiverged, training.CheckpointError) as exc:
         raise RunFailed(str(exc)) from None
     except KeyboardInterrupt:

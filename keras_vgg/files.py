@@ -49,6 +49,18 @@ class WriteError(OSError):
     def __str__(self) -> str:
         return str(self.strerror)
 
+    def __reduce__(self):
+        # Unpickled as it was (a Ray worker's error reaches the driver pickled): the message
+        # is not recomputed from a path that may not exist on the receiving machine.
+        return _rebuilt_write_error, (self.errno, self.strerror, self.filename, self.reason)
+
+
+def _rebuilt_write_error(errno, message, path, reason) -> WriteError:
+    error = WriteError.__new__(WriteError, errno, message, path)
+    OSError.__init__(error, errno, message, path)
+    error.reason = reason
+    return error
+
 
 def refuse_existing(path: str | os.PathLike, overwrite: bool = False) -> None:
     """Refuses to replace an existing file unless asked: what a user made is never lost.

@@ -68,6 +68,7 @@ CHEAP_MISTAKES = [
     (["data", "stats", "{tmp}", "--sample", "0"], "--sample must be a positive integer"),
     (["fit", "{tmp}/nope.toml"], "{tmp}/nope.toml: recipe file not found"),
     (["fit", "{tmp}/bad.toml", "--dry-run"], "bad.toml: optimizer.lrate: unknown key"),
+    (["fit", "{tmp}/bad.toml", "--workers", "2", "--dry-run"], "give it without --workers"),
     (["predict", "--config", "D", "x.jpg"], "--config needs --weights"),
     (["predict", "x.jpg"], "give either --model FILE or --config NAME"),
     (["evaluate", "m.keras", "--data", "{tmp}", "--batch-size", "0"], "--batch-size must be"),

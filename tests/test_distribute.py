@@ -5,6 +5,7 @@ inside a subprocess, so the setting cannot leak into other tests.
 """
 
 import csv
+import importlib.util
 import json
 import os
 import pathlib
@@ -12,9 +13,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 
 import numpy as np
 import pytest
+from conftest import kvgg_batch
 from data_images import write_class_folders
 
 from keras_vgg import distribute
@@ -346,17 +350,111 @@ def test_two_workers_train_as_one_process_on_a_folder(tmp_path):
     outputs = communicate(processes)
     assert "one device" in outputs[0][0]
     assert "MultiWorkerMirroredStrategy" in outputs[1][0] and "worker 0" in outputs[1][0]
-    one, two = state_arrays(tmp_path / "runs" / "one"), state_arrays(tmp_path / "runs" / "two")
+    assert_trained_as_one_process(tmp_path / "runs" / "one", tmp_path / "runs" / "two")
+
+
+def assert_trained_as_one_process(one_dir, workers_dir, epochs=2):
+    """The run of several workers ends where the run of one process on the same global
+    batches does: weights, optimizer state and epoch losses (FOLDER_RECIPE's runs)."""
+    one, two = state_arrays(one_dir), state_arrays(workers_dir)
     assert sorted(one) == sorted(two) and any(k.startswith("optimizer/") for k in one)
     for key in one:
         # rtol 1e-5, atol 1e-6: float32 rounding of differently ordered sums, nothing more.
         np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-6, err_msg=key)
     # The epoch losses (averaged over both workers' halves) are the one-process ones too.
-    h_one, h_two = (read_history(tmp_path / "runs" / name) for name in ("one", "two"))
-    assert len(h_one) == len(h_two) == 2
+    h_one, h_two = read_history(one_dir), read_history(workers_dir)
+    assert len(h_one) == len(h_two) == epochs
     for row_one, row_two in zip(h_one, h_two, strict=True):
         for key in ("loss", "top1_error"):
             assert float(row_two[key]) == pytest.approx(float(row_one[key]), rel=1e-5), key
+
+
+def processes_with(marker):
+    """The pids of this user's processes whose environment holds `marker` (a token)."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # gone, or another user's
+                pass
+    return found
+
+
+# About 75 s of CPU time: Ray's own processes, two workers that each start TensorFlow, and
+# the one-process run beside them; about a minute on 2 idle cores, several on busy ones.
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="Ray Train is not installed (the ray extra: pip install 'keras-vgg[ray]')",
+)
+def test_ray_workers_train_as_one_process_on_a_folder(tmp_path):
+    """(6) `kvgg fit --workers 2`: two Ray Train workers end where one process does.
+
+    Ray Train starts the workers and sets TF_CONFIG in each; they run the same `fit` as
+    test (5)'s, so the check is test (5)'s. Ray runs on this machine only (no dashboard, no
+    usage report), and every process it started is gone when the command returns.
+    """
+    write_class_folders(tmp_path / "train", per_class=6)
+    (tmp_path / "exp.toml").write_text(FOLDER_RECIPE.format(root=tmp_path))
+    marker = f"kvgg-ray-test-{uuid.uuid4().hex}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KVGG_TEST_MARKER": marker}
+    env.pop("RAY_ADDRESS", None)
+    fit = [sys.executable, "-m", "keras_vgg.cli", "fit", str(tmp_path / "exp.toml"), "--set"]
+    processes = [
+        subprocess.Popen([*fit, "run.name=one"], env=env, **PIPES),
+        subprocess.Popen([*fit, "run.name=two", "--workers", "2"], env=env, **PIPES),
+    ]
+    outputs = communicate(processes)
+    out, err = outputs[1]
+    assert "ray: 2 workers on this machine, one CPU each" in out
+    # The chief's lines, as `kvgg fit` prints them; no worker's TensorFlow start-up noise.
+    assert "MultiWorkerMirroredStrategy (/cpu:0), 2 workers, this is worker 0" in out
+    assert "epoch   2/2" in out and "finished: reached 2 epochs" in out
+    # (Ray's own placement-group cleaner may print a traceback of its thread on a loaded
+    # machine, when it times out reaching Ray's control store: not this package's.)
+    assert "cuda drivers" not in out + err and "keras_vgg" not in err
+    assert_trained_as_one_process(tmp_path / "runs" / "one", tmp_path / "runs" / "two")
+    # Ray's processes end with the command (shutting down may take a moment).
+    for _ in range(40):
+        left = processes_with(marker)
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, [pathlib.Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
+
+
+# Ray made unimportable (a None entry in sys.modules), then `kvgg` as `python -m` runs it.
+WITHOUT_RAY = "import sys; sys.modules['ray'] = None; from keras_vgg.cli import main; main()"
+
+
+def test_workers_refusals_are_one_line(tmp_path):
+    """`kvgg fit --workers` without the ray extra, beside a TF_CONFIG, or with a global batch
+    the workers cannot split: one line, exit 2, before Ray starts."""
+    write_class_folders(tmp_path / "train", per_class=1)
+    (tmp_path / "exp.toml").write_text(FOLDER_RECIPE.format(root=tmp_path))
+    fit = ["fit", str(tmp_path / "exp.toml"), "--workers", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TF_CONFIG", None)
+    tf_config = json.dumps({"cluster": {"worker": ["h:1", "h:2"]}, "task": {"index": 0}})
+    no_ray = subprocess.Popen([sys.executable, "-c", WITHOUT_RAY, *fit], env=env, **PIPES)
+    done = kvgg_batch([*fit, "--set", "run.batch_size=9"], fit, env={**env, "TF_CONFIG": tf_config})
+    out, err = no_ray.communicate(timeout=120)
+    assert (no_ray.returncode, out) == (2, "")
+    assert (
+        err == "kvgg: error: kvgg fit --workers needs the ray extra: pip install 'keras-vgg[ray]'\n"
+    )
+    fragments = (
+        "run.batch_size: the global batch 9 does not split evenly over 2 replicas",
+        "--workers: TF_CONFIG is set already; Ray Train sets it in each worker",
+    )
+    for result, fragment in zip(done, fragments, strict=True):
+        assert (result.returncode, result.stdout) == (2, "")
+        assert (
+            result.stderr.startswith(f"kvgg: error: {fragment}") and result.stderr.count("\n") == 1
+        )
+    assert not (tmp_path / "runs").exists()
 
 
 # === Plans and precision (no strategy created) ===

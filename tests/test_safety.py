@@ -162,6 +162,21 @@ def test_weights_files_are_written_through_a_partial_file(tmp_path):
     assert tree(tmp_path) == sorted(names)
 
 
+def test_write_error_is_the_same_after_pickling(tmp_path):
+    """A Ray worker's `WriteError` reaches the driver pickled, where the file may not exist:
+    its message, file, number and reason are the ones the worker made."""
+    import pickle
+
+    (tmp_path / "kept.npz").write_bytes(b"x")
+    for name, kept in (("kept.npz", "the previous file is kept"), ("new.npz", "nothing")):
+        error = files.WriteError(str(tmp_path / name), "No space left on device", 28)
+        (tmp_path / "kept.npz").unlink(missing_ok=True)  # gone on the receiving side
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is files.WriteError and isinstance(copy, OSError)
+        assert str(copy) == str(error) and kept in str(copy)
+        assert (copy.filename, copy.errno, copy.reason) == (str(tmp_path / name), 28, error.reason)
+
+
 def test_partial_names_keep_every_suffix_and_name_their_owner():
     owner = rf"{os.getpid()}-[0-9a-f]{{6}}\.[0-9a-f]{{8}}"
     weights = files.partial_path("a/x.weights.h5")

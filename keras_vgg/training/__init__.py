@@ -10,6 +10,7 @@ One job per module (a change belongs in the module whose job it touches):
 - `callbacks`: the per-epoch keeper (`RunKeeper`: schedule, NaN guard, checkpoint files,
   summary line, curves).
 - `fit`: the plan and the loop (`FitPlan`, `plan_fit`, `fit`, `FitResult`).
+- `ray`: `fit` on N Ray Train workers (`ray_fit`, `RAY_MISSING`), the optional `ray` extra.
 
 The run directory's files (names, formats, atomic writes, `state.npz`) are
 `keras_vgg.runs`; the first-conv adaptation to another input convention is
@@ -30,6 +31,7 @@ from keras_vgg.runs import write_state
 from keras_vgg.training.callbacks import CheckpointError
 from keras_vgg.training.data import TrainingData, recipe_data, split_source
 from keras_vgg.training.fit import FitPlan, FitResult, TrainingDiverged, fit, plan_fit
+from keras_vgg.training.ray import RAY_MISSING, ray_fit
 from keras_vgg.training.schedule import Plateau, plateau_step
 from keras_vgg.training.setup import build_model, compile_model, initialize, make_optimizer
 from keras_vgg.weights.transfer import adapt_first_conv
@@ -39,6 +41,7 @@ __all__ = [
     "FitPlan",
     "FitResult",
     "Plateau",
+    "RAY_MISSING",
     "TrainingData",
     "TrainingDiverged",
     "adapt_first_conv",
@@ -49,6 +52,7 @@ __all__ = [
     "make_optimizer",
     "plan_fit",
     "plateau_step",
+    "ray_fit",
     "recipe_data",
     "split_source",
     "write_state",
