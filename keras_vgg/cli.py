@@ -514,11 +514,12 @@ class _RateProgress:
         self.start = None
         self.lines = Progress.unless_terminal(sys.stderr, label=command, every=every, unit="image")
 
-    def __call__(self, done: int, total: int | None) -> None:
+    def __call__(self, done: int, total: int | None, top1_err: float | None = None) -> None:
         import time
 
         if self.lines is not None:
-            self.lines.update(done, total)
+            figures = {} if top1_err is None else {"top1_err": top1_err}
+            self.lines.update(done, total, **figures)
             return
         if self.bar is None:
             self.bar = click.progressbar(

@@ -177,8 +177,13 @@ def test_evaluate_cli_default_scales_limit_and_skipped_files(cli):
     assert report["skipped_files"] == [broken]
     assert "0_broken.jpg" in result.stderr
     assert "5 images in" in result.stdout and "images/s" in result.stdout
-    # stderr is a pipe, not a terminal: a progress line after every chunk (--log-every 0).
-    assert re.search(r"^evaluate  image 5/5  \d+\.\d img/s  ETA 0s$", result.stderr, re.M)
+    # stderr is a pipe, not a terminal: a progress line after every chunk (--log-every 0),
+    # with the top-1 error so far of the table's last row: at 5/5, the report's.
+    last = re.search(
+        r"^evaluate  image 5/5  \d+\.\d img/s  ETA 0s  top-1 err (\d+\.\d\d)%$", result.stderr, re.M
+    )
+    assert last, result.stderr
+    assert float(last.group(1)) == pytest.approx(report["rows"][-1]["top1_error"], abs=0.005)
 
 
 def test_write_results_writes_each_file_atomically(setup, tmp_path, monkeypatch):

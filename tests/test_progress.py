@@ -176,7 +176,7 @@ def test_evaluate_on_a_pipe_prints_progress_lines_and_ctrl_c_exits_within_5_s(tm
         process.kill()
     assert process.returncode == 130, "\n".join(seen) + err
     assert waited < 5, waited
-    line = re.compile(r"evaluate  image 1/120  \d+\.\d img/s  ETA \w+")
+    line = re.compile(r"evaluate  image 1/120  \d+\.\d img/s  ETA \w+  top-1 err \d+\.\d\d%")
     assert any(line.fullmatch(text) for text in seen), seen
     assert "Traceback" not in err
     assert [text for text in err.splitlines() if text.startswith("kvgg:")] == ["kvgg: interrupted"]

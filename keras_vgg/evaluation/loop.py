@@ -43,7 +43,7 @@ def evaluate_images(
     ties: str = "pessimistic",
     limit: int | None = None,
     total: int | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
+    progress: Callable[[int, int | None, float], None] | None = None,
     keep_posteriors: bool = False,
     preprocessing: Any = None,
 ) -> EvaluationResult:
@@ -69,7 +69,9 @@ def evaluate_images(
         ties: How top-k error counts ties, one of `TIES`.
         limit: Evaluate only the first `limit` images.
         total: Number of images, if known, passed on to `progress`.
-        progress: Called as `progress(images_done, total)` after each chunk.
+        progress: Called as `progress(images_done, total, top1_err)` after each chunk, with
+            the top-1 error so far (a fraction) of the table's last row (the fusion, or the
+            last protocol and scales).
         keep_posteriors: Keep every row's posteriors in the result (memory grows with the
             data set: for notebooks and tests).
         preprocessing: The input convention of a model that records none ("paper",
@@ -117,7 +119,7 @@ def evaluate(
     batch_size: int = 32,
     ties: str = "pessimistic",
     limit: int | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
+    progress: Callable[[int, int | None, float], None] | None = None,
     keep_posteriors: bool = False,
     preprocessing: Any = None,
 ) -> EvaluationResult:
@@ -236,7 +238,7 @@ def _evaluate(
                 kept[key].append(posteriors)
         count += len(chunk_labels)
         if progress is not None:
-            progress(count, total)
+            progress(count, total, 1.0 - credits[keys[-1]][0] / count)
     seconds = time.perf_counter() - start
     if count == 0:
         raise ValueError(f"{data or 'images'}: no images to evaluate (the data set is empty)")
