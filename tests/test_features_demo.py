@@ -1,5 +1,5 @@
-"""(slow) `kvgg demo features` through the library: the printed table and verdicts are
-the result's, the pixels column is the library's SVM protocol on the images' grey levels,
+"""(demo tier, `make test-demos`) `kvgg demo features` through the library: the printed
+table and verdicts are the result's, the pixels column is the library's SVM protocol on the images' grey levels,
 and every verdict is the one a paired t-test over the splits gives, recomputed here with
 NumPy from the per-split recalls; and (fast) the verdict rule and the table's cells."""
 
@@ -31,7 +31,7 @@ def _verdict_by_hand(ours, theirs, t=T_975_9):
     return mean, se, "no difference at this N"
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_features_demo_table_and_paired_verdicts(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)  # the runs go to tmp_path/runs

@@ -1,6 +1,6 @@
-"""(slow) `kvgg demo localize` through the library: protocol-1 localisation error <= 10 %
-for the SCR and the PCR net on the held-out canvases (the issue's goal), and the printed
-tables are the result's."""
+"""(demo tier, `make test-demos`) `kvgg demo localize` through the library: protocol-1
+localisation error <= 10 % for the SCR and the PCR net on the held-out canvases (the
+documented goal), and the printed tables are the result's."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from keras_vgg.demos import run_localization_demo
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_localization_demo_reaches_the_protocol_1_goal(tmp_path):
     pytest.importorskip("sklearn")
     pytest.importorskip("skimage")
