@@ -10,7 +10,8 @@ A recipe has six sections, every key optional except `data.root`::
     [optimizer]  name, lr, momentum, weight_decay, weight_decay_mode
     [schedule]   epochs, plateau_patience, factor, min_delta, max_reductions
     [init]       from_run, mode
-    [run]        name, seed, precision, batch_size, runs_dir, steps_per_epoch, val_steps
+    [run]        name, seed, precision, batch_size, runs_dir, steps_per_epoch, val_steps,
+                 checkpoint_every
 
 The defaults are the paper's. `load_recipe(path, overrides)` parses and validates; any
 problem is a `ValueError` of one line naming the file and the key
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -45,7 +47,9 @@ __all__ = [
     "Recipe",
     "RunSection",
     "ScheduleSection",
+    "NEUTRAL_KEYS",
     "load_recipe",
+    "parse_duration",
     "parse_recipe",
     "recipe_to_dict",
     "recipe_to_toml",
@@ -240,6 +244,10 @@ class RunSection:
         runs_dir: Parent folder of run directories.
         steps_per_epoch: None means one pass over the training images.
         val_steps: None means the whole validation set.
+        checkpoint_every: Also write the resumable state within an epoch: a duration
+            ("30m", "90s", "2h": `parse_duration`) or a number of steps (an integer). None
+            writes it at the end of each epoch only. A run killed within an epoch resumes
+            from the last such state and ends as an uninterrupted run would.
     """
 
     name: str = ""
@@ -249,6 +257,19 @@ class RunSection:
     runs_dir: str = "runs"
     steps_per_epoch: int | None = None
     val_steps: int | None = None
+    checkpoint_every: int | str | None = None
+
+    @property
+    def checkpoint_steps(self) -> int | None:
+        """`checkpoint_every` as a number of steps, or None (not set, or a duration)."""
+        return self.checkpoint_every if isinstance(self.checkpoint_every, int) else None
+
+    @property
+    def checkpoint_seconds(self) -> float | None:
+        """`checkpoint_every` as seconds, or None (not set, or a number of steps)."""
+        if isinstance(self.checkpoint_every, str):
+            return parse_duration(self.checkpoint_every)
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +288,34 @@ class Recipe:
     def run_dir(self) -> str:
         """`runs_dir/name`."""
         return os.path.join(self.run.runs_dir, self.run.name)
+
+
+# Keys a resumed run may change: they decide how a run is kept, not what it trains.
+NEUTRAL_KEYS = ("run.checkpoint_every",)
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smh])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration: numbers with a unit, s, m or h ("90s", "30m", "1.5h", "1h30m").
+
+    Args:
+        text: The duration.
+
+    Returns:
+        Its seconds, > 0.
+
+    Raises:
+        ValueError: if `text` is not such a duration, or is zero.
+    """
+    compact = "".join(str(text).split()).lower()
+    if not compact or _DURATION_PART.sub("", compact):
+        raise ValueError(f'expected a duration such as "30m", "90s" or "2h", got {text!r}')
+    seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(compact))
+    if seconds <= 0:
+        raise ValueError(f"a duration must be > 0, got {text!r}")
+    return seconds
 
 
 _SECTIONS: dict[str, type] = {
@@ -363,10 +412,16 @@ def _apply_override(raw: dict, item: str, path: str) -> None:
     except tomllib.TOMLDecodeError:
         value = text
     hint = typing.get_type_hints(_SECTIONS[section]).get(name)
-    if hint is not None and not isinstance(value, str) and str in typing.get_args(hint) + (hint,):
+    if hint is not None and not isinstance(value, str) and _takes_only_text(hint):
         # A text key keeps its text: run.name=nan is the name "nan", not a float.
         value = text.strip()
     raw.setdefault(section, {})[name] = value
+
+
+def _takes_only_text(hint: Any) -> bool:
+    """Whether a field takes text and nothing else (None aside): `str`, `str | None`."""
+    options = set(typing.get_args(hint) or (hint,)) - {type(None)}
+    return options == {str}
 
 
 def _build_section(cls: type, section: str, values: Mapping[str, Any], path: str):
@@ -538,6 +593,13 @@ def _check(recipe: Recipe, path: str) -> None:
         value = getattr(r, key)
         if value is not None and value < 1:
             fail(f"run.{key}", f"must be >= 1, got {value}")
+    if r.checkpoint_steps is not None and r.checkpoint_steps < 1:
+        fail("run.checkpoint_every", f"must be >= 1 steps, got {r.checkpoint_steps}")
+    if isinstance(r.checkpoint_every, str):
+        try:
+            parse_duration(r.checkpoint_every)
+        except ValueError as exc:
+            fail("run.checkpoint_every", f"{exc}, or an integer number of steps")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:

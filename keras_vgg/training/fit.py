@@ -7,7 +7,9 @@ checkpoint and the logs in the run directory (`keras_vgg.runs`).
 
 Running the same command again after a kill resumes from `state.npz`; the data pipeline
 is seeded by (seed, epoch, position), so the resumed run sees the batches an uninterrupted
-run would.
+run would. A state saved within an epoch (`run.checkpoint_every`) is resumed at its step:
+one `model.fit` call runs the rest of that epoch, from a pipeline that leaves out its first
+steps, and a second one the epochs after it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_vgg import distribute, runs
@@ -53,8 +56,8 @@ class TrainingDiverged(RuntimeError):
 class FitPlan:
     """Everything `fit` will do, decided before it starts (printed by `--dry-run`).
 
-    `action` is "start", "resume" (after `resume_epoch` epochs), "overwrite" or "finished"
-    (a finished run, refused without `overwrite`). `problem` is the one-line error the run
+    `action` is "start", "resume" (after `resume_epoch` epochs and `resume_step` steps of
+    the next one), "overwrite" or "finished" (a finished run, refused without `overwrite`). `problem` is the one-line error the run
     would stop on before its first step (a missing folder or file, a label out of range, a
     finished run, a missing initial model), or None when every check passed.
     """
@@ -69,6 +72,7 @@ class FitPlan:
     num_train_images: int | None
     steps_per_epoch: int | None
     problem: str | None = None
+    resume_step: int = 0
 
     def describe(self) -> str:
         """The plan as the lines `kvgg fit --dry-run` prints."""
@@ -103,7 +107,8 @@ class FitPlan:
     def _action_text(self) -> str:
         return {
             "start": "new run",
-            "resume": f"resume after epoch {self.resume_epoch}",
+            "resume": f"resume after epoch {self.resume_epoch}"
+            + (f", step {self.resume_step}" if self.resume_step else ""),
             "overwrite": "overwrite (--overwrite)",
             "finished": "finished: refused without --overwrite",
         }[self.action]
@@ -158,9 +163,23 @@ def plan_fit(
     precision = distribute.resolve_precision(recipe.run.precision)
     run_dir = recipe.run_dir
     action, epoch = runs.run_status(run_dir, overwrite)
+    step = (
+        runs.read_state_meta(os.path.join(run_dir, runs.STATE))["step"]
+        if action == "resume" and os.path.isfile(os.path.join(run_dir, runs.STATE))
+        else 0
+    )
     count, steps, problem = None, recipe.run.steps_per_epoch, None
     plan = FitPlan(
-        recipe, dist, precision, run_dir, action, epoch, _init_source(recipe), count, steps
+        recipe,
+        dist,
+        precision,
+        run_dir,
+        action,
+        epoch,
+        _init_source(recipe),
+        count,
+        steps,
+        resume_step=step,
     )
     if check:
         try:
@@ -207,12 +226,22 @@ def _check_run_dir(plan: FitPlan) -> None:
         )
     saved = runs.saved_recipe(plan.run_dir) if plan.action == "resume" else None
     if saved is not None:
-        if recipe_lib.recipe_to_dict(saved) != recipe_lib.recipe_to_dict(r):
-            diff = _first_difference(recipe_lib.recipe_to_dict(saved), recipe_lib.recipe_to_dict(r))
+        before, now = _trained_keys(saved), _trained_keys(r)
+        if before != now:
+            diff = _first_difference(before, now)
             raise ValueError(
                 f"{plan.run_dir}: holds a run of a different recipe ({diff}); pass --overwrite "
                 f"to start again, or --set run.name=NEW"
             )
+
+
+def _trained_keys(recipe: recipe_lib.Recipe) -> dict:
+    """The recipe's keys that decide what a run trains (all but `recipe.NEUTRAL_KEYS`)."""
+    out = recipe_lib.recipe_to_dict(recipe)
+    for key in recipe_lib.NEUTRAL_KEYS:
+        section, name = key.split(".")
+        out[section].pop(name, None)
+    return out
 
 
 def _first_difference(a: dict, b: dict) -> str:
@@ -322,12 +351,23 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
         "stop_reason": None,
         "best_epoch": None,
     }
+    resumed_metrics = None
     if resuming:
         meta = runs.load_state(state_path, model)
         model.optimizer.learning_rate.assign(meta["lr"])
+        step = meta["step"]
+        if step >= data.steps_per_epoch:
+            raise ValueError(
+                f"{state_path}: saved after step {step} of epoch {meta['epoch'] + 1}, but an "
+                f"epoch now has {data.steps_per_epoch} steps (did {recipe.data.root} change?); "
+                "pass --overwrite to start again"
+            )
+        if step:
+            resumed_metrics = [np.array(v.numpy()) for v in model.metrics_variables]
         print_fn(
-            f"resuming {run_dir} after epoch {meta['epoch']} (lr {meta['lr']:.1e}, "
-            f"{meta['plateau']['reductions']} reductions)"
+            f"resuming {run_dir} after epoch {meta['epoch']}"
+            + (f", step {step} of {data.steps_per_epoch}" if step else "")
+            + f" (lr {meta['lr']:.1e}, {meta['plateau']['reductions']} reductions)"
         )
     elif copied:
         print_fn(f"initialised {len(copied)} layers from {plan.init_source}: {', '.join(copied)}")
@@ -337,11 +377,18 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
         runs.write_recipe(run_dir, recipe)
         runs.write_model_info(run_dir, model)
 
-    start_epoch = meta["epoch"]
-    keeper = RunKeeper(recipe, run_dir, meta, dist.is_chief, print_fn)
+    epoch, step = meta["epoch"], meta.get("step", 0)
+    keeper = RunKeeper(
+        recipe,
+        run_dir,
+        meta,
+        dist.is_chief,
+        print_fn,
+        steps_per_epoch=data.steps_per_epoch,
+        resumed_metrics=resumed_metrics,
+    )
     try:
-        if start_epoch < recipe.schedule.epochs and not meta.get("stop_reason"):
-            train = _train_dataset(strategy, dist, data, start_epoch)
+        if epoch < recipe.schedule.epochs and not meta.get("stop_reason"):
             val = data.val() if callable(data.val) else data.val
             if val is not None and dist.kind == "multi_worker":
                 options = tf.data.Options()
@@ -357,15 +404,21 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
                 # purpose and the training set is shuffled by the pipeline's seed.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
                 warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
-                model.fit(
-                    train,
-                    epochs=recipe.schedule.epochs,
-                    initial_epoch=start_epoch,
-                    steps_per_epoch=data.steps_per_epoch,
-                    validation_data=val,
-                    callbacks=callbacks,
-                    verbose=verbose,
-                )
+                while epoch < recipe.schedule.epochs:
+                    # Resumed within an epoch: first the rest of that epoch alone.
+                    until = epoch + 1 if step else recipe.schedule.epochs
+                    model.fit(
+                        _train_dataset(strategy, dist, data, epoch, step),
+                        epochs=until,
+                        initial_epoch=epoch,
+                        steps_per_epoch=data.steps_per_epoch - step,
+                        validation_data=val,
+                        callbacks=callbacks,
+                        verbose=verbose,
+                    )
+                    if model.stop_training:
+                        break
+                    epoch, step = until, 0
     except BaseException:
         keeper.close(quiet=True)  # the error that stopped training is the one to report
         raise
@@ -391,9 +444,11 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
     return FitResult(run_dir, model, keeper.meta["history"], metrics)
 
 
-def _train_dataset(strategy, dist, data: TrainingData, start_epoch: int):
+def _train_dataset(strategy, dist, data: TrainingData, start_epoch: int, start_step: int):
+    # `start_step` only when there is one: a `data.train` of its own may not take it.
+    skip = {"start_step": start_step} if start_step else {}
     if dist.kind != "multi_worker":
-        return data.train(start_epoch=start_epoch, batch_size=dist.global_batch)
+        return data.train(start_epoch=start_epoch, batch_size=dist.global_batch, **skip)
 
     def dataset_fn(context: tf.distribute.InputContext):
         return data.train(
@@ -401,6 +456,7 @@ def _train_dataset(strategy, dist, data: TrainingData, start_epoch: int):
             batch_size=context.get_per_replica_batch_size(dist.global_batch),
             num_shards=context.num_input_pipelines,
             shard_index=context.input_pipeline_id,
+            **skip,
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
