@@ -104,6 +104,46 @@ def test_set_overrides_any_key_with_toml_or_bare_values(tmp_path):
     assert (named.run.name, named.data.root) == ("nan", "true")
 
 
+def test_checkpoint_every_is_steps_or_a_duration(tmp_path):
+    path = write(tmp_path, GOOD)
+    assert recipe_lib.load_recipe(path).run.checkpoint_every is None
+    steps = recipe_lib.load_recipe(path, ["run.checkpoint_every=500"]).run
+    assert (steps.checkpoint_every, steps.checkpoint_steps, steps.checkpoint_seconds) == (
+        500,
+        500,
+        None,
+    )
+    timed = recipe_lib.load_recipe(path, ["run.checkpoint_every=1h30m"]).run
+    assert (timed.checkpoint_every, timed.checkpoint_steps, timed.checkpoint_seconds) == (
+        "1h30m",
+        None,
+        5400.0,
+    )
+    again = recipe_lib.load_recipe(
+        write(
+            tmp_path,
+            recipe_lib.recipe_to_toml(recipe_lib.load_recipe(path, ["run.checkpoint_every=90s"])),
+            "b.toml",
+        )
+    )
+    assert again.run.checkpoint_every == "90s"
+    assert "run.checkpoint_every" in recipe_lib.NEUTRAL_KEYS
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("30m", 1800), ("90s", 90), ("2h", 7200), ("1.5h", 5400), ("1h30m", 5400), (" 2 M ", 120)],
+)
+def test_parse_duration(text, seconds):
+    assert recipe_lib.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "m", "30min", "1x", "-5m", "0s", "1h-30m"])
+def test_parse_duration_refuses(text):
+    with pytest.raises(ValueError, match="duration"):
+        recipe_lib.parse_duration(text)
+
+
 def test_resolved_toml_round_trips(tmp_path):
     r = recipe_lib.load_recipe(write(tmp_path, GOOD), ['data.val_root=/v "q"'])
     text = recipe_lib.recipe_to_toml(r)
@@ -141,6 +181,11 @@ BAD = [
     ("", ["data.threads=all"], "data.threads", "expected an integer, got 'all'"),
     ("[init]\nfrom_run = 'a_256'\n[model]\nweights = 'x.keras'\n", [], "init.from_run", "not both"),
     ("", ["optimizer.lrr=1"], "optimizer.lrr", "unknown key"),
+    ("", ["run.checkpoint_every=0"], "run.checkpoint_every", "must be >= 1 steps, got 0"),
+    ("", ["run.checkpoint_every=30min"], "run.checkpoint_every", "got '30min', or an integer"),
+    ("[run]\ncheckpoint_every = '30'\n", [], "run.checkpoint_every", 'such as "30m"'),
+    ("[run]\ncheckpoint_every = '0s'\n", [], "run.checkpoint_every", "must be > 0"),
+    ("[run]\ncheckpoint_every = 1.5\n", [], "run.checkpoint_every", "an integer or a string"),
     ("", ["lr=1"], "--set lr", "section.key"),
 ]
 
