@@ -69,6 +69,9 @@ class RunKeeper(keras.callbacks.Callback):
         steps_per_epoch: Steps per epoch (needed for a step count `checkpoint_every`).
         resumed_metrics: The metric variables' values of a state saved within an epoch,
             restored at the start of the resumed epoch.
+        within_epochs: Whether states may be written within epochs. `fit` says no under
+            MultiWorkerMirroredStrategy: the metric sums are read across all workers, and
+            only the chief would ask.
 
     Attributes:
         meta: The run state after the last finished epoch.
@@ -92,6 +95,7 @@ class RunKeeper(keras.callbacks.Callback):
         *,
         steps_per_epoch: int | None = None,
         resumed_metrics: list[np.ndarray] | None = None,
+        within_epochs: bool = True,
     ):
         super().__init__()
         self.recipe = recipe
@@ -101,6 +105,7 @@ class RunKeeper(keras.callbacks.Callback):
         self.print_fn = print_fn
         self.curves_every = curves_every
         self.steps_per_epoch = steps_per_epoch
+        self.within_epochs = within_epochs
         self.diverged: tuple[int, int] | None = None
         self.epoch_lr = math.nan
         # The steps of the current epoch that ran before this process (a resumed state).
@@ -173,7 +178,9 @@ class RunKeeper(keras.callbacks.Callback):
         # Here, not at a batch's end: Keras may run those off the training thread, and the
         # variables must be copied between two steps.
         step = self.step_offset + batch
-        if not self.is_chief or batch == 0 or self.diverged is not None or not self._due(step):
+        if not (self.is_chief and self.within_epochs) or batch == 0 or self.diverged is not None:
+            return
+        if not self._due(step):
             return
         arrays = runs.state_arrays(self.model, metrics=True)
         sums = [v for k, v in arrays.items() if k.startswith("metrics/")]

@@ -57,9 +57,10 @@ class FitPlan:
     """Everything `fit` will do, decided before it starts (printed by `--dry-run`).
 
     `action` is "start", "resume" (after `resume_epoch` epochs and `resume_step` steps of
-    the next one), "overwrite" or "finished" (a finished run, refused without `overwrite`). `problem` is the one-line error the run
-    would stop on before its first step (a missing folder or file, a label out of range, a
-    finished run, a missing initial model), or None when every check passed.
+    the next one), "overwrite" or "finished" (a finished run, refused without
+    `overwrite`). `problem` is the one-line error the run would stop on before its first
+    step (a missing folder or file, a label out of range, a finished run, a missing initial
+    model), or None when every check passed.
     """
 
     recipe: recipe_lib.Recipe
@@ -386,7 +387,13 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
         print_fn,
         steps_per_epoch=data.steps_per_epoch,
         resumed_metrics=resumed_metrics,
+        within_epochs=dist.kind != "multi_worker",
     )
+    if recipe.run.checkpoint_every is not None and dist.kind == "multi_worker":
+        print_fn(
+            "run.checkpoint_every: not used with several workers; the state is written at "
+            "the end of each epoch"
+        )
     try:
         if epoch < recipe.schedule.epochs and not meta.get("stop_reason"):
             val = data.val() if callable(data.val) else data.val
