@@ -166,10 +166,12 @@ def saved_position(run_dir) -> tuple[int, int] | None:
     return meta["epoch"], meta["step"]
 
 
-def kill_within_an_epoch(root, name, target, deadline):
-    """Starts the run, kill -9s it once its state is at `target` or later, within an epoch
-    (its state is written before every step); returns the state's position then."""
-    command, env = kvgg_fit(root, "--set", f"run.name={name}", "--set", "run.checkpoint_every=1")
+def kill_within_an_epoch(root, name, every, target, deadline):
+    """Starts the run with `run.checkpoint_every={every}`, kill -9s it once its state is at
+    `target` or later, within an epoch; returns the state's position then."""
+    command, env = kvgg_fit(
+        root, "--set", f"run.name={name}", "--set", f"run.checkpoint_every={every}"
+    )
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = root / "runs" / name
     try:
@@ -199,9 +201,12 @@ def test_kill_9_twice_within_epochs_then_rerun_ends_as_an_uninterrupted_run(work
         (first_epoch, rng.randrange(1, STEPS - 1)),
         (rng.randrange(first_epoch + 2, 4), rng.randrange(1, STEPS - 1)),
     ]
-    name = "killed_within"
+    # A state before every step: after a millisecond (a step takes longer), then every step
+    # (the key may change when resuming).
+    name, every = "killed_within", ("0.001s", 1)
     killed = [
-        kill_within_an_epoch(workdir, name, target, time.monotonic() + 300) for target in targets
+        kill_within_an_epoch(workdir, name, e, target, time.monotonic() + 300)
+        for e, target in zip(every, targets, strict=True)
     ]
     for target, position in zip(targets, killed, strict=True):
         # Killed within an epoch, with a state of that epoch to resume from.
