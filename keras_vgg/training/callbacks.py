@@ -106,6 +106,8 @@ class RunKeeper(keras.callbacks.Callback):
         self.curves_every = curves_every
         self.steps_per_epoch = steps_per_epoch
         self.within_epochs = within_epochs
+        self._every_steps = recipe.run.checkpoint_steps
+        self._every_seconds = recipe.run.checkpoint_seconds
         self.diverged: tuple[int, int] | None = None
         self.epoch_lr = math.nan
         # The steps of the current epoch that ran before this process (a resumed state).
@@ -197,10 +199,9 @@ class RunKeeper(keras.callbacks.Callback):
 
     def _due(self, step: int) -> bool:
         """Whether `run.checkpoint_every` asks for a state before step `step` of the epoch."""
-        r = self.recipe.run
-        if r.checkpoint_steps is not None and self.steps_per_epoch is not None:
-            return (self.meta["epoch"] * self.steps_per_epoch + step) % r.checkpoint_steps == 0
-        seconds = r.checkpoint_seconds
+        if self._every_steps is not None and self.steps_per_epoch is not None:
+            return (self.meta["epoch"] * self.steps_per_epoch + step) % self._every_steps == 0
+        seconds = self._every_seconds
         return seconds is not None and time.monotonic() - self._saved_at >= seconds
 
     def on_train_batch_end(self, batch, logs=None):
