@@ -189,6 +189,7 @@ def kill_within_an_epoch(root, name, every, target, deadline):
     return saved_position(run_dir)
 
 
+@pytest.mark.slow  # three more kvgg processes
 def test_kill_9_twice_within_epochs_then_rerun_ends_as_an_uninterrupted_run(workdir, runs):
     full = runs["full"]
     assert full.returncode == 0, full.stderr[-2000:]
