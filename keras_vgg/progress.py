@@ -90,14 +90,15 @@ class Progress:
 
         return cls(print_fn=write, **kwargs)
 
-    def restart(self, label: str | None = None, total: int | None = None) -> None:
-        """Starts counting again from 0 now (a new epoch), with a new label and total."""
+    def restart(self, label: str | None = None, total: int | None = None, done: int = 0) -> None:
+        """Starts counting again now (a new epoch) from `done` units (0, or the steps an
+        epoch resumed within had run), with a new label and total."""
         if label is not None:
             self.label = label
         self.total = total
-        self.done = 0
+        self.done = done
         self._mark_time = self.clock()
-        self._mark_done = 0
+        self._mark_done = done
 
     def add(self, count: int = 1, **figures: float) -> str | None:
         """Counts `count` more units done; as `update`."""

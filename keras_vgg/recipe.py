@@ -11,7 +11,7 @@ A recipe has six sections, every key optional except `data.root`::
     [schedule]   epochs, plateau_patience, factor, min_delta, max_reductions
     [init]       from_run, mode
     [run]        name, seed, precision, batch_size, runs_dir, steps_per_epoch, val_steps,
-                 log_every
+                 log_every, checkpoint_every
 
 The defaults are the paper's. `load_recipe(path, overrides)` parses and validates; any
 problem is a `ValueError` of one line naming the file and the key
@@ -66,9 +66,10 @@ WEIGHT_DECAY_MODES = ("l2", "decoupled")
 OPTIMIZERS = ("sgd", "adam")
 FINE_TUNE = ("all", "fc")
 
-#: Keys that change only what a run prints along the way, never what it computes: a killed
-#: or interrupted run may be resumed with other values of them.
-OBSERVATION_KEYS = frozenset({"run.log_every"})
+#: Keys that change only what a run prints along the way or how often it keeps its state,
+#: never what it computes: a killed or interrupted run may be resumed with other values of
+#: them.
+OBSERVATION_KEYS = frozenset({"run.log_every", "run.checkpoint_every"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +258,10 @@ class RunSection:
             the epoch's ETA, loss and top-1 error so far): a number or a duration string
             ("60s", "2m"; `parse_duration`); 0 prints a line after every step. On a
             terminal Keras's progress bar shows instead.
+        checkpoint_every: Also write the resumable state within an epoch: a duration
+            ("30m", "90s", "2h": `parse_duration`) or a number of steps (an integer). None
+            writes it at the end of each epoch only. A run killed within an epoch resumes
+            from the last such state and ends as an uninterrupted run would.
     """
 
     name: str = ""
@@ -267,6 +272,19 @@ class RunSection:
     steps_per_epoch: int | None = None
     val_steps: int | None = None
     log_every: float = dataclasses.field(default=60.0, metadata={"duration": True})
+    checkpoint_every: int | str | None = None
+
+    @property
+    def checkpoint_steps(self) -> int | None:
+        """`checkpoint_every` as a number of steps, or None (not set, or a duration)."""
+        return self.checkpoint_every if isinstance(self.checkpoint_every, int) else None
+
+    @property
+    def checkpoint_seconds(self) -> float | None:
+        """`checkpoint_every` as seconds, or None (not set, or a number of steps)."""
+        if isinstance(self.checkpoint_every, str):
+            return parse_duration(self.checkpoint_every, "run.checkpoint_every")
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,10 +399,16 @@ def _apply_override(raw: dict, item: str, path: str) -> None:
     except tomllib.TOMLDecodeError:
         value = text
     hint = typing.get_type_hints(_SECTIONS[section]).get(name)
-    if hint is not None and not isinstance(value, str) and str in typing.get_args(hint) + (hint,):
+    if hint is not None and not isinstance(value, str) and _takes_only_text(hint):
         # A text key keeps its text: run.name=nan is the name "nan", not a float.
         value = text.strip()
     raw.setdefault(section, {})[name] = value
+
+
+def _takes_only_text(hint: Any) -> bool:
+    """Whether a field takes text and nothing else (None aside): `str`, `str | None`."""
+    options = set(typing.get_args(hint) or (hint,)) - {type(None)}
+    return options == {str}
 
 
 def _build_section(cls: type, section: str, values: Mapping[str, Any], path: str):
@@ -623,6 +647,20 @@ def _check(recipe: Recipe, path: str) -> None:
         value = getattr(r, key)
         if value is not None and value < 1:
             fail(f"run.{key}", f"must be >= 1, got {value}")
+    if r.checkpoint_steps is not None and r.checkpoint_steps < 1:
+        fail("run.checkpoint_every", f"must be >= 1 steps, got {r.checkpoint_steps}")
+    if isinstance(r.checkpoint_every, str):
+        text = r.checkpoint_every.strip().lower()
+        try:
+            seconds = parse_duration(text, "run.checkpoint_every") if text[-1:] in "hms" else 0
+        except ValueError:
+            seconds = 0
+        if not seconds > 0:
+            fail(
+                "run.checkpoint_every",
+                'expected a duration above 0 with its unit ("30m", "90s", "2h") or an '
+                f"integer number of steps, got {r.checkpoint_every!r}",
+            )
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:

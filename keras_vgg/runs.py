@@ -14,7 +14,9 @@ A run directory holds:
 - `curves.png`: loss, errors and learning rate by epoch, for people.
 - `bad_files.txt`: the images the pipeline had to skip (`start_bad_files`).
 - `state.npz`: the resumable state, every model and optimizer variable plus the JSON run
-  state (`save_state`, `write_state`, `load_state`); `run_status` reads it.
+  state (`save_state`, `write_state`, `load_state`); `run_status` reads it. Written at the
+  end of every epoch and, with `run.checkpoint_every`, within one: then it also holds the
+  epoch's metric sums, and its run state the steps of the epoch done (`read_state_meta`).
 - `evaluation.json`, `evaluation.md`: the results of `kvgg evaluate` (`write_evaluation`).
 - `.lock`: the process that holds the run (`lock_run`).
 
@@ -78,6 +80,7 @@ __all__ = [
     "model_file",
     "read_metrics",
     "read_model_info",
+    "read_state_meta",
     "run_metrics",
     "run_status",
     "save_state",
@@ -356,18 +359,23 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 # === state.npz ===
 
 
-def state_arrays(model: Any) -> dict[str, np.ndarray]:
+def state_arrays(model: Any, *, metrics: bool = False) -> dict[str, np.ndarray]:
     """Copies of every model and optimizer variable, keyed as `state.npz` stores them.
 
     Args:
         model: A compiled Keras model whose optimizer is built.
+        metrics: Also the compiled metrics' variables (their running sums: a state saved
+            within an epoch, whose figures are to come out as the whole epoch's).
 
     Returns:
-        {"model/<i>": array, "optimizer/<i>": array} in variable order.
+        {"model/<i>": array, "optimizer/<i>": array} (and "metrics/<i>") in variable order.
     """
     arrays = {f"model/{i}": np.array(v.numpy()) for i, v in enumerate(model.variables)}
     for i, v in enumerate(model.optimizer.variables):
         arrays[f"optimizer/{i}"] = np.array(v.numpy())
+    if metrics:
+        for i, v in enumerate(model.metrics_variables):
+            arrays[f"metrics/{i}"] = np.array(v.numpy())
     return arrays
 
 
@@ -406,10 +414,11 @@ def load_state(path: str | os.PathLike, model: Any) -> dict[str, Any]:
 
     Args:
         path: The `.npz` file.
-        model: The model to fill (weights, dropout seed states and optimizer variables).
+        model: The model to fill (weights, dropout seed states and optimizer variables, and
+            the metrics' variables if the state holds them).
 
     Returns:
-        The `meta` dictionary that was saved.
+        The `meta` dictionary that was saved (`read_state_meta`).
 
     Raises:
         ValueError: naming the file, if it holds another number of variables than the model
@@ -417,18 +426,26 @@ def load_state(path: str | os.PathLike, model: Any) -> dict[str, Any]:
     """
     with _open_state(path) as state:
         model_vars, opt_vars = model.variables, list(model.optimizer.variables)
+        metric_vars = list(model.metrics_variables)
         n_model = sum(k.startswith("model/") for k in state.files)
         n_opt = sum(k.startswith("optimizer/") for k in state.files)
-        if (n_model, n_opt) != (len(model_vars), len(opt_vars)):
+        n_metrics = sum(k.startswith("metrics/") for k in state.files)
+        if (n_model, n_opt) != (len(model_vars), len(opt_vars)) or n_metrics not in (
+            0,
+            len(metric_vars),
+        ):
             raise ValueError(
-                f"{path}: holds {n_model} model and {n_opt} optimizer variables, the model has "
-                f"{len(model_vars)} and {len(opt_vars)} (was the recipe changed?)"
+                f"{path}: holds {n_model} model, {n_opt} optimizer and {n_metrics} metric "
+                f"variables, the model has {len(model_vars)}, {len(opt_vars)} and "
+                f"{len(metric_vars)} (was the recipe changed?)"
             )
         try:
             for i, v in enumerate(model_vars):
                 v.assign(state[f"model/{i}"])
             for i, v in enumerate(opt_vars):
                 v.assign(state[f"optimizer/{i}"])
+            for i, v in enumerate(metric_vars if n_metrics else ()):
+                v.assign(state[f"metrics/{i}"])
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise _corrupt_state(path, exc) from None
         return _state_meta(path, state)
@@ -454,10 +471,32 @@ def _open_state(path):
         yield state
 
 
+def read_state_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON run state of a `state.npz`, without its arrays.
+
+    Args:
+        path: The `.npz` file.
+
+    Returns:
+        The saved run state: "epoch" (epochs finished), "step" (steps of the next epoch
+        done: 0 at the end of an epoch), "lr", "plateau", "history", "stop_reason",
+        "best_epoch"; a state saved within an epoch also has "epoch_seconds" (the seconds
+        that epoch had trained).
+
+    Raises:
+        ValueError: naming the file, if it is not a readable state.
+    """
+    with _open_state(path) as state:
+        return _state_meta(path, state)
+
+
 def _state_meta(path, state) -> dict[str, Any]:
     try:
         meta = limits.load_json(str(state["meta"]), f"{path}: meta")
         meta["epoch"] = int(meta["epoch"])
+        meta["step"] = int(meta.get("step", 0))
+        if meta["epoch"] < 0 or meta["step"] < 0:
+            raise ValueError(f"epoch {meta['epoch']}, step {meta['step']}")
         return meta
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise _corrupt_state(path, exc) from None
@@ -483,9 +522,7 @@ def run_status(run_dir: str | os.PathLike, overwrite: bool = False) -> tuple[str
     if os.path.isfile(state_path):
         if overwrite:
             return "overwrite", 0
-        with _open_state(state_path) as state:
-            meta = _state_meta(state_path, state)
-        return "resume", meta["epoch"]
+        return "resume", read_state_meta(state_path)["epoch"]
     return "start", 0
 
 

@@ -223,6 +223,16 @@ def test_resume_with_start_epoch_sees_the_uninterrupted_batches(tree):
         np.testing.assert_array_equal(y1, y2)
 
 
+def test_resume_with_start_step_sees_the_uninterrupted_batches(tree):
+    kwargs = dict(batch_size=5, seed=11, **SMALL)  # 12 files: 2 batches per epoch, 2 dropped
+    uninterrupted = take(pipelines.training_dataset(tree, **kwargs), 8)
+    # After the first batch of epoch 2: its second batch, then epoch 3.
+    resumed = take(pipelines.training_dataset(tree, start_epoch=2, start_step=1, **kwargs), 3)
+    for (x1, y1), (x2, y2) in zip(uninterrupted[5:], resumed, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
 def test_file_order_is_shuffled_per_epoch(square):
     source, refs = square
     ds = pipelines.training_dataset(

@@ -104,6 +104,32 @@ def test_set_overrides_any_key_with_toml_or_bare_values(tmp_path):
     assert (named.run.name, named.data.root) == ("nan", "true")
 
 
+def test_checkpoint_every_is_steps_or_a_duration(tmp_path):
+    path = write(tmp_path, GOOD)
+    assert recipe_lib.load_recipe(path).run.checkpoint_every is None
+    steps = recipe_lib.load_recipe(path, ["run.checkpoint_every=500"]).run
+    assert (steps.checkpoint_every, steps.checkpoint_steps, steps.checkpoint_seconds) == (
+        500,
+        500,
+        None,
+    )
+    timed = recipe_lib.load_recipe(path, ["run.checkpoint_every=1h30m"]).run
+    assert (timed.checkpoint_every, timed.checkpoint_steps, timed.checkpoint_seconds) == (
+        "1h30m",
+        None,
+        5400.0,
+    )
+    again = recipe_lib.load_recipe(
+        write(
+            tmp_path,
+            recipe_lib.recipe_to_toml(recipe_lib.load_recipe(path, ["run.checkpoint_every=90s"])),
+            "b.toml",
+        )
+    )
+    assert again.run.checkpoint_every == "90s"
+    assert "run.checkpoint_every" in recipe_lib.OBSERVATION_KEYS
+
+
 def test_resolved_toml_round_trips(tmp_path):
     r = recipe_lib.load_recipe(write(tmp_path, GOOD), ['data.val_root=/v "q"'])
     text = recipe_lib.recipe_to_toml(r)
@@ -141,6 +167,16 @@ BAD = [
     ("", ["data.threads=all"], "data.threads", "expected an integer, got 'all'"),
     ("[init]\nfrom_run = 'a_256'\n[model]\nweights = 'x.keras'\n", [], "init.from_run", "not both"),
     ("", ["optimizer.lrr=1"], "optimizer.lrr", "unknown key"),
+    ("", ["run.checkpoint_every=0"], "run.checkpoint_every", "must be >= 1 steps, got 0"),
+    (
+        "",
+        ["run.checkpoint_every=30min"],
+        "run.checkpoint_every",
+        "or an integer number of steps, got '30min'",
+    ),
+    ("[run]\ncheckpoint_every = '30'\n", [], "run.checkpoint_every", "with its unit"),
+    ("[run]\ncheckpoint_every = '0s'\n", [], "run.checkpoint_every", "above 0"),
+    ("[run]\ncheckpoint_every = 1.5\n", [], "run.checkpoint_every", "an integer or a string"),
     ("", ["lr=1"], "--set lr", "section.key"),
     ("[run]\nlog_every = 'soon'\n", [], "run.log_every", 'like "90s", "2m", "1h30m", got \'soon\''),
     ("", ["run.log_every=-5"], "run.log_every", "expected seconds >= 0"),

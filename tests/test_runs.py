@@ -132,3 +132,39 @@ def test_write_evaluation_writes_json_and_markdown(tmp_path):
     assert md_path.read_text() == result.to_markdown()
     assert "| d_256 | dense | 224,256,288 | 24.8 | 7.5 |" in md_path.read_text()
     assert sorted(p.name for p in run_dir.iterdir()) == ["evaluation.json", "evaluation.md"]
+
+
+def test_state_within_an_epoch_carries_the_metric_sums_and_the_step(tmp_path):
+    import keras
+
+    def compiled():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(
+            optimizer="sgd",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")],
+        )
+        return model
+
+    x, y = np.arange(12, dtype="float32").reshape(4, 3) / 10, np.array([0, 1, 1, 0])
+    trained = compiled()
+    trained.train_on_batch(x, y)  # metric sums and an optimizer step
+    path = tmp_path / runs.STATE
+    runs.write_state(path, runs.state_arrays(trained, metrics=True), {**meta([]), "step": 7})
+    assert runs.read_state_meta(path)["step"] == 7
+    assert runs.run_status(tmp_path) == ("resume", 0)  # no epoch finished yet, but a state
+
+    restored = compiled()
+    restored.evaluate(x, y, verbose=0)  # builds the metrics, as `fit` does before its steps
+    restored.optimizer.build(restored.trainable_variables)
+    assert runs.load_state(path, restored)["step"] == 7
+    sums = [v.numpy() for v in trained.metrics_variables]
+    assert any(s != 0 for s in sums)
+    for a, b in zip(sums, [v.numpy() for v in restored.metrics_variables], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(trained.variables, restored.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # An epoch's end: no metrics, step 0.
+    runs.write_state(path, runs.state_arrays(trained), meta([row(1, 0.4)]))
+    assert "metrics/0" not in np.load(path).files
+    assert runs.read_state_meta(path)["step"] == 0

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pathlib
+import random
 import re
 import signal
 import subprocess
@@ -18,10 +19,12 @@ from data_images import write_class_folders
 
 import keras_vgg  # noqa: F401 - imported after keras: registers VGG for keras.saving.load_model
 from keras_vgg import recipe as recipe_lib
+from keras_vgg import runs as runs_lib
 from keras_vgg import training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 6
+STEPS = 48 // 8  # write_class_folders' 3 x 16 training images, batch 8
 
 
 RECIPE = """
@@ -155,6 +158,88 @@ def test_kill_9_then_rerun_ends_as_an_uninterrupted_run(workdir, runs):
     assert expected["reductions"] >= 1  # the schedule did act, so carrying it over mattered
     for a, b in zip(weights(killed_dir), weights(full_dir), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def saved_position(run_dir) -> tuple[int, int] | None:
+    """(epochs finished, steps of the next one) of the run's state.npz, None without one."""
+    try:
+        meta = runs_lib.read_state_meta(run_dir / "state.npz")
+    except (OSError, ValueError):
+        return None
+    return meta["epoch"], meta["step"]
+
+
+def kill_within_an_epoch(root, name, every, target, deadline):
+    """Starts the run with `run.checkpoint_every={every}`, kill -9s it once its state is at
+    `target` or later, within an epoch; returns the state's position then."""
+    command, env = kvgg_fit(
+        root, "--set", f"run.name={name}", "--set", f"run.checkpoint_every={every}"
+    )
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dir = root / "runs" / name
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            seen = saved_position(run_dir)
+            # Not the epoch's last step: the epoch's end (step 0) is two writes away.
+            if seen is not None and seen >= target and 1 <= seen[1] <= STEPS - 2:
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+    finally:
+        process.kill()
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    return saved_position(run_dir)
+
+
+@pytest.mark.slow  # three more kvgg processes
+def test_kill_9_twice_within_epochs_then_rerun_ends_as_an_uninterrupted_run(workdir, runs):
+    full = runs["full"]
+    assert full.returncode == 0, full.stderr[-2000:]
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    # Two positions within epochs, the second a whole epoch after the first (its process
+    # trains through an epoch's end before it is killed).
+    first_epoch = rng.randrange(0, 2)
+    targets = [
+        (first_epoch, rng.randrange(1, STEPS - 1)),
+        (rng.randrange(first_epoch + 2, 4), rng.randrange(1, STEPS - 1)),
+    ]
+    # A state before every step: after a millisecond (a step takes longer), then every step
+    # (the key may change when resuming).
+    name, every = "killed_within", ("0.001s", 1)
+    killed = [
+        kill_within_an_epoch(workdir, name, e, target, time.monotonic() + 300)
+        for e, target in zip(every, targets, strict=True)
+    ]
+    for target, position in zip(targets, killed, strict=True):
+        # Killed within an epoch, with a state of that epoch to resume from.
+        assert position is not None and position >= target and position[1] >= 1, (
+            seed,
+            targets,
+            killed,
+        )
+
+    resumed = run_to_end(workdir, name, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run_dir = workdir / "runs" / name
+    epoch, step = killed[-1]
+    assert f"resuming {run_dir} after epoch {epoch}, step {step} of {STEPS} " in resumed.stdout
+    epochs_run = [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs_run) == EPOCHS - epoch
+
+    full_dir = workdir / "runs" / "full"
+    # Bit for bit: every epoch's loss and errors (the interrupted epochs' included: their
+    # metric sums were carried over), learning rates, and every weight.
+    assert history(run_dir) == history(full_dir), (seed, targets, killed)
+    final = json.loads((run_dir / "metrics.json").read_text())
+    expected = json.loads((full_dir / "metrics.json").read_text())
+    for key in ("status", "epochs", "reductions", "final_lr", "best_epoch", "stop_reason"):
+        assert final[key] == expected[key], key
+    for a, b in zip(weights(run_dir), weights(full_dir), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The run's last state is the end of its last epoch.
+    assert saved_position(run_dir) == (EPOCHS, 0)
 
 
 def test_finished_run_is_refused_then_overwritten_on_request(workdir, runs):

@@ -171,6 +171,7 @@ def training_dataset(
     color_shift: DatasetStats | None = IMAGENET_STATS,
     seed: int = 0,
     start_epoch: int = 0,
+    start_step: int = 0,
     num_shards: int = 1,
     shard_index: int = 0,
     bad_files_path: str | os.PathLike | None = None,
@@ -206,6 +207,10 @@ def training_dataset(
             values), or None to switch it off.
         seed: Seed of the file order and every augmentation.
         start_epoch: First epoch to produce (resuming a run at epoch k).
+        start_step: Batches of epoch `start_epoch` left out (resuming a run within an
+            epoch). Their images are skipped before they are read, with their random
+            choices, so the batches that follow are the uninterrupted run's, as long as the
+            left-out part of the epoch held no file that had to be skipped.
         num_shards: Number of workers reading the data.
         shard_index: This worker's index.
         bad_files_path: Text file to which undecodable files are appended (e.g. in the run
@@ -237,6 +242,8 @@ def training_dataset(
     _check_sizes(crop_size, train_scale.bounds, "train_scale", batch_size)
     if start_epoch < 0:
         raise ValueError(f"`start_epoch` must be >= 0. Received: start_epoch={start_epoch}")
+    if start_step < 0:
+        raise ValueError(f"`start_step` must be >= 0. Received: start_step={start_step}")
     source = sources_lib.as_source(source)
     # Sec. 3.3: the workers together must see what one device sees. An image folder is
     # listed by every worker: each one orders all its files by the epoch's seed, keeps the
@@ -270,6 +277,12 @@ def training_dataset(
                     elements = elements.take(len(source) // global_batch * global_batch)
                 elements = elements.shard(num_shards, shard_index)
             draws = draws.shard(num_shards, shard_index)
+        if start_step:
+            # Whole groups of this worker's positions, before anything is read.
+            skipped = tf.where(
+                epoch == start_epoch, tf.constant(start_step * batch_size, tf.int64), 0
+            )
+            elements, draws = elements.skip(skipped), draws.skip(skipped)
         batches = decode_groups(
             elements,
             draws,

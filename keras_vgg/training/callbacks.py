@@ -4,6 +4,7 @@
 learning-rate schedule (`schedule.plateau_step`), prints the summary line, and writes the
 epoch's files (`last.keras`, `best.keras`, `state.npz`, `history.csv`, `metrics.json`,
 TensorBoard scalars, `curves.png`) through `keras_vgg.runs`, off the training thread.
+With `run.checkpoint_every` it also writes `state.npz` within epochs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_vgg import runs
@@ -45,14 +47,31 @@ class RunKeeper(keras.callbacks.Callback):
     `curves.png` is for people: it is redrawn at most every `curves_every` seconds, and at
     the end.
 
+    With `run.checkpoint_every` (a number of steps, or seconds since the last state was
+    written), `state.npz` is also written within an epoch, before a step, in the same way:
+    every variable, the metrics' running sums, and the run state with the steps of the
+    epoch done ("step") and the seconds it has trained ("epoch_seconds"). It replaces the
+    previous state, and the epoch's end replaces it. A state whose loss sum is no longer
+    finite is not written: the last good one stays. `fit` resumes such a state with the
+    epoch's remaining steps (`step_offset`), and this keeper puts the saved metric sums back
+    at the start of that epoch (Keras's `fit` resets the metrics at every epoch's start), so
+    the epoch's figures are the uninterrupted run's.
+
     Args:
-        recipe: The recipe (its schedule).
+        recipe: The recipe (its schedule, `run.checkpoint_every`).
         run_dir: The run directory.
         meta: The run state to continue (epoch, lr, plateau, history, stop_reason,
-            best_epoch); updated in place at the end of every epoch.
+            best_epoch; "step" and "epoch_seconds" from a state saved within an epoch are
+            taken out); updated in place at the end of every epoch.
         is_chief: Whether this process writes the run directory.
         print_fn: Where the one-line epoch summaries go.
         curves_every: Seconds between redraws of `curves.png`.
+        steps_per_epoch: Steps per epoch (needed for a step count `checkpoint_every`).
+        resumed_metrics: The metric variables' values of a state saved within an epoch,
+            restored at the start of the resumed epoch.
+        within_epochs: Whether states may be written within epochs. `fit` says no under
+            MultiWorkerMirroredStrategy: the metric sums are read across all workers, and
+            only the chief would ask.
 
     Attributes:
         meta: The run state after the last finished epoch.
@@ -65,7 +84,19 @@ class RunKeeper(keras.callbacks.Callback):
     # so the loop never waits on it for the step's loss.
     async_safe = True
 
-    def __init__(self, recipe, run_dir, meta, is_chief, print_fn, curves_every: float = 30.0):
+    def __init__(
+        self,
+        recipe,
+        run_dir,
+        meta,
+        is_chief,
+        print_fn,
+        curves_every: float = 30.0,
+        *,
+        steps_per_epoch: int | None = None,
+        resumed_metrics: list[np.ndarray] | None = None,
+        within_epochs: bool = True,
+    ):
         super().__init__()
         self.recipe = recipe
         self.run_dir = run_dir
@@ -73,11 +104,21 @@ class RunKeeper(keras.callbacks.Callback):
         self.is_chief = is_chief
         self.print_fn = print_fn
         self.curves_every = curves_every
+        self.steps_per_epoch = steps_per_epoch
+        self.within_epochs = within_epochs
+        self._every_steps = recipe.run.checkpoint_steps
+        self._every_seconds = recipe.run.checkpoint_seconds
         self.diverged: tuple[int, int] | None = None
         self.epoch_lr = math.nan
+        # The steps of the current epoch that ran before this process (a resumed state).
+        self.step_offset = int(meta.pop("step", 0))
+        self._resumed_seconds = float(meta.pop("epoch_seconds", 0.0))
+        self._resumed_metrics = resumed_metrics if self.step_offset else None
+        self._saved = _position_text(meta["epoch"], self.step_offset) if meta["epoch"] else None
+        self._saved_at = time.monotonic()
         self._start = 0.0
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self._pending: tuple[int, concurrent.futures.Future] | None = None
+        self._pending: tuple[str, str, concurrent.futures.Future] | None = None
         self._twin: keras.Model | None = None
         self._summaries: dict[str, Any] = {}
         self._curves_drawn = -math.inf
@@ -110,21 +151,22 @@ class RunKeeper(keras.callbacks.Callback):
     def _wait(self, timeout: float | None = None) -> None:
         if self._pending is None:
             return
-        (epoch, pending), self._pending = self._pending, None
+        (what, position, pending), self._pending = self._pending, None
         try:
             pending.result(timeout)
         except OSError as exc:
             where = exc.filename or self.run_dir
             kept = (
-                f"the resumable state of epoch {epoch - 1} is kept"
-                if epoch > 1
+                f"the resumable state of {self._saved} is kept"
+                if self._saved
                 else "no epoch's state had been written yet"
             )
             reason = getattr(exc, "reason", None) or exc.strerror or exc
             raise CheckpointError(
-                f"could not write the files of epoch {epoch} ({where}: {reason}); "
+                f"could not write {what} ({where}: {reason}); "
                 f"{kept} in {self.run_dir}: fix this and run the same command again"
             ) from None
+        self._saved = position
 
     def _lr(self) -> float:
         return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -132,6 +174,42 @@ class RunKeeper(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
         self.epoch_lr = self._lr()
+        if self._resumed_metrics is not None:
+            # Keras's fit has just reset them: the epoch goes on from the saved sums.
+            for variable, value in zip(
+                self.model.metrics_variables, self._resumed_metrics, strict=True
+            ):
+                variable.assign(value)
+            self._resumed_metrics = None
+            self._start -= self._resumed_seconds
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Here, not at a batch's end: Keras may run those off the training thread, and the
+        # variables must be copied between two steps.
+        step = self.step_offset + batch
+        if not (self.is_chief and self.within_epochs) or batch == 0 or self.diverged is not None:
+            return
+        if not self._due(step):
+            return
+        arrays = runs.state_arrays(self.model, metrics=True)
+        sums = [v for k, v in arrays.items() if k.startswith("metrics/")]
+        if not all(np.isfinite(v).all() for v in sums):
+            return  # the loss is already NaN: the last good state stays
+        meta = json.loads(json.dumps(self.meta))
+        meta.update(step=step, epoch_seconds=time.perf_counter() - self._start)
+        path = os.path.join(self.run_dir, runs.STATE)
+        self._wait()
+        future = self._writer.submit(runs.write_state, path, arrays, meta)
+        position = _position_text(meta["epoch"], step)
+        self._pending = (f"the state of {position}", position, future)
+        self._saved_at = time.monotonic()
+
+    def _due(self, step: int) -> bool:
+        """Whether `run.checkpoint_every` asks for a state before step `step` of the epoch."""
+        if self._every_steps is not None and self.steps_per_epoch is not None:
+            return (self.meta["epoch"] * self.steps_per_epoch + step) % self._every_steps == 0
+        seconds = self._every_seconds
+        return seconds is not None and time.monotonic() - self._saved_at >= seconds
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -179,6 +257,7 @@ class RunKeeper(keras.callbacks.Callback):
             stop_reason = f"reached {s.epochs} epochs"
         if stop_reason:
             self.model.stop_training = True
+        self.step_offset = 0
         self.meta.update(
             epoch=epoch + 1,
             lr=self._lr(),
@@ -202,7 +281,8 @@ class RunKeeper(keras.callbacks.Callback):
         self._curves_stale = not curves
         self._wait()
         future = self._writer.submit(self._write_files, arrays, meta, improved, curves)
-        self._pending = (meta["epoch"], future)
+        self._pending = (f"the files of epoch {meta['epoch']}", f"epoch {meta['epoch']}", future)
+        self._saved_at = time.monotonic()
 
     def _write_files(self, arrays, meta, improved: bool, curves: bool) -> None:
         run_dir = self.run_dir
@@ -253,6 +333,11 @@ class RunKeeper(keras.callbacks.Callback):
                 if split == "train":
                     tf.summary.scalar("epoch_learning_rate", row["lr"])
             self._summaries[split].flush()
+
+
+def _position_text(epochs_done: int, step: int) -> str:
+    """Where a state was saved, in words: "epoch 3" (its end) or "step 120 of epoch 4"."""
+    return f"step {step} of epoch {epochs_done + 1}" if step else f"epoch {epochs_done}"
 
 
 def summary_line(row: dict, epochs: int, plateau: Plateau, action: str) -> str:

@@ -32,7 +32,9 @@ class TrainingData:
     Attributes:
         train: `train(start_epoch=, batch_size=, num_shards=, shard_index=)` returns an
             infinite dataset of (images, labels) batches whose epoch `start_epoch` comes
-            first, so a resumed run sees the batches of an uninterrupted one.
+            first, so a resumed run sees the batches of an uninterrupted one. A run resumed
+            within an epoch also passes `start_step=` (the epoch's batches already trained,
+            left out); `fit` passes it only then.
         val: A finite dataset of (images, labels) batches, a function that makes one (so
             that it is made after the strategy, as MultiWorkerMirroredStrategy needs), or
             None.
@@ -268,7 +270,14 @@ def _training_fn(pipeline, source, recipe, stats, bad_files_path):
     """`TrainingData.train` over `pipeline` (a classifier's or a localisation net's)."""
     d, r = recipe.data, recipe.run
 
-    def train(*, start_epoch: int, batch_size: int, num_shards: int = 1, shard_index: int = 0):
+    def train(
+        *,
+        start_epoch: int,
+        batch_size: int,
+        num_shards: int = 1,
+        shard_index: int = 0,
+        start_step: int = 0,
+    ):
         return pipeline(
             source,
             batch_size=batch_size,
@@ -279,6 +288,7 @@ def _training_fn(pipeline, source, recipe, stats, bad_files_path):
             color_shift=stats if d.color_shift else None,
             seed=r.seed,
             start_epoch=start_epoch,
+            start_step=start_step,
             num_shards=num_shards,
             shard_index=shard_index,
             bad_files_path=bad_files_path,

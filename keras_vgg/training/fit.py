@@ -7,7 +7,9 @@ checkpoint and the logs in the run directory (`keras_vgg.runs`).
 
 Running the same command again after a kill resumes from `state.npz`; the data pipeline
 is seeded by (seed, epoch, position), so the resumed run sees the batches an uninterrupted
-run would.
+run would. A state saved within an epoch (`run.checkpoint_every`) is resumed at its step:
+one `model.fit` call runs the rest of that epoch, from a pipeline that leaves out its first
+steps, and a second one the epochs after it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_vgg import distribute, runs
@@ -59,10 +62,11 @@ class TrainingDiverged(RuntimeError):
 class FitPlan:
     """Everything `fit` will do, decided before it starts (printed by `--dry-run`).
 
-    `action` is "start", "resume" (after `resume_epoch` epochs), "overwrite" or "finished"
-    (a finished run, refused without `overwrite`). `problem` is the one-line error the run
-    would stop on before its first step (a missing folder or file, a label out of range, a
-    finished run, a missing initial model), or None when every check passed.
+    `action` is "start", "resume" (after `resume_epoch` epochs and `resume_step` steps of
+    the next one), "overwrite" or "finished" (a finished run, refused without
+    `overwrite`). `problem` is the one-line error the run would stop on before its first
+    step (a missing folder or file, a label out of range, a finished run, a missing initial
+    model), or None when every check passed.
     """
 
     recipe: recipe_lib.Recipe
@@ -75,6 +79,7 @@ class FitPlan:
     num_train_images: int | None
     steps_per_epoch: int | None
     problem: str | None = None
+    resume_step: int = 0
 
     def describe(self) -> str:
         """The plan as the lines `kvgg fit --dry-run` prints."""
@@ -109,7 +114,8 @@ class FitPlan:
     def _action_text(self) -> str:
         return {
             "start": "new run",
-            "resume": f"resume after epoch {self.resume_epoch}",
+            "resume": f"resume after epoch {self.resume_epoch}"
+            + (f", step {self.resume_step}" if self.resume_step else ""),
             "overwrite": "overwrite (--overwrite)",
             "finished": "finished: refused without --overwrite",
         }[self.action]
@@ -164,9 +170,23 @@ def plan_fit(
     precision = distribute.resolve_precision(recipe.run.precision)
     run_dir = recipe.run_dir
     action, epoch = runs.run_status(run_dir, overwrite)
+    step = (
+        runs.read_state_meta(os.path.join(run_dir, runs.STATE))["step"]
+        if action == "resume" and os.path.isfile(os.path.join(run_dir, runs.STATE))
+        else 0
+    )
     count, steps, problem = None, recipe.run.steps_per_epoch, None
     plan = FitPlan(
-        recipe, dist, precision, run_dir, action, epoch, _init_source(recipe), count, steps
+        recipe,
+        dist,
+        precision,
+        run_dir,
+        action,
+        epoch,
+        _init_source(recipe),
+        count,
+        steps,
+        resume_step=step,
     )
     if check:
         try:
@@ -340,12 +360,23 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
         "stop_reason": None,
         "best_epoch": None,
     }
+    resumed_metrics = None
     if resuming:
         meta = runs.load_state(state_path, model)
         model.optimizer.learning_rate.assign(meta["lr"])
+        step = meta["step"]
+        if step >= data.steps_per_epoch:
+            raise ValueError(
+                f"{state_path}: saved after step {step} of epoch {meta['epoch'] + 1}, but an "
+                f"epoch now has {data.steps_per_epoch} steps (did {recipe.data.root} change?); "
+                "pass --overwrite to start again"
+            )
+        if step:
+            resumed_metrics = [np.array(v.numpy()) for v in model.metrics_variables]
         print_fn(
-            f"resuming {run_dir} after epoch {meta['epoch']} (lr {meta['lr']:.1e}, "
-            f"{meta['plateau']['reductions']} reductions)"
+            f"resuming {run_dir} after epoch {meta['epoch']}"
+            + (f", step {step} of {data.steps_per_epoch}" if step else "")
+            + f" (lr {meta['lr']:.1e}, {meta['plateau']['reductions']} reductions)"
         )
     elif copied:
         print_fn(f"initialised {len(copied)} layers from {plan.init_source}: {', '.join(copied)}")
@@ -355,11 +386,24 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
         runs.write_recipe(run_dir, recipe)
         runs.write_model_info(run_dir, model)
 
-    start_epoch = meta["epoch"]
-    keeper = RunKeeper(recipe, run_dir, meta, dist.is_chief, print_fn)
+    epoch, step = meta["epoch"], meta.get("step", 0)
+    keeper = RunKeeper(
+        recipe,
+        run_dir,
+        meta,
+        dist.is_chief,
+        print_fn,
+        steps_per_epoch=data.steps_per_epoch,
+        resumed_metrics=resumed_metrics,
+        within_epochs=dist.kind != "multi_worker",
+    )
+    if recipe.run.checkpoint_every is not None and dist.kind == "multi_worker":
+        print_fn(
+            "run.checkpoint_every: not used with several workers; the state is written at "
+            "the end of each epoch"
+        )
     try:
-        if start_epoch < recipe.schedule.epochs and not meta.get("stop_reason"):
-            train = _train_dataset(strategy, dist, data, start_epoch)
+        if epoch < recipe.schedule.epochs and not meta.get("stop_reason"):
             val = data.val() if callable(data.val) else data.val
             if val is not None and dist.kind == "multi_worker":
                 options = tf.data.Options()
@@ -368,31 +412,36 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
                 )
                 val = val.with_options(options)
             callbacks = [keeper]
+            lines = None
             if verbose == "auto":
                 verbose = 1 if is_terminal(sys.stdout) else 0
                 if not verbose:
-                    callbacks.append(
-                        TrainingProgress(
-                            recipe.schedule.epochs,
-                            dist.global_batch,
-                            recipe.run.log_every,
-                            print_fn,
-                        )
+                    lines = TrainingProgress(
+                        recipe.schedule.epochs, dist.global_batch, recipe.run.log_every, print_fn
                     )
+                    callbacks.append(lines)
             with warnings.catch_warnings():
                 # Keras's notices for datasets it cannot count: the validation set is finite on
                 # purpose and the training set is shuffled by the pipeline's seed.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
                 warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
-                model.fit(
-                    train,
-                    epochs=recipe.schedule.epochs,
-                    initial_epoch=start_epoch,
-                    steps_per_epoch=data.steps_per_epoch,
-                    validation_data=val,
-                    callbacks=callbacks,
-                    verbose=verbose,
-                )
+                while epoch < recipe.schedule.epochs:
+                    # Resumed within an epoch: first the rest of that epoch alone.
+                    until = epoch + 1 if step else recipe.schedule.epochs
+                    if lines is not None:
+                        lines.start_step = step
+                    model.fit(
+                        _train_dataset(strategy, dist, data, epoch, step),
+                        epochs=until,
+                        initial_epoch=epoch,
+                        steps_per_epoch=data.steps_per_epoch - step,
+                        validation_data=val,
+                        callbacks=callbacks,
+                        verbose=verbose,
+                    )
+                    if model.stop_training:
+                        break
+                    epoch, step = until, 0
     except KeyboardInterrupt:
         keeper.close(quiet=True, grace=INTERRUPT_GRACE)
         raise
@@ -421,9 +470,11 @@ def _fit(recipe, data, devices, overwrite, verbose, print_fn) -> FitResult:
     return FitResult(run_dir, model, keeper.meta["history"], metrics)
 
 
-def _train_dataset(strategy, dist, data: TrainingData, start_epoch: int):
+def _train_dataset(strategy, dist, data: TrainingData, start_epoch: int, start_step: int):
+    # `start_step` only when there is one: a `data.train` of its own may not take it.
+    skip = {"start_step": start_step} if start_step else {}
     if dist.kind != "multi_worker":
-        return data.train(start_epoch=start_epoch, batch_size=dist.global_batch)
+        return data.train(start_epoch=start_epoch, batch_size=dist.global_batch, **skip)
 
     def dataset_fn(context: tf.distribute.InputContext):
         return data.train(
@@ -431,6 +482,7 @@ def _train_dataset(strategy, dist, data: TrainingData, start_epoch: int):
             batch_size=context.get_per_replica_batch_size(dist.global_batch),
             num_shards=context.num_input_pipelines,
             shard_index=context.input_pipeline_id,
+            **skip,
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)

@@ -30,6 +30,8 @@ class TrainingProgress(keras.callbacks.Callback):
 
     Attributes:
         progress: The `Progress` that prints.
+        start_step: Steps of the next epoch already run (an epoch resumed within, where
+            Keras counts the rest from 0); `fit` sets it, and it is 0 after that epoch.
     """
 
     # It reads only the logs Keras hands over (Python numbers by then), so the training loop
@@ -53,6 +55,8 @@ class TrainingProgress(keras.callbacks.Callback):
             "epoch", every=every, print_fn=print_fn, per_unit=batch_size, **kwargs
         )
         self._epoch = 0
+        self.start_step = 0
+        self._offset = 0
         self._phase = "train"
         self._lock = threading.Lock()
 
@@ -60,14 +64,21 @@ class TrainingProgress(keras.callbacks.Callback):
         self._epoch = epoch + 1
         with self._lock:
             self._phase = "train"
-            self.progress.restart(f"epoch {self._epoch}/{self.epochs}", self.params.get("steps"))
+            steps = self.params.get("steps")
+            self.progress.restart(
+                f"epoch {self._epoch}/{self.epochs}",
+                None if steps is None else steps + self.start_step,
+                done=self.start_step,
+            )
+            self._offset, self.start_step = self.start_step, 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self._update("train", batch, logs)
+        self._update("train", batch + self._offset, logs)
 
     def on_test_begin(self, logs=None):
         with self._lock:
             self._phase = "test"
+            self._offset = 0
             self.progress.restart(f"epoch {self._epoch}/{self.epochs} validation", None)
 
     def on_test_batch_end(self, batch, logs=None):
