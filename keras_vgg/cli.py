@@ -6,6 +6,7 @@ import functools
 import importlib
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -13,6 +14,7 @@ import threading
 import click
 
 from keras_vgg import __version__, limits
+from keras_vgg import progress as progress_lib
 
 # ERROR lines of TensorFlow's C++ runtime too: its decoders log what a failed decode (which
 # the command reports in its own words) met, e.g. "Premature end of JPEG data".
@@ -135,10 +137,22 @@ def exit_interrupted(message: str = "interrupted"):
     os._exit(130)
 
 
+def _on_ctrl_c(signum, frame):
+    """Ctrl-C: KeyboardInterrupt, marked in `progress.INTERRUPTED` (where TensorFlow swallows
+    it, the next progress report or training step raises it again). A second Ctrl-C exits
+    at once."""
+    if progress_lib.INTERRUPTED.is_set():
+        exit_interrupted()
+    progress_lib.INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 class _Commands(click.Group):
     """The `kvgg` group: Ctrl-C in any command exits at once (`exit_interrupted`)."""
 
     def invoke(self, ctx):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, _on_ctrl_c)
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -324,6 +338,7 @@ class _CountingProgress:
             self.bar = click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
 
     def update(self, count: int) -> None:
+        progress_lib.raise_if_interrupted()
         if self.lines is not None:
             self.lines.add(count)
         else:
@@ -517,6 +532,7 @@ class _RateProgress:
     def __call__(self, done: int, total: int | None, top1_err: float | None = None) -> None:
         import time
 
+        progress_lib.raise_if_interrupted()
         if self.lines is not None:
             figures = {} if top1_err is None else {"top1_err": top1_err}
             self.lines.update(done, total, **figures)

@@ -16,13 +16,25 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from keras_vgg.recipe import format_duration
 
-__all__ = ["Progress", "is_terminal"]
+__all__ = ["INTERRUPTED", "Progress", "is_terminal", "raise_if_interrupted"]
+
+#: Set when Ctrl-C came (`kvgg`'s handler sets it). TensorFlow can swallow a
+#: KeyboardInterrupt raised while its C++ code calls back into Python (a tf.data iterator's
+#: `next`); the loops' progress reports and `fit`'s steps raise it again from this mark.
+INTERRUPTED = threading.Event()
+
+
+def raise_if_interrupted() -> None:
+    """Raises KeyboardInterrupt in the main thread if Ctrl-C came (`INTERRUPTED`)."""
+    if INTERRUPTED.is_set() and threading.current_thread() is threading.main_thread():
+        raise KeyboardInterrupt
 
 
 def is_terminal(stream: TextIO | None) -> bool:

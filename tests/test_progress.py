@@ -182,3 +182,31 @@ def test_evaluate_on_a_pipe_prints_progress_lines_and_ctrl_c_exits_within_5_s(tm
     assert [text for text in err.splitlines() if text.startswith("kvgg:")] == ["kvgg: interrupted"]
     assert err.strip().splitlines()[-1] == "kvgg: interrupted", err
     assert out == ""  # no table of an evaluation that did not finish
+
+
+def test_a_swallowed_ctrl_c_is_raised_again_in_the_main_thread_only():
+    """TensorFlow can swallow the KeyboardInterrupt of Ctrl-C (raised while its C++ code
+    calls back into Python); `INTERRUPTED` remembers it for the next progress report."""
+    import threading
+
+    from keras_vgg import progress as progress_lib
+
+    progress_lib.raise_if_interrupted()  # nothing came: nothing raised
+    progress_lib.INTERRUPTED.set()
+    try:
+        raised = []
+
+        def elsewhere():
+            try:
+                progress_lib.raise_if_interrupted()
+            except KeyboardInterrupt:
+                raised.append(True)
+
+        worker = threading.Thread(target=elsewhere)
+        worker.start()
+        worker.join()
+        assert raised == []  # a worker thread goes on: the main thread stops the command
+        with pytest.raises(KeyboardInterrupt):
+            progress_lib.raise_if_interrupted()
+    finally:
+        progress_lib.INTERRUPTED.clear()

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_vgg import runs
+from keras_vgg import progress, runs
 from keras_vgg.training.schedule import Plateau, plateau_step
 
 __all__ = ["CheckpointError", "RunKeeper", "summary_line", "write_curves"]
@@ -212,6 +212,7 @@ class RunKeeper(keras.callbacks.Callback):
         return seconds is not None and time.monotonic() - self._saved_at >= seconds
 
     def on_train_batch_end(self, batch, logs=None):
+        progress.raise_if_interrupted()  # a Ctrl-C TensorFlow swallowed
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.diverged = (self.meta["epoch"] + 1, batch + 1)
