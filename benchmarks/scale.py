@@ -141,6 +141,7 @@ def run_process(args: list[str], cwd: str) -> tuple[float, int, str]:
 
 
 _FIRST_STEP = re.compile(rb"(?:^|[\r\n])\s*1/\d+")
+_STYLE = re.compile(rb"\x1b\[[0-9;]*[A-Za-z]")  # the bar's colours and cursor moves
 
 
 def run_until_first_step(args: list[str], cwd: str, after: float, limit: float):
@@ -163,7 +164,7 @@ def run_until_first_step(args: list[str], cwd: str, after: float, limit: float):
             if not chunk:
                 break
             seen += chunk
-            if first is None and _FIRST_STEP.search(seen):
+            if first is None and _FIRST_STEP.search(_STYLE.sub(b"", seen)):
                 first = time.perf_counter() - start
                 deadline = time.perf_counter() + after
         if proc.poll() is not None:

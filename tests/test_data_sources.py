@@ -461,3 +461,48 @@ def test_an_object_missing_a_member_is_not_a_data_source(tmp_path, cls):
     assert not isinstance(source, DataSource)
     with pytest.raises(TypeError):
         sources.as_source(source)
+
+
+# === Memory per file ===
+
+
+def _imagenet_paths(count, classes=1000):
+    for index in range(count):
+        wnid = f"n{index % classes:08d}"
+        yield f"/data/imagenet/train/{wnid}/{wnid}_{index // classes}.JPEG"
+
+
+def test_image_source_memory_per_file_is_bounded():
+    # What a source keeps per file, measured from the Python heap: ImageNet-shaped paths
+    # (about 50 characters) cost their name's bytes and a few integers, not a str each
+    # (a tuple of str paths and int labels costs about 120 bytes a file).
+    import tracemalloc
+
+    count = 100_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        source = ImageSource(
+            _imagenet_paths(count), np.arange(count) % 1000, [f"n{i:08d}" for i in range(1000)]
+        )
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(source) == count
+    assert held / count < 64, f"{held / count:.0f} bytes per file"
+    assert source.nbytes / count < 64
+    assert source.files[123_456 % count] == list(_imagenet_paths(count))[123_456 % count]
+
+
+def test_file_list_gives_back_the_paths_it_was_given(tmp_path):
+    odd = os.fsdecode(b"caf\xe9.jpg")  # not UTF-8: kept as the file system's bytes
+    paths = ["a/b.jpg", "top.png", "/abs//dir/x.JPEG", f"a/{odd}", "a/b.jpg"]
+    files = sources.FileList.from_paths(paths)
+    assert list(files) == paths and files == paths and len(files) == 5
+    assert files[-1] == "a/b.jpg" and files[1:4] == paths[1:4] and files[::2] == paths[::2]
+    assert files.take([4, 0, 2]) == [paths[4], paths[0], paths[2]]
+    source = ImageSource(paths, [0, 1, 2, 3, 4], ("a", "b", "c", "d", "e"))
+    got = [(p, int(y), n) for p, y, n in source.elements().as_numpy_iterator()]
+    assert got == [(os.fsencode(p), i, os.fsencode(p)) for i, p in enumerate(paths)]
+    with pytest.raises(IndexError):
+        files[5]

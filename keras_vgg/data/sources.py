@@ -215,10 +215,19 @@ class FileList(Sequence):
             that a path is its prefix followed by its name.
     """
 
-    __slots__ = ("_buffer", "_folder_index", "_lengths", "_starts", "_tensors", "folders")
+    __slots__ = (
+        "_buffer",
+        "_encoded_folders",
+        "_folder_index",
+        "_lengths",
+        "_starts",
+        "_tensors",
+        "folders",
+    )
 
     def __init__(self, folders, folder_index, buffer: bytes, starts, lengths):
         self.folders = tuple(folders)
+        self._encoded_folders = tuple(os.fsencode(f) for f in self.folders)
         self._folder_index = _read_only(np.asarray(folder_index, np.int32))
         self._buffer = bytes(buffer)
         self._starts = _read_only(np.asarray(starts, np.int64))
@@ -322,7 +331,7 @@ class FileList(Sequence):
         if self._tensors is None:
             with tf.init_scope():
                 self._tensors = (
-                    tf.constant([os.fsencode(f) for f in self.folders] or [b""], tf.string),
+                    tf.constant(list(self._encoded_folders) or [b""], tf.string),
                     tf.constant(self._folder_index),
                     tf.constant(self._buffer, tf.string),
                     tf.constant(self._starts),
