@@ -140,7 +140,8 @@ def run_process(args: list[str], cwd: str) -> tuple[float, int, str]:
     return wall, usage.ru_maxrss * 1024, output
 
 
-_FIRST_STEP = re.compile(rb"(?:^|[\r\n])\s*1/\d+")
+# The bar after the first step: "1/STEPS ━━━..." (not "Epoch 1/74").
+_FIRST_STEP = re.compile(rb"(?<![0-9])1/\d+ \xe2\x94\x81")
 _STYLE = re.compile(rb"\x1b\[[0-9;]*[A-Za-z]")  # the bar's colours and cursor moves
 
 
