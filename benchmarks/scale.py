@@ -179,6 +179,16 @@ def run_until_first_step(args: list[str], cwd: str, after: float, limit: float):
     return first, usage.ru_maxrss * 1024
 
 
+class _Reported(dict):
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, name, value):
+        _report(self.size, name, *value)
+        super().__setitem__(name, value)
+
+
 def measure(size, train, val, model, work, args) -> dict[str, tuple[float, int]]:
     sets = [
         f"--set=data.root={train}",
@@ -191,7 +201,7 @@ def measure(size, train, val, model, work, args) -> dict[str, tuple[float, int]]
         "--set=run.precision=float32",
     ]
     recipe = os.path.join(REPO, args.recipe)
-    out = {}
+    out = _Reported(size)
     wall, rss, _ = run_process([*kvgg(), "fit", recipe, *sets, "--dry-run"], work)
     out["fit --dry-run"] = (wall, rss)
     shutil.rmtree(os.path.join(work, "runs"), ignore_errors=True)
@@ -211,6 +221,12 @@ def measure(size, train, val, model, work, args) -> dict[str, tuple[float, int]]
     wall, rss, _ = run_process([*kvgg(), "data", "stats", train, "--sample", "1000"], work)
     out["data stats --sample"] = (wall, rss)
     return out
+
+
+def _report(size: int, name: str, seconds: float, rss: int) -> None:
+    print(
+        f"{size} files, {name}: {seconds:.1f} s, {rss / 2**20:.0f} MB", file=sys.stderr, flush=True
+    )
 
 
 def main() -> None:

@@ -280,7 +280,7 @@ class FileList(Sequence):
 
     def __getitem__(self, item):
         if isinstance(item, slice):
-            return self.take(np.arange(len(self))[item])
+            return self.take(np.arange(*item.indices(len(self))))
         i = operator.index(item)
         if not -len(self) <= i < len(self):
             raise IndexError("FileList index out of range")
