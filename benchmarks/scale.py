@@ -273,7 +273,7 @@ def main() -> None:
     base = sizes[0]
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores); {args.recipe} at width {args.width}, "
           f"batch {args.batch}; {VAL_FILES} validation files")  # fmt: skip
-    print("| command | training files | seconds | peak RSS (MB) | RSS per file (B) |")
+    print("| command | training files | seconds | peak RSS (MiB) | RSS per file (B) |")
     print("|---|---:|---:|---:|---:|")
     for name in COMMANDS:
         for size in sizes:
