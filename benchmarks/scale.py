@@ -225,7 +225,7 @@ def measure(size, train, val, model, work, args) -> dict[str, tuple[float, int]]
 
 def _report(size: int, name: str, seconds: float, rss: int) -> None:
     print(
-        f"{size} files, {name}: {seconds:.1f} s, {rss / 2**20:.0f} MB", file=sys.stderr, flush=True
+        f"{size} files, {name}: {seconds:.1f} s, {rss / 2**20:.0f} MiB", file=sys.stderr, flush=True
     )
 
 
