@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -506,3 +507,8 @@ def test_file_list_gives_back_the_paths_it_was_given(tmp_path):
     assert got == [(os.fsencode(p), i, os.fsencode(p)) for i, p in enumerate(paths)]
     with pytest.raises(IndexError):
         files[5]
+    again = pickle.loads(pickle.dumps(source))  # after `elements` made its tensors
+    assert again == source and list(again.files) == paths
+    assert [p for p, _, _ in again.elements().as_numpy_iterator()] == [
+        os.fsencode(p) for p in paths
+    ]

@@ -316,6 +316,15 @@ class FileList(Sequence):
 
     __hash__ = None
 
+    def __getstate__(self):
+        # Pickled (e.g. for worker processes) without the tensors, which are remade there.
+        return {name: getattr(self, name) for name in self.__slots__ if name != "_tensors"}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._tensors = None
+
     def __repr__(self) -> str:
         shown = ", ".join(repr(p) for p in self[:2])
         return f"FileList([{shown}{', ...' if len(self) > 2 else ''}], {len(self)} files)"
@@ -403,6 +412,13 @@ class ImageSource:
         return hash((len(self.files), self.class_names))
 
     _labels_tensor = None  # the labels as an eager tensor, made by the first `elements`
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_labels_tensor"}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
     @property
     def nbytes(self) -> int:
