@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def test_from_folder_sorted_classes_any_extension_case(tmp_path):
     assert [os.path.relpath(f, tmp_path) for f in source.files] == [
         os.path.join("n01", n) for n in ("y.JPG", "z.jpeg")
     ] + [os.path.join("n02", n) for n in ("a.jpg", "b.JPEG", "c.Png", "d.BMP", "e.gif")]
-    assert source.labels == (0, 0, 1, 1, 1, 1, 1)
+    assert source.labels.tolist() == [0, 0, 1, 1, 1, 1, 1]
     assert len(source) == 7 and source.count() == 7 and source.num_examples == 7
     assert sources.open_source(tmp_path) == source
 
@@ -60,7 +61,7 @@ def test_from_flat_folder_with_labels_file(tmp_path):
     (tmp_path / "labels.txt").write_text("4\n0\n2\n\n")
     source = sources.open_source(tmp_path / "val", tmp_path / "labels.txt")
     assert [os.path.basename(f) for f in source.files] == ["img_1.jpg", "img_2.JPEG", "img_3.png"]
-    assert source.labels == (4, 0, 2)
+    assert source.labels.tolist() == [4, 0, 2]
     assert source.class_names == ("0", "1", "2", "3", "4")
 
 
@@ -87,7 +88,7 @@ def test_bundled_imagenet_val_labels_and_class_names(tmp_path):
     for i in range(50000, 0, -1):
         open(folder / f"ILSVRC2012_val_{i:08d}.JPEG", "wb").close()
     source = sources.open_source(folder, "imagenet-val")
-    assert source.labels == imagenet.val_labels()
+    assert tuple(source.labels.tolist()) == imagenet.val_labels()
     assert source.class_names == tuple(wnid for wnid, _ in imagenet.class_index())
     assert source.files[0].endswith("ILSVRC2012_val_00000001.JPEG")
     # The bundled file's path works the same as the keyword.
@@ -110,7 +111,10 @@ def test_sample_and_shard(tmp_path):
     assert source.sample(50) == source
     shards = [source.shard(3, i) for i in range(3)]
     assert sorted(f for s in shards for f in s.files) == sorted(source.files)
-    assert shards[1].files == source.files[1::3] and shards[1].labels == source.labels[1::3]
+    assert (
+        shards[1].files == source.files[1::3]
+        and shards[1].labels.tolist() == source.labels[1::3].tolist()
+    )
 
 
 def test_as_source_strings(tmp_path):
@@ -458,3 +462,53 @@ def test_an_object_missing_a_member_is_not_a_data_source(tmp_path, cls):
     assert not isinstance(source, DataSource)
     with pytest.raises(TypeError):
         sources.as_source(source)
+
+
+# === Memory per file ===
+
+
+def _imagenet_paths(count, classes=1000):
+    for index in range(count):
+        wnid = f"n{index % classes:08d}"
+        yield f"/data/imagenet/train/{wnid}/{wnid}_{index // classes}.JPEG"
+
+
+def test_image_source_memory_per_file_is_bounded():
+    # What a source keeps per file, measured from the Python heap: ImageNet-shaped paths
+    # (about 50 characters) cost their name's bytes and a few integers, not a str each
+    # (a tuple of str paths and int labels costs about 120 bytes a file).
+    import tracemalloc
+
+    count = 100_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        source = ImageSource(
+            _imagenet_paths(count), np.arange(count) % 1000, [f"n{i:08d}" for i in range(1000)]
+        )
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(source) == count
+    assert held / count < 64, f"{held / count:.0f} bytes per file"
+    assert source.nbytes / count < 64
+    assert source.files[123_456 % count] == list(_imagenet_paths(count))[123_456 % count]
+
+
+def test_file_list_gives_back_the_paths_it_was_given(tmp_path):
+    odd = os.fsdecode(b"caf\xe9.jpg")  # not UTF-8: kept as the file system's bytes
+    paths = ["a/b.jpg", "top.png", "/abs//dir/x.JPEG", f"a/{odd}", "a/b.jpg"]
+    files = sources.FileList.from_paths(paths)
+    assert list(files) == paths and files == paths and len(files) == 5
+    assert files[-1] == "a/b.jpg" and files[1:4] == paths[1:4] and files[::2] == paths[::2]
+    assert files.take([4, 0, 2]) == [paths[4], paths[0], paths[2]]
+    source = ImageSource(paths, [0, 1, 2, 3, 4], ("a", "b", "c", "d", "e"))
+    got = [(p, int(y), n) for p, y, n in source.elements().as_numpy_iterator()]
+    assert got == [(os.fsencode(p), i, os.fsencode(p)) for i, p in enumerate(paths)]
+    with pytest.raises(IndexError):
+        files[5]
+    again = pickle.loads(pickle.dumps(source))  # after `elements` made its tensors
+    assert again == source and list(again.files) == paths
+    assert [p for p, _, _ in again.elements().as_numpy_iterator()] == [
+        os.fsencode(p) for p in paths
+    ]

@@ -240,10 +240,15 @@ def check_source(
     workers = workers or os.cpu_count() or 1
     max_pixels = limits.max_pixels(max_pixels)
     reports = []
+    files = source.files
+    # A block of files at a time: the pool holds a future per file it was given.
+    block = 256 * workers
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for report in pool.map(lambda p: inspect_file(p, min_side, max_pixels), source.files):
-            if report.status != "ok":
-                reports.append(report)
-            if progress is not None:
-                progress(1)
-    return CheckReport(len(source.files), tuple(reports))
+        for start in range(0, len(files), block):
+            paths = files[start : start + block]
+            for report in pool.map(lambda p: inspect_file(p, min_side, max_pixels), paths):
+                if report.status != "ok":
+                    reports.append(report)
+                if progress is not None:
+                    progress(1)
+    return CheckReport(len(files), tuple(reports))

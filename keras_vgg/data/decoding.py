@@ -343,7 +343,7 @@ def _check_decodable(source: DataSource, max_pixels: int, tries: int = 64) -> No
 
 def _describe(source: DataSource) -> str:
     if isinstance(source, sources_lib.ImageSource):
-        return os.path.commonpath(source.files) if source.files else "ImageSource"
+        return os.path.commonpath(source.files.folders) if source.files else "ImageSource"
     if isinstance(source, sources_lib.TFRecordSource):
         return source.files[0] if source.files else "TFRecordSource"
     if isinstance(source, sources_lib.TFDSSource):

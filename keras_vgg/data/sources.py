@@ -10,10 +10,13 @@ three kinds; any other object with the same interface feeds the pipelines too.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import glob
+import operator
 import os
 import stat
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -30,6 +33,7 @@ __all__ = [
     "IMAGENET_VAL_LABELS",
     "TFRECORD_KEYS",
     "DataSource",
+    "FileList",
     "ImageSource",
     "TFDSSource",
     "TFRecordSource",
@@ -72,6 +76,9 @@ def image_names(folder: str | os.PathLike) -> list[str]:
         if entry.name.startswith(".") or not _is_image_name(entry.name):
             continue
         try:
+            if entry.is_file():  # a regular file (or a link to one): known without a stat
+                names.append(entry.name)
+                continue
             mode = os.stat(entry.path).st_mode
         except OSError:  # a loop, a dangling link, no permission: named when it is read
             names.append(entry.name)
@@ -195,23 +202,230 @@ def _check_shard(num_shards: int, shard_index: int, available: int, what: str) -
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageSource:
-    """A list of image files with their integer labels.
+class FileList(Sequence):
+    """Paths of many files held compactly: a sequence of `str`, built once, read-only.
+
+    One bytes buffer of the file names (their file-system encoding, `os.fsencode`), the
+    start and length of each name in it, and each file's folder as an index into a tuple
+    of folder prefixes. A path costs its name's bytes plus 16 (not a Python `str` of
+    its whole path, about 100 bytes more), so ImageNet's 1.28 M paths take about 40 MB.
+    Indexing, slicing and `take` give `str` paths and smaller `FileList`s that share the
+    buffer; `tensors` gives the same in TensorFlow for the pipelines to look paths up in.
 
     Attributes:
-        files: Paths of the image files.
-        labels: Class index of each file.
+        folders: The distinct folder prefixes, each ending in a separator (`os.sep`), so
+            that a path is its prefix followed by its name.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_encoded_folders",
+        "_folder_index",
+        "_lengths",
+        "_starts",
+        "_tensors",
+        "folders",
+    )
+
+    def __init__(self, folders, folder_index, buffer: bytes, starts, lengths):
+        self.folders = tuple(folders)
+        self._encoded_folders = tuple(os.fsencode(f) for f in self.folders)
+        self._folder_index = _read_only(np.asarray(folder_index, np.int32))
+        self._buffer = bytes(buffer)
+        self._starts = _read_only(np.asarray(starts, np.int64))
+        self._lengths = _read_only(np.asarray(lengths, np.int32))
+        self._tensors = None
+        if not len(self._folder_index) == len(self._starts) == len(self._lengths):
+            raise ValueError("FileList: folder_index, starts and lengths differ in length")
+
+    @classmethod
+    def from_paths(cls, paths: Iterable[str | os.PathLike]) -> FileList:
+        """The paths as given (each is its folder prefix and its name, `os.path.split`)."""
+        if isinstance(paths, FileList):
+            return paths
+        folders: dict[str, int] = {}
+        index, lengths, buffer = array.array("i"), array.array("i"), bytearray()
+        for path in paths:
+            path = os.fspath(path)
+            name = os.path.basename(path)
+            prefix = path[: len(path) - len(name)]
+            index.append(folders.setdefault(prefix, len(folders)))
+            encoded = os.fsencode(name)
+            lengths.append(len(encoded))
+            buffer += encoded
+        return cls._from_parts(tuple(folders), index, buffer, lengths)
+
+    @classmethod
+    def _from_parts(cls, folders, folder_index, buffer, lengths) -> FileList:
+        lengths = np.asarray(lengths, np.int32)
+        starts = np.zeros(len(lengths), np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        return cls(folders, folder_index, buffer, starts, lengths)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the paths (buffer and arrays; the folders not counted)."""
+        return (
+            len(self._buffer)
+            + self._starts.nbytes
+            + self._lengths.nbytes
+            + self._folder_index.nbytes
+        )
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def _path(self, i: int) -> str:
+        start = int(self._starts[i])
+        name = self._buffer[start : start + int(self._lengths[i])]
+        return self.folders[self._folder_index[i]] + os.fsdecode(name)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return self.take(np.arange(*item.indices(len(self))))
+        i = operator.index(item)
+        if not -len(self) <= i < len(self):
+            raise IndexError("FileList index out of range")
+        return self._path(i % len(self))
+
+    def __iter__(self) -> Iterator[str]:
+        for i in range(len(self)):
+            yield self._path(i)
+
+    def take(self, indices) -> FileList:
+        """The files at `indices` (integers, in that order), sharing this list's buffer."""
+        indices = np.asarray(indices, np.int64)
+        return FileList(
+            self.folders,
+            self._folder_index[indices],
+            self._buffer,
+            self._starts[indices],
+            self._lengths[indices],
+        )
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, FileList) and (
+            self.folders == other.folders and self._buffer is other._buffer
+        ):
+            return (
+                np.array_equal(self._starts, other._starts)
+                and np.array_equal(self._lengths, other._lengths)
+                and np.array_equal(self._folder_index, other._folder_index)
+            )
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None
+
+    def __getstate__(self):
+        # Pickled (e.g. for worker processes) without the tensors, which are remade there.
+        return {name: getattr(self, name) for name in self.__slots__ if name != "_tensors"}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._tensors = None
+
+    def __repr__(self) -> str:
+        shown = ", ".join(repr(p) for p in self[:2])
+        return f"FileList([{shown}{', ...' if len(self) > 2 else ''}], {len(self)} files)"
+
+    def tensors(self):
+        """(folders [F], folder index [N], buffer (one string), starts [N], lengths [N]).
+
+        Eager tensors made once and kept: a dataset function that uses them captures them
+        (one copy in memory) instead of holding its own constant of every path.
+        """
+        import tensorflow as tf
+
+        if self._tensors is None:
+            with tf.init_scope():
+                self._tensors = (
+                    tf.constant(list(self._encoded_folders) or [b""], tf.string),
+                    tf.constant(self._folder_index),
+                    tf.constant(self._buffer, tf.string),
+                    tf.constant(self._starts),
+                    tf.constant(self._lengths),
+                )
+        return self._tensors
+
+    def lookup(self, indices):
+        """The paths at the int tensor `indices` (any shape) as a string tensor; in-graph."""
+        import tensorflow as tf
+
+        folders, folder_index, buffer, starts, lengths = self.tensors()
+        names = tf.strings.substr(
+            buffer, tf.gather(starts, indices), tf.cast(tf.gather(lengths, indices), tf.int64)
+        )
+        return tf.strings.join([tf.gather(folders, tf.gather(folder_index, indices)), names])
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    values.flags.writeable = False
+    return values
+
+
+# Paths are looked up this many positions of an epoch at a time.
+_LOOKUP_BLOCK = 1024
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageSource:
+    """A list of image files with their integer labels, held compactly.
+
+    Made from any sequences of paths and labels; holds them as a `FileList` and an int32
+    array (about 45 bytes a file for ImageNet's names), and looks paths up per epoch in
+    TensorFlow from those, so that no per-file Python object or graph constant is made.
+
+    Attributes:
+        files: Paths of the image files (a `FileList`: a read-only sequence of `str`).
+        labels: Class index of each file (a read-only int32 NumPy array).
         class_names: Name of each class index.
     """
 
-    files: tuple[str, ...]
-    labels: tuple[int, ...]
+    files: FileList
+    labels: np.ndarray
     class_names: tuple[str, ...]
 
     def __post_init__(self):
+        object.__setattr__(self, "files", FileList.from_paths(self.files))
+        labels = self.labels
+        if not (isinstance(labels, np.ndarray) and labels.dtype == np.int32):
+            labels = np.asarray(labels, np.int64)
+            if labels.size and not (-(2**31) <= labels.min() and labels.max() < 2**31):
+                raise ValueError("ImageSource: labels must fit in int32")
+            labels = labels.astype(np.int32)
+        object.__setattr__(self, "labels", _read_only(labels.reshape(-1)))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
         if len(self.files) != len(self.labels):
             raise ValueError(f"ImageSource: {len(self.files)} files but {len(self.labels)} labels")
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, ImageSource):
+            return NotImplemented
+        return (
+            self.class_names == other.class_names
+            and np.array_equal(self.labels, other.labels)
+            and self.files == other.files
+        )
+
+    def __hash__(self) -> int:
+        return hash((len(self.files), self.class_names))
+
+    _labels_tensor = None  # the labels as an eager tensor, made by the first `elements`
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_labels_tensor"}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held per file in all: the paths (`FileList.nbytes`) and the labels."""
+        return self.files.nbytes + self.labels.nbytes
 
     def __len__(self) -> int:
         return len(self.files)
@@ -242,15 +456,22 @@ class ImageSource:
         classes = sorted(e.name for e in os.scandir(root) if _is_folder(e))
         if not classes:
             raise ValueError(f"{root}: no class folders (expected root/<class>/<image>)")
-        files, labels = [], []
-        for index, name in enumerate(classes):
+        # Built a folder at a time into the compact form: no Python object per file is kept.
+        folders, counts = [], []
+        index, lengths, buffer = array.array("i"), array.array("i"), bytearray()
+        for label, name in enumerate(classes):
             folder = os.path.join(root, name)
-            names = image_names(folder)
+            names = [os.fsencode(n) for n in image_names(folder)]
             if not names:
                 raise ValueError(f"{folder}: empty class folder (no .jpg/.jpeg/.png/.bmp/.gif)")
-            files.extend(os.path.join(folder, n) for n in names)
-            labels.extend([index] * len(names))
-        return cls(tuple(files), tuple(labels), tuple(classes))
+            folders.append(os.path.join(folder, ""))
+            counts.append(len(names))
+            index.extend([label] * len(names))
+            lengths.extend(map(len, names))
+            buffer += b"".join(names)
+        files = FileList._from_parts(folders, index, buffer, lengths)
+        labels = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
+        return cls(files, labels, tuple(classes))
 
     @classmethod
     def from_flat_folder(
@@ -305,18 +526,27 @@ class ImageSource:
             class_names = tuple(wnid for wnid, _ in imagenet.class_index())
         else:
             class_names = tuple(str(i) for i in range(max(labels) + 1))
-        files = tuple(os.path.join(root, n) for n in names)
-        return cls(files, tuple(labels), class_names)
+        encoded = [os.fsencode(n) for n in names]
+        files = FileList._from_parts(
+            (os.path.join(root, ""),),
+            np.zeros(len(encoded), np.int32),
+            b"".join(encoded),
+            [len(n) for n in encoded],
+        )
+        return cls(files, labels, class_names)
 
     def sample(self, count: int, seed: int = 0) -> ImageSource:
         """A seeded random subset of `count` files (all of them if there are fewer)."""
         if count >= len(self.files):
             return self
         keep = np.sort(np.random.default_rng(seed).choice(len(self.files), count, replace=False))
+        return self.subset(keep)
+
+    def subset(self, indices) -> ImageSource:
+        """The files at `indices` (integers), in that order, with their labels."""
+        indices = np.asarray(indices, np.int64).reshape(-1)
         return dataclasses.replace(
-            self,
-            files=tuple(self.files[i] for i in keep),
-            labels=tuple(self.labels[i] for i in keep),
+            self, files=self.files.take(indices), labels=self.labels[indices]
         )
 
     def shard(self, num_shards: int, shard_index: int) -> ImageSource:
@@ -324,22 +554,33 @@ class ImageSource:
         _check_shard(num_shards, shard_index, len(self.files), "ImageSource")
         if num_shards == 1:
             return self
-        return dataclasses.replace(
-            self,
-            files=self.files[shard_index::num_shards],
-            labels=self.labels[shard_index::num_shards],
-        )
+        return self.subset(np.arange(shard_index, len(self.files), num_shards))
 
     def elements(self, epoch=0, seed: int = 0, shuffle: bool = False):
-        """One epoch of (path, label, path), in a seeded per-epoch order if `shuffle`."""
+        """One epoch of (path, label, path), in a seeded per-epoch order if `shuffle`.
+
+        Only the epoch's order (one int32 per file) is made per epoch; the paths are looked
+        up in the source's compact tensors (`FileList.tensors`), a block of positions at a
+        time.
+        """
         import tensorflow as tf
 
-        files = tf.constant(self.files, tf.string)
-        labels = tf.constant(self.labels, tf.int32)
+        files = self.files
+        files.tensors()  # made here, outside the dataset's functions, once
+        if self._labels_tensor is None:
+            with tf.init_scope():
+                object.__setattr__(self, "_labels_tensor", tf.constant(self.labels))
+        labels = self._labels_tensor
         if shuffle:
-            order = _permutation(len(self.files), seed, epoch)
-            files, labels = tf.gather(files, order), tf.gather(labels, order)
-        return tf.data.Dataset.from_tensor_slices((files, labels, files))
+            order = _permutation(len(files), seed, epoch)
+        else:
+            order = tf.range(len(files))
+
+        def lookup(indices):
+            paths = files.lookup(indices)
+            return paths, tf.gather(labels, indices), paths
+
+        return tf.data.Dataset.from_tensor_slices(order).batch(_LOOKUP_BLOCK).map(lookup).unbatch()
 
     @staticmethod
     def read(payload, label):

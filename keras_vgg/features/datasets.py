@@ -121,4 +121,6 @@ def open_labelled_images(root: str | os.PathLike) -> LabelledImages:
     if os.path.isdir(os.path.join(os.fspath(root), "ImageSets", "Main")):
         return read_voc(root)
     source = sources.open_source(root)
-    return LabelledImages(source.files, np.asarray(source.labels, np.int64), source.class_names)
+    return LabelledImages(
+        tuple(source.files), np.asarray(source.labels, np.int64), source.class_names
+    )

@@ -161,13 +161,15 @@ def _check_val_labels(recipe, val_source, class_names) -> None:
                 f"({', '.join(extra) or 'in order'}): validation labels would be wrong"
             )
         return
-    for path, label in zip(val_source.files, val_source.labels, strict=True):
-        if not 0 <= label < len(class_names):
-            raise ValueError(
-                f"{recipe.path}: data.labels_file: {d.labels_file}: label {label} of "
-                f"{os.path.basename(path)} is out of range for the {len(class_names)} classes "
-                f"of {d.root} (0 to {len(class_names) - 1})"
-            )
+    labels = val_source.labels
+    (outside,) = np.nonzero((labels < 0) | (labels >= len(class_names)))
+    if len(outside):
+        first = int(outside[0])
+        raise ValueError(
+            f"{recipe.path}: data.labels_file: {d.labels_file}: label {labels[first]} of "
+            f"{os.path.basename(val_source.files[first])} is out of range for the "
+            f"{len(class_names)} classes of {d.root} (0 to {len(class_names) - 1})"
+        )
 
 
 def recipe_data(
@@ -243,27 +245,17 @@ def split_source(sources, source, fraction, seed):
         seed: Seed of the choice.
 
     Returns:
-        (train, validation) `ImageSource`s, disjoint, with the source's class names.
+        (train, validation) `ImageSource`s, disjoint, with the source's class names, each
+        in the source's order.
     """
     rng = np.random.default_rng(seed)
     labels = np.asarray(source.labels)
-    val_index = []
+    is_val = np.zeros(len(labels), bool)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         count = max(1, round(len(members) * fraction))
-        val_index.extend(rng.permutation(members)[:count].tolist())
-    is_val = np.zeros(len(labels), bool)
-    is_val[val_index] = True
-    files = list(source.files)
-
-    def pick(mask):
-        return sources.ImageSource(
-            tuple(f for f, m in zip(files, mask, strict=True) if m),
-            tuple(int(v) for v in labels[mask]),
-            tuple(source.class_names),
-        )
-
-    return pick(~is_val), pick(is_val)
+        is_val[rng.permutation(members)[:count]] = True
+    return source.subset(np.flatnonzero(~is_val)), source.subset(np.flatnonzero(is_val))
 
 
 def _training_fn(pipeline, source, recipe, stats, bad_files_path):
