@@ -12,7 +12,9 @@ files; `sources.as_source` opens the folder as a `TFRecordSource` with those cla
 Every shard is written to a temporary file and renamed into place (`files.atomic_write`),
 and the manifest is rewritten after each one: an interrupted pack, run again with the same
 inputs and settings, writes only the shards that are missing. Shards are written in
-parallel threads (reading, framing and the checksum run outside Python's lock).
+parallel threads. The TFRecord framing is written here (`tfrecord_frame`), its CRC-32C by
+`google-crc32c` (hardware CRC instructions): TensorFlow's writer copied each record once
+more and checksummed it in software.
 
 A file is skipped, named on stderr and listed in the manifest when it is unreadable
 without decoding it (`check.read_image_file`: cannot be read, empty, over the pixel
@@ -26,16 +28,17 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import struct
 import threading
 from collections.abc import Callable
 
-import tensorflow as tf
+import google_crc32c
 
 from keras_vgg import files, outputs
 from keras_vgg.data import check, decoding, sources
 from keras_vgg.data import manifest as manifest_lib
 
-__all__ = ["pack"]
+__all__ = ["pack", "tfrecord_frame"]
 
 
 def _varint(value: int) -> bytes:
@@ -83,6 +86,19 @@ def _unreadable(path: str, max_pixels: int) -> tuple[bytes, str | None]:
     return data, reason
 
 
+def _masked_crc(data: bytes) -> bytes:
+    """TFRecord's checksum of `data`: CRC-32C, rotated right by 15 bits plus a constant."""
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def tfrecord_frame(record: bytes) -> list[bytes]:
+    """One record in TFRecord's framing: length (uint64), its masked CRC-32C, the record,
+    its masked CRC-32C (what `tf.io.TFRecordWriter` writes, and its readers verify)."""
+    length = struct.pack("<Q", len(record))
+    return [length, _masked_crc(length), record, _masked_crc(record)]
+
+
 def _write_shard(
     path: str,
     items: list[tuple[str, str, int]],
@@ -98,19 +114,18 @@ def _write_shard(
     def write(tmp):
         skipped.clear()
         written[0] = 0
-        try:
-            with tf.io.TFRecordWriter(tmp) as writer:
-                for file, name, label in items:
-                    data, reason = _unreadable(file, max_pixels)
-                    if reason is not None:
-                        skipped.append((name, reason))
-                        bad_files.record(file, f"unreadable image {file} ({reason})")
-                    else:
-                        writer.write(_example(data, label, class_names[label], name))
-                        written[0] += 1
-                    progress(1)
-        except tf.errors.OpError as exc:
-            raise OSError(exc.message) from None
+        with open(tmp, "wb", buffering=1 << 20) as writer:
+            for file, name, label in items:
+                data, reason = _unreadable(file, max_pixels)
+                if reason is not None:
+                    skipped.append((name, reason))
+                    bad_files.record(file, f"unreadable image {file} ({reason})")
+                else:
+                    writer.writelines(
+                        tfrecord_frame(_example(data, label, class_names[label], name))
+                    )
+                    written[0] += 1
+                progress(1)
 
     files.atomic_write(path, write)
     return written[0], os.path.getsize(path), tuple(skipped)

@@ -287,3 +287,14 @@ def test_a_pack_as_a_recipes_data(tree, tmp_path):
     assert data.class_names == CLASSES and data.steps_per_epoch == 3
     labels = np.concatenate([y.numpy() for _, y in data.val])
     np.testing.assert_array_equal(labels, sources.open_source(tree).labels)
+
+
+def test_tfrecord_frames_are_tensorflows_byte_for_byte(tmp_path):
+    """The framing `kvgg data pack` writes (length, masked CRC-32C, record, masked CRC-32C)
+    is what `tf.io.TFRecordWriter` writes for the same records."""
+    records = [b"", b"x", bytes(range(256)) * 300, np.random.default_rng(0).bytes(70_001)]
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        for record in records:
+            writer.write(record)
+    ours = b"".join(b"".join(pack.tfrecord_frame(record)) for record in records)
+    assert ours == (tmp_path / "tf.tfrecord").read_bytes()
