@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -33,7 +32,7 @@ from timing import best_times, cpu_name  # noqa: E402
 
 from keras_vgg import build  # noqa: E402
 from keras_vgg.evaluation import score_images  # noqa: E402
-from keras_vgg.serve import Viewer, decode_upload, post_images  # noqa: E402
+from keras_vgg.serve import Viewer, decode_upload, post_images, served_url  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,16 +46,11 @@ def start_server(model: str, batch: int) -> tuple[subprocess.Popen, str]:
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        found = [line for line in lines if " on http://" in line]
-        if found:
-            return process, found[0].split(" on ")[1].split()[0]
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"kvgg serve did not start: {''.join(lines)[-2000:]}")
+    try:
+        return process, served_url(process)[0]
+    except RuntimeError as exc:
+        process.kill()
+        raise SystemExit(str(exc)) from None
 
 
 def main() -> None:

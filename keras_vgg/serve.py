@@ -72,6 +72,7 @@ __all__ = [
     "page",
     "post_images",
     "serve",
+    "served_url",
 ]
 
 #: The longer side of the overlays a response carries (larger images are shown smaller).
@@ -80,6 +81,37 @@ MAP_SIDE = 512
 MAPS = ("dense", "gradcam")
 #: What the page reads the JSON from, as a data URL.
 _PNG_URL = "data:image/png;base64,"
+
+
+#: The line `serve` prints once it listens; `served_url` reads the URL back from it.
+_URL_LINE = "kvgg: serving {name} on {url} (Ctrl-C stops)"
+
+
+def served_url(process, timeout: float = 300.0) -> tuple[str, list[str]]:
+    """The URL a `kvgg serve` process prints once it listens, read from its stderr.
+
+    Args:
+        process: A `subprocess.Popen` of `kvgg serve ...` with `stderr=subprocess.PIPE`
+            and `text=True`; its stderr is read by a daemon thread from now on.
+        timeout: Seconds to wait for the line.
+
+    Returns:
+        (the URL, the list of stderr lines read so far: it keeps growing).
+
+    Raises:
+        RuntimeError: with the last of stderr, if the process ends or `timeout` passes first.
+    """
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    prefix, suffix = _URL_LINE.split("{url}")
+    prefix = prefix.split("{name}")[1]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        for line in list(lines):
+            if line.startswith("kvgg: serving ") and prefix in line:
+                return line.split(prefix, 1)[1].split(suffix.rstrip())[0].strip(), lines
+        time.sleep(0.1)
+    raise RuntimeError(f"kvgg serve did not start: {''.join(lines)[-2000:]}")
 
 
 class Busy(RuntimeError):
@@ -681,7 +713,7 @@ def serve(
         app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
     )
     server = uvicorn.Server(config)
-    print_fn(f"kvgg: serving {viewer.handle.name} on http://{shown}:{bound_port}/ (Ctrl-C stops)")
+    print_fn(_URL_LINE.format(name=viewer.handle.name, url=f"http://{shown}:{bound_port}/"))
     started = time.monotonic()
     # uvicorn stops on SIGINT and SIGTERM, then hands the signal on to the handler found
     # before it: SIGINT's raises KeyboardInterrupt (caught below), SIGTERM's would end the

@@ -18,8 +18,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
+
+from keras_vgg.serve import served_url
 
 
 def start_server(model: str) -> tuple[subprocess.Popen, str]:
@@ -29,16 +29,11 @@ def start_server(model: str) -> tuple[subprocess.Popen, str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        found = [line for line in lines if " on http://" in line]
-        if found:
-            return process, found[0].split(" on ")[1].split()[0]
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"kvgg serve did not start: {''.join(lines)[-2000:]}")
+    try:
+        return process, served_url(process)[0]
+    except RuntimeError as exc:
+        process.kill()
+        raise SystemExit(str(exc)) from None
 
 
 def main() -> None:

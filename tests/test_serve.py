@@ -9,12 +9,12 @@ import concurrent.futures
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import zlib
@@ -27,7 +27,7 @@ from PIL import Image
 
 import keras_vgg
 from keras_vgg.localization.network import localizer_from_classifier
-from keras_vgg.serve import post_images
+from keras_vgg.serve import post_images, served_url
 
 NAMES = ("ant", "bee", "cow")
 # The server's upload limit in these tests: above the photograph, below `BIG`.
@@ -88,16 +88,8 @@ def started(files):
 def server(started, cli):
     """The server once it listens: (its Popen, its URL, its stderr lines so far)."""
     process = started
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 180
-    url = None
-    while url is None and time.monotonic() < deadline and process.poll() is None:
-        found = [line for line in lines if " on http://" in line]
-        url = found[0].split(" on ")[1].split()[0] if found else None
-        time.sleep(0.2)
-    assert url, f"no URL line: {''.join(lines)[-2000:]}"
+    url, lines = served_url(process, timeout=180)
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), url
     return process, url, lines
 
 
