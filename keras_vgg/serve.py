@@ -553,6 +553,12 @@ def make_app(viewer: Viewer, batcher: Batcher):
                 max_files=files_limit, max_fields=16, max_part_size=64 * 2**10
             )
         except Exception as exc:  # noqa: BLE001 - the parser's reason, in one line
+            if "too many files" in str(exc).lower():
+                return refuse(
+                    f"too many images in one request: at most {files_limit} "
+                    "(KVGG_MAX_UPLOAD_FILES raises it)",
+                    413,
+                )
             return refuse(f"not a multipart/form-data request with image files: {_one_line(exc)}")
         try:
             fields = {k: form.get(k) for k in ("protocol", "top", "maps", "class")}

@@ -26,6 +26,7 @@ from conftest import ROOT, kvgg_batch
 from PIL import Image
 
 import keras_vgg
+from keras_vgg import limits
 from keras_vgg.localization.network import localizer_from_classifier
 from keras_vgg.serve import post_images, served_url
 
@@ -226,6 +227,11 @@ def test_bad_uploads(server, files):
     assert status == 400 and answer["error"].startswith("top:")
     status, answer = post_images(url, [("cat.jpg", photo)], **{"class": "yak"})
     assert status == 400 and answer["error"].startswith("class 'yak': not one of")
+    many = limits.MAX_UPLOAD_FILES.value() + 1
+    status, answer = post_images(url, [("cat.jpg", photo)] * many, maps="none")
+    assert status == 413 and answer["error"] == (
+        f"too many images in one request: at most {many - 1} (KVGG_MAX_UPLOAD_FILES raises it)"
+    )
     status, answer = post_images(url, [("cat.jpg", photo)], maps="none")
     assert status == 200 and answer["images"][0]["error"] is None
 

@@ -134,7 +134,7 @@ class RunKeeper(keras.callbacks.Callback):
                 pending writes (each file is atomic: one not written keeps the previous
                 epoch's), draw no curves and do not wait for the thread.
         """
-        pending = self._pending[1] if self._pending is not None else None
+        pending = self._pending[-1] if self._pending is not None else None
         try:
             with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
                 self._wait(grace)
