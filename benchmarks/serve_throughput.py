@@ -19,8 +19,6 @@ import concurrent.futures
 import io
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -32,25 +30,9 @@ from timing import best_times, cpu_name  # noqa: E402
 
 from keras_vgg import build  # noqa: E402
 from keras_vgg.evaluation import score_images  # noqa: E402
-from keras_vgg.serve import Viewer, decode_upload, post_images, served_url  # noqa: E402
+from keras_vgg.serve import Viewer, decode_upload, post_images, start_server  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def start_server(model: str, batch: int) -> tuple[subprocess.Popen, str]:
-    """`kvgg serve MODEL --port 0` as a real process, and the URL it prints."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "keras_vgg.cli", "serve", model, "--port", "0",
-         "--batch-size", str(batch)],
-        env={**os.environ, "PYTHONPATH": ROOT},
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        return process, served_url(process)[0]
-    except RuntimeError as exc:
-        process.kill()
-        raise SystemExit(str(exc)) from None
 
 
 def main() -> None:
@@ -80,7 +62,12 @@ def main() -> None:
         )
         path = os.path.join(folder, "model.keras")
         model.save(path)
-        process, url = start_server(path, args.batch)
+        try:
+            process, url = start_server(
+                path, "--batch-size", str(args.batch), env={**os.environ, "PYTHONPATH": ROOT}
+            )
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         try:
             viewer = Viewer(path, batch_size=args.batch)
             pixels = decode_upload(jpeg, "chelsea.jpg")

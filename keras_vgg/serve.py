@@ -73,6 +73,7 @@ __all__ = [
     "post_images",
     "serve",
     "served_url",
+    "start_server",
 ]
 
 #: The longer side of the overlays a response carries (larger images are shown smaller).
@@ -112,6 +113,34 @@ def served_url(process, timeout: float = 300.0) -> tuple[str, list[str]]:
                 return line.split(prefix, 1)[1].split(suffix.rstrip())[0].strip(), lines
         time.sleep(0.1)
     raise RuntimeError(f"kvgg serve did not start: {''.join(lines)[-2000:]}")
+
+
+def start_server(
+    model: str, *options: str, env: dict[str, str] | None = None, timeout: float = 300.0
+):
+    """`kvgg serve MODEL --port 0 OPTIONS...` as a real process, once it listens.
+
+    Returns:
+        (its `subprocess.Popen`, stderr piped; the URL it serves on).
+
+    Raises:
+        RuntimeError: with the last of its stderr, if it ends or `timeout` passes before it
+            listens (the process is killed).
+    """
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_vgg.cli", "serve", model, "--port", "0", *options],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        return process, served_url(process, timeout)[0]
+    except RuntimeError:
+        process.kill()
+        raise
 
 
 class Busy(RuntimeError):

@@ -15,25 +15,9 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 
-from keras_vgg.serve import served_url
-
-
-def start_server(model: str) -> tuple[subprocess.Popen, str]:
-    """`kvgg serve MODEL --port 0`, and the URL of its first line."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "keras_vgg.cli", "serve", model, "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        return process, served_url(process)[0]
-    except RuntimeError as exc:
-        process.kill()
-        raise SystemExit(str(exc)) from None
+from keras_vgg.serve import start_server
 
 
 def main() -> None:
@@ -62,7 +46,10 @@ def main() -> None:
         notes = os.path.join(folder, "notes.jpg")
         with open(notes, "w", encoding="utf-8") as f:
             f.write("these are notes, not a photograph\n")
-        process, url = start_server(args.model)
+        try:
+            process, url = start_server(args.model)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
         for flag in (
